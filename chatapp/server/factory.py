@@ -1,0 +1,98 @@
+"""What all server connections share: configuration, store, registry, limits and the connection table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from chatapp.server.limits import FailureCounter, SignupLimiter
+from chatapp.server.passwords import PasswordHasher
+from chatapp.server.protocol import ServerProtocol, normalize_host
+from chatapp.server.registry import MemoryRegistry, Registry
+from chatapp.server.store import Store
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_attempts: int = 3
+    block_time: float = 300.0
+    login_timeout: float = 60.0
+    idle_timeout: float = 300.0
+    max_connections_per_address: int = 20
+    signups_per_hour: int = 5
+    allow_advertised_hosts: bool = False
+
+
+def address_of(peer: IAddress) -> str:
+    """The key a client is counted and blocked under: its IP address (local sockets count as loopback)."""
+    host = getattr(peer, "host", None)
+    if isinstance(host, str):
+        try:
+            return normalize_host(host)
+        except ValueError:
+            pass
+    return "127.0.0.1"
+
+
+class ServerFactory(Factory):
+    protocol = ServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        hasher: PasswordHasher,
+        clock: IReactorTime,
+        registry: Registry[ServerProtocol] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.hasher = hasher
+        self.clock = clock
+        self.registry: Registry[ServerProtocol] = registry if registry is not None else MemoryRegistry()
+        self.failures = FailureCounter(config.max_attempts)
+        self.signups = SignupLimiter(config.signups_per_hour)
+        self.connections: set[ServerProtocol] = set()
+        self._per_address: dict[str, int] = defaultdict(int)
+        self._all_closed: list[defer.Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress) -> ServerProtocol:
+        return ServerProtocol(self, address_of(addr))
+
+    def connection_opened(self, connection: ServerProtocol) -> bool:
+        """Count a new connection; False if its address already holds the most it may."""
+        if self._per_address[connection.address] >= self.config.max_connections_per_address:
+            return False
+        self._per_address[connection.address] += 1
+        self.connections.add(connection)
+        return True
+
+    def connection_closed(self, connection: ServerProtocol) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self._per_address[connection.address] -= 1
+            if self._per_address[connection.address] <= 0:
+                del self._per_address[connection.address]
+        if connection.user is not None:
+            self.registry.logout(connection.user, connection)
+        if not self.connections:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def shut_down(self) -> defer.Deferred[None]:
+        """Say ``* BYE shutdown`` to every connection and fire once all have closed."""
+        if not self.connections:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._all_closed.append(d)
+        for connection in list(self.connections):
+            connection.kick("shutdown")
+        return d

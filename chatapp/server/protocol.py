@@ -1,0 +1,445 @@
+"""One client connection to the server: framing, dispatch in order, and the commands of section 2.3.
+
+Commands run strictly one after another: a command that must wait (bcrypt,
+the database) holds the ones pipelined behind it, so replies always come in
+the order the commands were sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatapp import PROTOCOL_VERSION
+from chatapp.server.limits import seconds_left
+from chatapp.server.passwords import Busy
+from chatapp.server.store import ADDRESS, NAME, UserExists
+from chatapp.wire import (
+    SERVER_MAX_LINE,
+    BadArguments,
+    LineBuffer,
+    WireError,
+    decode_line,
+    fields,
+    fields_and_rest,
+    fold_name,
+    format_error,
+    format_line,
+    is_number,
+    split_verb,
+    strip_crlf,
+    valid_password,
+    valid_urlsafe,
+    valid_username,
+)
+
+if TYPE_CHECKING:
+    from chatapp.server.factory import ServerFactory
+
+log = Logger()
+
+_TOO_LONG = object()  # queued in place of a line that was too long
+BEFORE_LOGIN = frozenset({"SIGNUP", "LOGIN", "PING", "QUIT"})
+
+
+class _Closed(Exception):
+    """The command ended the connection; nothing more is to be written."""
+
+
+def normalize_host(host: str) -> str:
+    """Canonical text of an IP address; an IPv4-mapped IPv6 address becomes its IPv4 form."""
+    address = ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+class ServerProtocol(Protocol):
+    factory: ServerFactory
+
+    def __init__(self, factory: ServerFactory, address: str) -> None:
+        self.factory = factory
+        self.address = address  # the client's IP address as the server sees it
+        self.user: str | None = None  # the account name as signed up, once logged in
+        self.gone = False
+        self._closing = False  # nothing more is written or read
+        self._reading = True  # False after a too-long line: the queue drains, then we close
+        self._lines = LineBuffer(SERVER_MAX_LINE)
+        self._queue: deque[Any] = deque()
+        self._waiting = True  # for the greeting, then for each slow command
+        self._dispatching = False
+        self._login_timer: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
+
+    # -- connection life --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if not self.factory.connection_opened(self):
+            self._say_bye("too-many-connections")
+            return
+        clock = self.factory.clock
+        self._login_timer = clock.callLater(self.factory.config.login_timeout, self._login_timed_out)
+        d = self.factory.store.block_until(ADDRESS, self.address, clock.seconds())
+        d.addCallback(self._greet)
+        d.addErrback(self._greet_failed)
+
+    def _greet(self, until: float | None) -> None:
+        if self.gone or self._closing:
+            return
+        if until is not None:
+            self._send(format_line("*", "BLOCKED", str(seconds_left(until, self.factory.clock.seconds()))))
+            self._close()
+            return
+        self._send(format_line("*", "HELLO", PROTOCOL_VERSION))
+        self._resume()
+
+    def _greet_failed(self, failure: Failure) -> None:
+        log.failure("checking the block list for {address} failed", failure, address=self.address)
+        if not self.gone:
+            self._send(format_error(500, "internal-error", "the server cannot serve you right now"))
+            self._close()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.gone = True
+        self._closing = True
+        self._queue.clear()
+        for timer in (self._login_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.factory.connection_closed(self)
+
+    def _login_timed_out(self) -> None:
+        if self.user is None and not self._closing:
+            self._say_bye("login-timeout")
+
+    def _idle_timed_out(self) -> None:
+        if not self._closing:
+            self._say_bye("idle-timeout")
+
+    def kick(self, reason: str) -> None:
+        """End this connection with ``* BYE <reason>``, dropping whatever it still had queued."""
+        if not self._closing:
+            self._say_bye(reason)
+
+    def event(self, *parts: str) -> None:
+        if not self._closing:
+            self._send(format_line("*", *parts))
+
+    def _say_bye(self, reason: str) -> None:
+        self._send(format_line("*", "BYE", reason))
+        self._close()
+
+    def _send(self, line: bytes) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(line)
+
+    def _close(self) -> None:
+        self._closing = True
+        self._queue.clear()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- framing and dispatch -----------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing or not self._reading:
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.factory.config.idle_timeout)
+        lines, too_long = self._lines.feed(data)
+        self._queue.extend(lines)
+        if too_long:
+            self._queue.append(_TOO_LONG)
+            self._reading = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._queue and not self._waiting and not self._closing:
+                item = self._queue.popleft()
+                if item is _TOO_LONG:
+                    self._send(format_error(413, "line-too-long", f"lines are at most {SERVER_MAX_LINE} bytes"))
+                    self._close()
+                    return
+                result = self._run_line(item)
+                if result is not None:
+                    self._waiting = True
+                    result.addBoth(self._command_finished)
+        finally:
+            self._dispatching = False
+
+    def _command_finished(self, _: object) -> None:
+        self._resume()
+
+    def _resume(self) -> None:
+        self._waiting = False
+        if not self._dispatching:
+            self._dispatch()
+
+    def _run_line(self, raw: bytes) -> defer.Deferred[None] | None:
+        """Run one line; return a Deferred if its reply comes later."""
+        if not raw:
+            return None
+        try:
+            line = decode_line(raw)
+            verb, args = split_verb(line)
+            handler = self._handlers.get(verb)
+            if handler is None:
+                raise WireError(400, "unknown-command", "unknown command")
+            if self.user is None and verb not in BEFORE_LOGIN:
+                raise WireError(403, "not-logged-in", "log in first")
+            if self.user is not None and verb in ("SIGNUP", "LOGIN"):
+                raise WireError(409, "already-logged-in", "this connection is logged in already")
+            outcome = handler(self, args)
+        except WireError as e:
+            self._send(e.line())
+            return None
+        except Exception:
+            log.failure("command from {address} failed", address=self.address)
+            self._send(format_error(500, "internal-error", "internal error"))
+            return None
+        if outcome is None:
+            return None
+        d: defer.Deferred[None] = defer.ensureDeferred(outcome)
+        d.addErrback(self._command_failed)
+        return d
+
+    def _command_failed(self, failure: Failure) -> None:
+        if failure.check(_Closed) or self.gone:
+            return
+        if failure.check(WireError):
+            error: WireError = failure.value  # type: ignore[assignment]
+            self._send(error.line())
+            return
+        log.failure("command from {address} failed", failure, address=self.address)
+        self._send(format_error(500, "internal-error", "internal error"))
+
+    # -- accounts -----------------------------------------------------------
+
+    def _check_credentials_syntax(self, args: str | None) -> tuple[str, str]:
+        (name,), password = fields_and_rest(args, 1)
+        if not valid_username(name):
+            raise WireError(400, "bad-username", "user names are 1-32 of A-Z a-z 0-9 _ . - (not starting with . or -)")
+        if not valid_password(password):
+            raise WireError(400, "bad-password", "passwords are 8-72 bytes")
+        return name, password
+
+    async def _refuse_if_address_blocked(self) -> None:
+        now = self.factory.clock.seconds()
+        until = await self.factory.store.block_until(ADDRESS, self.address, now)
+        if until is not None:
+            self._send(format_error(429, "blocked", f"{seconds_left(until, now)} too many failed logins from your address"))
+            self._close()
+            raise _Closed()
+
+    def cmd_signup(self, args: str | None) -> Awaitable[None]:
+        name, password = self._check_credentials_syntax(args)
+        return self._signup(name, password)
+
+    async def _signup(self, name: str, password: str) -> None:
+        factory = self.factory
+        await self._refuse_if_address_blocked()
+        now = factory.clock.seconds()
+        stamp = factory.signups.reserve(self.address, now)
+        if stamp is None:
+            wait = seconds_left(now + factory.signups.wait(self.address, now), now)
+            raise WireError(429, "slow-down", f"{wait} too many new accounts from your address; try later")
+        created = False
+        try:
+            if await factory.store.get_account(name) is not None:
+                raise WireError(409, "user-exists", "that name is taken")
+            try:
+                hashed = await factory.hasher.hash(password)
+            except Busy:
+                raise WireError(503, "busy", "the server is busy; try again") from None
+            try:
+                account = await factory.store.create_account(name, hashed, factory.clock.seconds())
+            except UserExists:
+                raise WireError(409, "user-exists", "that name is taken") from None
+            created = True
+        finally:
+            if not created:
+                factory.signups.release(self.address, stamp)
+        log.info("signup {user} from {address}", user=account.name, address=self.address)
+        if self.gone:
+            return
+        self._logged_in(account.name)
+        self._send(format_line("OK", "SIGNUP", account.name))
+
+    def cmd_login(self, args: str | None) -> Awaitable[None]:
+        name, password = self._check_credentials_syntax(args)
+        return self._login(name, password)
+
+    async def _login(self, name: str, password: str) -> None:
+        factory = self.factory
+        folded = fold_name(name)
+        await self._refuse_if_address_blocked()
+        now = factory.clock.seconds()
+        until = await factory.store.block_until(NAME, folded, now)
+        if until is not None:
+            raise WireError(429, "locked", f"{seconds_left(until, now)} this account is locked after failed logins")
+        account = await factory.store.get_account(name)
+        try:
+            ok = await factory.hasher.check(password, account.password_hash if account else None)
+        except Busy:
+            raise WireError(503, "busy", "the server is busy; try again") from None
+        if account is not None and ok:
+            factory.failures.success(self.address, folded)
+            if self.gone:  # the client left while bcrypt ran: register nothing
+                return
+            await factory.store.record_login(account.name, factory.clock.seconds())
+            if self.gone:
+                return
+            log.info("login {user} from {address}", user=account.name, address=self.address)
+            self._logged_in(account.name)
+            self._send(format_line("OK", "LOGIN", account.name))
+            return
+        await self._login_failed(name)
+
+    async def _login_failed(self, name: str) -> None:
+        factory = self.factory
+        folded = fold_name(name)
+        outcome = factory.failures.failure(self.address, folded)
+        log.warn("failed login for {user} from {address}", user=strip_crlf(name), address=self.address)
+        now = factory.clock.seconds()
+        until = now + factory.config.block_time
+        if outcome.block_address:
+            await factory.store.set_block(ADDRESS, self.address, until)
+            log.warn("blocked address {address} for {seconds}s", address=self.address, seconds=factory.config.block_time)
+        if outcome.lock_name:
+            await factory.store.set_block(NAME, folded, until)
+            log.warn("locked user {user} for {seconds}s", user=strip_crlf(folded), seconds=factory.config.block_time)
+        left = seconds_left(until, now)
+        if outcome.block_address:
+            self._send(format_error(429, "blocked", f"{left} too many failed logins from your address"))
+            self._close()
+        elif outcome.lock_name:
+            self._send(format_error(429, "locked", f"{left} this account is locked after failed logins"))
+        else:
+            self._send(format_error(401, "bad-credentials", "wrong user name or password"))
+
+    def _logged_in(self, name: str) -> None:
+        self.user = name
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._idle_timer = self.factory.clock.callLater(self.factory.config.idle_timeout, self._idle_timed_out)
+        replaced = self.factory.registry.login(name, self)
+        if replaced is not None:
+            replaced.kick("replaced")
+
+    def cmd_passwd(self, args: str | None) -> Awaitable[None]:
+        _, password = fields_and_rest(args, 0)
+        if not valid_password(password):
+            raise WireError(400, "bad-password", "passwords are 8-72 bytes")
+        return self._passwd(password)
+
+    async def _passwd(self, password: str) -> None:
+        assert self.user is not None
+        try:
+            hashed = await self.factory.hasher.hash(password)
+        except Busy:
+            raise WireError(503, "busy", "the server is busy; try again") from None
+        await self.factory.store.set_password(self.user, hashed)
+        log.info("password changed for {user} from {address}", user=self.user, address=self.address)
+        self._send(format_line("OK", "PASSWD"))
+
+    # -- registry -----------------------------------------------------------
+
+    def cmd_listen(self, args: str | None) -> None:
+        assert self.user is not None
+        parts = fields(args, 1, optional=1)
+        if not is_number(parts[0]) or not 1024 <= int(parts[0]) <= 65535:
+            raise WireError(400, "bad-port", "ports are 1024-65535")
+        port = int(parts[0])
+        host = self.address
+        if len(parts) == 2:
+            try:
+                advertised = normalize_host(parts[1])
+            except ValueError:
+                raise WireError(400, "bad-host", "the host must be an IP address") from None
+            if advertised != host and not self.factory.config.allow_advertised_hosts:
+                raise WireError(400, "bad-host", f"this server only accepts your own address {host}")
+            host = advertised
+        self.factory.registry.listen(self.user, host, port)
+        self._send(format_line("OK", "LISTEN", host, str(port)))
+
+    def cmd_unlisten(self, args: str | None) -> None:
+        assert self.user is not None
+        fields(args, 0)
+        self.factory.registry.unlisten(self.user)
+        self._send(format_line("OK", "UNLISTEN"))
+
+    def cmd_who(self, args: str | None) -> None:
+        fields(args, 0)
+        rows = self.factory.registry.online()
+        out = [format_line("+", "USER", p.name, "listening" if p.listening else "online") for p in rows]
+        out.append(format_line("OK", "WHO", str(len(rows))))
+        self._send(b"".join(out))
+
+    def cmd_connect(self, args: str | None) -> Awaitable[None] | None:
+        assert self.user is not None
+        (name,) = fields(args, 1)
+        if not valid_username(name):
+            raise WireError(400, "bad-username", "no such user name can exist")
+        if fold_name(name) == fold_name(self.user):
+            raise BadArguments("you cannot connect to yourself")
+        presence = self.factory.registry.get(name)
+        if presence is None:
+            return self._connect_offline(name)
+        if presence.listening is None:
+            raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
+        host, port = presence.listening
+        token, proof = self.factory.registry.issue(self.user, presence.name, self.factory.clock.seconds())
+        self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof))
+        presence.connection.event("REQUEST", self.user)
+        return None
+
+    async def _connect_offline(self, name: str) -> None:
+        account = await self.factory.store.get_account(name)
+        if account is None:
+            raise WireError(404, "no-such-user", "there is no such user")
+        raise WireError(409, "not-online", f"{account.name} is not online")
+
+    def cmd_verify(self, args: str | None) -> None:
+        assert self.user is not None
+        (token,) = fields(args, 1)
+        if not valid_urlsafe(token):
+            raise BadArguments("tokens are URL-safe text")
+        ticket = self.factory.registry.redeem(token, self.user, self.factory.clock.seconds())
+        if ticket is None:
+            raise WireError(403, "bad-token", "unknown, expired or not yours")
+        self._send(format_line("OK", "VERIFY", ticket.requester, ticket.proof))
+
+    # -- the rest -----------------------------------------------------------
+
+    def cmd_ping(self, args: str | None) -> None:
+        fields(args, 0)
+        self._send(format_line("OK", "PONG"))
+
+    def cmd_quit(self, args: str | None) -> None:
+        fields(args, 0)
+        self._send(format_line("OK", "QUIT"))
+        self._close()
+
+    _handlers: dict[str, Callable[[ServerProtocol, str | None], Awaitable[None] | None]] = {
+        "SIGNUP": cmd_signup,
+        "LOGIN": cmd_login,
+        "PASSWD": cmd_passwd,
+        "LISTEN": cmd_listen,
+        "UNLISTEN": cmd_unlisten,
+        "WHO": cmd_who,
+        "CONNECT": cmd_connect,
+        "VERIFY": cmd_verify,
+        "PING": cmd_ping,
+        "QUIT": cmd_quit,
+    }

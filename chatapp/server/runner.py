@@ -1,0 +1,56 @@
+"""Where blocking work runs: a bounded pool of threads, never the reactor thread.
+
+Both the password hasher and the SQLite store take a runner, so tests can
+hand them :class:`InlineRunner` (real bcrypt, real SQLite, run at once on the
+calling thread) and stay deterministic under a ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class ThreadRunner:
+    """A named Twisted thread pool of ``threads`` threads, started and stopped with its service."""
+
+    def __init__(self, reactor: IReactorThreads, threads: int, name: str) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
+
+    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return deferToThreadPool(self._reactor, self._pool, func, *args)  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def stop(self) -> None:
+        # Waits for the work in flight (a commit, a hash) to finish: nothing is cut in half.
+        self._pool.stop()
+
+
+class InlineRunner:
+    """Runs each call at once on the calling thread (tests only: it blocks)."""
+
+    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return defer.maybeDeferred(func, *args)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

@@ -1,0 +1,232 @@
+"""Durable state of the server: accounts, and the blocks and locks of the lockout rules.
+
+:class:`Store` is the whole interface the protocol code sees; every method
+returns a Deferred, so a networked database could replace SQLite without
+touching the protocol.  :class:`SQLiteStore` keeps one connection, used only
+from one thread of its runner (WAL journal; each write is committed before
+its Deferred fires, so a reply sent after it survives ``kill -9``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from twisted.internet import defer
+
+from chatapp.server.runner import Runner
+
+ADDRESS = "address"
+NAME = "name"
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    password_hash: bytes
+    created: float
+    last_login: float | None
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str  # ADDRESS or NAME
+    key: str  # an IP address, or a case-folded user name
+    until: float
+
+
+class UserExists(Exception):
+    """An account with this name (case-insensitively) exists already."""
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message is one readable line."""
+
+
+class Store(Protocol):
+    def open(self) -> defer.Deferred[None]: ...
+
+    def close(self) -> defer.Deferred[None]: ...
+
+    def get_account(self, name: str) -> defer.Deferred[Account | None]: ...
+
+    def create_account(self, name: str, password_hash: bytes, now: float) -> defer.Deferred[Account]: ...
+
+    def set_password(self, name: str, password_hash: bytes) -> defer.Deferred[bool]: ...
+
+    def record_login(self, name: str, now: float) -> defer.Deferred[None]: ...
+
+    def set_block(self, kind: str, key: str, until: float) -> defer.Deferred[None]: ...
+
+    def block_until(self, kind: str, key: str, now: float) -> defer.Deferred[float | None]: ...
+
+
+def _migrate_to_1(db: sqlite3.Connection) -> None:
+    # Statement by statement: executescript() would commit the migration's transaction early.
+    db.execute(
+        """
+        CREATE TABLE users (
+            name_folded TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            password_hash BLOB NOT NULL,
+            created REAL NOT NULL,
+            last_login REAL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE blocks (
+            kind TEXT NOT NULL CHECK (kind IN ('address', 'name')),
+            key TEXT NOT NULL,
+            until REAL NOT NULL,
+            PRIMARY KEY (kind, key)
+        )
+        """
+    )
+
+
+# MIGRATIONS[n] takes a database at version n to version n + 1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the database; raise StoreError with one readable line."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open database {path!r}: {e}") from None
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {path!r} has schema version {version}, newer than this chatapp "
+                f"understands ({SCHEMA_VERSION})"
+            )
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        while version < SCHEMA_VERSION:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS[version](db)
+                version += 1
+                db.execute(f"PRAGMA user_version = {version}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        _check_tables(db)
+    except StoreError:
+        db.close()
+        raise
+    except sqlite3.Error as e:
+        db.close()
+        raise StoreError(f"cannot use database {path!r}: {e}") from None
+    return db
+
+
+def _check_tables(db: sqlite3.Connection) -> None:
+    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = {"users", "blocks"} - names
+    if missing:
+        raise StoreError(f"database is not a chatapp database (missing tables: {', '.join(sorted(missing))})")
+
+
+class SQLiteStore:
+    """The SQLite implementation of :class:`Store`; ``runner`` must run one call at a time."""
+
+    def __init__(self, path: str, runner: Runner) -> None:
+        self.path = path
+        self._runner = runner
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("database is closed")
+        return self._db
+
+    def open(self) -> defer.Deferred[None]:
+        self._runner.start()
+
+        def _open() -> None:
+            self._db = connect(self.path)
+
+        return self._runner.run(_open)
+
+    def close(self) -> defer.Deferred[None]:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        d = self._runner.run(_close)
+        d.addBoth(lambda result: (self._runner.stop(), result)[1])
+        return d
+
+    def get_account(self, name: str) -> defer.Deferred[Account | None]:
+        def _get() -> Account | None:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT name, password_hash, created, last_login FROM users WHERE name_folded = ?",
+                    (name.lower(),),
+                )
+                .fetchone()
+            )
+            return Account(row[0], bytes(row[1]), row[2], row[3]) if row else None
+
+        return self._runner.run(_get)
+
+    def create_account(self, name: str, password_hash: bytes, now: float) -> defer.Deferred[Account]:
+        def _create() -> Account:
+            try:
+                self._conn().execute(
+                    "INSERT INTO users (name_folded, name, password_hash, created) VALUES (?, ?, ?, ?)",
+                    (name.lower(), name, password_hash, now),
+                )
+            except sqlite3.IntegrityError:
+                raise UserExists(name) from None
+            return Account(name, password_hash, now, None)
+
+        return self._runner.run(_create)
+
+    def set_password(self, name: str, password_hash: bytes) -> defer.Deferred[bool]:
+        def _set() -> bool:
+            cursor = self._conn().execute(
+                "UPDATE users SET password_hash = ? WHERE name_folded = ?", (password_hash, name.lower())
+            )
+            return cursor.rowcount == 1
+
+        return self._runner.run(_set)
+
+    def record_login(self, name: str, now: float) -> defer.Deferred[None]:
+        def _record() -> None:
+            self._conn().execute("UPDATE users SET last_login = ? WHERE name_folded = ?", (now, name.lower()))
+
+        return self._runner.run(_record)
+
+    def set_block(self, kind: str, key: str, until: float) -> defer.Deferred[None]:
+        def _set() -> None:
+            self._conn().execute(
+                "INSERT INTO blocks (kind, key, until) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET until = excluded.until",
+                (kind, key, until),
+            )
+
+        return self._runner.run(_set)
+
+    def block_until(self, kind: str, key: str, now: float) -> defer.Deferred[float | None]:
+        def _get() -> float | None:
+            db = self._conn()
+            row = db.execute("SELECT until FROM blocks WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+            if row is None:
+                return None
+            if row[0] <= now:
+                db.execute("DELETE FROM blocks WHERE kind = ? AND key = ? AND until <= ?", (kind, key, now))
+                return None
+            return float(row[0])
+
+        return self._runner.run(_get)

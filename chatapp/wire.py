@@ -1,0 +1,186 @@
+"""The line format shared by the server and peer protocols (PROTOCOL.md section 1).
+
+Everything here is pure: bytes or text in, values out, no I/O.  The
+protocols translate transport bytes into calls on these helpers.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+SERVER_MAX_LINE = 4096
+PEER_MAX_LINE = 16384
+MAX_NUMBER = 2**63 - 1
+
+_NUMBER = re.compile(r"[0-9]{1,19}")
+_USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,31}")
+_URLSAFE = re.compile(r"[A-Za-z0-9_\-]+")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class WireError(Exception):
+    """A line that cannot be taken: carries the ``ERR`` code and reason to send back."""
+
+    def __init__(self, code: int, reason: str, text: str = "") -> None:
+        super().__init__(code, reason, text)
+        self.code = code
+        self.reason = reason
+        self.text = text
+
+    def line(self) -> bytes:
+        return format_error(self.code, self.reason, self.text)
+
+
+class LineTooLong(Exception):
+    """The peer sent more than the longest allowed line without an LF."""
+
+
+class BadArguments(WireError):
+    def __init__(self, text: str = "wrong number or form of fields") -> None:
+        super().__init__(400, "bad-arguments", text)
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, bounded by ``max_length``.
+
+    ``feed`` returns the complete lines (CR LF or LF stripped) and keeps the
+    remainder.  It raises :class:`LineTooLong` once a line is certainly longer
+    than allowed; lines before it are delivered first through ``pending``.
+    """
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bool]:
+        """Return the complete lines in ``data`` and whether a too-long line follows them."""
+        self._buffer += data
+        lines: list[bytes] = []
+        start = 0
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            line_end = end - 1 if end > start and buffer[end - 1] == 0x0D else end
+            if line_end - start > self.max_length:
+                del buffer[:]
+                return lines, True
+            lines.append(bytes(buffer[start:line_end]))
+            start = end + 1
+        del buffer[:start]
+        too_long = len(buffer) > self.max_length + 2
+        if too_long:
+            del buffer[:]
+        return lines, too_long
+
+    def clear(self) -> None:
+        del self._buffer[:]
+
+
+def decode_line(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError(400, "bad-encoding", "lines must be UTF-8") from None
+
+
+def split_verb(line: str) -> tuple[str, str | None]:
+    """Split ``VERB rest`` into the upper-cased verb and the raw rest (None if absent)."""
+    verb, sep, rest = line.partition(" ")
+    return verb.upper(), (rest if sep else None)
+
+
+def fields(args: str | None, count: int, optional: int = 0) -> list[str]:
+    """Exactly ``count`` (plus up to ``optional``) non-empty single-space-separated fields."""
+    if args is None:
+        if count == 0:
+            return []
+        raise BadArguments()
+    parts = args.split(" ")
+    if not count <= len(parts) <= count + optional or any(p == "" for p in parts):
+        raise BadArguments()
+    return parts
+
+
+def fields_and_rest(args: str | None, count: int) -> tuple[list[str], str]:
+    """``count`` fields then the rest of the line, kept byte for byte (must not be empty)."""
+    if args is None:
+        raise BadArguments()
+    parts = args.split(" ", count)
+    if len(parts) != count + 1 or any(p == "" for p in parts[:count]) or parts[count] == "":
+        raise BadArguments()
+    return parts[:count], parts[count]
+
+
+def parse_number(text: str) -> int:
+    if not _NUMBER.fullmatch(text):
+        raise BadArguments("numbers are 1-19 digits")
+    value = int(text)
+    if value > MAX_NUMBER:
+        raise BadArguments("number too large")
+    return value
+
+
+def is_number(text: str) -> bool:
+    return bool(_NUMBER.fullmatch(text)) and int(text) <= MAX_NUMBER
+
+
+def valid_username(name: str) -> bool:
+    return bool(_USERNAME.fullmatch(name)) and name.isascii()
+
+
+def fold_name(name: str) -> str:
+    """The key under which a user name is unique (names are ASCII, so lower() is enough)."""
+    return name.lower()
+
+
+def valid_password(password: str) -> bool:
+    return 8 <= len(password.encode("utf-8")) <= 72
+
+
+def valid_urlsafe(text: str, max_length: int = 128) -> bool:
+    return len(text) <= max_length and bool(_URLSAFE.fullmatch(text))
+
+
+def valid_sha256(text: str) -> bool:
+    return bool(_SHA256.fullmatch(text))
+
+
+def format_line(*parts: str) -> bytes:
+    """Join fields with single spaces and end the line with CR LF."""
+    text = " ".join(parts)
+    if "\r" in text or "\n" in text:
+        raise ValueError("a line cannot carry CR or LF")
+    return text.encode("utf-8") + b"\r\n"
+
+
+def format_error(code: int, reason: str, text: str = "") -> bytes:
+    if text:
+        return format_line("ERR", str(code), reason, clean_text(text))
+    return format_line("ERR", str(code), reason)
+
+
+def clean_text(text: str) -> str:
+    """Make free text safe to put on one line: CR, LF and other controls become spaces."""
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
+def escape_for_terminal(text: str) -> str:
+    """Render control characters (Unicode Cc and Cf) visibly, never as terminal commands."""
+    out = []
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        elif char == "\\":
+            out.append("\\\\")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def strip_crlf(text: str) -> str:
+    """For log lines: a user-supplied value must never forge a new log line."""
+    return text.replace("\r", "").replace("\n", "")
