@@ -30,6 +30,7 @@ def make_factory(db_path: str, clock: Clock, config: ServerConfig | None = None)
 
 @pytest.fixture
 def server_factory(tmp_path, clock) -> Iterator[ServerFactory]:
-    factory = make_factory(str(tmp_path / "chat.sqlite3"), clock)
+    # A long login deadline, so tests that move the clock by minutes keep their connections.
+    factory = make_factory(str(tmp_path / "chat.sqlite3"), clock, ServerConfig(login_timeout=86400))
     yield factory
     factory.store.close()

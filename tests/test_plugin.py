@@ -1,5 +1,6 @@
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+
 from twisted.plugins import chatapp_plugin  # noqa: F401  (the drop-in must import cleanly)
 
 

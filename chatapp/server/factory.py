@@ -63,8 +63,9 @@ class ServerFactory(Factory):
         self._per_address: dict[str, int] = defaultdict(int)
         self._all_closed: list[defer.Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> ServerProtocol:
-        return ServerProtocol(self, address_of(addr))
+    def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # type: ignore[override]
+        # The override narrows the return type; Twisted's stub promises only "a protocol".
+        return ServerProtocol(self, address_of(addr) if addr is not None else "127.0.0.1")
 
     def connection_opened(self, connection: ServerProtocol) -> bool:
         """Count a new connection; False if its address already holds the most it may."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
@@ -106,7 +107,7 @@ class ServerProtocol(Protocol):
             self._send(format_error(500, "internal-error", "the server cannot serve you right now"))
             self._close()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.gone = True
         self._closing = True
         self._queue.clear()
@@ -238,11 +239,13 @@ class ServerProtocol(Protocol):
         now = self.factory.clock.seconds()
         until = await self.factory.store.block_until(ADDRESS, self.address, now)
         if until is not None:
-            self._send(format_error(429, "blocked", f"{seconds_left(until, now)} too many failed logins from your address"))
+            self._send(
+                format_error(429, "blocked", f"{seconds_left(until, now)} too many failed logins from your address")
+            )
             self._close()
             raise _Closed()
 
-    def cmd_signup(self, args: str | None) -> Awaitable[None]:
+    def cmd_signup(self, args: str | None) -> Coroutine[Any, Any, None]:
         name, password = self._check_credentials_syntax(args)
         return self._signup(name, password)
 
@@ -276,7 +279,7 @@ class ServerProtocol(Protocol):
         self._logged_in(account.name)
         self._send(format_line("OK", "SIGNUP", account.name))
 
-    def cmd_login(self, args: str | None) -> Awaitable[None]:
+    def cmd_login(self, args: str | None) -> Coroutine[Any, Any, None]:
         name, password = self._check_credentials_syntax(args)
         return self._login(name, password)
 
@@ -315,7 +318,9 @@ class ServerProtocol(Protocol):
         until = now + factory.config.block_time
         if outcome.block_address:
             await factory.store.set_block(ADDRESS, self.address, until)
-            log.warn("blocked address {address} for {seconds}s", address=self.address, seconds=factory.config.block_time)
+            log.warn(
+                "blocked address {address} for {seconds}s", address=self.address, seconds=factory.config.block_time
+            )
         if outcome.lock_name:
             await factory.store.set_block(NAME, folded, until)
             log.warn("locked user {user} for {seconds}s", user=strip_crlf(folded), seconds=factory.config.block_time)
@@ -337,7 +342,7 @@ class ServerProtocol(Protocol):
         if replaced is not None:
             replaced.kick("replaced")
 
-    def cmd_passwd(self, args: str | None) -> Awaitable[None]:
+    def cmd_passwd(self, args: str | None) -> Coroutine[Any, Any, None]:
         _, password = fields_and_rest(args, 0)
         if not valid_password(password):
             raise WireError(400, "bad-password", "passwords are 8-72 bytes")
@@ -386,7 +391,7 @@ class ServerProtocol(Protocol):
         out.append(format_line("OK", "WHO", str(len(rows))))
         self._send(b"".join(out))
 
-    def cmd_connect(self, args: str | None) -> Awaitable[None] | None:
+    def cmd_connect(self, args: str | None) -> Coroutine[Any, Any, None] | None:
         assert self.user is not None
         (name,) = fields(args, 1)
         if not valid_username(name):
@@ -431,7 +436,7 @@ class ServerProtocol(Protocol):
         self._send(format_line("OK", "QUIT"))
         self._close()
 
-    _handlers: dict[str, Callable[[ServerProtocol, str | None], Awaitable[None] | None]] = {
+    _handlers: dict[str, Callable[[ServerProtocol, str | None], Coroutine[Any, Any, None] | None]] = {
         "SIGNUP": cmd_signup,
         "LOGIN": cmd_login,
         "PASSWD": cmd_passwd,

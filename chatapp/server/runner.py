@@ -7,7 +7,8 @@ calling thread) and stay deterministic under a ``task.Clock``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads
@@ -33,7 +34,7 @@ class ThreadRunner:
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
 
     def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return deferToThreadPool(self._reactor, self._pool, func, *args)  # type: ignore[arg-type]
+        return deferToThreadPool(self._reactor, self._pool, func, *args)
 
     def start(self) -> None:
         self._pool.start()

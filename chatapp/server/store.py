@@ -10,8 +10,9 @@ its Deferred fires, so a reply sent after it survives ``kill -9``).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from twisted.internet import defer
 
@@ -162,8 +163,12 @@ class SQLiteStore:
                 self._db.close()
                 self._db = None
 
+        def _stop(result: object) -> object:
+            self._runner.stop()
+            return result
+
         d = self._runner.run(_close)
-        d.addBoth(lambda result: (self._runner.stop(), result)[1])
+        d.addBoth(_stop)
         return d
 
     def get_account(self, name: str) -> defer.Deferred[Account | None]:

@@ -66,7 +66,13 @@ class Options(usage.Options):
     optParameters: list[list[Any]] = [
         ["listen", None, "tcp:8750", "Twisted server endpoint to listen on (tcp:, ssl:, unix:, systemd:)"],
         ["db", None, "chatserver.sqlite3", "SQLite database file (created on first start)"],
-        ["max-attempts", None, 3, "failed logins in a row before an address is blocked or a name locked", _positive_int(1)],
+        [
+            "max-attempts",
+            None,
+            3,
+            "failed logins in a row before an address is blocked or a name locked",
+            _positive_int(1),
+        ],
         ["block-time", None, 300.0, "seconds a block or lock lasts", _seconds],
         ["bcrypt-rounds", None, 12, "bcrypt cost factor (4..31)", _positive_int(4, 31)],
         ["login-timeout", None, 60.0, "seconds a connection has to log in", _seconds],
@@ -140,8 +146,9 @@ class ChatServerService(Service):
         closed.addTimeout(SHUTDOWN_GRACE, self.reactor, onTimeoutCancel=lambda *a: None)
         yield closed
         for connection in list(self.factory.connections):
-            if connection.transport is not None:
-                connection.transport.abortConnection()
+            abort = getattr(connection.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
         self.factory.hasher.stop()
         yield self.factory.store.close()
         log.info("chatserver stopped")
