@@ -165,7 +165,8 @@ def build_service(options: Options, reactor: Any) -> ChatServerService:
     except StoreError as e:
         raise StartupError(f"chatserver: {e}") from None
     threads = max(1, os.cpu_count() or 1)
-    hasher = PasswordHasher(ThreadRunner(reactor, threads, "chatapp-bcrypt"), options["bcrypt-rounds"], threads * 8)
+    # Enough queue for a burst of logins (about 8 s of work at the default cost), bounded all the same.
+    hasher = PasswordHasher(ThreadRunner(reactor, threads, "chatapp-bcrypt"), options["bcrypt-rounds"], threads * 32)
     store = SQLiteStore(path, ThreadRunner(reactor, 1, "chatapp-sqlite"))
     factory = ServerFactory(options.config(), store, hasher, reactor)
     return ChatServerService(serverFromString(reactor, options["listen"]), options["listen"], factory, reactor)
