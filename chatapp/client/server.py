@@ -1,0 +1,591 @@
+"""The client side of the server protocol (PROTOCOL.md section 2): one connection, calls as Deferreds.
+
+:class:`ServerClientProtocol` turns each command into a line and a Deferred
+that fires with the parsed ``OK`` reply or fails with the typed
+:mod:`~chatapp.client.errors` exception of the ``ERR`` reply.  Replies come in
+the order the commands were sent, so calls may be pipelined: the protocol
+keeps a queue of the calls waiting for their replies.  ``*`` lines are events
+handed to a :class:`ServerEvents` object.
+
+Nothing is written before the server's ``* HELLO``: calls made earlier wait
+in order and go out when it arrives (or fail when ``* BLOCKED`` or ``* BYE``
+comes instead).  Once logged in, the protocol sends ``PING`` every 60 seconds
+and drops a connection whose previous ``PING`` is still unanswered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatapp import PROTOCOL_VERSION
+from chatapp.client.errors import (
+    FIELD_COUNTS,
+    Blocked,
+    ChatClientError,
+    ConnectionClosed,
+    InvalidArgument,
+    ProtocolViolation,
+    server_error,
+)
+from chatapp.wire import (
+    SERVER_MAX_LINE,
+    LineBuffer,
+    WireError,
+    decode_line,
+    escape_for_terminal,
+    is_number,
+    valid_password,
+    valid_urlsafe,
+    valid_username,
+)
+
+log = Logger()
+
+T = TypeVar("T")
+
+PING_INTERVAL = 60.0
+DEFAULT_PORT = 8750
+
+_STATES = frozenset({"online", "listening"})
+
+
+# -- results ------------------------------------------------------------------
+
+
+class WhoEntry(NamedTuple):
+    """One row of ``WHO``: a logged-in user and whether they accept chats."""
+
+    name: str
+    state: str  # "online" or "listening"
+
+
+@dataclass(frozen=True)
+class PeerTicket:
+    """What ``CONNECT`` returns: where the peer listens and the two secrets of the handshake (PROTOCOL.md 3.1)."""
+
+    user: str
+    host: str
+    port: int
+    token: str
+    proof: str = field(repr=False)
+
+
+# -- events -------------------------------------------------------------------
+
+
+class ServerEvents(Protocol):
+    """The unsolicited ``*`` lines of one connection.  Every method must return quickly and not raise."""
+
+    def hello(self, version: str) -> None:
+        """The server greeted us; calls are now sent."""
+
+    def request(self, user: str) -> None:
+        """``user`` asked the server for a ticket to chat with us: a peer connection from them is coming."""
+
+    def bye(self, reason: str) -> None:
+        """The server is closing this connection (``replaced``, ``shutdown``, ``idle-timeout``, ...)."""
+
+    def blocked(self, seconds: int) -> None:
+        """This address is blocked for ``seconds``; the server closes the connection."""
+
+
+class NoEvents:
+    """A :class:`ServerEvents` that ignores everything (subclass it and override what you need)."""
+
+    def hello(self, version: str) -> None:
+        pass
+
+    def request(self, user: str) -> None:
+        pass
+
+    def bye(self, reason: str) -> None:
+        pass
+
+    def blocked(self, seconds: int) -> None:
+        pass
+
+
+# -- argument checks (client side, before anything is sent) ---------------------
+
+
+def check_username(user: str) -> str:
+    if not isinstance(user, str) or not valid_username(user):
+        raise InvalidArgument("user names are 1-32 characters of A-Z a-z 0-9 _ . - and do not start with . or -")
+    return user
+
+
+def check_password(password: str) -> str:
+    if not isinstance(password, str):
+        raise InvalidArgument("the password must be text")
+    if "\r" in password or "\n" in password:
+        raise InvalidArgument("a password cannot contain a line break")
+    try:
+        ok = valid_password(password)
+    except UnicodeEncodeError:
+        raise InvalidArgument("the password is not valid text") from None
+    if not ok:
+        raise InvalidArgument("passwords are 8-72 bytes long")
+    return password
+
+
+def check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+        raise InvalidArgument("the listening port must be a number from 1024 to 65535")
+    return port
+
+
+def check_host(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except (ValueError, TypeError):
+        raise InvalidArgument("the advertised host must be an IP address") from None
+    return host
+
+
+def check_token(token: str) -> str:
+    if not isinstance(token, str) or not valid_urlsafe(token):
+        raise InvalidArgument("a connection token is URL-safe text (A-Z a-z 0-9 _ -)")
+    return token
+
+
+def command_line(*parts: str) -> bytes:
+    """Encode one command, refusing what could not be one line of at most SERVER_MAX_LINE bytes."""
+    text = " ".join(parts)
+    if "\r" in text or "\n" in text:
+        raise InvalidArgument("a command cannot contain a line break")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("the command is not valid text") from None
+    if len(data) > SERVER_MAX_LINE:
+        raise InvalidArgument(f"the command is longer than {SERVER_MAX_LINE} bytes")
+    return data + b"\r\n"
+
+
+# -- reply parsing ----------------------------------------------------------------
+
+
+def _split(rest: str | None) -> list[str]:
+    """Single-space-separated non-empty fields; raises ValueError on an empty field."""
+    if rest is None:
+        return []
+    parts = rest.split(" ")
+    if any(p == "" for p in parts):
+        raise ValueError("empty field")
+    return parts
+
+
+def _number(text: str, low: int, high: int) -> int:
+    if not is_number(text) or not low <= int(text) <= high:
+        raise ValueError(f"bad number {text!r}")
+    return int(text)
+
+
+def _user(text: str) -> str:
+    if not valid_username(text):
+        raise ValueError(f"bad user name {text!r}")
+    return text
+
+
+def _secret(text: str) -> str:
+    if not valid_urlsafe(text):
+        raise ValueError("bad token")
+    return text
+
+
+def _parse_nothing(f: list[str], rows: list[WhoEntry]) -> None:
+    if f:
+        raise ValueError("unexpected fields")
+
+
+def _parse_user(f: list[str], rows: list[WhoEntry]) -> str:
+    (name,) = f
+    return _user(name)
+
+
+def _parse_listen(f: list[str], rows: list[WhoEntry]) -> tuple[str, int]:
+    host, port = f
+    return host, _number(port, 1, 65535)
+
+
+def _parse_who(f: list[str], rows: list[WhoEntry]) -> list[WhoEntry]:
+    (count,) = f
+    if _number(count, 0, 2**63 - 1) != len(rows):
+        raise ValueError(f"WHO said {count} users but sent {len(rows)} rows")
+    return list(rows)
+
+
+def _parse_connect(f: list[str], rows: list[WhoEntry]) -> PeerTicket:
+    user, host, port, token, proof = f
+    return PeerTicket(_user(user), host, _number(port, 1, 65535), _secret(token), _secret(proof))
+
+
+def _parse_verify(f: list[str], rows: list[WhoEntry]) -> tuple[str, str]:
+    requester, proof = f
+    return _user(requester), _secret(proof)
+
+
+_Parser = Callable[[list[str], list[WhoEntry]], Any]
+
+
+@dataclass
+class _Call:
+    verb: str  # the verb the OK reply must carry
+    parse: _Parser
+    deferred: defer.Deferred[Any]
+    line: bytes
+    rows: list[WhoEntry] = field(default_factory=list)
+    on_success: Callable[[Any], None] | None = None
+
+
+# -- the protocol -----------------------------------------------------------------
+
+
+class ServerClientProtocol(TwistedProtocol):
+    """One connection to the chat server.
+
+    ``clock`` schedules the keep-alive ``PING``; ``events`` receives the
+    ``*`` lines.  After the connection ends, every call fails at once with
+    :class:`~chatapp.client.errors.ConnectionClosed`.
+    """
+
+    def __init__(self, clock: IReactorTime, events: ServerEvents | None = None, ping_interval: float = PING_INTERVAL):
+        self.clock = clock
+        self.events: ServerEvents = events if events is not None else NoEvents()
+        self.ping_interval = ping_interval
+        self.user: str | None = None  # the account name as signed up, once logged in
+        self.listening: tuple[int, str | None] | None = None  # (port, host asked for) after OK LISTEN
+        self.credentials: tuple[str, str] | None = None  # what the last successful login used (for reconnecting)
+        self.server_version: str | None = None
+        self.closed: ConnectionClosed | None = None  # set when the connection has ended
+        self._lines = LineBuffer(SERVER_MAX_LINE)
+        self._calls: deque[_Call] = deque()
+        self._unsent: list[bytes] = []  # lines of calls made before HELLO
+        self._greeted = False
+        self._quitting = False
+        self._bye: str | None = None
+        self._blocked: Blocked | None = None
+        self._ending: ConnectionClosed | None = None  # why we are dropping the connection ourselves
+        self._ping_timer: IDelayedCall | None = None
+        self._ping_outstanding = False
+        self._ready: list[defer.Deferred[ServerClientProtocol]] = []
+        self._lost: list[defer.Deferred[ConnectionClosed]] = []
+
+    # -- connection life ----------------------------------------------------------
+
+    @property
+    def quitting(self) -> bool:
+        """True once ``quit()`` was called: the end of this connection is deliberate."""
+        return self._quitting
+
+    @property
+    def logged_in(self) -> bool:
+        return self.user is not None and self.closed is None
+
+    def when_ready(self) -> defer.Deferred[ServerClientProtocol]:
+        """Fires with this protocol once ``* HELLO`` came; fails if the connection ends first."""
+        if self._greeted and self.closed is None:
+            return defer.succeed(self)
+        if self.closed is not None:
+            return defer.fail(self._blocked or self.closed)
+        d: defer.Deferred[ServerClientProtocol] = defer.Deferred()
+        self._ready.append(d)
+        return d
+
+    def when_closed(self) -> defer.Deferred[ConnectionClosed]:
+        """Fires with the :class:`ConnectionClosed` describing the end, once the connection is gone."""
+        if self.closed is not None:
+            return defer.succeed(self.closed)
+        d: defer.Deferred[ConnectionClosed] = defer.Deferred()
+        self._lost.append(d)
+        return d
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self.closed is not None:
+            return
+        self._stop_pinging()
+        if self._ending is not None:
+            closed: ConnectionClosed = self._ending
+        else:
+            detail = "" if reason.check(ConnectionDone) or self._bye is not None else _describe(reason)
+            closed = ConnectionClosed(self._bye, detail)
+        self.closed = closed
+        log.info("server connection closed: {why}", why=str(closed))
+        calls, self._calls = self._calls, deque()
+        self._unsent.clear()
+        error: ChatClientError = self._blocked if self._blocked is not None else closed
+        for call in calls:
+            call.deferred.errback(error)
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.errback(self._blocked or closed)
+        lost, self._lost = self._lost, []
+        for waiter in lost:
+            waiter.callback(closed)
+
+    def drop(self) -> None:
+        """Close the connection now, without ``QUIT`` (queued calls fail)."""
+        if self.transport is not None and self.closed is None:
+            abort = getattr(self.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            else:
+                self.transport.loseConnection()
+
+    # -- incoming -------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._ending is not None or self.closed is not None:
+            return
+        lines, too_long = self._lines.feed(data)
+        for raw in lines:
+            self._ping_outstanding = False  # any line proves the server is alive
+            try:
+                self._line_received(raw)
+            except (ValueError, WireError) as e:
+                self._protocol_violation(raw, str(e) or type(e).__name__)
+            if self._ending is not None or self.closed is not None:
+                return
+        if too_long:
+            self._protocol_violation(b"", f"a line longer than {SERVER_MAX_LINE} bytes")
+
+    def _protocol_violation(self, raw: bytes, why: str) -> None:
+        shown = escape_for_terminal(raw[:200].decode("utf-8", "replace"))
+        log.warn("dropping the server connection: {why}: {line!r}", why=why, line=shown)
+        self._ending = ProtocolViolation(why)
+        self.drop()
+
+    def _line_received(self, raw: bytes) -> None:
+        if not raw:
+            return
+        line = decode_line(raw)
+        kind, _, rest = line.partition(" ")
+        if kind == "*":
+            self._event(rest)
+        elif kind == "OK":
+            self._ok(rest)
+        elif kind == "ERR":
+            self._err(rest)
+        elif kind == "+":
+            self._row(rest)
+        else:
+            raise ValueError("not a reply or an event")
+
+    def _event(self, rest: str) -> None:
+        name, _, args = rest.partition(" ")
+        f = _split(args) if args else []
+        name = name.upper()
+        if name == "HELLO":
+            (version,) = f
+            if self._greeted:
+                raise ValueError("a second HELLO")
+            if version != PROTOCOL_VERSION:
+                raise ValueError(f"unsupported server protocol {version!r} (this client speaks {PROTOCOL_VERSION})")
+            self.server_version = version
+            self._greeted = True
+            unsent, self._unsent = self._unsent, []
+            if unsent and self.transport is not None:
+                self.transport.write(b"".join(unsent))
+            ready, self._ready = self._ready, []
+            for d in ready:
+                d.callback(self)
+            self._notify("hello", version)
+        elif name == "REQUEST":
+            (user,) = f
+            self._notify("request", _user(user))
+        elif name == "BYE":
+            (reason,) = f
+            self._bye = reason
+            self._notify("bye", reason)
+        elif name == "BLOCKED":
+            (seconds,) = f
+            value = _number(seconds, 0, 2**63 - 1)
+            self._blocked = Blocked(429, "blocked", (seconds,), "")
+            self._notify("blocked", value)
+        else:
+            log.info("ignoring an unknown server event {event}", event=escape_for_terminal(name))
+
+    def _notify(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.events, method)(*args)
+        except Exception:
+            log.failure("the {method} event handler failed", method=method)
+
+    def _head(self, what: str) -> _Call:
+        if not self._calls:
+            raise ValueError(f"{what} with no command waiting for a reply")
+        return self._calls[0]
+
+    def _ok(self, rest: str) -> None:
+        call = self._head("OK")
+        verb, _, args = rest.partition(" ")
+        if verb.upper() != call.verb:
+            raise ValueError(f"OK {verb} in answer to {call.verb}")
+        try:
+            result = call.parse(_split(args) if args else [], call.rows)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"malformed OK {call.verb}: {e}") from None
+        self._calls.popleft()
+        if call.on_success is not None:
+            call.on_success(result)
+        call.deferred.callback(result)
+
+    def _err(self, rest: str) -> None:
+        call = self._head("ERR")
+        parts = rest.split(" ")
+        if len(parts) < 2 or not parts[0].isascii() or not parts[0].isdigit() or len(parts[0]) != 3 or not parts[1]:
+            raise ValueError("malformed ERR")
+        code, reason = int(parts[0]), parts[1]
+        count = FIELD_COUNTS.get(code, 0)
+        extra = parts[2 : 2 + count]
+        if len(extra) != count or not all(is_number(x) for x in extra):
+            raise ValueError(f"ERR {code} without its number of seconds")
+        text = " ".join(parts[2 + count :])
+        self._calls.popleft()
+        call.deferred.errback(server_error(code, reason, tuple(extra), text))
+
+    def _row(self, rest: str) -> None:
+        call = self._head("a + row")
+        if call.verb != "WHO":
+            raise ValueError(f"a + row in answer to {call.verb}")
+        kind, name, state = _split(rest)
+        if kind.upper() != "USER" or state not in _STATES:
+            raise ValueError("malformed WHO row")
+        call.rows.append(WhoEntry(_user(name), state))
+
+    # -- outgoing ---------------------------------------------------------------------
+
+    def _call(
+        self, line: bytes, verb: str, parse: _Parser, on_success: Callable[[Any], None] | None = None
+    ) -> defer.Deferred[Any]:
+        if self.closed is not None:
+            return defer.fail(self.closed)
+        if self._quitting:
+            return defer.fail(ConnectionClosed(None, "the connection is closing"))
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._calls.append(_Call(verb, parse, d, line, on_success=on_success))
+        if not self._greeted:
+            self._unsent.append(line)
+        elif self.transport is not None:
+            self.transport.write(line)
+        return d
+
+    def signup(self, user: str, password: str) -> defer.Deferred[str]:
+        """Create an account and log in; fires with the name as the server spells it."""
+        line = command_line("SIGNUP", check_username(user), check_password(password))
+        return self._call(line, "SIGNUP", _parse_user, lambda name: self._logged_in(name, password))
+
+    def login(self, user: str, password: str) -> defer.Deferred[str]:
+        """Log in; fires with the name as signed up (``Alice`` even if ``alice`` was typed)."""
+        line = command_line("LOGIN", check_username(user), check_password(password))
+        return self._call(line, "LOGIN", _parse_user, lambda name: self._logged_in(name, password))
+
+    def passwd(self, new: str) -> defer.Deferred[None]:
+        """Change this account's password."""
+        line = command_line("PASSWD", check_password(new))
+
+        def changed(_: None) -> None:
+            if self.credentials is not None:
+                self.credentials = (self.credentials[0], new)
+
+        return self._call(line, "PASSWD", _parse_nothing, changed)
+
+    def listen(self, port: int, host: str | None = None) -> defer.Deferred[tuple[str, int]]:
+        """Publish where we accept peers; fires with (host, port) as the server saw it."""
+        parts = ["LISTEN", str(check_port(port))]
+        if host is not None:
+            parts.append(check_host(host))
+        line = command_line(*parts)
+
+        def published(_: tuple[str, int]) -> None:
+            self.listening = (port, host)
+
+        return self._call(line, "LISTEN", _parse_listen, published)
+
+    def unlisten(self) -> defer.Deferred[None]:
+        """Stop accepting peers (also fine when not listening)."""
+
+        def withdrawn(_: None) -> None:
+            self.listening = None
+
+        return self._call(command_line("UNLISTEN"), "UNLISTEN", _parse_nothing, withdrawn)
+
+    def who(self) -> defer.Deferred[list[WhoEntry]]:
+        """Who is logged in: a list of (name, "online" | "listening"), ourselves included."""
+        return self._call(command_line("WHO"), "WHO", _parse_who)
+
+    def connect(self, user: str) -> defer.Deferred[PeerTicket]:
+        """Ask for a ticket to chat with ``user``; the target gets ``* REQUEST``."""
+        return self._call(command_line("CONNECT", check_username(user)), "CONNECT", _parse_connect)
+
+    def verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
+        """Redeem a token a peer showed us; fires with (requester, proof)."""
+        return self._call(command_line("VERIFY", check_token(token)), "VERIFY", _parse_verify)
+
+    def ping(self) -> defer.Deferred[None]:
+        return self._call(command_line("PING"), "PONG", _parse_nothing)
+
+    def quit(self) -> defer.Deferred[None]:
+        """Say ``QUIT``; fires on ``OK QUIT`` (the server then closes).  Later calls fail."""
+        d = self._call(command_line("QUIT"), "QUIT", _parse_nothing)
+        self._quitting = True
+        self._stop_pinging()
+        return d
+
+    # -- keep-alive -------------------------------------------------------------------
+
+    def _logged_in(self, name: str, password: str) -> None:
+        self.user = name
+        self.credentials = (name, password)
+        if self._ping_timer is None and not self._quitting:
+            self._ping_timer = self.clock.callLater(self.ping_interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._ping_timer = None
+        if self.closed is not None or self._quitting:
+            return
+        if self._ping_outstanding:
+            log.warn("the server did not answer for {seconds} s; dropping the connection", seconds=self.ping_interval)
+            self._ending = ConnectionClosed(None, f"no answer from the server for {self.ping_interval:g} s")
+            self.drop()
+            return
+        self._ping_outstanding = True
+        self.ping().addErrback(lambda f: None)  # a failure here shows up as the connection ending
+        self._ping_timer = self.clock.callLater(self.ping_interval, self._keepalive)
+
+    def _stop_pinging(self) -> None:
+        if self._ping_timer is not None and self._ping_timer.active():
+            self._ping_timer.cancel()
+        self._ping_timer = None
+
+
+def _describe(reason: Failure) -> str:
+    value = reason.value
+    text = str(value).strip() if value is not None else ""
+    return text or type(value).__name__
+
+
+class ServerClientFactory(Factory):
+    """Builds :class:`ServerClientProtocol` instances sharing one clock and one events object."""
+
+    def __init__(self, clock: IReactorTime, events: ServerEvents | None = None, ping_interval: float = PING_INTERVAL):
+        self.clock = clock
+        self.events = events
+        self.ping_interval = ping_interval
+
+    def buildProtocol(self, addr: object) -> ServerClientProtocol:
+        protocol = ServerClientProtocol(self.clock, self.events, self.ping_interval)
+        protocol.factory = self
+        return protocol
