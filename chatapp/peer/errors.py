@@ -1,0 +1,51 @@
+"""Exceptions of the peer side; each docstring is the text a user interface may show."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatapp.peer.transfer import Transfer
+
+
+class PeerError(Exception):
+    """Something went wrong with a peer connection."""
+
+
+class VerifyRejected(PeerError):
+    """The server did not vouch for this token (unknown, expired or not for us)."""
+
+
+class ServerUnavailable(PeerError):
+    """Our server could not be asked to verify the token."""
+
+
+class HandshakeFailed(PeerError):
+    """The peer connection could not be opened."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class IllegalTransition(PeerError):
+    """A state machine was asked for a move it does not allow (a bug, not a peer's fault)."""
+
+
+class ProtocolError(PeerError):
+    """The peer broke the protocol; the connection is closed with ``ERR 400 protocol-error``."""
+
+    def __init__(self, text: str, transfer_id: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.transfer_id = transfer_id
+
+
+class TransferFailed(PeerError):
+    """A file transfer ended without the file arriving (rejected, cancelled or failed)."""
+
+    def __init__(self, transfer: Transfer) -> None:
+        super().__init__(f"transfer {transfer.id} {transfer.state.value}: {transfer.reason}")
+        self.transfer = transfer
+        self.state = transfer.state
+        self.reason = transfer.reason

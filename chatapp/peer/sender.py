@@ -1,0 +1,115 @@
+"""Sending files: the outgoing transfer (file, running hash) and the push producer that paces all of them.
+
+One :class:`SendPump` is registered on a session's transport. It moves one
+chunk of one transfer per reactor turn, round robin, and stops while the
+transport says it is full, so memory stays at about one chunk per
+connection and a slow receiver slows the sender. Chat lines written between
+turns go out between chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from zope.interface import implementer
+
+from chatapp.peer.states import Direction
+from chatapp.peer.transfer import Transfer
+
+if TYPE_CHECKING:
+    from chatapp.peer.session import PeerSession
+
+MAX_CHUNK = 1024 * 1024
+DEFAULT_CHUNK = 256 * 1024
+
+
+class OutgoingTransfer(Transfer):
+    def __init__(
+        self, session: PeerSession, transfer_id: str, name: str, source: IO[bytes], size: int, path: str
+    ) -> None:
+        super().__init__(session, transfer_id, name, size, Direction.SEND)
+        self.source: IO[bytes] | None = source
+        self.path = path
+        self.hasher: Any = hashlib.sha256()
+        self.position = 0  # next byte to read from source
+        self.hashing: Any = None  # the Deferred of a prefix hash in progress
+
+    def read_chunk(self, chunk_size: int) -> bytes:
+        """The next chunk (hashed), b"" at the end; raises OSError (or EOFError if the file shrank)."""
+        assert self.source is not None
+        want = min(chunk_size, self.size - self.position)
+        if want <= 0:
+            return b""
+        data = self.source.read(want)
+        if not data:
+            raise EOFError("file shrank while sending")
+        self.hasher.update(data)
+        self.position += len(data)
+        return data
+
+    def close_source(self) -> None:
+        if self.hashing is not None:
+            self.hashing.cancel()
+            self.hashing = None
+        if self.source is not None:
+            try:
+                self.source.close()
+            finally:
+                self.source = None
+
+
+@implementer(IPushProducer)
+class SendPump:
+    """Round-robin over transfers that have bytes to send; one ``step`` per reactor turn."""
+
+    def __init__(self, clock: IReactorTime, step: Callable[[OutgoingTransfer], bool]) -> None:
+        self._clock = clock
+        self._step = step  # sends one chunk (or END); returns True if the transfer has more to send
+        self._queue: deque[OutgoingTransfer] = deque()
+        self._call: IDelayedCall | None = None
+        self.paused = False
+        self.stopped = False
+
+    def add(self, transfer: OutgoingTransfer) -> None:
+        if transfer not in self._queue:
+            self._queue.append(transfer)
+        self._schedule()
+
+    def discard(self, transfer: OutgoingTransfer) -> None:
+        if transfer in self._queue:
+            self._queue.remove(transfer)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def _schedule(self) -> None:
+        if self._call is None and self._queue and not self.paused and not self.stopped:
+            self._call = self._clock.callLater(0, self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        if self.paused or self.stopped or not self._queue:
+            return
+        transfer = self._queue.popleft()
+        if self._step(transfer) and not self.stopped:
+            self._queue.append(transfer)
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.pauseProducing()
+        self._queue.clear()
