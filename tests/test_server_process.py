@@ -62,6 +62,7 @@ def run_twistd(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
     [
         (["--db", "missing/dir/x.sqlite3"], "does not exist"),
         (["--db", "garbage.sqlite3"], "file is not a database"),
+        (["--db", "a-folder"], "unable to open database file"),
         (["--bcrypt-rounds", "3"], "out of range (4..31)"),
         (["--max-attempts", "many"], "is not a whole number"),
         (["--block-time", "-5"], "out of range"),
@@ -71,6 +72,7 @@ def run_twistd(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
 )
 def test_startup_errors_are_one_line_not_a_traceback(tmp_path, args: list[str], message: str) -> None:
     (tmp_path / "garbage.sqlite3").write_bytes(b"this is not sqlite" * 100)
+    (tmp_path / "a-folder").mkdir()
     result = run_twistd(tmp_path, *args)
     output = result.stdout + result.stderr
     assert result.returncode != 0

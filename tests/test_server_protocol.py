@@ -503,3 +503,44 @@ def test_unexpected_exception_becomes_internal_error(connect: Connect, server_fa
     server_factory.store.close()  # every store call now fails
     assert conn.ask(f"LOGIN alice {PASSWORD}", "PING") == ["ERR 500 internal-error internal error", "OK PONG"]
     assert not conn.closing
+
+
+def test_a_client_that_stops_reading_runs_no_commands_and_is_dropped_past_a_limit(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chatapp.server.protocol.MAX_UNREAD_OUTPUT", 4096)
+    target = signed_up(connect, "target")
+    target.ask("LISTEN 4000")
+    target.proto.pauseProducing()  # what the transport does when its write buffer is full
+    assert target.transport.producerState == "paused"  # and it stops reading from the socket
+    target.send("PING\r\nPING\r\n")
+    assert target.lines() == []
+    target.proto.resumeProducing()
+    assert target.lines() == ["OK PONG", "OK PONG"]
+    target.proto.pauseProducing()
+    requester = signed_up(connect, "requester", "127.0.0.2")
+    for _ in range(1000):  # each CONNECT pushes a "* REQUEST" event at the target
+        requester.ask("CONNECT target")
+        if target.transport.disconnected:
+            break
+    assert target.transport.disconnected  # aborted, not left to buffer forever
+    assert 4000 < len(target.transport.value()) <= 4096
+
+
+def test_a_closing_connection_that_does_not_go_is_cut(connect: Connect, clock: Clock) -> None:
+    conn = connect()
+    conn.ask("QUIT")
+    assert conn.closing and not conn.transport.disconnected
+    clock.advance(10)
+    assert conn.transport.disconnected
+
+
+def test_failure_counts_are_bounded() -> None:
+    from chatapp.server.limits import FailureCounter
+
+    counter = FailureCounter(max_attempts=3, max_tracked=100)
+    for i in range(1000):
+        counter.failure(f"10.0.{i // 256}.{i % 256}", f"name{i}")
+    assert counter.count("10.0.3.231", "name999") == (1, 1)
+    assert counter.count("10.0.0.0", "name0") == (0, 0)  # forgotten, oldest first
+    assert len(counter._by_address) == len(counter._by_name) == 100

@@ -7,7 +7,7 @@ below the limit may be lost on restart (PROTOCOL.md 2.3).
 from __future__ import annotations
 
 import math
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 
 HOUR = 3600.0
@@ -25,19 +25,29 @@ class FailureOutcome:
 
 
 class FailureCounter:
-    """Consecutive failed logins per client address and per case-folded user name."""
+    """Consecutive failed logins per client address and per case-folded user name.
 
-    def __init__(self, max_attempts: int) -> None:
+    At most ``max_tracked`` keys of each kind are kept, the least recently
+    failed forgotten first, so guessing many names cannot fill memory.
+    """
+
+    def __init__(self, max_attempts: int, max_tracked: int = 100_000) -> None:
         self.max_attempts = max_attempts
-        self._by_address: dict[str, int] = defaultdict(int)
-        self._by_name: dict[str, int] = defaultdict(int)
+        self.max_tracked = max_tracked
+        self._by_address: dict[str, int] = {}
+        self._by_name: dict[str, int] = {}
+
+    def _bump(self, counts: dict[str, int], key: str) -> int:
+        count = counts.pop(key, 0) + 1  # re-inserted: the dict's order is recency
+        counts[key] = count
+        if len(counts) > self.max_tracked:
+            del counts[next(iter(counts))]
+        return count
 
     def failure(self, address: str, name: str) -> FailureOutcome:
         """Count one failure; a count that reaches the limit is reset and reported."""
-        self._by_address[address] += 1
-        self._by_name[name] += 1
-        block = self._by_address[address] >= self.max_attempts
-        lock = self._by_name[name] >= self.max_attempts
+        block = self._bump(self._by_address, address) >= self.max_attempts
+        lock = self._bump(self._by_name, name) >= self.max_attempts
         if block:
             del self._by_address[address]
         if lock:
@@ -65,6 +75,7 @@ class SignupLimiter:
         if len(times) >= self.per_hour:
             return None
         times.append(now)
+        self._times[address] = self._times.pop(address)  # most recent last
         return now
 
     def release(self, address: str, stamp: float) -> None:
@@ -79,7 +90,17 @@ class SignupLimiter:
         return times[0] + HOUR - now if times else 0.0
 
     def _prune(self, address: str, now: float) -> deque[float]:
+        self._forget_idle(now)
         times = self._times.setdefault(address, deque())
         while times and times[0] + HOUR <= now:
             times.popleft()
         return times
+
+    def _forget_idle(self, now: float) -> None:
+        # Addresses whose newest signup is over an hour old hold no slot: drop them (dicts keep
+        # insertion order, and an address is re-inserted on each signup, so the stale ones lead).
+        while self._times:
+            address, times = next(iter(self._times.items()))
+            if times and times[-1] + HOUR > now:
+                break
+            del self._times[address]

@@ -13,10 +13,11 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chatapp import PROTOCOL_VERSION
 from chatapp.server.limits import seconds_left
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 log = Logger()
 
 _TOO_LONG = object()  # queued in place of a line that was too long
+# A client that stops reading gets this much more output (events, replies
+# already due) before it is dropped: its socket buffer must not grow forever.
+MAX_UNREAD_OUTPUT = 256 * 1024
+CLOSE_GRACE = 10.0  # seconds a closing connection has to take its last line before it is cut
 BEFORE_LOGIN = frozenset({"SIGNUP", "LOGIN", "PING", "QUIT"})
 
 
@@ -62,7 +67,10 @@ def normalize_host(host: str) -> str:
     return str(address)
 
 
+@implementer(IPushProducer)
 class ServerProtocol(Protocol):
+    """Also the producer of its own replies: while the client does not read, no command runs."""
+
     factory: ServerFactory
 
     def __init__(self, factory: ServerFactory, address: str) -> None:
@@ -78,10 +86,15 @@ class ServerProtocol(Protocol):
         self._dispatching = False
         self._login_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
+        self._paused = False
+        self._unread_output = 0  # bytes written since the transport asked us to pause
 
     # -- connection life --------------------------------------------------
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         if not self.factory.connection_opened(self):
             self._say_bye("too-many-connections")
             return
@@ -111,7 +124,7 @@ class ServerProtocol(Protocol):
         self.gone = True
         self._closing = True
         self._queue.clear()
-        for timer in (self._login_timer, self._idle_timer):
+        for timer in (self._login_timer, self._idle_timer, self._abort_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self.factory.connection_closed(self)
@@ -138,14 +151,47 @@ class ServerProtocol(Protocol):
         self._close()
 
     def _send(self, line: bytes) -> None:
-        if self.transport is not None and not self._closing:
-            self.transport.write(line)
+        if self.transport is None or self._closing:
+            return
+        if self._paused:
+            self._unread_output += len(line)
+            if self._unread_output > MAX_UNREAD_OUTPUT:
+                log.warn("dropping {address}: it does not read what it is sent", address=self.address)
+                self._abort()
+                return
+        self.transport.write(line)
 
     def _close(self) -> None:
         self._closing = True
         self._queue.clear()
         if self.transport is not None:
             self.transport.loseConnection()
+            self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._closing = True
+        self._queue.clear()
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None and not self.gone:
+            abort()
+
+    # -- IPushProducer: the transport's write buffer is full, or has drained ---
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self.transport is not None and not self._closing:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._unread_output = 0
+        if self.transport is not None and not self._closing:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._dispatch()
+
+    def stopProducing(self) -> None:
+        self._closing = True
+        self._queue.clear()
 
     # -- framing and dispatch -----------------------------------------------
 
@@ -166,7 +212,7 @@ class ServerProtocol(Protocol):
             return
         self._dispatching = True
         try:
-            while self._queue and not self._waiting and not self._closing:
+            while self._queue and not self._waiting and not self._closing and not self._paused:
                 item = self._queue.popleft()
                 if item is _TOO_LONG:
                     self._send(format_error(413, "line-too-long", f"lines are at most {SERVER_MAX_LINE} bytes"))

@@ -120,6 +120,9 @@ def connect(path: str, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
                 db.execute("ROLLBACK")
                 raise
         _check_tables(db)
+        # Take the write lock once: a read-only file or folder fails here, at startup, not at the first signup.
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
     except StoreError:
         db.close()
         raise
