@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from conftest import make_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from line_client import connect_lines
@@ -20,8 +21,6 @@ from twisted.internet.task import Clock
 
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.wire import SERVER_MAX_LINE
-
-from conftest import make_factory
 
 REASONS = {
     "400": {"unknown-command", "bad-arguments", "bad-username", "bad-password", "bad-port", "bad-host", "bad-encoding"},
@@ -41,7 +40,7 @@ ARGS = ["alice", "bob", "Alice", PASSWORD, "wrongpassword1", "4000", "65536", "1
 
 @st.composite
 def near_valid_lines(draw: st.DrawFn) -> bytes:
-    words = [draw(st.sampled_from(VERBS))] + draw(st.lists(st.sampled_from(ARGS), max_size=4))
+    words = [draw(st.sampled_from(VERBS)), *draw(st.lists(st.sampled_from(ARGS), max_size=4))]
     line = " ".join(words).encode()
     if draw(st.booleans()):
         line = draw(st.binary(max_size=8)) + line
