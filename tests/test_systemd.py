@@ -69,6 +69,7 @@ def test_service_runs_installed_twistd_hardened(unit: str) -> None:
     assert argv[argv.index("--db") + 1] == "/var/lib/chatapp/chatserver.sqlite3"
     expected = {
         "DynamicUser": "yes",
+        "User": "chatapp",
         "StateDirectory": "chatapp",
         "Restart": "on-failure",
         "NoNewPrivileges": "yes",
