@@ -394,7 +394,7 @@ class PeerSession(Protocol):
     def _listener_line(self, raw: bytes) -> None:
         hello = None if self._hello_seen else _parse_hello(raw)
         if hello is None:
-            self._send(format_error(403, "not-authenticated", "say HELLO first, and only once"))
+            self._send(format_error(403, "not-authenticated"))
             self._close("not-authenticated")
             return
         self._hello_seen = True

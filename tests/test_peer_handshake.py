@@ -1,0 +1,306 @@
+"""The peer handshake (PROTOCOL.md 3.1): HELLO / VERIFY / WELCOME, refusals, timeout, handshake limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_peer_harness import Pair, Recorder, lose, make_peer, open_listener
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from chatapp.peer import HandshakeFailed, PeerFactory, PeerSession, Role, ServerUnavailable, SessionState
+
+
+def listener(factory: PeerFactory) -> tuple[PeerSession, StringTransport]:
+    session = factory.buildProtocol(None)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    return session, transport
+
+
+def connector(
+    factory: PeerFactory, target: str = "bob", proof: str = "proof-alice"
+) -> tuple[PeerSession, StringTransport]:
+    session = PeerSession(factory, Role.CONNECTOR, target, "tok-alice", proof)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    return session, transport
+
+
+def failure_of(d: defer.Deferred[Any]) -> BaseException:
+    errors: list[BaseException] = []
+
+    def record(failure: Any) -> None:
+        errors.append(failure.value)
+
+    d.addErrback(record)
+    assert errors, "the Deferred did not fail"
+    return errors[0]
+
+
+def test_pair_opens_both_ways(tmp_path: Path, clock: Clock) -> None:
+    pair = Pair(tmp_path, clock)
+    assert pair.a.peer_name == "bob" and pair.b.peer_name == "alice"
+    assert pair.ea.joined == ["bob"] and pair.eb.joined == ["alice"]
+    assert pair.fa.session_for("BOB") is pair.a
+    assert pair.fb.sessions == {"alice": pair.b}
+    assert pair.a.role is Role.CONNECTOR and pair.b.role is Role.LISTENER
+    got: list[PeerSession] = []
+    pair.a.when_open().addCallback(got.append)
+    assert got == [pair.a]
+
+
+def test_connector_sends_hello_and_then_waits(tmp_path: Path, clock: Clock) -> None:
+    fa, _ = make_peer(tmp_path, "alice", clock)
+    session, transport = connector(fa)
+    assert transport.value() == b"HELLO chatapp/1 alice tok-alice\r\n"
+    with pytest.raises(Exception, match="not open"):
+        session.send_message("too early")
+    assert transport.value() == b"HELLO chatapp/1 alice tok-alice\r\n"
+
+
+def test_welcome_with_name_in_other_case_opens(tmp_path: Path, clock: Clock) -> None:
+    fa, ea = make_peer(tmp_path, "alice", clock)
+    session, _transport = connector(fa)
+    session.dataReceived(b"WELCOME chatapp/1 BoB proof-alice\r\n")
+    assert session.state is SessionState.OPEN
+    assert session.peer_name == "BoB"
+    assert fa.session_for("bob") is session and ea.joined == ["BoB"]
+
+
+@pytest.mark.parametrize(
+    "welcome",
+    [
+        b"WELCOME chatapp/1 bob wrong-proof\r\n",
+        b"WELCOME chatapp/1 mallory proof-alice\r\n",
+        b"WELCOME chatapp/2 bob proof-alice\r\n",
+        b"WELCOME chatapp/1 bob\r\n",
+        b"MSG hi\r\n",
+        b"\xff\xfe\r\n",
+    ],
+)
+def test_bad_welcome_closes_without_a_word(tmp_path: Path, clock: Clock, welcome: bytes) -> None:
+    fa, ea = make_peer(tmp_path, "alice", clock)
+    session, transport = connector(fa)
+    opened = session.when_open()
+    transport.clear()
+    session.dataReceived(welcome + b"MSG sneaky\r\n")
+    assert transport.value() == b""
+    assert transport.disconnecting
+    lose(session, transport)
+    assert session.state is SessionState.CLOSED
+    assert isinstance(failure_of(opened), HandshakeFailed)
+    assert ea.joined == [] and ea.messages == [] and fa.sessions == {}
+
+
+def test_err_from_listener_fails_connect_with_its_reason(tmp_path: Path, clock: Clock) -> None:
+    fa, _ = make_peer(tmp_path, "alice", clock)
+    session, transport = connector(fa)
+    opened = session.when_open()
+    transport.clear()
+    session.dataReceived(b"ERR 503 server-unavailable\r\n")
+    assert transport.value() == b"" and transport.disconnecting
+    lose(session, transport)
+    error = failure_of(opened)
+    assert isinstance(error, HandshakeFailed) and error.reason == "server-unavailable"
+
+
+def test_bad_token_gets_err_403_and_close_over_iosim(tmp_path: Path, clock: Clock) -> None:
+    from twisted.test.iosim import connectedServerAndClient
+
+    fa, ea = make_peer(tmp_path, "alice", clock)
+    fb, eb = make_peer(tmp_path, "bob", clock)
+    a = PeerSession(fa, Role.CONNECTOR, "bob", "not-a-token", "proof-alice")
+    b = fb.buildProtocol(None)
+    received: list[bytes] = []
+    original = a.dataReceived
+
+    def spy(data: bytes) -> None:
+        received.append(data)
+        original(data)
+
+    a.dataReceived = spy  # type: ignore[method-assign]
+    opened = a.when_open()
+    connectedServerAndClient(lambda: b, lambda: a, clock=clock)
+    assert b"".join(received) == b"ERR 403 bad-token\r\n"
+    assert a.state is SessionState.CLOSED and b.state is SessionState.CLOSED
+    error = failure_of(opened)
+    assert isinstance(error, HandshakeFailed) and error.reason == "bad-token"
+    assert eb.joined == [] and ea.joined == [] and eb.left == []
+
+
+def test_token_of_someone_else_is_bad_token(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    session, transport = listener(fb)
+    session.dataReceived(b"HELLO chatapp/1 mallory tok-alice\r\n")  # the token names alice
+    assert transport.value() == b"ERR 403 bad-token\r\n"
+    assert transport.disconnecting and session.state is SessionState.HANDSHAKING
+    lose(session, transport)
+    assert session.state is SessionState.CLOSED and fb.sessions == {}
+
+
+def test_hello_name_compared_case_insensitively(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock)
+    session, transport = listener(fb)
+    session.dataReceived(b"HELLO chatapp/1 ALICE tok-alice\r\n")
+    assert transport.value() == b"WELCOME chatapp/1 bob proof-alice\r\n"
+    assert session.state is SessionState.OPEN and eb.joined == ["ALICE"]
+
+
+def test_server_unavailable(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ServerUnavailable()))
+    session, transport = listener(fb)
+    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    assert transport.value() == b"ERR 503 server-unavailable\r\n"
+    assert transport.disconnecting
+
+
+def test_any_other_verify_failure_is_server_unavailable(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ConnectionError("down")))
+    session, transport = listener(fb)
+    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    assert transport.value() == b"ERR 503 server-unavailable\r\n"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"MSG hello\r\n",
+        b"HELLO chatapp/2 alice tok-alice\r\n",
+        b"HELLO chatapp/1 alice\r\n",
+        b"HELLO chatapp/1 al ice tok-alice\r\n",
+        b"HELLO chatapp/1 -alice tok-alice\r\n",
+        b"HELLO chatapp/1 alice tok/alice\r\n",
+        b"PING\r\n",
+        b"\xc3\x28\r\n",
+        b"OK HELLO\r\n",
+    ],
+)
+def test_not_authenticated(tmp_path: Path, clock: Clock, first: bytes) -> None:
+    calls: list[str] = []
+
+    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
+        calls.append(token)
+        return defer.succeed(("alice", "proof-alice"))
+
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
+    session, transport = listener(fb)
+    session.dataReceived(first + b"HELLO chatapp/1 alice tok-alice\r\n")
+    assert transport.value() == b"ERR 403 not-authenticated\r\n"
+    assert transport.disconnecting and calls == []
+
+
+def test_second_line_before_welcome_is_not_authenticated(tmp_path: Path, clock: Clock) -> None:
+    pending: defer.Deferred[tuple[str, str]] = defer.Deferred()
+    fb, eb = make_peer(tmp_path, "bob", clock, verify=lambda token: pending)
+    session, transport = listener(fb)
+    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\nHELLO chatapp/1 alice tok-alice\r\n")
+    assert transport.value() == b"ERR 403 not-authenticated\r\n"
+    pending.callback(("alice", "proof-alice"))  # a late answer changes nothing
+    assert transport.value() == b"ERR 403 not-authenticated\r\n"
+    lose(session, transport)
+    assert eb.joined == []
+
+
+def test_empty_lines_before_hello_are_ignored(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    session, transport = listener(fb)
+    session.dataReceived(b"\r\n\nHELLO chatapp/1 alice tok-alice\n")
+    assert transport.value() == b"WELCOME chatapp/1 bob proof-alice\r\n"
+
+
+@pytest.mark.parametrize("role", ["listener", "connector"])
+def test_handshake_times_out_after_30s(tmp_path: Path, clock: Clock, role: str) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.Deferred())
+    if role == "listener":
+        session, transport = listener(fb)
+        session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    else:
+        session, transport = connector(fb, target="carol")
+    opened = session.when_open()
+    clock.advance(29.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting
+    lose(session, transport)
+    error = failure_of(opened)
+    assert isinstance(error, HandshakeFailed) and error.reason == "handshake-timeout"
+    assert clock.getDelayedCalls() == []
+
+
+def test_timer_cancelled_once_open(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    session, transport = open_listener(fb)
+    assert clock.getDelayedCalls() == []
+    clock.advance(100)
+    assert not transport.disconnecting and session.state is SessionState.OPEN
+
+
+def test_ninth_handshake_closed_at_once(tmp_path: Path, clock: Clock) -> None:
+    pending: list[defer.Deferred[tuple[str, str]]] = []
+
+    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
+        d: defer.Deferred[tuple[str, str]] = defer.Deferred()
+        pending.append(d)
+        return d
+
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
+    held = [listener(fb) for _ in range(8)]
+    for session, _transport in held:
+        session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    ninth, ninth_transport = listener(fb)
+    assert ninth_transport.disconnecting and ninth_transport.value() == b""
+    ninth.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    assert ninth_transport.value() == b"" and len(pending) == 8
+    lose(ninth, ninth_transport)
+    assert not any(t.disconnecting for _, t in held)
+    # one handshake finishes: there is room again
+    pending[0].callback(("alice", "proof-alice"))
+    assert held[0][0].state is SessionState.OPEN
+    _tenth, tenth_transport = listener(fb)
+    assert not tenth_transport.disconnecting
+    # a closed handshake frees its slot too
+    lose(*held[1])
+    _eleventh, eleventh_transport = listener(fb)
+    assert not eleventh_transport.disconnecting
+    _twelfth, twelfth_transport = listener(fb)
+    assert twelfth_transport.disconnecting
+
+
+def test_second_session_with_same_user_replaces_the_first(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock)
+    first, first_transport = open_listener(fb)
+    second, second_transport = open_listener(fb, peer="Alice")
+    assert fb.sessions == {"alice": second}
+    assert first_transport.value() == b"BYE\r\n" and first_transport.disconnecting
+    lose(first, first_transport)
+    assert fb.sessions == {"alice": second}  # the old one leaving does not remove the new one
+    assert eb.left == ["replaced"]
+    assert second.state is SessionState.OPEN and not second_transport.disconnecting
+
+
+def test_sessions_with_different_users(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.succeed((token, "p")))
+    alice, _ = open_listener(fb, peer="alice", token="alice")
+    carol, _ = open_listener(fb, peer="carol", token="carol")
+    assert fb.sessions == {"alice": alice, "carol": carol}
+
+
+def test_connect_validates_arguments(tmp_path: Path, clock: Clock) -> None:
+    fa, _ = make_peer(tmp_path, "alice", clock)
+    with pytest.raises(ValueError):
+        fa.connect_endpoint(object(), "bob", "tok en", "proof")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        fa.connect_endpoint(object(), "bo b", "tok", "proof")  # type: ignore[arg-type]
+
+
+def test_factory_rejects_bad_settings(tmp_path: Path, clock: Clock) -> None:
+    with pytest.raises(ValueError):
+        PeerFactory("alice", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock, chunk_size=0)
+    with pytest.raises(ValueError):
+        PeerFactory("alice", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock, chunk_size=2**20 + 1)
+    with pytest.raises(ValueError):
+        PeerFactory("not a name", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock)

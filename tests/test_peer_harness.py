@@ -1,0 +1,169 @@
+"""Shared helpers for the peer tests (no tests here): a recording PeerEvents, factories, session pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.test.iosim import connectedServerAndClient
+
+from chatapp.peer import NoEvents, PeerFactory, PeerSession, Role, SessionState, Transfer, VerifyRejected
+from chatapp.peer.names import partial_key
+
+TOKENS = {"tok-alice": ("alice", "proof-alice"), "tok-bob": ("bob", "proof-bob")}
+
+
+class Recorder(NoEvents):
+    """Remembers every event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.messages: list[str] = []
+        self.offers: list[Transfer] = []
+        self.progress: list[tuple[str, int]] = []
+        self.ended: list[Transfer] = []
+        self.notices: list[str] = []
+        self.left: list[str] = []
+        self.joined: list[str] = []
+
+    def peer_joined(self, session: PeerSession) -> None:
+        self.joined.append(session.peer_name or "")
+        self.events.append(("joined", session.peer_name))
+
+    def peer_left(self, session: PeerSession, reason: str) -> None:
+        self.left.append(reason)
+        self.events.append(("left", session.peer_name, reason))
+
+    def message(self, session: PeerSession, text: str) -> None:
+        self.messages.append(text)
+        self.events.append(("message", text))
+
+    def offer(self, session: PeerSession, transfer: Transfer) -> None:
+        self.offers.append(transfer)
+        self.events.append(("offer", transfer.id))
+
+    def transfer_progress(self, transfer: Transfer) -> None:
+        self.progress.append((transfer.id, transfer.bytes_done))
+
+    def transfer_ended(self, transfer: Transfer) -> None:
+        self.ended.append(transfer)
+        self.events.append(("ended", transfer.id, transfer.state.value, transfer.reason))
+
+    def notice(self, session: PeerSession, text: str) -> None:
+        self.notices.append(text)
+
+
+def dict_verify(tokens: dict[str, tuple[str, str]]) -> Any:
+    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
+        if token in tokens:
+            return defer.succeed(tokens[token])
+        return defer.fail(VerifyRejected())
+
+    return verify
+
+
+def make_peer(tmp_path: Path, me: str, clock: Any, verify: Any = None, **kw: Any) -> tuple[PeerFactory, Recorder]:
+    events = Recorder()
+    factory = PeerFactory(
+        me, verify or dict_verify(TOKENS), str(tmp_path / me / "downloads"), events, clock, **kw
+    )
+    return factory, events
+
+
+class Pair:
+    """alice (connector) and bob (listener), connected in memory and open."""
+
+    def __init__(self, tmp_path: Path, clock: Clock, alice_kw: Any = None, bob_kw: Any = None) -> None:
+        self.clock = clock
+        self.fa, self.ea = make_peer(tmp_path, "alice", clock, **(alice_kw or {}))
+        self.fb, self.eb = make_peer(tmp_path, "bob", clock, **(bob_kw or {}))
+        a = PeerSession(self.fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+        b = self.fb.buildProtocol(None)
+        self.a, self.b, self.pump = connectedServerAndClient(lambda: b, lambda: a, clock=clock)
+        assert self.a.state is SessionState.OPEN and self.b.state is SessionState.OPEN
+
+    def flush(self) -> None:
+        self.pump.flush()
+
+    @property
+    def a_out(self) -> str:
+        return str(self.fa.downloads.root)
+
+    @property
+    def b_out(self) -> str:
+        return str(self.fb.downloads.root)
+
+
+def open_listener(
+    factory: PeerFactory, peer: str = "alice", token: str = "tok-alice"  # noqa: S107 - a test token
+) -> tuple[PeerSession, StringTransport]:
+    """bob's side of a connection from ``peer`` on a StringTransport, handshake done, transport cleared."""
+    session = factory.buildProtocol(None)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    session.dataReceived(f"HELLO chatapp/1 {peer} {token}\r\n".encode())
+    assert session.state is SessionState.OPEN, transport.value()
+    transport.clear()
+    return session, transport
+
+
+def open_connector(
+    factory: PeerFactory, target: str = "bob", proof: str = "proof-alice"
+) -> tuple[PeerSession, StringTransport]:
+    """alice's side of a call to ``target`` on a StringTransport, handshake done, transport cleared."""
+    session = PeerSession(factory, Role.CONNECTOR, target, "tok-alice", proof)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    session.dataReceived(f"WELCOME chatapp/1 {target} {proof}\r\n".encode())
+    assert session.state is SessionState.OPEN
+    transport.clear()
+    return session, transport
+
+
+def lose(session: PeerSession, transport: StringTransport) -> None:
+    """StringTransport never calls connectionLost; tests must."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    session.connectionLost(Failure(ConnectionDone()))
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sender_stream(transfer_id: str, content: bytes, name: str, chunk: int = 7) -> tuple[bytes, bytes]:
+    """What a sender puts on the wire for one file: (OFFER line, DATA chunks + END line)."""
+    offer = f"OFFER {transfer_id} {len(content)} {name}\r\n".encode()
+    body = b""
+    for start in range(0, len(content), chunk):
+        piece = content[start : start + chunk]
+        body += f"DATA {transfer_id} {len(piece)}\r\n".encode() + piece
+    body += f"END {transfer_id} {sha(content)}\r\n".encode()
+    return offer, body
+
+
+def partial_path(factory: PeerFactory, sender: str, name: str, size: int) -> str:
+    factory.downloads.ensure()
+    return factory.downloads.partial_path(partial_key(sender, name, size))
+
+
+def files_in(directory: str) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n != ".chatapp-partial")
+
+
+def partials_in(factory: PeerFactory) -> list[str]:
+    try:
+        return sorted(os.listdir(factory.downloads.partial_root))
+    except FileNotFoundError:
+        return []
+
+
+def write_file(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
