@@ -542,3 +542,25 @@ def test_quit_stops_the_pings() -> None:
     h.login()
     h.proto.quit()
     assert h.clock.getDelayedCalls() == []
+
+
+def test_an_err_instead_of_the_greeting_fails_the_waiting_calls_with_it() -> None:
+    h = Harness(greet=False)
+    login = h.proto.login("alice", PASSWORD)
+    ready = h.proto.when_ready()
+    h.feed(b"ERR 500 internal-error the server cannot serve you right now\r\n")
+    assert h.transport.disconnecting and h.transport.value() == b""
+    h.lose()
+    for d in (login, ready):
+        error = failure_of(d)
+        assert isinstance(error, errors.InternalError)
+        assert error.text == "the server cannot serve you right now"
+
+
+def test_a_reply_before_the_greeting_is_a_protocol_violation() -> None:
+    h = Harness(greet=False)
+    login = h.proto.login("alice", PASSWORD)
+    h.feed(b"OK LOGIN alice\r\n")
+    assert h.transport.disconnecting and h.transport.value() == b""
+    h.lose()
+    assert isinstance(failure_of(login), errors.ProtocolViolation)

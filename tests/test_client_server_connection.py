@@ -483,3 +483,13 @@ def test_login_while_waiting_connects_at_once() -> None:
     rig.clock.advance(100)  # the old schedule is gone
     assert len(rig.endpoint.attempts) == 2
     assert rig.conn.user == "bob"
+
+
+def test_an_internal_error_instead_of_hello_at_reconnect_is_retried() -> None:
+    rig = Rig()
+    rig.logged_in().close()
+    rig.clock.advance(1)
+    rig.endpoint.accept(greet=b"ERR 500 internal-error the server cannot serve you right now\r\n").close()
+    assert rig.events.seen[-1] == ("reconnecting", 2.0, 2)
+    rig.conn.close()
+    assert rig.clock.getDelayedCalls() == []

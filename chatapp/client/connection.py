@@ -401,6 +401,10 @@ class ServerConnection:
 
         return done.addCallback(closed)
 
+    def quit(self) -> defer.Deferred[None]:
+        """The same as :meth:`close`."""
+        return self.close()
+
     def _stop_reconnecting(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -276,7 +276,7 @@ class ServerClientProtocol(TwistedProtocol):
         self._greeted = False
         self._quitting = False
         self._bye: str | None = None
-        self._blocked: Blocked | None = None
+        self._refusal: ChatClientError | None = None  # * BLOCKED, or an ERR instead of the greeting
         self._ending: ConnectionClosed | None = None  # why we are dropping the connection ourselves
         self._ping_timer: IDelayedCall | None = None
         self._ping_outstanding = False
@@ -299,7 +299,7 @@ class ServerClientProtocol(TwistedProtocol):
         if self._greeted and self.closed is None:
             return defer.succeed(self)
         if self.closed is not None:
-            return defer.fail(self._blocked or self.closed)
+            return defer.fail(self._refusal or self.closed)
         d: defer.Deferred[ServerClientProtocol] = defer.Deferred()
         self._ready.append(d)
         return d
@@ -325,12 +325,12 @@ class ServerClientProtocol(TwistedProtocol):
         log.info("server connection closed: {why}", why=str(closed))
         calls, self._calls = self._calls, deque()
         self._unsent.clear()
-        error: ChatClientError = self._blocked if self._blocked is not None else closed
+        error: ChatClientError = self._refusal if self._refusal is not None else closed
         for call in calls:
             call.deferred.errback(error)
         ready, self._ready = self._ready, []
         for d in ready:
-            d.errback(self._blocked or closed)
+            d.errback(self._refusal or closed)
         lost, self._lost = self._lost, []
         for waiter in lost:
             waiter.callback(closed)
@@ -374,6 +374,10 @@ class ServerClientProtocol(TwistedProtocol):
         kind, _, rest = line.partition(" ")
         if kind == "*":
             self._event(rest)
+        elif not self._greeted and kind in ("OK", "+"):
+            raise ValueError("a reply before the greeting")
+        elif not self._greeted and kind == "ERR":
+            self._refused(rest)
         elif kind == "OK":
             self._ok(rest)
         elif kind == "ERR":
@@ -412,7 +416,7 @@ class ServerClientProtocol(TwistedProtocol):
         elif name == "BLOCKED":
             (seconds,) = f
             value = _number(seconds, 0, 2**63 - 1)
-            self._blocked = Blocked(429, "blocked", (seconds,), "")
+            self._refusal = Blocked(429, "blocked", (seconds,), "")
             self._notify("blocked", value)
         else:
             log.info("ignoring an unknown server event {event}", event=escape_for_terminal(name))
@@ -444,17 +448,16 @@ class ServerClientProtocol(TwistedProtocol):
 
     def _err(self, rest: str) -> None:
         call = self._head("ERR")
-        parts = rest.split(" ")
-        if len(parts) < 2 or not parts[0].isascii() or not parts[0].isdigit() or len(parts[0]) != 3 or not parts[1]:
-            raise ValueError("malformed ERR")
-        code, reason = int(parts[0]), parts[1]
-        count = FIELD_COUNTS.get(code, 0)
-        extra = parts[2 : 2 + count]
-        if len(extra) != count or not all(is_number(x) for x in extra):
-            raise ValueError(f"ERR {code} without its number of seconds")
-        text = " ".join(parts[2 + count :])
+        error = _parse_error(rest)
         self._calls.popleft()
-        call.deferred.errback(server_error(code, reason, tuple(extra), text))
+        call.deferred.errback(error)
+
+    def _refused(self, rest: str) -> None:
+        """An ``ERR`` instead of ``* HELLO`` (the server could not serve us): every waiting call gets it."""
+        self._refusal = _parse_error(rest)
+        log.warn("the server refused the connection: {error}", error=str(self._refusal))
+        self.drop()
+
 
     def _row(self, rest: str) -> None:
         call = self._head("a + row")
@@ -569,6 +572,19 @@ class ServerClientProtocol(TwistedProtocol):
         if self._ping_timer is not None and self._ping_timer.active():
             self._ping_timer.cancel()
         self._ping_timer = None
+
+
+def _parse_error(rest: str) -> ChatClientError:
+    """``<code> <reason> [fields] [human text…]`` of an ``ERR`` line, as its typed exception."""
+    parts = rest.split(" ")
+    if len(parts) < 2 or not parts[0].isascii() or not parts[0].isdigit() or len(parts[0]) != 3 or not parts[1]:
+        raise ValueError("malformed ERR")
+    code, reason = int(parts[0]), parts[1]
+    count = FIELD_COUNTS.get(code, 0)
+    extra = parts[2 : 2 + count]
+    if len(extra) != count or not all(is_number(x) for x in extra):
+        raise ValueError(f"ERR {code} without its number of seconds")
+    return server_error(code, reason, tuple(extra), " ".join(parts[2 + count :]))
 
 
 def _describe(reason: Failure) -> str:
