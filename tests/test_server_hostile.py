@@ -97,7 +97,7 @@ def test_fuzzed_input_never_raises_and_every_reply_is_well_formed(
 
 @pytest_twisted.ensureDeferred
 async def test_500_idle_connections_from_one_address_do_not_stop_a_login_from_another(tmp_path: Path) -> None:
-    from test_server_integration import start_server as start_service
+    from live_server import start_server as start_service
 
     service, port = await start_service(str(tmp_path / "db"), "--max-connections-per-address", "20")
     try:

@@ -8,27 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import pytest_twisted
 from line_client import connect_lines
-from twisted.internet import defer, reactor
+from live_server import start_server
+from twisted.internet import defer
 
-from chatapp.server.tap import ChatServerService, Options, build_service
+from chatapp.server.tap import ChatServerService
 
 PASSWORD = "correct horse battery"
 
 Start = Callable[..., Awaitable[tuple[ChatServerService, int]]]
-
-
-async def start_server(db: str, *args: str) -> tuple[ChatServerService, int]:
-    options = Options()
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--db", db, "--bcrypt-rounds", "4", *args])
-    service = build_service(options, reactor)
-    service.privilegedStartService()
-    service.startService()
-    assert service.port is not None
-    port: int = service.port.getHost().port  # type: ignore[attr-defined]
-    # The greeting waits for the store; one round trip proves the server is ready.
-    probe = await connect_lines(port)
-    await probe.close()
-    return service, port
 
 
 @pytest_twisted.async_yield_fixture

@@ -1,0 +1,353 @@
+"""The client core in one object: a server connection and a peer factory, glued as a user needs them.
+
+:class:`ChatClient` logs in, listens for peers and tells the server where,
+opens chats (``CONNECT`` on the server, then the peer handshake), and numbers
+transfers with small handles a person can type (``/accept 3``).  It has no
+user interface: a :class:`ChatEvents` object hears everything, and the
+console (``chatapp.cli``) and the tests are two such objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatapp.client import (
+    BadToken,
+    ChatClientError,
+    ConnectionClosed,
+    ServerConnection,
+    WhoEntry,
+)
+from chatapp.peer import (
+    PeerFactory,
+    PeerSession,
+    ServerUnavailable,
+    Transfer,
+    VerifyRejected,
+)
+
+log = Logger()
+
+GiB = 1024**3
+
+
+class ChatEvents(Protocol):
+    """Everything the user should hear about; names and texts arrive unescaped."""
+
+    def request(self, user: str) -> None:
+        """``user`` asked the server to connect to us; their peer connection follows."""
+
+    def peer_joined(self, session: PeerSession) -> None: ...
+
+    def peer_left(self, session: PeerSession, reason: str) -> None: ...
+
+    def message(self, session: PeerSession, text: str) -> None: ...
+
+    def offer(self, handle: int, session: PeerSession, transfer: Transfer) -> None:
+        """A file is offered; answer with ``accept(handle)`` or ``reject(handle)``."""
+
+    def transfer_progress(self, handle: int, transfer: Transfer) -> None: ...
+
+    def transfer_ended(self, handle: int, transfer: Transfer) -> None: ...
+
+    def notice(self, text: str) -> None:
+        """Something to tell the user that is neither a message nor a transfer (server link, disk full...)."""
+
+
+class NoChatEvents:
+    def request(self, user: str) -> None:
+        pass
+
+    def peer_joined(self, session: PeerSession) -> None:
+        pass
+
+    def peer_left(self, session: PeerSession, reason: str) -> None:
+        pass
+
+    def message(self, session: PeerSession, text: str) -> None:
+        pass
+
+    def offer(self, handle: int, session: PeerSession, transfer: Transfer) -> None:
+        pass
+
+    def transfer_progress(self, handle: int, transfer: Transfer) -> None:
+        pass
+
+    def transfer_ended(self, handle: int, transfer: Transfer) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        pass
+
+
+class UnknownTransfer(ChatClientError):
+    """No transfer has that number."""
+
+
+class NotChatting(ChatClientError):
+    """There is no open chat with that user."""
+
+
+class ChatClient:
+    """One logged-in user: their server connection, their peer listener and sessions, their transfers."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        server: str,
+        events: ChatEvents | None = None,
+        *,
+        downloads: str = os.path.join("~", "Downloads", "chatapp"),
+        listen: str | None = "tcp:0",
+        max_file_size: int = 64 * GiB,
+        auto_accept: bool = False,
+        reconnect_delay: float = 1.0,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.events: ChatEvents = events if events is not None else NoChatEvents()
+        self.downloads = os.path.expanduser(downloads)
+        self.listen_endpoint = listen
+        self.max_file_size = max_file_size
+        self.auto_accept = auto_accept
+        self.chunk_size = chunk_size
+        self.server = ServerConnection(reactor, server, _ServerRelay(self), initial_delay=reconnect_delay)
+        self.peers: PeerFactory | None = None
+        self.port: IListeningPort | None = None
+        self.user: str | None = None
+        self._handles: dict[int, Transfer] = {}
+        self._handle_of: dict[int, int] = {}  # id(transfer) -> handle
+        self._numbers = itertools.count(1)
+        self._dialing: dict[str, list[defer.Deferred[PeerSession]]] = {}  # callers waiting on a dial
+
+    # -- life -----------------------------------------------------------------
+
+    async def start(self, user: str, password: str, signup: bool = False) -> str:
+        """Connect, sign up or log in, and listen for peers if configured; returns the name as signed up."""
+        await self.server.open()
+        if signup:
+            name = await self.server.signup(user, password)
+        else:
+            name = await self.server.login(user, password)
+        self.user = name
+        os.makedirs(self.downloads, exist_ok=True)
+        options: dict[str, Any] = {"max_file_size": self.max_file_size, "auto_accept": self.auto_accept}
+        if self.chunk_size is not None:
+            options["chunk_size"] = self.chunk_size
+        self.peers = PeerFactory(name, self._verify, self.downloads, _PeerRelay(self), self.reactor, **options)
+        if self.listen_endpoint is not None:
+            await self.set_listening(True)
+        return name
+
+    async def stop(self) -> None:
+        """Say BYE to every peer, stop listening and leave the server (QUIT)."""
+        if self.peers is not None:
+            await self.peers.stop()
+            self.port = None
+        if self.server.connected:
+            try:
+                await self.server.close()
+            except ChatClientError:
+                pass
+
+    @property
+    def listening(self) -> bool:
+        return self.port is not None
+
+    async def set_listening(self, on: bool) -> tuple[str, int] | None:
+        """Start or stop accepting chats; returns (host, port) as the server published it."""
+        peers = self._peers()
+        if on:
+            if self.port is None:
+                self.port = await peers.listen(self.listen_endpoint or "tcp:0")
+            port_number: int = self.port.getHost().port  # type: ignore[attr-defined]
+            return await self.server.listen(port_number)
+        if self.port is not None:
+            port, self.port = self.port, None
+            if port in peers.ports:
+                peers.ports.remove(port)
+            await defer.maybeDeferred(port.stopListening)
+        await self.server.unlisten()
+        return None
+
+    # -- asking the server ------------------------------------------------------
+
+    async def who(self) -> list[WhoEntry]:
+        return await self.server.who()
+
+    async def passwd(self, new_password: str) -> None:
+        await self.server.passwd(new_password)
+
+    # -- chats ------------------------------------------------------------------
+
+    def session(self, user: str) -> PeerSession | None:
+        return self.peers.session_for(user) if self.peers is not None else None
+
+    def sessions(self) -> list[PeerSession]:
+        return list(self.peers.sessions.values()) if self.peers is not None else []
+
+    async def chat(self, user: str) -> PeerSession:
+        """The open chat with ``user``, opening it (server CONNECT, then the peer handshake) if needed."""
+        peers = self._peers()
+        existing = peers.session_for(user)
+        if existing is not None:
+            return existing
+        key = user.lower()
+        waiter: defer.Deferred[PeerSession] = defer.Deferred()
+        waiting = self._dialing.get(key)
+        if waiting is not None:  # a dial to this user is under way: share its outcome
+            waiting.append(waiter)
+            return await waiter
+        self._dialing[key] = [waiter]
+
+        def done(result: PeerSession | Failure) -> None:
+            for each in self._dialing.pop(key, []):
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        defer.ensureDeferred(self._dial(peers, user)).addBoth(done)
+        return await waiter
+
+    async def _dial(self, peers: PeerFactory, user: str) -> PeerSession:
+        ticket = await self.server.connect(user)
+        return await peers.connect(ticket.user, ticket.host, ticket.port, ticket.token, ticket.proof)
+
+    async def send_message(self, user: str, text: str) -> PeerSession:
+        session = await self.chat(user)
+        session.send_message(text)
+        return session
+
+    def close_chat(self, user: str) -> None:
+        session = self.session(user)
+        if session is None:
+            raise NotChatting(f"no open chat with {user}")
+        session.close()
+
+    # -- files ------------------------------------------------------------------
+
+    async def send_file(self, user: str, path: str) -> int:
+        """Offer ``path`` to ``user`` (opening the chat if needed); returns the transfer's handle."""
+        session = await self.chat(user)
+        transfer = session.send_file(path)
+        return self._register(transfer)
+
+    def transfer(self, handle: int) -> Transfer:
+        try:
+            return self._handles[handle]
+        except KeyError:
+            raise UnknownTransfer(f"no transfer number {handle} (see /transfers)") from None
+
+    def transfers(self) -> list[tuple[int, Transfer]]:
+        return sorted(self._handles.items())
+
+    def handle_of(self, transfer: Transfer) -> int:
+        return self._register(transfer)
+
+    def accept(self, handle: int) -> Transfer:
+        transfer = self.transfer(handle)
+        self._session_of(transfer).accept(transfer.id)
+        return transfer
+
+    def reject(self, handle: int) -> Transfer:
+        transfer = self.transfer(handle)
+        self._session_of(transfer).reject(transfer.id)
+        return transfer
+
+    def cancel(self, handle: int) -> Transfer:
+        transfer = self.transfer(handle)
+        self._session_of(transfer).cancel(transfer.id)
+        return transfer
+
+    def open_transfers(self) -> list[Transfer]:
+        return [t for t in self._handles.values() if not t.finished]
+
+    # -- inside -------------------------------------------------------------------
+
+    def _peers(self) -> PeerFactory:
+        if self.peers is None:
+            raise ChatClientError("not logged in yet")
+        return self.peers
+
+    def _session_of(self, transfer: Transfer) -> PeerSession:
+        session = self.session(transfer.peer)
+        if session is None:
+            raise NotChatting(f"the chat with {transfer.peer} is closed")
+        return session
+
+    def _register(self, transfer: Transfer) -> int:
+        handle = self._handle_of.get(id(transfer))
+        if handle is None:
+            handle = next(self._numbers)
+            self._handle_of[id(transfer)] = handle
+            self._handles[handle] = transfer
+        return handle
+
+    def _verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
+        d = self.server.verify(token)
+
+        def translate(failure: Failure) -> Failure:
+            if failure.check(BadToken):
+                return Failure(VerifyRejected(str(failure.value)))
+            return Failure(ServerUnavailable(str(failure.value)))
+
+        return d.addErrback(translate)
+
+
+class _ServerRelay:
+    """Server-connection events, in words for the user."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+
+    def request(self, user: str) -> None:
+        self.client.events.request(user)
+
+    def connection_lost(self, error: ConnectionClosed) -> None:
+        self.client.events.notice(f"lost the server connection ({error}); open chats go on")
+
+    def reconnecting(self, delay: float, attempt: int) -> None:
+        self.client.events.notice(f"reconnecting to the server in {delay:.0f} s (attempt {attempt})")
+
+    def reconnected(self, user: str, listening: tuple[str, int] | None) -> None:
+        where = f", listening on {listening[0]}:{listening[1]}" if listening else ""
+        self.client.events.notice(f"reconnected to the server as {user}{where}")
+
+    def gave_up(self, error: Exception) -> None:
+        self.client.events.notice(f"gave up reconnecting to the server: {error}")
+
+
+class _PeerRelay:
+    """Peer events, with transfer handles added."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+
+    def peer_joined(self, session: PeerSession) -> None:
+        self.client.events.peer_joined(session)
+
+    def peer_left(self, session: PeerSession, reason: str) -> None:
+        self.client.events.peer_left(session, reason)
+
+    def message(self, session: PeerSession, text: str) -> None:
+        self.client.events.message(session, text)
+
+    def offer(self, session: PeerSession, transfer: Transfer) -> None:
+        self.client.events.offer(self.client.handle_of(transfer), session, transfer)
+
+    def transfer_progress(self, transfer: Transfer) -> None:
+        self.client.events.transfer_progress(self.client.handle_of(transfer), transfer)
+
+    def transfer_ended(self, transfer: Transfer) -> None:
+        self.client.events.transfer_ended(self.client.handle_of(transfer), transfer)
+
+    def notice(self, session: PeerSession, text: str) -> None:
+        self.client.events.notice(f"{session.peer_name}: {text}")

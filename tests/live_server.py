@@ -1,0 +1,22 @@
+"""The real server service (threads for bcrypt and SQLite) in this process, on a 127.0.0.1 port."""
+
+from __future__ import annotations
+
+from line_client import connect_lines
+from twisted.internet import reactor
+
+from chatapp.server.tap import ChatServerService, Options, build_service
+
+
+async def start_server(db: str, *args: str) -> tuple[ChatServerService, int]:
+    options = Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--db", db, "--bcrypt-rounds", "4", *args])
+    service = build_service(options, reactor)
+    service.privilegedStartService()
+    service.startService()
+    assert service.port is not None
+    port: int = service.port.getHost().port  # type: ignore[attr-defined]
+    # The greeting waits for the store; one round trip proves the server is ready.
+    probe = await connect_lines(port)
+    await probe.close()
+    return service, port
