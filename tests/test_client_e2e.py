@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -48,7 +49,7 @@ class World:
     async def start_server(self, *args: str) -> None:
         self.service, self.port = await start_server(str(self.tmp_path / "server.sqlite3"), *args)
 
-    async def client(self, name: str, **options: object) -> tuple[ChatClient, Recorder]:
+    async def client(self, name: str, **options: Any) -> tuple[ChatClient, Recorder]:
         client, recorder = await start_client(self.port, name, self.tmp_path, **options)
         self.clients.append(client)
         return client, recorder
@@ -113,8 +114,8 @@ async def test_50_mib_each_way_with_chat_during_the_transfer(world: World, tmp_p
 
 @pytest_twisted.ensureDeferred
 async def test_a_transfer_cut_at_40_percent_resumes_from_the_partial(world: World, tmp_path: Path) -> None:
-    alice, a = await world.client("alice")
-    bob, b = await world.client("bob", auto_accept=True)
+    alice, _a = await world.client("alice")
+    _bob, b = await world.client("bob", auto_accept=True)
     size = 8 * MiB
     source = random_file(tmp_path / "big.bin", size)
     await alice.send_file("bob", str(source))
@@ -125,7 +126,7 @@ async def test_a_transfer_cut_at_40_percent_resumes_from_the_partial(world: Worl
     await b.until(past_40_percent)
     session = alice.session("bob")
     assert session is not None and session.transport is not None
-    session.transport.abortConnection()  # the link dies mid-file
+    session.transport.abortConnection()  # type: ignore[attr-defined]  # the link dies mid-file
     await b.until(lambda: any(e[0] == "left" for e in b.events))
     downloads = tmp_path / "bob" / "downloads"
     assert not (downloads / "big.bin").exists()  # nothing under the final name
