@@ -548,8 +548,8 @@ def test_an_err_instead_of_the_greeting_fails_the_waiting_calls_with_it() -> Non
     h = Harness(greet=False)
     login = h.proto.login("alice", PASSWORD)
     ready = h.proto.when_ready()
-    h.feed(b"ERR 500 internal-error the server cannot serve you right now\r\n")
-    assert h.transport.disconnecting and h.transport.value() == b""
+    h.feed(b"ERR 500 internal-error the server cannot serve you right now\r\n* HELLO chatapp/1\r\n")
+    assert h.transport.disconnecting and h.transport.value() == b""  # nothing after the refusal is read
     h.lose()
     for d in (login, ready):
         error = failure_of(d)

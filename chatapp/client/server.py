@@ -372,6 +372,7 @@ class ServerClientProtocol(TwistedProtocol):
             return
         line = decode_line(raw)
         kind, _, rest = line.partition(" ")
+        kind = kind.upper()
         if kind == "*":
             self._event(rest)
         elif not self._greeted and kind in ("OK", "+"):
@@ -456,8 +457,8 @@ class ServerClientProtocol(TwistedProtocol):
         """An ``ERR`` instead of ``* HELLO`` (the server could not serve us): every waiting call gets it."""
         self._refusal = _parse_error(rest)
         log.warn("the server refused the connection: {error}", error=str(self._refusal))
+        self._ending = ConnectionClosed(None, "the server refused the connection")
         self.drop()
-
 
     def _row(self, rest: str) -> None:
         call = self._head("a + row")
