@@ -154,6 +154,8 @@ def partial_path(factory: PeerFactory, sender: str, name: str, size: int) -> str
 
 
 def files_in(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        return []
     return sorted(n for n in os.listdir(directory) if n != ".chatapp-partial")
 
 

@@ -114,7 +114,8 @@ class PeerSession(Protocol):
         self._next_id = 1
         self._timer: IDelayedCall | None = None
         self._pump = SendPump(factory.clock, self._send_step)
-        self._opened: defer.Deferred[PeerSession] = defer.Deferred()
+        self._was_open = False
+        self._open_waiters: list[defer.Deferred[PeerSession]] = []
 
     def __repr__(self) -> str:
         return f"<PeerSession {self.role.value} {self.peer_name!r} {self.state.value}>"
@@ -129,20 +130,12 @@ class PeerSession(Protocol):
     def when_open(self) -> defer.Deferred[PeerSession]:
         """Fires with this session once the handshake succeeded; fails with HandshakeFailed otherwise."""
         d: defer.Deferred[PeerSession] = defer.Deferred()
-        if self.state is SessionState.OPEN:
+        if self.state is SessionState.HANDSHAKING:
+            self._open_waiters.append(d)
+        elif self.state is SessionState.OPEN or self._was_open:
             d.callback(self)
-        elif self.state is SessionState.CLOSED and self._opened.called:
-            d.errback(HandshakeFailed(self.close_reason or "closed"))
         else:
-
-            def relay(result: Any) -> Any:
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(result)
-                return result
-
-            self._opened.addBoth(relay)
+            d.errback(HandshakeFailed(self.close_reason or "closed"))
         return d
 
     def send_message(self, text: str) -> int:
@@ -300,8 +293,9 @@ class PeerSession(Protocol):
                 transfer.close_source()
             self._end(transfer, TransferState.CANCELLED, self.close_reason)
         self.factory.session_closed(self, was)
-        if not self._opened.called:
-            self._opened.errback(HandshakeFailed(self.close_reason))
+        waiters, self._open_waiters = self._open_waiters, []
+        for d in waiters:
+            d.errback(HandshakeFailed(self.close_reason))
         self.factory.prune_partials()
 
     def _handshake_timed_out(self) -> None:
@@ -457,8 +451,11 @@ class PeerSession(Protocol):
         self._timer = None
         self._token = self._proof = None
         log.info("peer session with {peer} open ({role})", peer=self._peer_for_log(), role=self.role.value)
+        self._was_open = True
         self.factory.session_opened(self)
-        self._opened.callback(self)
+        waiters, self._open_waiters = self._open_waiters, []
+        for d in waiters:
+            d.callback(self)
 
     # -- chat -----------------------------------------------------------------
 
