@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
@@ -564,3 +566,47 @@ def test_a_reply_before_the_greeting_is_a_protocol_violation() -> None:
     assert h.transport.disconnecting and h.transport.value() == b""
     h.lose()
     assert isinstance(failure_of(login), errors.ProtocolViolation)
+
+
+# -- whatever the server sends, the client never raises ----------------------------------------
+
+_PIECES = [
+    b"* HELLO chatapp/1\r\n",
+    b"OK LOGIN alice\r\n",
+    b"OK WHO 1\r\n",
+    b"+ USER bob online\r\n",
+    b"ERR 429 blocked 5 x\r\n",
+    b"ERR 4",
+    b"* BYE replaced\r\n",
+    b"* REQUEST \x1b\r\n",
+    b"OK PONG\r\n",
+    b"\xff\r\n",
+    b"\r\n",
+    b"\n",
+    b" ",
+    b"x" * 4200,
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=40)), max_size=12),
+    st.lists(st.integers(min_value=1, max_value=50), max_size=10),
+)
+def test_arbitrary_server_bytes_never_raise(pieces: list[bytes], cuts: list[int]) -> None:
+    h = Harness(greet=False)
+    calls: list[defer.Deferred[Any]] = [h.proto.login("alice", PASSWORD), h.proto.who(), h.proto.ping()]
+    data = b"".join(pieces)
+    position = 0
+    for cut in [*cuts, len(data)]:
+        h.proto.dataReceived(data[position : position + cut])
+        position += cut
+    h.proto.dataReceived(data[position:])
+    h.lose()
+    for d in calls:  # every call ends, one way or the other, with a value or a ChatClientError
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        assert outcome
+        if isinstance(outcome[0], Failure):
+            assert isinstance(outcome[0].value, errors.ChatClientError)
+    assert h.clock.getDelayedCalls() == []
