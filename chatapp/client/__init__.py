@@ -1,4 +1,23 @@
-"""The client library: the server protocol (calls as Deferreds), typed errors, and a reconnecting connection."""
+"""The client library: the server protocol (calls as Deferreds), typed errors, and a reconnecting connection.
+
+Typical glue (the peer listener is the application's; the server only learns its port)::
+
+    class Events(NoConnectionEvents):
+        def request(self, user: str) -> None: ...            # a peer connection from `user` is coming
+        def reconnecting(self, delay: float, attempt: int) -> None: ...
+        def gave_up(self, error: Exception) -> None: ...      # print(str(error))
+
+    conn = ServerConnection(reactor, "chat.example.org:8750", Events())
+    try:
+        name = await conn.login("alice", password)            # connects, waits for HELLO, logs in
+    except ChatClientError as e:                              # BadCredentials, Locked, ConnectFailed, ...
+        print(e)
+    port = await serverFromString(reactor, "tcp:0").listen(peer_factory)
+    await conn.listen(port.getHost().port)                    # re-sent by itself after a reconnection
+    ticket = await conn.connect("bob")                        # PeerTicket(user, host, port, token, proof)
+    requester, proof = await conn.verify(token_from_a_peer)   # inside the peer handshake
+    await conn.close()                                        # QUIT; no reconnection after this
+"""
 
 from chatapp.client.connection import (
     ConnectionEvents,
