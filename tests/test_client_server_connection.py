@@ -493,3 +493,16 @@ def test_an_internal_error_instead_of_hello_at_reconnect_is_retried() -> None:
     assert rig.events.seen[-1] == ("reconnecting", 2.0, 2)
     rig.conn.close()
     assert rig.clock.getDelayedCalls() == []
+
+
+def test_a_silent_server_is_detected_by_the_keepalive_and_reconnected() -> None:
+    rig = Rig()
+    server = rig.logged_in()
+    rig.clock.advance(60)
+    assert server.received() == [b"PING"]
+    rig.clock.advance(60)  # no PONG came: the connection is presumed dead
+    assert server.transport.disconnecting
+    server.close()  # what the reactor does after abortConnection
+    assert rig.events.seen == [("lost", None), ("reconnecting", 1.0, 1)]
+    rig.conn.close()
+    assert rig.clock.getDelayedCalls() == []
