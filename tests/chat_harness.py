@@ -80,3 +80,26 @@ async def start_client(
     )
     await defer.ensureDeferred(client.start(name, PASSWORD, signup=signup)).addTimeout(TIMEOUT, reactor)
     return client, recorder
+
+
+def cut_when_written(receiver: ChatClient, threshold: float, cut: Callable[[], None]) -> defer.Deferred[None]:
+    """Call ``cut`` once the receiver has written ``threshold`` bytes of files to disk.
+
+    Progress events are throttled (a fast loopback transfer can finish between
+    two of them), so the cut hooks the one place received bytes hit the disk.
+    """
+    assert receiver.peers is not None
+    downloads = receiver.peers.downloads
+    real_write = downloads.write
+    written = [0]
+    fired: defer.Deferred[None] = defer.Deferred()
+
+    def write(fd: int, data: bytes) -> None:
+        real_write(fd, data)
+        written[0] += len(data)
+        if written[0] >= threshold and not fired.called:
+            cut()
+            fired.callback(None)
+
+    downloads.write = write  # type: ignore[method-assign]
+    return fired.addTimeout(TIMEOUT, reactor)
