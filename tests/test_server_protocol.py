@@ -544,3 +544,17 @@ def test_failure_counts_are_bounded() -> None:
     assert counter.count("10.0.3.231", "name999") == (1, 1)
     assert counter.count("10.0.0.0", "name0") == (0, 0)  # forgotten, oldest first
     assert len(counter._by_address) == len(counter._by_name) == 100
+
+
+def test_passwd_for_an_account_deleted_meanwhile(connect: Connect, server_factory: ServerFactory) -> None:
+    conn = signed_up(connect)
+    db = server_factory.store._conn()  # what the admin tool does, behind the server's back
+    db.execute("DELETE FROM users WHERE name_folded = 'alice'")
+    assert conn.ask("PASSWD a brand new secret") == ["ERR 404 no-such-user this account no longer exists"]
+
+
+def test_a_store_failure_before_the_greeting_says_bye(server_factory: ServerFactory) -> None:
+    server_factory.store.close()
+    conn = Conn(server_factory)
+    assert conn.lines() == ["* BYE internal-error"]
+    assert conn.closing

@@ -117,8 +117,8 @@ class ServerProtocol(Protocol):
     def _greet_failed(self, failure: Failure) -> None:
         log.failure("checking the block list for {address} failed", failure, address=self.address)
         if not self.gone:
-            self._send(format_error(500, "internal-error", "the server cannot serve you right now"))
-            self._close()
+            # No command was sent yet, so an ERR would answer nothing: say goodbye instead.
+            self._say_bye("internal-error")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.gone = True
@@ -400,7 +400,8 @@ class ServerProtocol(Protocol):
             hashed = await self.factory.hasher.hash(password)
         except Busy:
             raise WireError(503, "busy", "the server is busy; try again") from None
-        await self.factory.store.set_password(self.user, hashed)
+        if not await self.factory.store.set_password(self.user, hashed):
+            raise WireError(404, "no-such-user", "this account no longer exists")
         log.info("password changed for {user} from {address}", user=self.user, address=self.address)
         self._send(format_line("OK", "PASSWD"))
 
