@@ -5,6 +5,7 @@ Each test runs twice: input in one segment, and one byte at a time.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -16,7 +17,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.store import ADDRESS, NAME
+from chatapp.server.store import ADDRESS, NAME, SQLiteStore
 
 Connect = Callable[..., Conn]
 
@@ -548,8 +549,9 @@ def test_failure_counts_are_bounded() -> None:
 
 def test_passwd_for_an_account_deleted_meanwhile(connect: Connect, server_factory: ServerFactory) -> None:
     conn = signed_up(connect)
-    db = server_factory.store._conn()  # what the admin tool does, behind the server's back
-    db.execute("DELETE FROM users WHERE name_folded = 'alice'")
+    path = cast(SQLiteStore, server_factory.store).path
+    with sqlite3.connect(path) as db:  # what the admin tool does, behind the server's back
+        db.execute("DELETE FROM users WHERE name_folded = 'alice'")
     assert conn.ask("PASSWD a brand new secret") == ["ERR 404 no-such-user this account no longer exists"]
 
 
