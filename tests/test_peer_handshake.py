@@ -304,3 +304,20 @@ def test_factory_rejects_bad_settings(tmp_path: Path, clock: Clock) -> None:
         PeerFactory("alice", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock, chunk_size=2**20 + 1)
     with pytest.raises(ValueError):
         PeerFactory("not a name", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock)
+
+
+def test_stop_closes_sessions_in_every_state(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.Deferred())
+    waiting, waiting_transport = listener(fb)
+    calling, calling_transport = connector(fb, target="carol")
+    fb.verify = lambda token: defer.succeed(("alice", "p"))
+    opened, opened_transport = open_listener(fb)
+    done: list[object] = []
+    fb.stop().addCallback(done.append)
+    assert done == [None]
+    assert waiting_transport.disconnecting and calling_transport.disconnecting and opened_transport.disconnecting
+    assert opened_transport.value() == b"BYE\r\n" and waiting_transport.value() == b""
+    for session, transport in [(waiting, waiting_transport), (calling, calling_transport), (opened, opened_transport)]:
+        lose(session, transport)
+    assert eb.left == ["closed"] and fb.sessions == {}
+    assert clock.getDelayedCalls() == []

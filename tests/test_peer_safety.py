@@ -142,3 +142,39 @@ def test_kept_partials_are_bounded(tmp_path: Path, clock: Clock) -> None:
     kept = partials_in(fb)
     assert len(kept) == 2  # the oldest went to stay within 25 bytes
     assert os.path.basename(partial_path(fb, "alice", "cut0.bin", 15)) not in kept
+
+
+def test_logs_never_carry_raw_control_characters(tmp_path: Path, clock: Clock) -> None:
+    from typing import cast
+
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+
+    from chatapp.peer import PeerSession, Role
+
+    seen: list[str] = []
+
+    def observe(event: dict[str, object]) -> None:
+        seen.append(formatEvent(event))
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    try:
+        fb, _ = make_peer(tmp_path, "bob", clock, auto_accept=True)
+        session, transport = open_listener(fb)
+        session.dataReceived(b"ERR 400 evil\x1b[2J\x07 text\r\n")
+        fa, _ = make_peer(tmp_path, "alice", clock)
+        sender = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+        sender.makeConnection(type(transport)())
+        sender.dataReceived(b"WELCOME chatapp/1 bob proof-alice\r\n")
+        path = tmp_path / "evil\x1b]0;title\x07.bin"
+        path.write_bytes(b"x" * 100)
+        sent = sender.send_file(str(path))
+        path.write_bytes(b"")  # shrinks: a read error is logged with the path
+        sender.dataReceived(f"ACCEPT {sent.id} 0\r\n".encode())
+        clock.advance(0)
+        assert sent.reason == "read-error"
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert any("evil" in line and "\\x1b" in line for line in seen)
+    assert any("read" in line and "\\x07" in line for line in seen)
+    assert not any(c in line for line in seen for c in "\x1b\x07\r\n")

@@ -103,7 +103,7 @@ class DownloadDir:
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.warn("cannot remove {path}: {error}", path=escape_for_terminal(path), error=str(e))
+            log.warn("cannot remove {path}: {error}", path=escape_for_terminal(path), error=escape_for_terminal(str(e)))
 
     def prune(self, in_use: set[str]) -> None:
         """Delete the oldest kept partials (not in use) until they total at most max_partial_bytes."""

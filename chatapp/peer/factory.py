@@ -71,6 +71,7 @@ class PeerFactory(ServerFactory):
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
         self._handshaking: set[PeerSession] = set()  # listener sessions before WELCOME
+        self._live: set[PeerSession] = set()  # every connected session, any role and state
 
     # -- listening and calling ------------------------------------------------
 
@@ -112,7 +113,7 @@ class PeerFactory(ServerFactory):
 
     def stop(self) -> defer.Deferred[None]:
         """Stop listening and close every session (BYE to the open ones)."""
-        for session in list(self.sessions.values()) + list(self._handshaking):
+        for session in list(self._live):
             session.close()
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports]).addCallback(lambda _: None)
@@ -122,6 +123,9 @@ class PeerFactory(ServerFactory):
         return self.sessions.get(fold_name(name))
 
     # -- called by sessions -----------------------------------------------------
+
+    def session_connected(self, session: PeerSession) -> None:
+        self._live.add(session)
 
     def handshake_started(self, session: PeerSession) -> bool:
         if len(self._handshaking) >= self.max_handshakes:
@@ -142,6 +146,7 @@ class PeerFactory(ServerFactory):
 
     def session_closed(self, session: PeerSession, was: SessionState) -> None:
         self._handshaking.discard(session)
+        self._live.discard(session)
         if was is SessionState.OPEN:
             assert session.peer_name is not None
             key = fold_name(session.peer_name)

@@ -264,6 +264,7 @@ class PeerSession(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport  # a TCP (or TLS) transport: also an IConsumer
         transport.registerProducer(self._pump, True)
+        self.factory.session_connected(self)
         if self.role is Role.LISTENER and not self.factory.handshake_started(self):
             log.info("too many handshakes in progress: closing a new connection")
             self._close("too-many-handshakes")
@@ -511,8 +512,7 @@ class PeerSession(Protocol):
         def unreadable(failure: Failure) -> None:
             transfer.hashing = None
             if not failure.check(defer.CancelledError) and not transfer.finished:
-                path = escape_for_terminal(transfer.path or "")
-                log.info("cannot read {path}: {error}", path=path, error=str(failure.value))
+                log.info("cannot read {path}: {error}", path=_safe(transfer.path), error=_safe(failure.value))
                 self._cancel_outgoing(transfer, "read-error")
 
         transfer.hashing.addCallbacks(hashed, unreadable)
@@ -524,7 +524,7 @@ class PeerSession(Protocol):
         try:
             data = transfer.read_chunk(self.factory.chunk_size)
         except (OSError, EOFError) as e:
-            log.info("cannot read {path}: {error}", path=escape_for_terminal(transfer.path or ""), error=str(e))
+            log.info("cannot read {path}: {error}", path=_safe(transfer.path), error=_safe(e))
             self._cancel_outgoing(transfer, "read-error")
             return False
         self._send(b"DATA %s %d\r\n" % (transfer.id.encode("ascii"), len(data)))
@@ -650,7 +650,7 @@ class PeerSession(Protocol):
     def _receiver_failed(self, transfer: IncomingTransfer, error: OSError) -> None:
         """A local write error: REJECT disk-full or write-error, delete the partial, tell the user."""
         reason = "disk-full" if error.errno in _DISK_FULL else "write-error"
-        log.warn("cannot save {id} from {peer}: {error}", id=transfer.id, peer=self._peer_for_log(), error=str(error))
+        log.warn("cannot save {id} from {peer}: {error}", id=transfer.id, peer=self._peer_for_log(), error=_safe(error))
         if reason == "disk-full":
             self._emit("notice", self, f"disk full: could not save {transfer.name}; the chat goes on")
         else:
@@ -716,7 +716,7 @@ class PeerSession(Protocol):
         try:
             transfer.path = downloads.place(transfer.partial, transfer.name)
         except OSError as e:
-            log.warn("cannot put {id} in place: {error}", id=transfer_id, error=str(e))
+            log.warn("cannot put {id} in place: {error}", id=transfer_id, error=_safe(e))
             self._fail_incoming(transfer, "write-error")
             return
         self._send(format_line("DONE", transfer_id))
@@ -760,6 +760,11 @@ class PeerSession(Protocol):
         "FAIL": _do_fail,
         "CANCEL": _do_cancel,
     }
+
+
+def _safe(value: object) -> str:
+    """Text for a log line: control characters (CR, LF, ESC...) shown escaped."""
+    return escape_for_terminal("" if value is None else str(value))
 
 
 def _parse_hello(raw: bytes) -> tuple[str, str] | None:
