@@ -137,7 +137,6 @@ def activated_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
     """The service's own command line under systemd-socket-activate, listening like the .socket unit."""
     if shutil.which("systemd-socket-activate") is None:
         pytest.skip("systemd-socket-activate is not installed")
-    port = free_port()
     argv = exec_start(SERVICE)
     argv[0] = str(TWISTD)
     argv[argv.index("--db") + 1] = str(tmp_path / "chatserver.sqlite3")
@@ -145,21 +144,32 @@ def activated_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
     listen = one(SOCKET, "Socket", "ListenStream")
     assert listen.isdigit()
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        # --fdname: systemd always sets LISTEN_FDNAMES (the socket unit's name), and Twisted's
-        # systemd: endpoint ignores inherited sockets without it; the tool only sets it when asked.
-        process = subprocess.Popen(
-            ["systemd-socket-activate", f"--fdname={SOCKET}", "-l", str(port), *argv],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-    try:
-        yield process, port, log
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+    for _attempt in range(5):
+        # A port freed a moment ago can be taken again by anyone else: on a clash, try another.
+        port = free_port()
+        with log.open("wb") as out:
+            # --fdname: systemd always sets LISTEN_FDNAMES (the socket unit's name), and Twisted's
+            # systemd: endpoint ignores inherited sockets without it; the tool only sets it when asked.
+            process = subprocess.Popen(
+                ["systemd-socket-activate", f"--fdname={SOCKET}", "-l", str(port), *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        try:
+            deadline = time.monotonic() + 10
+            while "Listening on" not in log.read_text() and process.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            if process.poll() is None:
+                yield process, port, log
+                return
+            assert "in use" in log.read_text(), log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+    pytest.fail(f"no free port after 5 tries:\n{log.read_text()}")
 
 
 def connect(port: int) -> socket.socket:
