@@ -67,6 +67,14 @@ def test_send_file_arrives_whole(tmp_path: Path, clock: Clock, content: bytes) -
     assert [t.state for t in pair.ea.ended] == [TransferState.DONE]
 
 
+def test_auto_accept_policy_function(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=lambda t: t.name.endswith(".txt") and t.size < 100)
+    session, transport = open_listener(fb)
+    session.dataReceived(b"OFFER a 5 small.txt\r\nOFFER b 500 big.txt\r\nOFFER c 5 small.exe\r\n")
+    assert transport.value() == b"ACCEPT a 0\r\n"
+    assert [t.state for t in eb.offers] == [TransferState.ACCEPTED, TransferState.OFFERED, TransferState.OFFERED]
+
+
 def test_accept_is_the_users_decision(tmp_path: Path, clock: Clock) -> None:
     pair = Pair(tmp_path, clock)
     sent = pair.a.send_file(write_file(tmp_path / "a.txt", b"hello"))

@@ -176,7 +176,6 @@ def test_any_other_verify_failure_is_server_unavailable(tmp_path: Path, clock: C
         b"HELLO chatapp/1 alice tok/alice\r\n",
         b"PING\r\n",
         b"\xc3\x28\r\n",
-        b"OK HELLO\r\n",
     ],
 )
 def test_not_authenticated(tmp_path: Path, clock: Clock, first: bytes) -> None:
@@ -191,6 +190,14 @@ def test_not_authenticated(tmp_path: Path, clock: Clock, first: bytes) -> None:
     session.dataReceived(first + b"HELLO chatapp/1 alice tok-alice\r\n")
     assert transport.value() == b"ERR 403 not-authenticated\r\n"
     assert transport.disconnecting and calls == []
+
+
+@pytest.mark.parametrize("first", [b"OK HELLO", b"ERR 403 bad-token", b"* HELLO chatapp/1", b"ok"])
+def test_ok_err_star_before_hello_closes_without_answer(tmp_path: Path, clock: Clock, first: bytes) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    session, transport = listener(fb)
+    session.dataReceived(first + b"\r\nHELLO chatapp/1 alice tok-alice\r\n")
+    assert transport.value() == b"" and transport.disconnecting
 
 
 def test_second_line_before_welcome_is_not_authenticated(tmp_path: Path, clock: Clock) -> None:

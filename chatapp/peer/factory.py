@@ -17,6 +17,7 @@ from chatapp.peer.receiver import IncomingTransfer
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
 from chatapp.peer.session import PeerSession, Role
 from chatapp.peer.states import SessionState
+from chatapp.peer.transfer import Transfer
 from chatapp.wire import fold_name, valid_urlsafe, valid_username
 
 log = Logger()
@@ -30,6 +31,10 @@ GiB = 1024**3
 
 class PeerFactory(ServerFactory):
     """Builds :class:`PeerSession` for both roles and keeps the open ones in ``sessions``.
+
+    ``auto_accept`` is ``False`` (the user decides every offer with
+    ``session.accept`` / ``session.reject``), ``True`` (scripts), or a function
+    of the offered :class:`Transfer` returning whether to accept it at once.
 
     ``verify(token)`` asks our server ``VERIFY <token>``: it returns (or fires
     with) ``(requester_name, proof)``, or fails with ``VerifyRejected`` (the
@@ -45,7 +50,7 @@ class PeerFactory(ServerFactory):
         reactor: Any,
         *,
         max_file_size: int = 64 * GiB,
-        auto_accept: bool = False,
+        auto_accept: bool | Callable[[Transfer], bool] = False,
         chunk_size: int = DEFAULT_CHUNK,
         max_open_offers: int = 16,
         max_partial_bytes: int = 16 * GiB,
@@ -123,6 +128,17 @@ class PeerFactory(ServerFactory):
         return self.sessions.get(fold_name(name))
 
     # -- called by sessions -----------------------------------------------------
+
+    def should_accept(self, transfer: Transfer) -> bool:
+        """The auto-accept policy: ``True``/``False`` for all offers, or a function of the offer."""
+        policy = self.auto_accept
+        if callable(policy):
+            try:
+                return bool(policy(transfer))
+            except Exception:
+                log.failure("the auto-accept policy failed")
+                return False
+        return bool(policy)
 
     def session_connected(self, session: PeerSession) -> None:
         self._live.add(session)

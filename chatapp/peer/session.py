@@ -387,6 +387,9 @@ class PeerSession(Protocol):
     # -- handshake ------------------------------------------------------------
 
     def _listener_line(self, raw: bytes) -> None:
+        if raw.split(b" ", 1)[0].upper() in (b"OK", b"ERR", b"*"):
+            self._close("not-authenticated")  # OK, ERR and * lines are never answered (section 1)
+            return
         hello = None if self._hello_seen else _parse_hello(raw)
         if hello is None:
             self._send(format_error(403, "not-authenticated"))
@@ -608,7 +611,7 @@ class PeerSession(Protocol):
         self.incoming[transfer_id] = transfer
         log.info("{peer} offers {id}: {size} bytes", peer=self._peer_for_log(), id=transfer_id, size=size)
         self._emit("offer", self, transfer)
-        if self.factory.auto_accept and transfer.state is TransferState.OFFERED and not self._closing:
+        if transfer.state is TransferState.OFFERED and not self._closing and self.factory.should_accept(transfer):
             self.accept(transfer_id)
 
     def _refuse_offer(self, transfer_id: str, reason: str) -> None:
