@@ -71,7 +71,7 @@ def test_users_lists_accounts_with_times_in_utc_and_locks(capsys, store, db) -> 
     lines = out.splitlines()
     assert lines[0].split() == ["USER", "CREATED", "LAST", "LOGIN", "LOCKED"]
     assert re.fullmatch(r"Alice +2026-01-01 00:00:00 UTC +2026-01-01 01:00:00 UTC +no", lines[1])
-    assert re.fullmatch(r"bob +2026-01-01 00:01:00 UTC +never +locked, 2m 0[45]s left", lines[2])
+    assert re.fullmatch(r"bob +2026-01-01 00:01:00 UTC +never +locked, 2m 0\ds left", lines[2])
     assert lines[3] == "2 users"
 
 
@@ -196,8 +196,8 @@ def test_blocks_lists_addresses_and_names_with_time_left(capsys, store, db) -> N
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["KIND", "BLOCKED", "TIME", "LEFT", "UNTIL"]
-    assert re.fullmatch(r"address +192\.0\.2\.7 +(5m 00s|4m 59s) +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lines[1])
-    assert re.fullmatch(r"user +alice +3h 00m 0[12]s +.* UTC", lines[2])
+    assert re.fullmatch(r"address +192\.0\.2\.7 +(5m 00s|4m 5\ds) +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lines[1])
+    assert re.fullmatch(r"user +alice +3h 00m 0\ds +.* UTC", lines[2])
     assert len(lines) == 3
 
 
