@@ -1,0 +1,50 @@
+"""Baseline for the benchmarks: the least a Twisted line server can do.
+
+A bare ``LineReceiver`` that greets each connection with ``* HELLO baseline``
+and answers every line ``<VERB> ...`` with ``OK <line>``: the same exchange of
+lines the chat server has, with none of its work.  It holds idle connections
+(the memory floor) and echoes requests (the throughput ceiling).
+
+Run as ``python bench/_lineserver.py PORT``; it logs the port it listens on in
+the same words as ``twistd chatserver`` so the benchmarks can find it.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
+
+
+class EchoLine(LineReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 4096
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"* HELLO baseline\r\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        if line:
+            self.transport.write(b"OK " + line.rstrip(b"\r") + b"\r\n")
+
+
+def main() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    factory = Factory.forProtocol(EchoLine)
+    endpoint = TCP4ServerEndpoint(reactor, port, backlog=1024, interface="127.0.0.1")
+
+    def listening(p) -> None:  # type: ignore[no-untyped-def]
+        print(f"lineserver listening on {p.getHost()}", flush=True)
+
+    endpoint.listen(factory).addCallback(listening)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Logins/s at bcrypt cost 12, and whether the reactor stays responsive while they run.
+
+One ``twistd chatserver --bcrypt-rounds 12`` (its bcrypt pool has one thread
+per core).  50 accounts are signed up, then 50 connections send ``LOGIN`` at
+the same moment while one more connection sends ``PING`` every 5 ms (the next
+one after the reply, at the earliest) and records each reply's latency.  The
+expected rate is cores / (one bcrypt check's time), the check being timed in
+this process first.
+
+    python bench/login_load.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+import bcrypt
+from _common import PASSWORD, machine, raise_fd_limit, run_loadgen, sources, start_chatserver, table, workdir
+
+ROUNDS = 12
+LOGINS = 50
+USER = "load"
+
+
+def one_check_seconds(samples: int) -> float:
+    """The fastest of ``samples`` bcrypt checks at cost 12, on this thread."""
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(ROUNDS))
+    best = float("inf")
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        bcrypt.checkpw(PASSWORD.encode(), hashed)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="one round of logins instead of three")
+    args = parser.parse_args()
+    raise_fd_limit()
+    rounds = 1 if args.quick else 3
+    print(machine())
+    check = one_check_seconds(3)
+    cores = os.cpu_count() or 1
+    expected = cores / check
+    print(
+        f"one bcrypt check at cost {ROUNDS}: {check * 1000:.0f} ms -> expected {expected:.2f} logins/s on {cores} cores"
+    )
+    results: list[dict[str, Any]] = []
+    with workdir("bench-login-") as work:
+        server = start_chatserver(
+            work, "--bcrypt-rounds", str(ROUNDS), "--signups-per-hour", "1000", "--max-connections-per-address", "1000"
+        )
+        try:
+            common = {
+                "host": "127.0.0.1",
+                "port": server.port,
+                "server_pid": server.pid,
+                "n": LOGINS,
+                "sources": sources(5),
+                "user_prefix": USER,
+                "password": PASSWORD,
+            }
+            t0 = time.perf_counter()
+            signed = run_loadgen({**common, "mode": "hold", "quit": True, "verb": "SIGNUP", "inflight": LOGINS})
+            if signed["ok"] != LOGINS:
+                raise RuntimeError(f"signup failed: {signed}")
+            print(f"signed up {LOGINS} accounts in {time.perf_counter() - t0:.1f} s")
+            for _ in range(rounds):
+                results.append(run_loadgen({**common, "mode": "login", "interval": 0.005, "idle": 1.0}))
+        finally:
+            server.stop()
+    rows = [
+        [
+            i + 1,
+            r["logins"],
+            r["errors"],
+            r["elapsed"],
+            r["rate"],
+            r["rate"] / expected,
+            r["idle_p99_ms"],
+            r["pings"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["max_ms"],
+            r["server_cpu"] * 100,
+            r["loadgen_cpu"] * 100,
+        ]
+        for i, r in enumerate(results)
+    ]
+    print()
+    print(f"{LOGINS} LOGINs sent at once; PING every 5 ms on another connection; CPU: 100 % = one core")
+    print(
+        table(
+            [
+                "round",
+                "logins",
+                "errors",
+                "all done s",
+                "logins/s",
+                "x expected",
+                "idle PING p99 ms",
+                "PINGs",
+                "PING p50 ms",
+                "PING p99 ms",
+                "PING max ms",
+                "server CPU %",
+                "loadgen CPU %",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
