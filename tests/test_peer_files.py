@@ -272,6 +272,22 @@ def test_receiver_reject_mid_transfer_drops_the_rest(tmp_path: Path, clock: Cloc
     assert files_in(fb.downloads.root) == [] and partials_in(fb) == []
 
 
+def test_cancel_with_the_same_id_both_ways(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock)
+    session, transport = open_listener(fb)
+    mine = session.send_file(write_file(tmp_path / "mine.txt", b"mine"))
+    session.dataReceived(f"OFFER {mine.id} 5 theirs.txt\r\n".encode())  # the peer's sender picked the same id
+    theirs = eb.offers[0]
+    transport.clear()
+    session.cancel(theirs)
+    assert transport.value() == f"REJECT {mine.id} cancelled\r\n".encode()
+    assert mine.state is TransferState.OFFERED and theirs.state is TransferState.REJECTED
+    transport.clear()
+    session.cancel(mine.id)
+    assert transport.value() == f"CANCEL {mine.id} cancelled\r\n".encode()
+    assert mine.state is TransferState.CANCELLED
+
+
 def test_user_cancel_of_incoming_is_reject_cancelled(tmp_path: Path, clock: Clock) -> None:
     fb, _eb = make_peer(tmp_path, "bob", clock, auto_accept=True)
     session, transport = open_listener(fb)

@@ -29,7 +29,7 @@ from chatapp.peer.hashing import hash_prefix
 from chatapp.peer.names import clean_name, offer_name, partial_key, shorten
 from chatapp.peer.receiver import IncomingTransfer
 from chatapp.peer.sender import MAX_CHUNK, OutgoingTransfer, SendPump
-from chatapp.peer.states import SessionState, TransferState, session_move
+from chatapp.peer.states import Direction, SessionState, TransferState, session_move
 from chatapp.peer.transfer import Transfer
 from chatapp.wire import (
     PEER_MAX_LINE,
@@ -175,9 +175,9 @@ class PeerSession(Protocol):
         )
         return transfer
 
-    def accept(self, transfer_id: str) -> None:
+    def accept(self, transfer_id: str | Transfer) -> None:
         """Accept an incoming offer (resuming from a kept partial copy if there is one)."""
-        transfer = self._incoming_offer(transfer_id)
+        transfer = self._incoming_offer(_id_of(transfer_id))
         downloads = self.factory.downloads
         try:
             downloads.ensure()
@@ -215,8 +215,9 @@ class PeerSession(Protocol):
 
         transfer.preparing.addCallbacks(hashed, unhashable)
 
-    def reject(self, transfer_id: str, reason: str = "declined") -> None:
+    def reject(self, transfer_id: str | Transfer, reason: str = "declined") -> None:
         """Refuse an incoming offer, or stop an incoming transfer under way; its partial file is deleted."""
+        transfer_id = _id_of(transfer_id)
         if reason not in REJECT_REASONS:
             raise ValueError(f"not a REJECT reason: {reason!r}")
         transfer = self.incoming.get(transfer_id)
@@ -229,19 +230,30 @@ class PeerSession(Protocol):
         self.factory.downloads.remove(transfer.partial)
         self._end(transfer, TransferState.REJECTED, reason)
 
-    def cancel(self, transfer_id: str, reason: str = "cancelled") -> None:
-        """Stop a transfer: ``CANCEL`` for one we send, ``REJECT <id> cancelled`` for one we receive."""
-        if transfer_id in self.incoming and transfer_id not in self.outgoing:
-            self.reject(transfer_id, "cancelled")
-            return
+    def cancel(self, transfer: str | Transfer, reason: str = "cancelled") -> None:
+        """Stop a transfer: ``CANCEL`` for one we send, ``REJECT <id> cancelled`` for one we receive.
+
+        Ids are chosen by each sender, so an id may name one transfer each way:
+        pass the :class:`Transfer` to be exact; a bare id means ours if we send one by that id.
+        """
+        if isinstance(transfer, Transfer):
+            if transfer.direction is Direction.RECEIVE:
+                self.reject(transfer.id, "cancelled")
+                return
+            transfer_id = transfer.id
+        else:
+            transfer_id = transfer
+            if transfer_id in self.incoming and transfer_id not in self.outgoing:
+                self.reject(transfer_id, "cancelled")
+                return
         if reason not in CANCEL_REASONS:
             raise ValueError(f"not a CANCEL reason: {reason!r}")
-        transfer = self.outgoing.get(transfer_id)
-        if transfer is None:
+        outgoing = self.outgoing.get(transfer_id)
+        if outgoing is None:
             raise KeyError(transfer_id)
-        if transfer.finished:
+        if outgoing.finished:
             return
-        self._cancel_outgoing(transfer, reason)
+        self._cancel_outgoing(outgoing, reason)
 
     def close(self) -> None:
         """Say BYE (if open) and close; open transfers end as cancelled."""
@@ -763,6 +775,10 @@ class PeerSession(Protocol):
         "FAIL": _do_fail,
         "CANCEL": _do_cancel,
     }
+
+
+def _id_of(transfer: str | Transfer) -> str:
+    return transfer.id if isinstance(transfer, Transfer) else transfer
 
 
 def _safe(value: object) -> str:
