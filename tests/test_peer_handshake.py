@@ -96,6 +96,13 @@ def test_bad_welcome_closes_without_a_word(tmp_path: Path, clock: Clock, welcome
     assert ea.joined == [] and ea.messages == [] and fa.sessions == {}
 
 
+def test_welcome_name_must_be_a_user_name(tmp_path: Path, clock: Clock) -> None:
+    fa, _ = make_peer(tmp_path, "alice", clock)
+    session, transport = connector(fa, target="kim")
+    session.dataReceived("WELCOME chatapp/1 \u212aim proof-alice\r\n".encode())  # KELVIN SIGN lower-cases to k
+    assert transport.disconnecting and session.state is SessionState.HANDSHAKING
+
+
 def test_err_from_listener_fails_connect_with_its_reason(tmp_path: Path, clock: Clock) -> None:
     fa, _ = make_peer(tmp_path, "alice", clock)
     session, transport = connector(fa)

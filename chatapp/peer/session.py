@@ -451,7 +451,7 @@ class PeerSession(Protocol):
             self._close("bad-welcome")
             return
         assert self.peer_name is not None and self._proof is not None
-        same_name = fold_name(name) == fold_name(self.peer_name)
+        same_name = valid_username(name) and fold_name(name) == fold_name(self.peer_name)
         same_proof = hmac.compare_digest(proof.encode("utf-8"), self._proof.encode("utf-8"))
         if version != PROTOCOL_VERSION or not same_name or not same_proof:
             log.info("bad WELCOME from the peer we called {peer}", peer=self._peer_for_log())
