@@ -1,0 +1,235 @@
+"""What bench/transfer.py and bench/chat_latency.py share: role processes, the in-process server, /proc readings.
+
+Both scripts start copies of themselves with ``--role <name>``; a role process
+talks to the coordinator in lines on its stdout (``READY ...``, ``RESULT
+{json}``) and reads orders from its stdin. Its stderr goes to a log file in the
+run's temporary folder, shown if the role fails.
+
+``chatapp`` is imported from the working tree this file lives in, or from the
+folder named by the environment variable ``CHATAPP_SOURCE`` (to compare a
+patched copy against the tree without touching it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+SOURCE = Path(os.environ.get("CHATAPP_SOURCE") or BENCH.parent).resolve()
+if str(SOURCE) not in sys.path:
+    sys.path.insert(0, str(SOURCE))
+
+PASSWORD = "benchmark password"  # noqa: S105 - throwaway accounts on a throwaway server
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class RoleFailed(RuntimeError):
+    pass
+
+
+class Child:
+    """A role process: ``expect`` reads its stdout lines, ``say`` writes to its stdin."""
+
+    def __init__(self, script: Path, role: str, args: list[str], logdir: Path) -> None:
+        self.role = role
+        self.log = logdir / f"{role}-{time.monotonic_ns()}.log"
+        self._err = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--role", role, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+        )
+        self._buffer = b""
+
+    def expect(self, prefix: str, timeout: float = 120.0) -> str:
+        """The rest of the next stdout line starting with ``prefix`` (other lines are skipped)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        want = prefix.encode()
+        while True:
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                if line.startswith(want):
+                    return line[len(want) :].decode().strip()
+            left = deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
+            data = os.read(fd, 65536) if ready else b""
+            if not data:
+                self.stop()
+                why = "timed out" if not ready else f"exited with {self.proc.poll()}"
+                raise RoleFailed(f"{self.role} {why} before {prefix!r}; its log:\n{self.tail()}")
+            self._buffer += data
+
+    def result(self, timeout: float = 300.0) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.expect("RESULT ", timeout))
+        return found
+
+    def say(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def wait(self, timeout: float = 30.0) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._err.close()
+
+
+def emit(kind: str, payload: Any = "") -> None:
+    """A line for the coordinator."""
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    sys.stdout.write(f"{kind} {text}\n")
+    sys.stdout.flush()
+
+
+def cpu_now() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def proc_status(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmHWM: peak RSS, VmRSS: current RSS), in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def usage_since(start: tuple[float, float]) -> dict[str, float]:
+    user, system = cpu_now()
+    return {
+        "user": user - start[0],
+        "system": system - start[1],
+        "hwm_kib": proc_status("VmHWM"),
+        "rss_kib": proc_status("VmRSS"),
+    }
+
+
+def stdin_lines(reactor: Any, on_line: Any) -> None:
+    """Call ``on_line(text)`` for each line the coordinator writes; stop the reactor when it closes stdin."""
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineReceiver
+
+    class Orders(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            on_line(line.decode().strip())
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if reactor.running:
+                reactor.stop()
+
+    stdio.StandardIO(Orders(), reactor=reactor)
+
+
+def run_server(db: str) -> None:
+    """Role ``server``: the real chat server service in this process on a free 127.0.0.1 port."""
+    from twisted.internet import reactor
+
+    from chatapp.server.tap import Options, build_service
+
+    options = Options()
+    options.parseOptions(
+        [
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--db",
+            db,
+            "--bcrypt-rounds",
+            "4",
+            "--signups-per-hour",
+            "10000",
+            "--max-connections-per-address",
+            "1000",
+        ]
+    )
+    service = build_service(options, reactor)
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    assert service.port is not None
+    emit("READY", str(service.port.getHost().port))  # type: ignore[attr-defined]
+    stdin_lines(reactor, lambda line: None)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def machine() -> dict[str, str]:
+    import twisted
+
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": model,
+        "ram": f"{mem_kib / 2**20:.1f} GiB",
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (readable as plain text too)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
+
+
+def size_text(n: int) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper().replace("IB", "").replace("B", "")
+    for suffix, scale in (("K", KiB), ("M", MiB), ("G", GiB)):
+        if text.endswith(suffix):
+            return int(float(text[:-1]) * scale)
+    return int(text)

@@ -1,0 +1,619 @@
+"""Peer-to-peer file transfer throughput over 127.0.0.1, against two baselines, sender and receiver in two processes.
+
+What is measured (each case: a fresh receiver process, then a fresh sender process):
+
+- ``chatapp``: the real client library: the chat server (in its own process),
+  two ``ChatClient`` (sign up, LISTEN, CONNECT, peer handshake with VERIFY),
+  ``OFFER``/``ACCEPT``, ``DATA`` chunks, SHA-256 on both sides, ``END``, the
+  rename into the download folder and ``DONE``. Timed from ``send_file`` to
+  ``DONE`` at the sender (the chat is opened before the clock starts).
+- ``(a) raw sockets``: plain Python sockets, 1 MiB buffers, no hashing: the
+  machine's copy speed through the loopback for one Python process a side.
+- ``(b) minimal Twisted``: a push producer reading and hashing the file on one
+  side, a raw-mode ``LineReceiver`` writing and hashing on the other, the
+  same rename, nothing else. The ceiling for what the client library does.
+
+The source file sits in /dev/shm; the receiving folder is tmpfs (/dev/shm,
+so the disk does not hide our overhead) and a disk folder (``--disk-dir``,
+default /tmp; written to the page cache, not fsync'd, ``sync`` between
+cases). Then a sweep of the sender's chunk size against the receiving
+transport's read size (``transport.bufferSize``) into tmpfs.
+
+    python bench/transfer.py                 # 1 GiB, everything (about 2 minutes on 2 cores)
+    python bench/transfer.py --quick         # 256 MiB
+    python bench/transfer.py --no-sweep --repeat 3
+    CHATAPP_SOURCE=/path/to/other/tree python bench/transfer.py --quick   # A/B a patched copy
+
+MB/s are 10^6 bytes a second. CPU is user + system seconds of each process
+over the transfer, scaled to one GiB; peak RSS is the process's VmHWM (its
+whole life, imports included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _transfer_util import (
+    PASSWORD,
+    Child,
+    GiB,
+    KiB,
+    MiB,
+    RoleFailed,
+    cpu_now,
+    emit,
+    machine,
+    parse_size,
+    proc_status,
+    run_server,
+    size_text,
+    table,
+    usage_since,
+)
+
+SCRIPT = Path(__file__).resolve()
+RAW_BUFFER = MiB
+FILE_NAME = "payload.bin"
+SWEEP_CHUNKS = (64 * KiB, 256 * KiB, MiB)
+SWEEP_READS = (64 * KiB, 256 * KiB, MiB)
+
+
+# -- role: chatapp receiver / sender -----------------------------------------------------------------------------
+
+
+async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
+    from twisted.internet import defer
+
+    from chatapp.app import ChatClient, NoChatEvents
+
+    ended: defer.Deferred[Any] = defer.Deferred()
+    sessions: list[Any] = []
+
+    class Events(NoChatEvents):
+        def peer_joined(self, session: Any) -> None:
+            sessions.append(session)
+            if args.read_size:
+                session.transport.bufferSize = args.read_size
+
+        def transfer_ended(self, handle: int, transfer: Any) -> None:
+            if not ended.called:
+                ended.callback(transfer)
+
+    client = ChatClient(
+        reactor,
+        f"tcp:host=127.0.0.1:port={args.port}",
+        Events(),
+        downloads=args.downloads,
+        listen="tcp:0:interface=127.0.0.1",
+        auto_accept=True,
+    )
+    await client.start(args.name, PASSWORD, signup=True)
+    rss_ready = proc_status("VmRSS")
+    start = cpu_now()
+    emit("READY")
+    transfer = await ended
+    result = usage_since(start)
+    read_size = sessions[0].transport.bufferSize if sessions else None
+    result.update(
+        state=transfer.state.value,
+        reason=transfer.reason,
+        path=transfer.path,
+        sha256=transfer.sha256,
+        bytes=transfer.bytes_done,
+        rss_ready_kib=rss_ready,
+        read_size=read_size,
+    )
+    emit("RESULT", result)
+    await client.stop()
+
+
+async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
+    from chatapp.app import ChatClient
+
+    client = ChatClient(
+        reactor,
+        f"tcp:host=127.0.0.1:port={args.port}",
+        None,
+        downloads=args.downloads,
+        listen=None,
+        chunk_size=args.chunk or None,
+    )
+    await client.start(args.name, PASSWORD, signup=True)
+    t = time.perf_counter()
+    session = await client.chat(args.peer)
+    handshake = time.perf_counter() - t
+    rss_ready = proc_status("VmRSS")
+    start = cpu_now()
+    t0 = time.perf_counter()
+    handle = await client.send_file(args.peer, args.file)
+    transfer = await client.transfer(handle).when_done()
+    elapsed = time.perf_counter() - t0
+    result = usage_since(start)
+    result.update(
+        elapsed=elapsed,
+        handshake=handshake,
+        sha256=transfer.sha256,
+        bytes=transfer.bytes_done,
+        rss_ready_kib=rss_ready,
+        chunk=client.peers.chunk_size if client.peers else None,
+        write_threshold=session.transport.bufferSize,
+    )
+    emit("RESULT", result)
+    await client.stop()
+
+
+# -- role: (b) minimal Twisted ------------------------------------------------------------------------------------
+
+
+def twisted_receiver(args: argparse.Namespace) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.protocol import Factory
+    from twisted.protocols.basic import LineReceiver
+
+    outcome: dict[str, Any] = {}
+
+    class Receive(LineReceiver):
+        delimiter = b"\n"
+
+        def connectionMade(self) -> None:
+            if args.read_size:
+                self.transport.bufferSize = args.read_size  # type: ignore[attr-defined]
+            self.start = cpu_now()
+
+        def lineReceived(self, line: bytes) -> None:
+            self.left = int(line.split()[1])
+            self.hasher = hashlib.sha256()
+            self.partial = os.path.join(args.downloads, "." + FILE_NAME + ".part")
+            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.setRawMode()
+
+        def rawDataReceived(self, data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            self.hasher.update(data)
+            self.left -= len(data)
+            if self.left == 0:
+                os.close(self.fd)
+                os.rename(self.partial, os.path.join(args.downloads, FILE_NAME))
+                digest = self.hasher.hexdigest()
+                self.transport.write(b"OK " + digest.encode() + b"\r\n")  # type: ignore[union-attr]
+                outcome.update(usage_since(self.start), sha256=digest, read_size=self.transport.bufferSize)  # type: ignore[union-attr]
+                emit("RESULT", outcome)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            reactor.stop()  # type: ignore[attr-defined]
+
+    def listening(port: Any) -> None:
+        emit("READY", str(port.getHost().port))
+
+    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Receive)).addCallback(listening)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def twisted_sender(args: argparse.Namespace) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.interfaces import IPushProducer
+    from twisted.protocols.basic import LineReceiver
+    from zope.interface import implementer
+
+    size = os.path.getsize(args.file)
+    chunk = args.chunk or 256 * KiB
+
+    @implementer(IPushProducer)
+    class Pusher:
+        """Reads, hashes and writes chunks until the transport pauses it."""
+
+        def __init__(self, transport: Any, source: Any) -> None:
+            self.transport = transport
+            self.source = source
+            self.hasher = hashlib.sha256()
+            self.paused = False
+            self.finished = False
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+            while not self.paused and not self.finished:
+                data = self.source.read(chunk)
+                if not data:
+                    self.finished = True
+                    self.transport.unregisterProducer()
+                    return
+                self.hasher.update(data)
+                self.transport.write(data)
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def stopProducing(self) -> None:
+            self.finished = True
+
+    class Send(LineReceiver):
+        delimiter = b"\n"
+
+        def connectionMade(self) -> None:
+            self.source = open(args.file, "rb")
+            self.start = cpu_now()
+            self.t0 = time.perf_counter()
+            self.transport.write(b"SIZE %d\r\n" % size)  # type: ignore[union-attr]
+            self.pusher = Pusher(self.transport, self.source)
+            self.transport.registerProducer(self.pusher, True)  # type: ignore[union-attr]
+            self.pusher.resumeProducing()
+
+        def lineReceived(self, line: bytes) -> None:
+            elapsed = time.perf_counter() - self.t0
+            digest = self.pusher.hasher.hexdigest()
+            result = usage_since(self.start)
+            result.update(elapsed=elapsed, sha256=digest, ok=line.split()[1].decode() == digest, chunk=chunk)
+            emit("RESULT", result)
+            self.source.close()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+        def connectionLost(self, reason: Any = None) -> None:
+            reactor.stop()  # type: ignore[attr-defined]
+
+    connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", args.port), Send())
+    reactor.run()  # type: ignore[attr-defined]
+
+
+# -- role: (a) raw sockets -----------------------------------------------------------------------------------------
+
+
+def raw_receiver(args: argparse.Namespace) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        emit("READY", str(listener.getsockname()[1]))
+        conn, _ = listener.accept()
+    start = cpu_now()
+    with conn:
+        header = b""
+        while len(header) < 8:
+            header += conn.recv(8 - len(header))
+        (left,) = struct.unpack("!Q", header)
+        partial = os.path.join(args.downloads, "." + FILE_NAME + ".part")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        buffer = bytearray(RAW_BUFFER)
+        view = memoryview(buffer)
+        while left:
+            n = conn.recv_into(view, min(RAW_BUFFER, left))
+            if not n:
+                raise EOFError("sender closed early")
+            piece = view[:n]
+            while piece:
+                piece = piece[os.write(fd, piece) :]
+            left -= n
+        os.close(fd)
+        os.rename(partial, os.path.join(args.downloads, FILE_NAME))
+        conn.sendall(b"ok")
+    emit("RESULT", usage_since(start))
+
+
+def raw_sender(args: argparse.Namespace) -> None:
+    size = os.path.getsize(args.file)
+    buffer = bytearray(RAW_BUFFER)
+    view = memoryview(buffer)
+    with open(args.file, "rb", buffering=0) as source:
+        start = cpu_now()
+        t0 = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", args.port)) as conn:
+            conn.sendall(struct.pack("!Q", size))
+            while n := source.readinto(buffer):
+                conn.sendall(view[:n])
+            ack = conn.recv(2)
+        elapsed = time.perf_counter() - t0
+    result = usage_since(start)
+    result.update(elapsed=elapsed, ok=ack == b"ok")
+    emit("RESULT", result)
+
+
+# -- the coordinator -----------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path, shm: Path) -> None:
+        self.args = args
+        self.work = work
+        self.shm = shm
+        self.source = shm / "source.bin"
+        self.size = args.size
+        self.digest = ""
+        self.server: Child | None = None
+        self.server_port = 0
+        self.serial = 0
+        self.results: list[dict[str, Any]] = []
+
+    def make_source(self) -> None:
+        digest = hashlib.sha256()
+        with open(self.source, "wb") as f:
+            left = self.size
+            while left:
+                block = os.urandom(min(left, 4 * MiB))
+                digest.update(block)
+                f.write(block)
+                left -= len(block)
+        self.digest = digest.hexdigest()
+
+    def start_server(self) -> None:
+        self.server = Child(SCRIPT, "server", ["--db", str(self.work / "chat.sqlite3")], self.work)
+        self.server_port = int(self.server.expect("READY ", 60))
+
+    def where_path(self, where: str) -> Path:
+        return self.shm.parent if where == "tmpfs" else Path(self.args.disk_dir)
+
+    def folder(self, where: str) -> Path:
+        self.serial += 1
+        root = self.shm if where == "tmpfs" else Path(self.args.disk_dir) / self.work.name
+        folder = root / f"dl-{self.serial}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def pair(self, kind: str, where: str, recv_args: list[str], send_args: list[str]) -> tuple[dict, dict]:
+        folder = self.folder(where)
+        os.sync()  # earlier cases' dirty pages are not this case's business
+        receiver = sender = None
+        try:
+            receiver = Child(SCRIPT, f"{kind}-recv", ["--downloads", str(folder), *recv_args], self.work)
+            ready = receiver.expect("READY", 60)
+            port = ready if ready else str(self.server_port)
+            sender = Child(
+                SCRIPT,
+                f"{kind}-send",
+                ["--port", port, "--file", str(self.source), "--downloads", str(folder), *send_args],
+                self.work,
+            )
+            sent = sender.result(600)
+            received = receiver.result(60)
+            sender.wait()
+            receiver.wait()
+            final = Path(received.get("path") or folder / FILE_NAME)
+            if not final.is_file() or final.stat().st_size != self.size:
+                raise RoleFailed(f"{kind}: {final} missing or of the wrong size")
+            if sent.get("sha256", self.digest) != self.digest or received.get("sha256", self.digest) != self.digest:
+                raise RoleFailed(f"{kind}: SHA-256 differs from the source's")
+            if sent.get("ok") is False:
+                raise RoleFailed(f"{kind}: the sender saw a bad acknowledgement")
+            return sent, received
+        finally:
+            for child in (sender, receiver):
+                if child is not None:
+                    child.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def case(self, kind: str, where: str, chunk: int = 0, read_size: int = 0) -> dict[str, Any]:
+        runs = []
+        for _ in range(self.args.repeat):
+            knobs = []
+            if chunk:
+                knobs += ["--chunk", str(chunk)]
+            if read_size:
+                knobs += ["--read-size", str(read_size)]
+            if kind == "chatapp":
+                self.serial += 1
+                receiver_name, sender_name = f"rcv{self.serial}", f"snd{self.serial}"
+                names = ["--port", str(self.server_port)]
+                sent, received = self.pair(
+                    "chat",
+                    where,
+                    [*names, "--name", receiver_name, *knobs],
+                    ["--name", sender_name, "--peer", receiver_name, "--downloads", str(self.work / "sent"), *knobs],
+                )
+                if received.get("state") != "done":
+                    raise RoleFailed(f"chatapp transfer ended {received.get('state')} ({received.get('reason')})")
+            else:
+                sent, received = self.pair("tw" if kind == "twisted" else "raw", where, knobs, knobs)
+            runs.append({"sent": sent, "received": received, "mbps": self.size / sent["elapsed"] / 1e6})
+        best = max(runs, key=lambda r: r["mbps"])
+        record = {
+            "kind": kind,
+            "where": where,
+            "chunk": best["sent"].get("chunk", chunk) or 0,
+            "read_size": best["received"].get("read_size", read_size) or 0,
+            "mbps": best["mbps"],
+            "all_mbps": [r["mbps"] for r in runs],
+            "sent": best["sent"],
+            "received": best["received"],
+        }
+        self.results.append(record)
+        print(f"  {describe(record)}: {fmt_rate(record)}", flush=True)
+        return record
+
+
+def describe(r: dict[str, Any]) -> str:
+    label = {"raw": "(a) raw sockets", "twisted": "(b) minimal Twisted", "chatapp": "chatapp"}[r["kind"]]
+    if r["kind"] != "raw":
+        label += f", chunk {size_text(r['chunk'])}, read {size_text(r['read_size'])}"
+    return f"{label} -> {r['where']}"
+
+
+def fmt_rate(r: dict[str, Any]) -> str:
+    text = f"{r['mbps']:.0f}"
+    if len(r["all_mbps"]) > 1:
+        text += f" ({min(r['all_mbps']):.0f}-{max(r['all_mbps']):.0f})"
+    return text
+
+
+def per_gib(side: dict[str, Any], size: int) -> str:
+    return f"{(side['user'] + side['system']) * GiB / size:.2f}"
+
+
+def peak(side: dict[str, Any]) -> str:
+    grown = side["hwm_kib"] - side.get("rss_ready_kib", side["hwm_kib"])
+    text = f"{side['hwm_kib'] / 1024:.0f}"
+    if "rss_ready_kib" in side:
+        text += f" (+{grown / 1024:.0f})"
+    return text
+
+
+def report(bench: Bench) -> str:
+    size = bench.size
+    results = bench.results
+    out = []
+    info = machine()
+    out.append(
+        f"machine: {info['cores']} cores, {info['cpu']}, {info['ram']} RAM, Python {info['python']}, "
+        f"Twisted {info['twisted']}, Linux {info['kernel']}; file {size_text(size)}, "
+        f"best of {bench.args.repeat} (range in brackets)"
+    )
+    headers = [
+        "case",
+        "MB/s",
+        "vs (a)",
+        "vs (b)",
+        "CPU s/GiB send",
+        "CPU s/GiB recv",
+        "peak RSS MiB send",
+        "peak RSS MiB recv",
+    ]
+    for where in ("tmpfs", "disk"):
+        main = [r for r in results if r["where"] == where and not r.get("sweep")]
+        if not main:
+            continue
+        raw = next((r for r in main if r["kind"] == "raw"), None)
+        rows = []
+        for r in main:
+            same_b = [
+                b
+                for b in main
+                if b["kind"] == "twisted" and b["read_size"] == r["read_size"] and b["chunk"] == r["chunk"]
+            ] or [b for b in main if b["kind"] == "twisted"]
+            rows.append(
+                [
+                    describe(r).rsplit(" -> ", 1)[0],
+                    fmt_rate(r),
+                    f"{r['mbps'] / raw['mbps']:.0%}" if raw else "-",
+                    f"{r['mbps'] / same_b[0]['mbps']:.0%}" if same_b and r["kind"] != "raw" else "-",
+                    per_gib(r["sent"], size),
+                    per_gib(r["received"], size),
+                    peak(r["sent"]),
+                    peak(r["received"]),
+                ]
+            )
+        out.append(f"\ninto {where} ({bench.where_path(where)}):\n")
+        out.append(table(headers, rows))
+    sweep = [r for r in results if r.get("sweep")]
+    if sweep:
+        out.append("\nsweep into tmpfs: MB/s (receiver CPU s/GiB, receiver peak RSS MiB)\n")
+        reads = sorted({r["read_size"] for r in sweep})
+        rows = []
+        for kind in ("twisted", "chatapp"):
+            for chunk in sorted({r["chunk"] for r in sweep if r["kind"] == kind}):
+                row = [f"{'(b)' if kind == 'twisted' else 'chatapp'} chunk {size_text(chunk)}"]
+                for read in reads:
+                    hit = [r for r in sweep if r["kind"] == kind and r["chunk"] == chunk and r["read_size"] == read]
+                    if hit:
+                        h = hit[0]
+                        cpu, rss = per_gib(h["received"], size), h["received"]["hwm_kib"] // 1024
+                        row.append(f"{fmt_rate(h)} ({cpu}, {rss})")
+                    else:
+                        row.append("-")
+                rows.append(row)
+        out.append(table(["sender chunk \\ receiver read size", *(size_text(r) for r in reads)], rows))
+    return "\n".join(out)
+
+
+def coordinate(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="chatapp-transfer-"))
+    shm = Path(tempfile.mkdtemp(prefix="chatapp-transfer-", dir="/dev/shm"))
+    bench = Bench(args, work, shm)
+    try:
+        print(f"writing a {size_text(args.size)} source file in {shm}", flush=True)
+        bench.make_source()
+        bench.start_server()
+        for where in args.where:
+            print(f"into {where}:", flush=True)
+            bench.case("raw", where)
+            bench.case("twisted", where, args.chunk or 256 * KiB, args.read_size)
+            bench.case("chatapp", where, args.chunk, args.read_size)
+        if args.sweep:
+            print("sweep (tmpfs):", flush=True)
+            for read in SWEEP_READS:
+                bench.case("twisted", "tmpfs", 256 * KiB, read)["sweep"] = True
+            for chunk in SWEEP_CHUNKS:
+                for read in SWEEP_READS:
+                    bench.case("chatapp", "tmpfs", chunk, read)["sweep"] = True
+        text = report(bench)
+        print("\n" + text)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"size": args.size, "results": bench.results}, indent=1))
+    finally:
+        if bench.server is not None:
+            bench.server.stop()
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(Path(args.disk_dir) / work.name, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--size", type=parse_size, default=GiB, help="file size (e.g. 1G, 256M); default 1 GiB")
+    parser.add_argument("--quick", action="store_true", help="256 MiB")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case (the best is shown)")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the chunk/read-size sweep")
+    parser.add_argument("--where", default="tmpfs,disk", help="tmpfs, disk or both (comma-separated)")
+    parser.add_argument("--disk-dir", default=tempfile.gettempdir(), help="a folder on disk (default: /tmp)")
+    parser.add_argument("--chunk", type=parse_size, default=0, help="sender chunk (default: the library's)")
+    parser.add_argument("--read-size", type=parse_size, default=0, help="receiver read size (default: as is)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--downloads", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.size = 256 * MiB
+    args.where = [w.strip() for w in args.where.split(",") if w.strip()]
+    role = args.role
+    if role is None:
+        coordinate(args)
+    elif role == "server":
+        run_server(args.db)
+    elif role in ("chat-recv", "chat-send"):
+        from twisted.internet import defer, task
+
+        run = chat_receiver if role == "chat-recv" else chat_sender
+        profile_dir = os.environ.get("CHATAPP_BENCH_PROFILE")
+        if profile_dir:  # cProfile the role; read with python -m pstats
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            try:
+                task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
+            finally:
+                profiler.disable()
+                profiler.dump_stats(os.path.join(profile_dir, f"{role}-{os.getpid()}.pstats"))
+        else:
+            task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
+    elif role == "tw-recv":
+        twisted_receiver(args)
+    elif role == "tw-send":
+        twisted_sender(args)
+    elif role == "raw-recv":
+        raw_receiver(args)
+    elif role == "raw-send":
+        raw_sender(args)
+    else:
+        parser.error(f"unknown role {role}")
+
+
+if __name__ == "__main__":
+    main()
