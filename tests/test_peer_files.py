@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -588,3 +589,31 @@ def test_send_file_refuses_non_files(tmp_path: Path, clock: Clock) -> None:
         session.send_file(str(tmp_path))
     with pytest.raises(OSError):
         session.send_file(str(tmp_path / "missing"))
+
+
+def test_random_splits_of_a_mixed_stream(tmp_path: Path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    counter = iter(range(10**6))
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        content=st.binary(min_size=0, max_size=3000),
+        chunk=st.integers(min_value=1, max_value=1200),
+        cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+    )
+    def check(content: bytes, chunk: int, cuts: list[int]) -> None:
+        clock = Clock()
+        fb, eb = make_peer(tmp_path / str(next(counter)), "bob", clock, auto_accept=True)
+        session, transport = open_listener(fb)
+        offer, body = sender_stream("f", content, "r.bin", chunk=chunk)
+        stream = b"MSG one\r\n" + offer + body + b"MSG two\r\n"
+        points = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+        for start, end in pairwise(points):
+            session.dataReceived(stream[start:end])
+        assert eb.messages == ["one", "two"]
+        assert transport.value() == b"ACCEPT f 0\r\nDONE f\r\n"
+        assert Path(fb.downloads.root, "r.bin").read_bytes() == content
+
+    check()
