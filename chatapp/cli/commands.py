@@ -1,0 +1,349 @@
+"""The ``/commands`` of both console modes: parsing (pure) and dispatch to a :class:`~chatapp.app.ChatClient`.
+
+Nothing here touches a terminal: results and events become
+:class:`~chatapp.cli.render.Event` values handed to an ``emit`` callable, and
+the front ends (script lines or the interactive screen) render them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from chatapp.app import ChatClient
+from chatapp.client import ChatClientError
+from chatapp.peer import Direction, PeerError, PeerSession, Transfer, TransferState
+from chatapp.wire import escape_for_terminal, valid_username
+
+from .render import Event
+
+log = Logger()
+
+
+class CommandError(Exception):
+    """A command line that cannot be run: ``str()`` is a short hint for the user."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    usage: str
+    help: str
+    min_args: int = 0
+    max_args: int = 0
+    rest: bool = False  # the last argument is the rest of the line (spaces kept)
+
+
+SPECS: dict[str, Spec] = {
+    s.name: s
+    for s in [
+        Spec("help", "/help [COMMAND]", "list the commands, or explain one", 0, 1),
+        Spec("who", "/who", "who is online (and who accepts chats)"),
+        Spec("chat", "/chat USER", "open a chat with USER and make it the active one", 1, 1),
+        Spec("msg", "/msg USER TEXT", "send TEXT to USER (opens the chat if needed)", 2, 2, rest=True),
+        Spec("to", "/to [USER]", "plain lines go to USER from now on (without USER: show who)", 0, 1),
+        Spec("send", "/send USER PATH", "offer the file at PATH to USER", 2, 2, rest=True),
+        Spec("accept", "/accept ID", "accept the file offer number ID", 1, 1),
+        Spec("reject", "/reject ID", "decline the file offer number ID", 1, 1),
+        Spec("cancel", "/cancel ID", "stop transfer number ID (either direction)", 1, 1),
+        Spec("transfers", "/transfers", "list the transfers with their numbers and progress"),
+        Spec("close", "/close USER", "close the chat with USER (BYE)", 1, 1),
+        Spec("listen", "/listen [on|off]", "accept chats from others, or stop (without on/off: show)", 0, 1),
+        Spec("passwd", "/passwd", "change your password"),
+        Spec("quit", "/quit", "log out and exit (waits for nothing)"),
+    ]
+}
+ALIASES = {"connect": "chat", "exit": "quit", "q": "quit", "w": "who", "m": "msg", "?": "help"}
+NAMES = sorted([*SPECS, *ALIASES])
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...] = ()
+
+
+def parse_command(line: str, active: str | None = None) -> Command | None:
+    """The command on ``line``; None for an empty line.  Raises :class:`CommandError` with a hint.
+
+    A line not starting with ``/`` is a message to the ``active`` chat; ``//text`` sends ``/text``.
+    """
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if not stripped.startswith("/") or stripped.startswith("//"):
+        text = line[1:] if stripped.startswith("//") else line
+        if active is None:
+            raise CommandError("no active chat: /chat USER or /to USER first, or /msg USER TEXT (/help)")
+        return Command("msg", (active, text.strip("\r\n")))
+    word, _, rest = stripped[1:].partition(" ")
+    name = ALIASES.get(word.lower(), word.lower())
+    spec = SPECS.get(name)
+    if spec is None:
+        raise CommandError(f"unknown command /{escape_for_terminal(word)}; /help lists them")
+    rest = rest.lstrip(" ")
+    if spec.rest:
+        head = rest.split(None, spec.max_args - 1)
+        args = tuple(head)
+    else:
+        args = tuple(rest.split())
+    if not spec.min_args <= len(args) <= spec.max_args:
+        raise CommandError(f"usage: {spec.usage}")
+    if name in ("chat", "msg", "to", "send", "close") and args and not valid_username(args[0]):
+        raise CommandError(f"not a user name: {escape_for_terminal(args[0])}")
+    if name in ("accept", "reject", "cancel"):
+        number = args[0].lstrip("#")
+        if not number.isascii() or not number.isdigit():
+            raise CommandError(f"usage: {spec.usage} (ID is the number shown by /transfers)")
+        args = (str(int(number)),)
+    if name == "listen" and args and args[0].lower() not in ("on", "off"):
+        raise CommandError(f"usage: {spec.usage}")
+    return Command(name, args)
+
+
+def help_lines(topic: str | None = None) -> list[str]:
+    if topic is not None:
+        name = ALIASES.get(topic.lstrip("/").lower(), topic.lstrip("/").lower())
+        spec = SPECS.get(name)
+        if spec is None:
+            raise CommandError(f"no command /{escape_for_terminal(topic.lstrip('/'))}")
+        return [f"{spec.usage}  {spec.help}"]
+    width = max(len(s.usage) for s in SPECS.values())
+    lines = [f"{s.usage.ljust(width)}  {s.help}" for s in SPECS.values()]
+    lines.append("A line without / goes to the active chat (/chat or /to); //text sends /text.")
+    return lines
+
+
+def complete(line: str, users: list[str]) -> list[str]:
+    """Candidates that would replace the last word of ``line`` (commands first word, user names after)."""
+    words = line.split(" ")
+    last = words[-1]
+    if len(words) == 1:
+        if not last.startswith("/"):
+            return sorted(u for u in users if u.lower().startswith(last.lower()) and last)
+        return [f"/{n}" for n in NAMES if n.startswith(last[1:].lower())]
+    command = ALIASES.get(words[0][1:].lower(), words[0][1:].lower()) if words[0].startswith("/") else ""
+    if len(words) == 2 and command in ("chat", "msg", "to", "send", "close"):
+        return sorted(u for u in users if u.lower().startswith(last.lower()))
+    if len(words) == 2 and command == "help":
+        return [n for n in NAMES if n.startswith(last.lstrip("/").lower())]
+    if len(words) == 2 and command == "listen":
+        return [w for w in ("on", "off") if w.startswith(last.lower())]
+    return []
+
+
+def transfer_fields(handle: int, t: Transfer) -> tuple[str, ...]:
+    return (str(handle), t.direction.value, t.peer, t.state.value, str(t.bytes_done), str(t.size))
+
+
+class Dispatcher:
+    """Runs parsed commands against a :class:`ChatClient`, telling the outcome through ``emit``.
+
+    ``new_password`` supplies the new password for ``/passwd`` (asked twice on
+    a terminal, from ``CHATAPP_NEW_PASSWORD`` in script mode); it raises
+    :class:`CommandError` when there is none.
+    """
+
+    def __init__(
+        self,
+        client: ChatClient,
+        emit: Callable[[Event], None],
+        new_password: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
+        self.client = client
+        self.emit = emit
+        self.new_password = new_password
+        self.active: str | None = None
+        self.known_users: set[str] = set()
+        self.quitting = False
+
+    def users(self) -> list[str]:
+        """Names to complete: the last /who, open chats, people who came to us."""
+        return sorted(self.known_users | {s.peer_name for s in self.client.sessions() if s.peer_name})
+
+    async def run_line(self, line: str) -> bool:
+        """Parse and run one line; False if it failed (the reason was emitted as ``ERROR``)."""
+        try:
+            command = parse_command(line, self.active)
+        except CommandError as e:
+            self.emit(Event("ERROR", (), str(e)))
+            return False
+        if command is None:
+            return True
+        return await self.run(command)
+
+    async def run(self, command: Command) -> bool:
+        try:
+            await getattr(self, f"do_{command.name}")(*command.args)
+        except (CommandError, ChatClientError, PeerError) as e:
+            self.emit(Event("ERROR", (), _text_of(e)))
+            return False
+        except OSError as e:
+            where = f" {e.filename}" if e.filename else ""
+            self.emit(Event("ERROR", (), f"cannot read{where}: {e.strerror or e}"))
+            return False
+        except Exception as e:
+            log.failure("/{name} failed", name=command.name)
+            self.emit(Event("ERROR", (), f"/{command.name} failed: {type(e).__name__}: {e}"))
+            return False
+        return True
+
+    # -- the commands ---------------------------------------------------------------
+
+    async def do_help(self, topic: str | None = None) -> None:
+        for line in help_lines(topic):
+            self.emit(Event("HELP", (), line))
+        self.emit(Event("OK", ("help",)))
+
+    async def do_who(self) -> None:
+        entries = await self.client.who()
+        me = (self.client.user or "").lower()
+        self.known_users = {e.name for e in entries if e.name.lower() != me}
+        for entry in sorted(entries, key=lambda e: e.name.lower()):
+            self.emit(Event("WHO", (entry.name, entry.state)))
+        self.emit(Event("OK", ("who", str(len(entries)))))
+
+    async def do_chat(self, user: str) -> None:
+        session = await self.client.chat(user)
+        name = session.peer_name or user
+        self.active = name
+        self.known_users.add(name)
+        self.emit(Event("OK", ("chat", name)))
+
+    async def do_msg(self, user: str, text: str) -> None:
+        session = await self.client.send_message(user, text)
+        name = session.peer_name or user
+        if self.active is None:
+            self.active = name
+        self.known_users.add(name)
+        self.emit(Event("OK", ("msg", name, self.client.user or "me"), text))
+
+    async def do_to(self, user: str | None = None) -> None:
+        if user is not None:
+            session = self.client.session(user)
+            self.active = session.peer_name if session is not None and session.peer_name else user
+        self.emit(Event("OK", ("to", self.active) if self.active else ("to",)))
+
+    async def do_send(self, user: str, path: str) -> None:
+        path = os.path.expanduser(path.strip())
+        if not os.path.isfile(path):
+            raise CommandError(f"no such file: {escape_for_terminal(path)}")
+        handle = await self.client.send_file(user, path)
+        t = self.client.transfer(handle)
+        self.emit(Event("OK", ("send", str(handle), t.peer or user, str(t.size)), t.name))
+
+    async def do_accept(self, number: str) -> None:
+        self._answer("accept", int(number))
+
+    async def do_reject(self, number: str) -> None:
+        self._answer("reject", int(number))
+
+    async def do_cancel(self, number: str) -> None:
+        self._answer("cancel", int(number))
+
+    def _answer(self, what: str, handle: int) -> None:
+        transfer = self.client.transfer(handle)
+        if transfer.finished:
+            raise CommandError(f"transfer {handle} has ended already ({transfer.state.value})")
+        if what in ("accept", "reject") and not (
+            transfer.direction is Direction.RECEIVE and transfer.state is TransferState.OFFERED
+        ):
+            raise CommandError(f"transfer {handle} is not an offer waiting for you (/cancel {handle} stops it)")
+        getattr(self.client, what)(handle)
+        self.emit(Event("OK", (what, str(handle))))
+
+    async def do_transfers(self) -> None:
+        listed = self.client.transfers()
+        for handle, t in listed:
+            self.emit(Event("TRANSFER", transfer_fields(handle, t), t.name))
+        self.emit(Event("OK", ("transfers", str(len(listed)))))
+
+    async def do_close(self, user: str) -> None:
+        session = self.client.session(user)
+        name = session.peer_name if session is not None and session.peer_name else user
+        self.client.close_chat(user)
+        if self.active is not None and self.active.lower() == user.lower():
+            self.active = None
+        self.emit(Event("OK", ("close", name)))
+
+    async def do_listen(self, switch: str | None = None) -> None:
+        if switch is None:
+            on = self.client.listening
+            where: tuple[str, ...] = ()
+            if on and self.client.port is not None:
+                host: Any = self.client.port.getHost()
+                where = (str(host.host), str(host.port))
+            self.emit(Event("OK", ("listen", "on" if on else "off", *where)))
+            return
+        result = await self.client.set_listening(switch.lower() == "on")
+        if result is None:
+            self.emit(Event("OK", ("listen", "off")))
+        else:
+            self.emit(Event("OK", ("listen", "on", result[0], str(result[1]))))
+
+    async def do_passwd(self) -> None:
+        if self.new_password is None:
+            raise CommandError("cannot ask for a new password here")
+        new = await self.new_password()
+        await self.client.passwd(new)
+        self.emit(Event("OK", ("passwd",)))
+
+    async def do_quit(self) -> None:
+        self.quitting = True
+        self.emit(Event("OK", ("quit",)))
+
+
+def _text_of(error: Exception) -> str:
+    text = str(error)
+    if not text:
+        text = (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
+    return text
+
+
+class EventRelay:
+    """A :class:`~chatapp.app.ChatEvents` that turns the client's callbacks into :class:`Event` values."""
+
+    def __init__(self, emit: Callable[[Event], None], dispatcher: Dispatcher | None = None) -> None:
+        self.emit = emit
+        self.dispatcher = dispatcher
+
+    def _know(self, name: str | None) -> None:
+        if self.dispatcher is not None and name:
+            self.dispatcher.known_users.add(name)
+
+    def request(self, user: str) -> None:
+        self._know(user)
+        self.emit(Event("REQUEST", (user,)))
+
+    def peer_joined(self, session: PeerSession) -> None:
+        self._know(session.peer_name)
+        self.emit(Event("JOINED", (session.peer_name or "?",)))
+
+    def peer_left(self, session: PeerSession, reason: str) -> None:
+        self.emit(Event("LEFT", (session.peer_name or "?",), reason or "closed"))
+
+    def message(self, session: PeerSession, text: str) -> None:
+        self._know(session.peer_name)
+        if self.dispatcher is not None and self.dispatcher.active is None:
+            self.dispatcher.active = session.peer_name
+        self.emit(Event("MSG", (session.peer_name or "?",), text))
+
+    def offer(self, handle: int, session: PeerSession, transfer: Transfer) -> None:
+        self.emit(Event("OFFER", (str(handle), transfer.peer, str(transfer.size)), transfer.name))
+
+    def transfer_progress(self, handle: int, transfer: Transfer) -> None:
+        self.emit(Event("PROGRESS", (*transfer_fields(handle, transfer), str(int(transfer.rate)))))
+
+    def transfer_ended(self, handle: int, transfer: Transfer) -> None:
+        common = (str(handle), transfer.direction.value, transfer.peer)
+        if transfer.state is TransferState.DONE:
+            self.emit(Event("DONE", (*common, str(transfer.size)), transfer.path or transfer.name))
+        else:
+            self.emit(Event("FAILED", (*common, transfer.state.value), transfer.reason or transfer.state.value))
+
+    def notice(self, text: str) -> None:
+        self.emit(Event("NOTICE", (), text))

@@ -1,0 +1,144 @@
+"""Script mode: commands from stdin one per line, run strictly in order; events to stdout one per line.
+
+Every line of output is ``WORD field... [text]`` (see docs/console.md), so a
+script can ``grep`` or parse it.  Reading and writing go through Twisted's
+``StandardIO``: stdin is non-blocking then, and output is written by the
+reactor in order, whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatapp.app import ChatClient
+from chatapp.peer import Direction, Transfer, TransferState
+
+from .commands import Dispatcher
+from .render import Event, script_line
+
+PROGRESS_EVERY = 1.0  # seconds between PROGRESS lines of one transfer
+
+
+@implementer(IHalfCloseableProtocol)
+class LineInput(Protocol):
+    """Splits stdin into text lines; stdin's end does not close stdout (half-close)."""
+
+    def __init__(self, on_line: Callable[[str], None], on_eof: Callable[[], None]) -> None:
+        self._on_line = on_line
+        self._on_eof = on_eof
+        self._buffer = b""
+        self._ended = False
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            self._on_line(raw.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def readConnectionLost(self) -> None:
+        if self._buffer:
+            last, self._buffer = self._buffer, b""
+            self._on_line(last.rstrip(b"\r").decode("utf-8", "replace"))
+        if not self._ended:
+            self._ended = True
+            self._on_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.readConnectionLost()
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+class ScriptOutput:
+    """Renders events as script lines through ``write``, with PROGRESS thinned to one a second per transfer."""
+
+    def __init__(self, write: Callable[[str], None], clock: Any) -> None:
+        self.write = write
+        self.clock = clock
+        self._last_progress: dict[str, float] = {}
+
+    def emit(self, event: Event) -> None:
+        if event.kind == "PROGRESS":
+            now = self.clock.seconds()
+            handle = event.fields[0]
+            last = self._last_progress.get(handle)
+            if last is not None and now - last < PROGRESS_EVERY:
+                return
+            self._last_progress[handle] = now
+        self.write(script_line(event))
+
+
+def waits_for(transfer: Transfer) -> bool:
+    """Whether an exit at the end of input waits for ``transfer``: ours, or accepted; not an unanswered offer."""
+    if transfer.finished:
+        return False
+    return transfer.direction is Direction.SEND or transfer.state is not TransferState.OFFERED
+
+
+class ScriptRunner:
+    """Feeds input lines to a :class:`Dispatcher` one at a time; :meth:`run` ends at ``/quit`` or at EOF."""
+
+    def __init__(self, client: ChatClient, dispatcher: Dispatcher) -> None:
+        self.client = client
+        self.dispatcher = dispatcher
+        self.queue: list[str] = []
+        self.eof = False
+        self.failures = 0
+        self._wake: defer.Deferred[None] | None = None
+
+    def line(self, text: str) -> None:
+        self.queue.append(text)
+        self._kick()
+
+    def end(self) -> None:
+        self.eof = True
+        self._kick()
+
+    def _kick(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.callback(None)
+
+    async def run(self) -> int:
+        """Run until /quit or the end of input (then wait for the transfers under way); returns the failure count."""
+        while True:
+            if self.queue:
+                ok = await self.dispatcher.run_line(self.queue.pop(0))
+                if not ok:
+                    self.failures += 1
+                if self.dispatcher.quitting:
+                    return self.failures
+                continue
+            if self.eof:
+                break
+            self._wake = defer.Deferred()
+            await self._wake
+        self.failures += await wait_for_transfers(self.client)
+        return self.failures
+
+
+async def wait_for_transfers(client: ChatClient) -> int:
+    """Wait until no transfer we wait for is open (new ones may start meanwhile); returns how many failed."""
+    failed = 0
+    seen: set[int] = set()
+    while True:
+        pending = [t for _, t in client.transfers() if waits_for(t)]
+        if not pending:
+            break
+        results = await defer.DeferredList([t.when_done() for t in pending], consumeErrors=True)
+        for transfer, (success, _) in zip(pending, results, strict=True):
+            if not success and id(transfer) not in seen:
+                seen.add(id(transfer))
+                failed += 1
+    return failed
