@@ -12,10 +12,21 @@ Building it::
         downloads_dir="~/Downloads/chatapp",
         events=my_events,               # a PeerEvents (subclass NoEvents to pick callbacks)
         reactor=reactor,                # IReactorTime + IReactorTCP (a task.Clock in unit tests)
-        max_file_size=64 * 2**30, auto_accept=False, chunk_size=256 * 1024,
+        max_file_size=64 * 2**30,       # larger offers get REJECT too-large
+        auto_accept=False,              # or True (scripts), or a function Transfer -> bool
+        chunk_size=256 * 1024,          # 1 .. 1 MiB per DATA
+        max_open_offers=16,             # per session; more get REJECT busy
+        max_partial_bytes=16 * 2**30,   # kept partials beyond this are deleted, oldest first
     )
     port = await factory.listen("tcp:0")            # Deferred[IListeningPort]; then LISTEN <port> to the server
     session = await factory.connect("bob", host, port, token, proof)   # after OK CONNECT bob host port token proof
+    # or factory.connect_endpoint(clientFromString(reactor, "tls:..."), "bob", token, proof)
+    ...
+    await factory.stop()                            # stop listening, BYE to every session
+
+``connect`` fails with :class:`HandshakeFailed` (``.reason``: ``bad-token``,
+``server-unavailable``, ``bad-welcome``, ``handshake-timeout``, ...) or a
+Twisted connection error. Incoming sessions just appear: ``events.peer_joined``.
 
 ``verify`` must fail with :class:`VerifyRejected` when the server answers
 ``ERR 403 bad-token`` and with anything else (e.g. :class:`ServerUnavailable`)
@@ -28,9 +39,19 @@ case-folded peer name; ``factory.session_for(name)``) once open. Its API:
 - ``session.peer_name``, ``session.state`` (:class:`SessionState`), ``session.role``
 - ``session.send_message(text) -> int`` (split into MSG lines), ``session.ping()``
 - ``session.send_file(path, name=None) -> Transfer`` (raises OSError if unreadable)
-- ``session.accept(id)``, ``session.reject(id, reason="declined")``,
-  ``session.cancel(id)`` (either direction), ``session.close()`` (BYE)
+- ``session.accept(t)``, ``session.reject(t, reason="declined")``,
+  ``session.cancel(t)`` (either direction), where ``t`` is a Transfer or its id;
+  ids are chosen by each sender, so one id may name a transfer each way: pass
+  the Transfer (a bare id in ``cancel`` means ours if we send one by that id)
+- ``session.close()`` (BYE), ``session.when_open() -> Deferred[PeerSession]``
 - ``session.transfers``, ``session.incoming[id]``, ``session.outgoing[id]``
+
+Events (:class:`PeerEvents`, all on the reactor thread): ``peer_joined(session)``,
+``peer_left(session, reason)``, ``message(session, text)``,
+``offer(session, transfer)`` (answer with accept/reject, now or later),
+``transfer_progress(transfer)`` (at most 10/s per transfer),
+``transfer_ended(transfer)`` and ``notice(session, text)`` (e.g. disk full).
+Names and texts arrive raw: escape them (``wire.escape_for_terminal``) to show them.
 
 A :class:`Transfer` has ``id``, ``name``, ``size``, ``direction``
 (:class:`Direction`), ``state`` (:class:`TransferState`), ``reason``,

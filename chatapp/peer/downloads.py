@@ -30,7 +30,7 @@ class DownloadDir:
     """Where received files go. ``write`` is the one place bytes hit the disk (tests may replace it)."""
 
     def __init__(self, root: str, max_partial_bytes: int) -> None:
-        self.root = os.path.abspath(root)
+        self.root = os.path.abspath(os.path.expanduser(root))
         self.partial_root = os.path.join(self.root, PARTIAL_DIR)
         self.max_partial_bytes = max_partial_bytes
 
