@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _transfer_util import (  # noqa: E402
+from _transfer_util import (
     PASSWORD,
     Child,
     cpu_now,
