@@ -159,8 +159,8 @@ def test_daemon_logs_serves_and_stops_cleanly_on_sigterm(daemon: Daemon) -> None
         r"\[chatapp\.server\.protocol#warn\] failed login for alice from 127\.0\.0\.1$",
         r"\[chatapp\.server\.protocol#info\] login alice from 127\.0\.0\.1$",
         r"\[chatapp\.server\.protocol#warn\] failed login for bob from 127\.0\.0\.1$",
-        r"\[chatapp\.server\.protocol#warn\] blocked address 127\.0\.0\.1 for 300(\.0)?s$",
-        r"\[chatapp\.server\.protocol#warn\] locked user bob for 300(\.0)?s$",
+        r"\[chatapp\.server\.protocol#warn\] blocked address 127\.0\.0\.1 for 300 s$",
+        r"\[chatapp\.server\.protocol#warn\] locked user bob for 300 s$",
         r"chatserver stopped$",
     ):
         assert re.search(line, log, re.M), f"no line matching {line!r} in:\n{log}"
@@ -199,8 +199,8 @@ def test_daemon_with_json_log_lines(daemon: Daemon) -> None:
         ("info", "login alice from 127.0.0.1"),
         ("warn", "failed login for bob from 127.0.0.1"),
         ("warn", "failed login for bob from 127.0.0.1"),
-        ("warn", "blocked address 127.0.0.1 for 300.0s"),
-        ("warn", "locked user bob for 300.0s"),
+        ("warn", "blocked address 127.0.0.1 for 300 s"),
+        ("warn", "locked user bob for 300 s"),
     ]
     assert ours[0]["user"] == "alice" and ours[0]["address"] == "127.0.0.1"
     assert ours[5]["seconds"] == 300.0

@@ -86,7 +86,8 @@ def test_port_in_use_is_one_line(tmp_path) -> None:
         result = run_twistd(tmp_path, "--db", "other.sqlite3", "--listen", f"tcp:{port}:interface=127.0.0.1")
         output = result.stdout + result.stderr
         assert result.returncode != 0
-        assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in output
+        assert "Address already in use" in output
+        assert f"(--listen tcp:{port}:interface=127.0.0.1)" in output
         assert "Traceback" not in output
     finally:
         stop(process)

@@ -43,6 +43,7 @@ def address_of(peer: IAddress) -> str:
 
 class ServerFactory(Factory):
     protocol = ServerProtocol  # type: ignore[assignment]
+    noisy = False  # the service logs where it listens; "Starting factory" adds nothing
 
     def __init__(
         self,

@@ -108,6 +108,7 @@ class ServerProtocol(Protocol):
         if self.gone or self._closing:
             return
         if until is not None:
+            log.info("refused connection from blocked address {address}", address=self.address)
             self._send(format_line("*", "BLOCKED", str(seconds_left(until, self.factory.clock.seconds()))))
             self._close()
             return
@@ -285,6 +286,7 @@ class ServerProtocol(Protocol):
         now = self.factory.clock.seconds()
         until = await self.factory.store.block_until(ADDRESS, self.address, now)
         if until is not None:
+            log.info("refused a login or signup from blocked address {address}", address=self.address)
             self._send(
                 format_error(429, "blocked", f"{seconds_left(until, now)} too many failed logins from your address")
             )
@@ -302,6 +304,7 @@ class ServerProtocol(Protocol):
         stamp = factory.signups.reserve(self.address, now)
         if stamp is None:
             wait = seconds_left(now + factory.signups.wait(self.address, now), now)
+            log.info("refused a signup from {address}: too many this hour", address=self.address)
             raise WireError(429, "slow-down", f"{wait} too many new accounts from your address; try later")
         created = False
         try:
@@ -310,6 +313,7 @@ class ServerProtocol(Protocol):
             try:
                 hashed = await factory.hasher.hash(password)
             except Busy:
+                log.warn("password checks queue full: busy for {address}", address=self.address)
                 raise WireError(503, "busy", "the server is busy; try again") from None
             try:
                 account = await factory.store.create_account(name, hashed, factory.clock.seconds())
@@ -336,11 +340,13 @@ class ServerProtocol(Protocol):
         now = factory.clock.seconds()
         until = await factory.store.block_until(NAME, folded, now)
         if until is not None:
+            log.info("refused a login for locked user {user} from {address}", user=folded, address=self.address)
             raise WireError(429, "locked", f"{seconds_left(until, now)} this account is locked after failed logins")
         account = await factory.store.get_account(name)
         try:
             ok = await factory.hasher.check(password, account.password_hash if account else None)
         except Busy:
+            log.warn("password checks queue full: busy for {address}", address=self.address)
             raise WireError(503, "busy", "the server is busy; try again") from None
         if account is not None and ok:
             factory.failures.success(self.address, folded)
@@ -365,11 +371,11 @@ class ServerProtocol(Protocol):
         if outcome.block_address:
             await factory.store.set_block(ADDRESS, self.address, until)
             log.warn(
-                "blocked address {address} for {seconds}s", address=self.address, seconds=factory.config.block_time
+                "blocked address {address} for {seconds} s", address=self.address, seconds=seconds_left(until, now)
             )
         if outcome.lock_name:
             await factory.store.set_block(NAME, folded, until)
-            log.warn("locked user {user} for {seconds}s", user=strip_crlf(folded), seconds=factory.config.block_time)
+            log.warn("locked user {user} for {seconds} s", user=strip_crlf(folded), seconds=seconds_left(until, now))
         left = seconds_left(until, now)
         if outcome.block_address:
             self._send(format_error(429, "blocked", f"{left} too many failed logins from your address"))
@@ -399,6 +405,7 @@ class ServerProtocol(Protocol):
         try:
             hashed = await self.factory.hasher.hash(password)
         except Busy:
+            log.warn("password checks queue full: busy for {address}", address=self.address)
             raise WireError(503, "busy", "the server is busy; try again") from None
         if not await self.factory.store.set_password(self.user, hashed):
             raise WireError(404, "no-such-user", "this account no longer exists")

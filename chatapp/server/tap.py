@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -29,6 +30,11 @@ class StartupError(SystemExit, Exception):
     without a traceback, and an ``Exception`` so that a daemonizing twistd
     passes it through its status pipe to the terminal that started it.
     """
+
+
+# A daemonizing twistd shows only the first 100 characters of "module.Class: message";
+# without the module path there is room for the reason itself.
+StartupError.__module__ = "builtins"
 
 
 def _positive_int(low: int, high: int | None = None):  # type: ignore[no-untyped-def]
@@ -85,13 +91,14 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            serverFromString(reactor, self["listen"])
+            endpoint = serverFromString(reactor, self["listen"])
         except IndexError:
             raise usage.UsageError(
                 f"--listen {self['listen']}: no such inherited socket (is the server socket-activated?)"
             ) from None
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError(f"--listen {self['listen']}: not a valid server endpoint ({e})") from None
+        _check_adopted_family(endpoint, self["listen"])
 
     def config(self) -> ServerConfig:
         return ServerConfig(
@@ -103,6 +110,23 @@ class Options(usage.Options):
             signups_per_hour=self["signups-per-hour"],
             allow_advertised_hosts=bool(self["allow-advertised-hosts"]),
         )
+
+
+def _check_adopted_family(endpoint: object, description: str) -> None:
+    """Refuse a ``systemd:`` socket whose real family differs from ``domain=``.
+
+    Twisted trusts ``domain=``: an IPv6 socket adopted as INET yields garbage
+    client addresses, which would break lockout and LISTEN.
+    """
+    fileno = getattr(endpoint, "fileno", None)
+    family = getattr(endpoint, "addressFamily", None)
+    if not isinstance(endpoint, AdoptedStreamServerEndpoint) or fileno is None:
+        return
+    with socket.socket(fileno=os.dup(fileno)) as inherited:
+        actual = inherited.family
+    if actual != family:
+        wanted = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}.get(actual, str(actual))
+        raise usage.UsageError(f"--listen {description}: the inherited socket is {wanted}; say domain={wanted}")
 
 
 class ChatServerService(Service):
@@ -124,7 +148,7 @@ class ChatServerService(Service):
         if failures:
             reason = getattr(failures[0], "value", failures[0])
             log.critical("cannot listen on {endpoint}: {reason}", endpoint=self.description, reason=reason)
-            raise StartupError(f"chatserver: cannot listen on {self.description}: {reason}")
+            raise StartupError(f"chatserver: {reason} (--listen {self.description})")
         super().privilegedStartService()
 
     def _listening(self, port: IListeningPort) -> None:
