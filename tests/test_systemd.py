@@ -202,3 +202,29 @@ def test_socket_activated_server_serves_and_says_bye(
     text = log.read_text()
     assert re.search(r"chatserver listening on IPv6Address\(type='TCP', host='::', port=" + str(port), text), text
     assert "signup alice from 127.0.0.1" in text
+
+
+@pytest.mark.slow
+def test_a_socket_adopted_with_the_wrong_domain_is_a_usage_error(tmp_path: Path) -> None:
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.skip("systemd-socket-activate is not installed")
+    port = free_port()
+    log = tmp_path / "server.log"
+    argv = [str(TWISTD), "--nodaemon", "--pidfile=", "chatserver", "--listen", "systemd:domain=INET6:index=0"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["systemd-socket-activate", f"--fdname={SOCKET}", "-l", f"127.0.0.1:{port}", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        with connect(port):  # twistd starts on the first connection, and refuses the IPv4 socket
+            assert process.wait(timeout=15) != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    text = log.read_text()
+    assert "the inherited socket is INET; say domain=INET" in text, text
+    assert "Traceback" not in text
