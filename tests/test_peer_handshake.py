@@ -298,8 +298,8 @@ def test_second_session_with_same_user_replaces_the_first(tmp_path: Path, clock:
 
 def test_sessions_with_different_users(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.succeed((token, "p")))
-    alice, _ = open_listener(fb, peer="alice", token="alice")
-    carol, _ = open_listener(fb, peer="carol", token="carol")
+    alice, _ = open_listener(fb, peer="alice", ticket="alice")
+    carol, _ = open_listener(fb, peer="carol", ticket="carol")
     assert fb.sessions == {"alice": alice, "carol": carol}
 
 

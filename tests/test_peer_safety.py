@@ -178,3 +178,18 @@ def test_logs_never_carry_raw_control_characters(tmp_path: Path, clock: Clock) -
     assert any("evil" in line and "\\x1b" in line for line in seen)
     assert any("read" in line and "\\x07" in line for line in seen)
     assert not any(c in line for line in seen for c in "\x1b\x07\r\n")
+
+
+def test_partial_folder_swapped_for_a_link_mid_transfer(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    session, transport = open_listener(fb)
+    offer, body = sender_stream("f", b"0123456789", "swap.txt", chunk=5)
+    session.dataReceived(offer + body[:20])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.rename(fb.downloads.partial_root, tmp_path / "moved-away")
+    os.symlink(elsewhere, fb.downloads.partial_root)
+    session.dataReceived(body[20:])
+    assert transport.value().endswith(b"FAIL f write-error\r\n")
+    assert eb.offers[0].state is TransferState.FAILED
+    assert list(elsewhere.iterdir()) == [] and files_in(fb.downloads.root) == []

@@ -1,10 +1,13 @@
 """The download folder: partial files in a hidden folder, and safe, atomic placement of finished files.
 
-Every path built here is the folder joined with a name that has no path
-separator, so no byte lands outside it. Links are never followed: partials are
-opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when new), and a finished file is
-put in place with ``os.link``, which fails rather than replace anything that
-exists under the name, a planted link included.
+Every file operation here is relative to a descriptor of the download folder
+or of its partial folder (``dir_fd``), with a name that has no path
+separator, so no byte lands outside them even if a folder is swapped for a
+link meanwhile. Links are never followed: the partial folder is opened with
+``O_NOFOLLOW``, partials with ``O_NOFOLLOW`` (and ``O_EXCL`` when new), and a
+finished file is put in place with ``os.link`` (not following links), which
+fails rather than replace anything that exists under the name, a planted link
+included.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from twisted.logger import Logger
 
@@ -22,12 +27,18 @@ log = Logger()
 
 PARTIAL_DIR = ".chatapp-partial"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 MAX_NUMBERED = 10_000
 
 
 class DownloadDir:
-    """Where received files go. ``write`` is the one place bytes hit the disk (tests may replace it)."""
+    """Where received files go. ``write`` is the one place bytes hit the disk (tests may replace it).
+
+    Partials are named by ``path`` (for messages) but always reached through
+    a descriptor of the partial folder, opened for each operation (so nothing
+    stays open, and a folder recreated meanwhile is simply used).
+    """
 
     def __init__(self, root: str, max_partial_bytes: int) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
@@ -35,14 +46,28 @@ class DownloadDir:
         self.max_partial_bytes = max_partial_bytes
 
     def ensure(self) -> None:
+        """Create the folders if needed; raises OSError if the partial folder is not a real folder."""
         os.makedirs(self.root, exist_ok=True)
-        try:
-            os.mkdir(self.partial_root, 0o700)
-        except FileExistsError:
+        with self._folders(create=True):
             pass
-        info = os.lstat(self.partial_root)
-        if not stat.S_ISDIR(info.st_mode):
-            raise OSError(errno.ENOTDIR, "partial folder is not a folder", self.partial_root)
+
+    @contextmanager
+    def _folders(self, create: bool = False) -> Iterator[tuple[int, int]]:
+        """(download folder fd, partial folder fd); the partial folder is never reached through a link."""
+        root_fd = os.open(self.root, os.O_RDONLY | _DIRECTORY)
+        try:
+            if create:
+                try:
+                    os.mkdir(PARTIAL_DIR, 0o700, dir_fd=root_fd)
+                except FileExistsError:
+                    pass
+            partial_fd = os.open(PARTIAL_DIR, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=root_fd)
+            try:
+                yield root_fd, partial_fd
+            finally:
+                os.close(partial_fd)
+        finally:
+            os.close(root_fd)
 
     def partial_path(self, key: str) -> str:
         return os.path.join(self.partial_root, key)
@@ -50,7 +75,8 @@ class DownloadDir:
     def kept_size(self, path: str) -> int | None:
         """Size of a kept partial at ``path``, or None; anything but a plain file there is removed."""
         try:
-            info = os.lstat(path)
+            with self._folders() as (_, partials):
+                info = os.stat(os.path.basename(path), dir_fd=partials, follow_symlinks=False)
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(info.st_mode):
@@ -60,10 +86,13 @@ class DownloadDir:
 
     def open_new(self, path: str) -> int:
         self.remove(path)
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY
+        with self._folders() as (_, partials):
+            return os.open(os.path.basename(path), flags, 0o600, dir_fd=partials)
 
     def open_append(self, path: str, expected_size: int) -> int:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW | _BINARY)
+        with self._folders() as (_, partials):
+            fd = os.open(os.path.basename(path), os.O_WRONLY | os.O_APPEND | _NOFOLLOW | _BINARY, dir_fd=partials)
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != expected_size:
             os.close(fd)
@@ -71,7 +100,8 @@ class DownloadDir:
         return fd
 
     def open_read(self, path: str) -> int:
-        return os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
+        with self._folders() as (_, partials):
+            return os.open(os.path.basename(path), os.O_RDONLY | _NOFOLLOW | _BINARY, dir_fd=partials)
 
     def write(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
@@ -83,23 +113,26 @@ class DownloadDir:
         """Give the finished ``partial`` its final name, or ``name (1).ext``, ...; return the path.
 
         ``os.link`` fails if anything exists under the name, even if it
-        appeared a moment ago, so nothing is ever replaced.
+        appeared a moment ago, so nothing is ever replaced; it does not follow
+        a link at the source either.
         """
-        for count, candidate in enumerate(numbered_names(name)):
-            if count > MAX_NUMBERED:
-                break
-            target = os.path.join(self.root, candidate)
-            try:
-                os.link(partial, target)
-            except FileExistsError:
-                continue
-            self.remove(partial)
-            return target
+        source = os.path.basename(partial)
+        with self._folders() as (root, partials):
+            for count, candidate in enumerate(numbered_names(name)):
+                if count > MAX_NUMBERED:
+                    break
+                try:
+                    os.link(source, candidate, src_dir_fd=partials, dst_dir_fd=root, follow_symlinks=False)
+                except FileExistsError:
+                    continue
+                os.unlink(source, dir_fd=partials)
+                return os.path.join(self.root, candidate)
         raise OSError(errno.EEXIST, "no free name", name)
 
     def remove(self, path: str) -> None:
         try:
-            os.unlink(path)
+            with self._folders() as (_, partials):
+                os.unlink(os.path.basename(path), dir_fd=partials)
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -108,23 +141,28 @@ class DownloadDir:
     def prune(self, in_use: set[str]) -> None:
         """Delete the oldest kept partials (not in use) until they total at most max_partial_bytes."""
         try:
-            names = os.listdir(self.partial_root)
+            with self._folders() as (_, partials):
+                self._prune(partials, {os.path.basename(p) for p in in_use})
         except OSError:
             return
+
+    def _prune(self, partials: int, in_use: set[str]) -> None:
         entries = []
         total = 0
-        for name in names:
-            path = os.path.join(self.partial_root, name)
+        for name in os.listdir(partials):
             try:
-                info = os.lstat(path)
+                info = os.stat(name, dir_fd=partials, follow_symlinks=False)
             except OSError:
                 continue
             total += info.st_size
-            if path not in in_use:
-                entries.append((info.st_mtime, path, info.st_size))
+            if name not in in_use:
+                entries.append((info.st_mtime, name, info.st_size))
         entries.sort()
-        for _, path, size in entries:
+        for _, name, size in entries:
             if total <= self.max_partial_bytes:
                 break
-            self.remove(path)
+            try:
+                os.unlink(name, dir_fd=partials)
+            except OSError:
+                continue
             total -= size
