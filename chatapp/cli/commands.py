@@ -177,18 +177,22 @@ class Dispatcher:
         return await self.run(command)
 
     async def run(self, command: Command) -> bool:
+        """Run one command; False if it failed (``ERROR /cmd [arg]: why`` was emitted)."""
+        what = f"/{command.name}" + (f" {command.args[0]}" if command.args and command.name != "msg" else "")
+        if command.name == "msg":
+            what = f"/msg {command.args[0]}"
         try:
             await getattr(self, f"do_{command.name}")(*command.args)
         except (CommandError, ChatClientError, PeerError) as e:
-            self.emit(Event("ERROR", (), _text_of(e)))
+            self.emit(Event("ERROR", (), f"{what}: {_text_of(e)}"))
             return False
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
-            self.emit(Event("ERROR", (), f"cannot read{where}: {e.strerror or e}"))
+            self.emit(Event("ERROR", (), f"{what}: cannot read{where}: {e.strerror or e}"))
             return False
         except Exception as e:
             log.failure("/{name} failed", name=command.name)
-            self.emit(Event("ERROR", (), f"/{command.name} failed: {type(e).__name__}: {e}"))
+            self.emit(Event("ERROR", (), f"{what}: failed: {type(e).__name__}: {e}"))
             return False
         return True
 
