@@ -70,7 +70,9 @@ class Chatapp:
             left = deadline - time.monotonic()
             if left <= 0 or not self._pump(left):
                 raise AssertionError(
-                    f"no line matching {pattern!r}; stdout was:\n" + "\n".join(self.lines) + f"\nstderr: {self.stderr()}"
+                    f"no line matching {pattern!r}; stdout was:\n"
+                    + "\n".join(self.lines)
+                    + f"\nstderr: {self.stderr()}"
                 )
 
     def stderr(self) -> str:

@@ -45,9 +45,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_two_clients_sign_up_chat_both_ways_and_send_a_file(
-    server: int, tmp_path: Path, procs: list[Chatapp]
-) -> None:
+def test_two_clients_sign_up_chat_both_ways_and_send_a_file(server: int, tmp_path: Path, procs: list[Chatapp]) -> None:
     payload = tmp_path / "payload with space.bin"
     payload.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     bob = chatapp(procs, tmp_path, server, "--user", "bob", "--signup", "--downloads", str(tmp_path / "bob"))
@@ -100,7 +98,7 @@ def test_log_in_again_and_failures_are_reported_in_order(server: int, tmp_path: 
     carol.send("/accept 7")
     carol.send("/listen")
     carol.close_stdin()
-    code, out, err = carol.finish()
+    code, out, _err = carol.finish()
     lines = out.splitlines()
     assert lines[0] == "READY carol online"
     assert lines[1] == "ERROR /msg nobody: there is no such user (404 no-such-user)"
@@ -122,7 +120,9 @@ def test_send_one_shot_against_listen_accept_files(server: int, tmp_path: Path, 
     )
     listener.expect(r"^READY erin listening")
     # options after the subcommand, as well as before it
-    sender = chatapp(procs, tmp_path, server, "send", "--user", "dave", "erin", str(small), str(big), stdin=subprocess.DEVNULL)
+    sender = chatapp(
+        procs, tmp_path, server, "send", "--user", "dave", "erin", str(small), str(big), stdin=subprocess.DEVNULL
+    )
     code, out, err = sender.finish(timeout=30)
     assert code == 0, (out, err)
     assert len([line for line in out.splitlines() if line.startswith("DONE ")]) == 2
@@ -174,7 +174,9 @@ def test_start_errors_are_one_line_with_their_own_codes(server: int, tmp_path: P
     procs.append(unreachable)
     code, _out, err = unreachable.finish()
     assert code == 3 and "cannot reach the chat server" in err
-    nopass = Chatapp("--server", f"127.0.0.1:{server}", "--user", "gina", cwd=tmp_path, password="", stdin=subprocess.DEVNULL)
+    nopass = Chatapp(
+        "--server", f"127.0.0.1:{server}", "--user", "gina", cwd=tmp_path, password="", stdin=subprocess.DEVNULL
+    )
     procs.append(nopass)
     code, _out, err = nopass.finish()
     assert code == 2 and "CHATAPP_PASSWORD" in err

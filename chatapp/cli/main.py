@@ -96,9 +96,7 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
     if isinstance(error, Blocked):
         return Fatal(EXIT_BLOCKED, f"too many failed logins: your address is blocked for {minutes(error.seconds)}")
     if isinstance(error, Locked):
-        return Fatal(
-            EXIT_LOCKED, f"the account {name} is locked after failed logins, for {minutes(error.seconds)}"
-        )
+        return Fatal(EXIT_LOCKED, f"the account {name} is locked after failed logins, for {minutes(error.seconds)}")
     if isinstance(error, BadCredentials):
         return Fatal(
             EXIT_CREDENTIALS,
@@ -109,8 +107,10 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
     if isinstance(error, InvalidArgument):
         return Fatal(EXIT_BAD_INPUT, str(error))
     if isinstance(error, BadRequest) and error.reason in ("bad-username", "bad-password"):
-        what = "user names are 1-32 characters of A-Z a-z 0-9 _ . -" if error.reason == "bad-username" else (
-            "passwords are 8-72 bytes long"
+        what = (
+            "user names are 1-32 characters of A-Z a-z 0-9 _ . -"
+            if error.reason == "bad-username"
+            else ("passwords are 8-72 bytes long")
         )
         return Fatal(EXIT_BAD_INPUT, f"the server refused that: {what}")
     if isinstance(error, SlowDown):

@@ -62,24 +62,45 @@ class _Parser(argparse.ArgumentParser):
 def _add_common(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS everywhere: an option given before the subcommand must survive the subparser's defaults.
     s = argparse.SUPPRESS
-    parser.add_argument("--server", metavar="HOST[:PORT]|ENDPOINT", default=s,
-                        help=f"the chat server (default {DEFAULT_SERVER}, or an endpoint: tcp:host=H:port=P)")
+    parser.add_argument(
+        "--server",
+        metavar="HOST[:PORT]|ENDPOINT",
+        default=s,
+        help=f"the chat server (default {DEFAULT_SERVER}, or an endpoint: tcp:host=H:port=P)",
+    )
     parser.add_argument("--user", metavar="NAME", default=s, help="your user name (asked on a terminal if missing)")
     parser.add_argument("--signup", action="store_true", default=s, help="create the account instead of logging in")
     parser.add_argument("--login", action="store_true", default=s, help="log in (the default when not on a terminal)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--listen", metavar="ENDPOINT", default=s,
-                       help=f"where to accept chats from others (default {DEFAULT_LISTEN}: any free port)")
+    group.add_argument(
+        "--listen",
+        metavar="ENDPOINT",
+        default=s,
+        help=f"where to accept chats from others (default {DEFAULT_LISTEN}: any free port)",
+    )
     group.add_argument("--no-listen", action="store_true", default=s, help="do not accept chats from others")
-    parser.add_argument("--downloads", metavar="DIR", default=s,
-                        help=f"where received files go (default {DEFAULT_DOWNLOADS}, created)")
-    parser.add_argument("--max-file-size", metavar="SIZE", default=s,
-                        help="refuse offers larger than this: 500k, 10M, 2G or bytes (default 64G)")
+    parser.add_argument(
+        "--downloads", metavar="DIR", default=s, help=f"where received files go (default {DEFAULT_DOWNLOADS}, created)"
+    )
+    parser.add_argument(
+        "--max-file-size",
+        metavar="SIZE",
+        default=s,
+        help="refuse offers larger than this: 500k, 10M, 2G or bytes (default 64G)",
+    )
     parser.add_argument("--accept-files", action="store_true", default=s, help="accept every file offered")
-    parser.add_argument("--password-file", metavar="PATH", default=s,
-                        help="read the password from the first line of this file (else CHATAPP_PASSWORD, else asked)")
-    parser.add_argument("--debug", action="store_true", default=s,
-                        help="write a debug log (to stderr; on a terminal to ./chatapp-debug.log)")
+    parser.add_argument(
+        "--password-file",
+        metavar="PATH",
+        default=s,
+        help="read the password from the first line of this file (else CHATAPP_PASSWORD, else asked)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=s,
+        help="write a debug log (to stderr; on a terminal to ./chatapp-debug.log)",
+    )
     parser.add_argument("--debug-log", metavar="PATH", default=s, help="the file for --debug's log")
 
 
