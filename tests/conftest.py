@@ -34,3 +34,34 @@ def server_factory(tmp_path, clock) -> Iterator[ServerFactory]:
     factory = make_factory(str(tmp_path / "chat.sqlite3"), clock, ServerConfig(login_timeout=86400))
     yield factory
     factory.store.close()
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_on_the_reactor(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves timers or sockets behind on the global reactor.
+
+    pytest-twisted runs every test on one reactor: a leaked timer or port fires
+    or holds a socket during some later, unrelated test.
+    """
+    from twisted.internet import reactor, tcp
+
+    before_calls = set(reactor.getDelayedCalls())  # type: ignore[attr-defined]
+    before_readers = set(reactor.getReaders())  # type: ignore[attr-defined]
+    yield
+    if "no_reactor_check" in request.keywords:
+        return
+    # give aborted connections and stopped ports their reactor turn to finish
+    for _ in range(3):
+        reactor.iterate(0)  # type: ignore[attr-defined]
+    leaked_calls = [
+        call
+        for call in reactor.getDelayedCalls()  # type: ignore[attr-defined]
+        if call not in before_calls and call.active()
+    ]
+    leaked_readers = [
+        r
+        for r in reactor.getReaders()  # type: ignore[attr-defined]
+        if r not in before_readers and isinstance(r, (tcp.Port, tcp.Connection))
+    ]
+    assert not leaked_calls, f"timers left on the reactor: {leaked_calls}"
+    assert not leaked_readers, f"sockets left open on the reactor: {leaked_readers}"

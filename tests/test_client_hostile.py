@@ -103,6 +103,8 @@ async def test_a_receiver_that_dies_mid_file_resumes_from_its_partial(
     await died
     await a.until(lambda: any(e[0] == "left" for e in a.events))
     await bob.server.close()
+    assert bob.peers is not None
+    await bob.peers.stop()  # a dead process's listening socket is gone too
     # bob starts again on the same download folder and logs in
     bob2, _b2 = await start_client(port, "bob", tmp_path, signup=False, auto_accept=True)
     clients.append(bob2)
