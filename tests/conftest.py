@@ -45,23 +45,17 @@ def nothing_left_on_the_reactor(request: pytest.FixtureRequest) -> Iterator[None
     """
     from twisted.internet import reactor, tcp
 
-    before_calls = set(reactor.getDelayedCalls())  # type: ignore[attr-defined]
-    before_readers = set(reactor.getReaders())  # type: ignore[attr-defined]
+    before_calls = set(reactor.getDelayedCalls())
+    before_readers = set(reactor.getReaders())
     yield
     if "no_reactor_check" in request.keywords:
         return
     # give aborted connections and stopped ports their reactor turn to finish
     for _ in range(3):
-        reactor.iterate(0)  # type: ignore[attr-defined]
-    leaked_calls = [
-        call
-        for call in reactor.getDelayedCalls()  # type: ignore[attr-defined]
-        if call not in before_calls and call.active()
-    ]
+        reactor.iterate(0)
+    leaked_calls = [call for call in reactor.getDelayedCalls() if call not in before_calls and call.active()]
     leaked_readers = [
-        r
-        for r in reactor.getReaders()  # type: ignore[attr-defined]
-        if r not in before_readers and isinstance(r, (tcp.Port, tcp.Connection))
+        r for r in reactor.getReaders() if r not in before_readers and isinstance(r, (tcp.Port, tcp.Connection))
     ]
     assert not leaked_calls, f"timers left on the reactor: {leaked_calls}"
     assert not leaked_readers, f"sockets left open on the reactor: {leaked_readers}"
