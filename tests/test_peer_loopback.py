@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from test_peer_harness import TOKENS, Recorder, dict_verify
-from twisted.internet import defer, error
+from twisted.internet import defer, error, task
 from twisted.internet import reactor as _reactor
 
 from chatapp.peer import HandshakeFailed, PeerFactory, PeerSession, Transfer
@@ -39,6 +39,15 @@ class Watcher(Recorder):
             self.chat_sent = True
             transfer.session.send_message(f"mid-transfer from {transfer.session.factory.me}")
             self.events.append(("chat-sent", transfer.bytes_done))
+
+
+async def all_closed(*factories: PeerFactory) -> None:
+    """Wait (a bounded time) until no factory has a connection left, so no socket outlives the test."""
+    for _ in range(500):
+        if not any(f.connections for f in factories):
+            return
+        await task.deferLater(reactor, 0.01)
+    raise AssertionError("connections left open")
 
 
 def port_number(port: Any) -> int:
@@ -88,6 +97,7 @@ async def test_loopback_five_mib_each_way_with_chat(tmp_path: Path) -> None:
     finally:
         await alice.stop()
         await bob.stop()
+        await all_closed(alice, bob)
 
 
 @pytest_twisted.ensureDeferred
@@ -106,6 +116,7 @@ async def test_loopback_bad_token_fails_connect(tmp_path: Path) -> None:
     finally:
         await alice.stop()
         await bob.stop()
+        await all_closed(alice, bob)
 
 
 @pytest_twisted.ensureDeferred
@@ -119,4 +130,5 @@ async def test_loopback_connection_refused(tmp_path: Path) -> None:
         await alice.connect("bob", "127.0.0.1", number, "tok-alice", "proof-alice", timeout=5).addTimeout(
             TIMEOUT, reactor
         )
+    assert not alice.connections
 

@@ -123,6 +123,11 @@ class PeerFactory(ServerFactory):
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports]).addCallback(lambda _: None)
 
+    @property
+    def connections(self) -> frozenset[PeerSession]:
+        """Every connected session, handshaking ones included (``sessions`` holds only the open ones)."""
+        return frozenset(self._live)
+
     def session_for(self, name: str) -> PeerSession | None:
         """The open session with user ``name`` (any case), if there is one."""
         return self.sessions.get(fold_name(name))
