@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAILED
     finally:
+        from .terminal import restore_terminal
+
+        restore_terminal()
         _blocking_again()
     if len(result) > 1:
         print(f"chatapp: {result[1]}", file=sys.stderr)

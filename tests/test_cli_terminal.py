@@ -1,0 +1,127 @@
+"""Interactive mode on a real pseudo-terminal (tmux): typing survives incoming lines, status line, escaping."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cli_processes import CHATAPP, PASSWORD, Chatapp
+from processes import start_server, stop
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux"),
+]
+
+
+class Tmux:
+    """One tmux server of our own, one window running a command; the screen and every raw byte written."""
+
+    def __init__(self, tmp_path: Path, command: str) -> None:
+        self.socket = f"chatapp-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.raw = tmp_path / "tty.raw"
+        self.raw.touch()
+        self.tmux("new-session", "-d", "-x", "100", "-y", "24", "-s", "t", command)
+        self.tmux("pipe-pane", "-o", "-t", "t", f"cat >> {shlex.quote(str(self.raw))}")
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], check=True, capture_output=True, text=True, timeout=10
+        ).stdout
+
+    def keys(self, text: str) -> None:
+        self.tmux("send-keys", "-t", "t", "-l", text)
+
+    def enter(self) -> None:
+        self.tmux("send-keys", "-t", "t", "Enter")
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "t")
+
+    def wait_for(self, check: Callable[[str], bool], timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if check(screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the screen never got there:\n{screen}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[int]:
+    process, port = start_server(tmp_path)
+    yield port
+    stop(process)
+
+
+def last_line(screen: str) -> str:
+    lines = [line for line in screen.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def test_typing_survives_incoming_lines_and_peers_cannot_drive_the_terminal(server: int, tmp_path: Path) -> None:
+    common = ["--server", f"127.0.0.1:{server}", "--listen", "tcp:0:interface=127.0.0.1"]
+    bob = Chatapp(*common, "--user", "bob", "--signup", "--downloads", str(tmp_path / "bob"), cwd=tmp_path)
+    bob.expect("^READY bob")
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(200 * 1024 * 1024)
+    command = " ".join(
+        shlex.quote(a)
+        for a in [
+            "env", f"CHATAPP_PASSWORD={PASSWORD}", str(CHATAPP), *common,
+            "--user", "alice", "--signup", "--downloads", str(tmp_path / "alice"),
+        ]
+    )  # fmt: skip
+    term = Tmux(tmp_path, f"{command}; echo EXIT=$?; stty -a | grep -o -- ' -*icanon '; sleep 60")
+    try:
+        term.wait_for(lambda s: "logged in as alice" in s)
+        term.keys("hel")
+        term.wait_for(lambda s: last_line(s) == "> hel")
+        bob.send("/msg alice look \x1b[2J\x1b]0;owned\x07 here")
+        bob.expect("^OK msg alice")
+        # the message is printed above the input line, escaped; the half-typed line is still there
+        screen = term.wait_for(lambda s: "<bob> look" in s)
+        assert "<bob> look \\x1b[2J\\x1b]0;owned\\x07 here" in screen
+        assert last_line(screen) == "[bob] > hel"  # plain lines now go to bob
+        term.keys("lo")
+        term.enter()
+        bob.expect("^MSG alice hello$")
+        term.wait_for(lambda s: "<alice -> bob> hello" in s)
+        # a file with a status line while it moves
+        bob.send(f"/send alice {big}")
+        term.wait_for(lambda s: "/accept 1" in s)
+        term.keys("/accept 1")
+        term.enter()
+        term.wait_for(lambda s: "#1 received from bob" in s, timeout=30)
+        assert (tmp_path / "alice" / "big.bin").stat().st_size == big.stat().st_size
+        # Tab completes a command and a user name
+        term.keys("/ms")
+        term.tmux("send-keys", "-t", "t", "Tab")
+        term.keys("b")
+        term.tmux("send-keys", "-t", "t", "Tab")
+        term.wait_for(lambda s: last_line(s) == "[bob] > /msg bob")
+        term.tmux("send-keys", "-t", "t", "C-u")
+        term.keys("/quit")
+        term.enter()
+        screen = term.wait_for(lambda s: "EXIT=0" in s and "icanon" in s)
+        assert " icanon " in screen  # the terminal is back in line mode
+        raw = term.raw.read_bytes()
+        assert b"\x1b]0;owned" not in raw  # the peer's escape sequences never reached the terminal raw
+        assert b"\x1b[2J" not in raw
+        assert re.search(rb"\[#1 big\.bin <-bob \d+% [0-9.]+ \w+/s ETA [0-9:-]+\]", raw), raw[-2000:]
+    finally:
+        term.close()
+        bob.kill()
