@@ -117,7 +117,7 @@ def test_typing_survives_incoming_lines_and_peers_cannot_drive_the_terminal(serv
         term.keys("/quit")
         term.enter()
         screen = term.wait_for(lambda s: "EXIT=0" in s and "icanon" in s)
-        assert " icanon " in screen  # the terminal is back in line mode
+        assert "\n icanon" in screen  # the terminal is back in line mode (not -icanon)
         raw = term.raw.read_bytes()
         assert b"\x1b]0;owned" not in raw  # the peer's escape sequences never reached the terminal raw
         assert b"\x1b[2J" not in raw
