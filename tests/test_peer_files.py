@@ -171,7 +171,8 @@ def test_several_transfers_at_once_both_ways(tmp_path: Path, clock: Clock) -> No
     for name, content in contents.items():
         assert Path(pair.b_out, name).read_bytes() == content
     assert Path(pair.a_out, "back").read_bytes() == b"reply" * 999
-    assert sorted(pair.fb.sessions["alice"].incoming) == ["f1", "f2", "f3"]
+    assert sorted(pair.fb.sessions["alice"].incoming) == ["c1", "c2", "c3"]  # alice dialled: c for connector
+    assert list(pair.fa.sessions["bob"].incoming) == ["l1"]  # bob listened: l for listener
 
 
 # -- flow control, chat between chunks, and cancel by the sender ---------------------
@@ -224,7 +225,8 @@ def test_paused_transport_stops_the_sender_and_chat_goes_between_chunks(tmp_path
     clock.advance(0)
     wire = transport.value()
     assert data_lines(wire) == [(sent.id, 1000)] * 3 + [(sent.id, 500)]
-    assert wire.index(b"MSG between chunks") < wire.index(b"DATA f1 1000", wire.index(b"MSG between chunks"))
+    msg_at, chunk = wire.index(b"MSG between chunks"), f"DATA {sent.id} 1000".encode()
+    assert wire.index(chunk) < msg_at < wire.index(chunk, msg_at)  # a chunk before the MSG and one after it
     assert wire.endswith(f"END {sent.id} {sha(content)}\r\n".encode())
     assert sent.state is TransferState.ENDED
 

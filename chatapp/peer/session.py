@@ -165,7 +165,8 @@ class PeerSession(Protocol):
             source.close()
             raise
         offered = shorten(offer_name(name if name is not None else path), 1024)
-        transfer_id = f"f{self._next_id}"
+        # ids are ours to choose; a role letter keeps them apart from the ids of a peer running this code
+        transfer_id = f"{'c' if self.role is Role.CONNECTOR else 'l'}{self._next_id}"
         self._next_id += 1
         transfer = OutgoingTransfer(self, transfer_id, offered, source, info.st_size, path)
         self.outgoing[transfer_id] = transfer
