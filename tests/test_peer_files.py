@@ -619,3 +619,64 @@ def test_random_splits_of_a_mixed_stream(tmp_path: Path) -> None:
         assert Path(fb.downloads.root, "r.bin").read_bytes() == content
 
     check()
+
+
+def test_receiver_reject_mid_send_stops_the_sender(tmp_path: Path, clock: Clock) -> None:
+    session, transport = open_sender(tmp_path, clock, chunk_size=1000)
+    sent = session.send_file(write_file(tmp_path / "f.bin", os.urandom(5000)))
+    session.dataReceived(f"ACCEPT {sent.id} 0\r\n".encode())
+    clock.advance(0)
+    session.dataReceived(f"REJECT {sent.id} disk-full\r\n".encode())
+    for _ in range(3):
+        resume(transport)
+        clock.advance(0)
+    assert data_lines(transport.value()) == [(sent.id, 1000)]
+    assert b"END" not in transport.value()
+    assert sent.state is TransferState.REJECTED and sent.reason == "disk-full"
+    assert clock.getDelayedCalls() == []
+
+
+def test_bye_with_open_transfers_cancels_them_and_keeps_partials(tmp_path: Path, clock: Clock) -> None:
+    pair = Pair(tmp_path, clock, alice_kw={"chunk_size": 1000}, bob_kw={"auto_accept": True})
+    sent = pair.a.send_file(write_file(tmp_path / "f.bin", os.urandom(5000)))
+    pair.pump.pump()  # OFFER
+    pair.pump.pump()  # ACCEPT back; the whole file is written on the next turn
+    pair.b.close()  # BYE before the data arrives
+    pair.flush()
+    received = pair.eb.offers[0]
+    assert sent.state is TransferState.CANCELLED and received.state is TransferState.CANCELLED
+    assert sent.reason == "bye" and received.reason == "closed"
+    assert pair.ea.left == ["bye"] and pair.eb.left == ["closed"]
+    assert len(partials_in(pair.fb)) == 1  # kept for a resume
+
+
+def test_connection_lost_while_hashing_a_kept_partial(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    kept = partial_path(fb, "alice", "h.bin", 5 * 1024 * 1024)
+    Path(kept).write_bytes(b"k" * (3 * 1024 * 1024))  # three 1 MiB hash slices
+    session, transport = open_listener(fb)
+    session.dataReceived(f"OFFER f {5 * 1024 * 1024} h.bin\r\n".encode())
+    assert clock.getDelayedCalls() != []  # hashing under way, one slice per reactor turn
+    lose(session, transport)
+    clock.advance(0)
+    assert transport.value() == b""  # no ACCEPT ever
+    assert eb.offers[0].state is TransferState.CANCELLED
+    assert clock.getDelayedCalls() == []
+    assert Path(kept).stat().st_size == 3 * 1024 * 1024
+
+
+def test_verify_answer_after_the_peer_left_writes_nothing(tmp_path: Path, clock: Clock) -> None:
+    from twisted.internet import defer
+
+    from chatapp.peer import PeerSession, SessionState
+
+    pending: defer.Deferred[tuple[str, str]] = defer.Deferred()
+    fb, eb = make_peer(tmp_path, "bob", clock, verify=lambda token: pending)
+    session: PeerSession = fb.buildProtocol(None)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    lose(session, transport)
+    pending.callback(("alice", "proof-alice"))
+    assert transport.value() == b"" and session.state is SessionState.CLOSED
+    assert fb.sessions == {} and eb.joined == [] and not fb.connections
