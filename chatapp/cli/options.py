@@ -6,7 +6,7 @@ import argparse
 import os
 import re
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 DEFAULT_SERVER = "localhost:8750"
 DEFAULT_LISTEN = "tcp:0"
@@ -55,6 +55,10 @@ class Settings:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # so --password can never slip in as --password-file
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 

@@ -132,7 +132,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
     def _draw(self) -> None:
         t = self.terminal
         if self.status:
-            t.write(self.status.encode("utf-8") + b"\r\n")
+            t.write(self.status.encode("utf-8") + b"\n")  # insults writes LF as CR LF
             self._status_shown = True
         prompt = self._secret[0] if self._secret is not None else self.prompt
         if self._secret is not None:
@@ -155,7 +155,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
         if self.closed:
             return
         self._clear()
-        self.terminal.write(line.encode("utf-8") + b"\r\n")
+        self.terminal.write(line.encode("utf-8") + b"\n")
         self._draw()
 
     def set_prompt(self, prompt: str) -> None:
@@ -224,10 +224,11 @@ class ConsoleProtocol(insults.TerminalProtocol):
             t.UP_ARROW: e.up,
             t.DOWN_ARROW: e.down,
         }
-        if not isinstance(key, bytes):
-            action = special.get(key)
-            if action is not None:
-                action()
+        action = special.get(key)
+        if action is not None:
+            action()
+            return
+        if not isinstance(key, bytes) or len(key) != 1:  # other function keys (insults names them b"[F1]"...)
             return
         if modifier is not None:  # Alt-something: nothing bound
             return

@@ -1,0 +1,189 @@
+"""Command parsing (pure) and dispatch against real ChatClients and the in-process server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from chat_harness import start_client
+from live_server import start_server
+from twisted.internet import defer, reactor
+
+from chatapp.app import ChatClient
+from chatapp.cli.commands import Command, CommandError, Dispatcher, EventRelay, complete, help_lines, parse_command
+from chatapp.cli.render import Event, script_line
+from chatapp.cli.script import ScriptOutput, ScriptRunner
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("/who", Command("who")),
+        ("  /WHO  ", Command("who")),
+        ("/chat bob", Command("chat", ("bob",))),
+        ("/connect bob", Command("chat", ("bob",))),
+        ("/msg bob hello  there ", Command("msg", ("bob", "hello  there"))),
+        ("/send bob ~/my file.txt", Command("send", ("bob", "~/my file.txt"))),
+        ("/accept 3", Command("accept", ("3",))),
+        ("/accept #3", Command("accept", ("3",))),
+        ("/reject 12", Command("reject", ("12",))),
+        ("/cancel 1", Command("cancel", ("1",))),
+        ("/transfers", Command("transfers")),
+        ("/close bob", Command("close", ("bob",))),
+        ("/listen off", Command("listen", ("off",))),
+        ("/listen", Command("listen")),
+        ("/to bob", Command("to", ("bob",))),
+        ("/passwd", Command("passwd")),
+        ("/quit", Command("quit")),
+        ("/help msg", Command("help", ("msg",))),
+    ],
+)
+def test_parse(line: str, command: Command) -> None:
+    assert parse_command(line) == command
+
+
+def test_plain_lines_go_to_the_active_chat() -> None:
+    assert parse_command("hi there", active="bob") == Command("msg", ("bob", "hi there"))
+    assert parse_command("//not a command", active="bob") == Command("msg", ("bob", "/not a command"))
+    assert parse_command("   ") is None
+    with pytest.raises(CommandError, match="no active chat"):
+        parse_command("hi there")
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("/frob", "unknown command /frob; /help"),
+        ("/frob\x1b[2J", "unknown command /frob\\x1b[2J"),
+        ("/msg bob", "usage: /msg USER TEXT"),
+        ("/chat", "usage: /chat USER"),
+        ("/chat a b", "usage: /chat USER"),
+        ("/accept x", "ID is the number"),
+        ("/listen maybe", "usage: /listen"),
+        ("/chat -bob", "not a user name"),
+        ("/who now", "usage: /who"),
+    ],
+)
+def test_bad_commands_get_a_hint(line: str, hint: str) -> None:
+    with pytest.raises(CommandError) as e:
+        parse_command(line)
+    assert hint in str(e.value)
+
+
+def test_help_and_completion() -> None:
+    text = "\n".join(help_lines())
+    for name in ("/who", "/chat USER", "/msg USER TEXT", "/send USER PATH", "/accept ID", "/passwd", "/quit"):
+        assert name in text
+    assert help_lines("/msg") == ["/msg USER TEXT  send TEXT to USER (opens the chat if needed)"]
+    users = ["bob", "bea", "carol"]
+    assert complete("/ch", users) == ["/chat"]
+    assert complete("/c", users) == ["/cancel", "/chat", "/close", "/connect"]
+    assert complete("/msg b", users) == ["bea", "bob"]
+    assert complete("/msg bob hel", users) == []
+    assert complete("/listen o", users) == ["on", "off"]
+    assert complete("ca", users) == ["carol"]
+
+
+# -- against a real server ---------------------------------------------------------------
+
+
+class World:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.clients: list[ChatClient] = []
+        self.port = 0
+
+    async def console(self, name: str, **options: object) -> tuple[Dispatcher, list[Event]]:
+        events: list[Event] = []
+        relay = EventRelay(events.append)
+        client, _ = await start_client(self.port, name, self.tmp_path, **options)  # type: ignore[arg-type]
+        client.events = relay
+        self.clients.append(client)
+        dispatcher = Dispatcher(client, events.append, _password)
+        relay.dispatcher = dispatcher
+        return dispatcher, events
+
+
+async def _password() -> str:
+    return "a new password"
+
+
+@pytest_twisted.async_yield_fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    w = World(tmp_path)
+    service, w.port = await start_server(str(tmp_path / "server.sqlite3"))
+    yield w
+    for c in w.clients:
+        await c.stop()
+    await service.stopService()
+
+
+async def until(events: list[Event], check: object, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if any(check(e) for e in events):  # type: ignore[operator]
+            return
+        await _tick()
+    raise AssertionError(f"not seen; events: {events}")
+
+
+def _tick() -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(0.01, d.callback, None)
+    return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_dispatch_chat_files_and_errors(world: World, tmp_path: Path) -> None:
+    alice, a = await world.console("alice")
+    bob, b = await world.console("bob")
+    assert await alice.run_line("/who")
+    assert [script_line(e) for e in a] == ["WHO alice listening", "WHO bob listening", "OK who 2"]
+    assert alice.users() == ["bob"]
+    assert await alice.run_line("/msg bob hi \x1b]0;x\x07")
+    await until(b, lambda e: e.kind == "MSG")
+    assert "MSG alice hi \\x1b]0;x\\x07" in [script_line(e) for e in b]
+    assert bob.active == "alice"  # whoever writes first becomes the active chat
+    assert await bob.run_line("hello")
+    await until(a, lambda e: e.kind == "MSG")
+    (tmp_path / "f.txt").write_bytes(b"data")
+    assert await alice.run_line(f"/send bob {tmp_path / 'f.txt'}")
+    await until(b, lambda e: e.kind == "OFFER")
+    offer = next(e for e in b if e.kind == "OFFER")
+    assert script_line(offer) == f"OFFER {offer.fields[0]} alice 4 f.txt"
+    assert await bob.run_line(f"/accept {offer.fields[0]}")
+    await until(b, lambda e: e.kind == "DONE")
+    assert (tmp_path / "bob" / "downloads" / "f.txt").read_bytes() == b"data"
+    assert not await bob.run_line(f"/accept {offer.fields[0]}")
+    assert b[-1].kind == "ERROR" and "ended already" in b[-1].text
+    assert not await alice.run_line("/send bob /no/such/file")
+    assert a[-1].text == "/send bob: no such file: /no/such/file"
+    assert await bob.run_line("/transfers")
+    assert script_line(b[-2]).startswith(f"TRANSFER {offer.fields[0]} receive alice done 4 4 f.txt")
+    assert await alice.run_line("/listen off")
+    assert a[-1] == Event("OK", ("listen", "off"))
+    assert await alice.run_line("/passwd")
+    assert a[-1] == Event("OK", ("passwd",))
+    assert await alice.run_line("/close bob")
+    await until(b, lambda e: e.kind == "LEFT")
+    assert not await alice.run_line("/close bob")
+    assert await alice.run_line("/quit") and alice.quitting
+
+
+@pytest_twisted.ensureDeferred
+async def test_script_runner_runs_lines_strictly_in_order(world: World) -> None:
+    alice, a = await world.console("alice")
+    _bob, b = await world.console("bob")
+    lines: list[str] = []
+    runner = ScriptRunner(alice.client, alice)
+    alice.emit = ScriptOutput(lines.append, reactor).emit
+    for line in ["/msg bob one", "two", "/frob", "three", "/quit", "/msg bob never"]:
+        runner.line(line)
+    failures = await runner.run()
+    assert failures == 1
+    assert lines == ["OK msg bob alice one", "OK msg bob alice two", "ERROR unknown command /frob; /help lists them",
+                     "OK msg bob alice three", "OK quit"]  # fmt: skip
+    await until(b, lambda e: e.kind == "MSG" and e.text == "three")
+    assert [e.text for e in b if e.kind == "MSG"] == ["one", "two", "three"]
+    assert [e.kind for e in a] == ["JOINED"]  # the relay still reports events; command results went to lines
