@@ -550,8 +550,8 @@ def test_write_errors_reject_and_chat_goes_on(tmp_path: Path, clock: Clock, code
     session, transport = open_listener(fb)
     writes: list[bytes] = []
 
-    def failing_write(fd: int, data: bytes) -> None:
-        writes.append(data)
+    def failing_write(fd: int, data: bytes | memoryview) -> None:
+        writes.append(bytes(data))
         if len(writes) > 1:
             raise OSError(code, os.strerror(code))
         os.write(fd, data)

@@ -104,3 +104,38 @@ def test_cr_only_dropped_right_before_lf() -> None:
 def test_expect_raw_rejects_zero() -> None:
     with pytest.raises(ValueError):
         Framer(10).expect_raw(0)
+
+
+def test_pieces_stay_valid_while_more_is_fed() -> None:
+    framer = Framer(100)
+    framer.feed(b"D\nab")
+    assert framer.next() == Line(b"D")
+    framer.expect_raw(6)
+    first = framer.next()
+    framer.feed(b"cd")  # everything before was taken: this segment becomes the buffer
+    second = framer.next()
+    framer.feed(bytearray(b"efX"))  # type: ignore[arg-type]  # a caller's mutable buffer is copied, never kept
+    third = framer.next()
+    assert framer.next() is None  # "X" waits for its LF
+    framer.feed(b"\nY\n")  # the leftover "X" is joined with the new segment
+    assert framer.next() == Line(b"X") and framer.next() == Line(b"Y")
+    assert isinstance(first, Raw) and isinstance(second, Raw) and isinstance(third, Raw)
+    assert [bytes(first.data), bytes(second.data), bytes(third.data)] == [b"ab", b"cd", b"ef"]
+    assert third.last and not second.last
+
+
+def test_leftover_raw_then_more_raw() -> None:
+    framer = Framer(100)
+    framer.feed(b"A\n12")
+    assert framer.next() == Line(b"A")
+    framer.expect_raw(2)
+    framer.feed(b"B\n")  # not all taken yet: "12" is joined with this
+    assert framer.next() == Raw(b"12", True)
+    assert framer.next() == Line(b"B")
+    framer.expect_raw(3)
+    framer.feed(b"34")
+    framer.feed(b"5C\n")
+    pieces = []
+    while (item := framer.next()) is not None:
+        pieces.append(item)
+    assert pieces == [Raw(b"345", True), Line(b"C")]

@@ -103,7 +103,7 @@ class DownloadDir:
         with self._folders() as (_, partials):
             return os.open(os.path.basename(path), os.O_RDONLY | _NOFOLLOW | _BINARY, dir_fd=partials)
 
-    def write(self, fd: int, data: bytes) -> None:
+    def write(self, fd: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             written = os.write(fd, view)

@@ -1,8 +1,10 @@
 """A byte framer for the peer protocol: lines, or exactly n raw bytes, switched at any offset.
 
 Unlike ``LineReceiver.setRawMode`` this never copies the unread buffer when
-the mode changes: it keeps one buffer and an offset into it, and compacts the
-buffer once per ``feed``.
+the mode changes: it keeps one buffer and an offset into it. When everything
+fed before has been taken (the usual case while a file streams), the new
+segment itself becomes the buffer and raw pieces are zero-copy views of it;
+only a leftover (a line or block cut by the segment's end) is copied, once.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ class Line:
 
 @dataclass(frozen=True)
 class Raw:
-    """A piece of the raw block being read; ``last`` is True for the piece that completes it."""
+    """A piece of the raw block being read; ``last`` is True for the piece that completes it.
 
-    data: bytes
+    ``data`` may be a memoryview of the fed segment: use it at once (write it,
+    hash it) or copy it with ``bytes()``.
+    """
+
+    data: bytes | memoryview
     last: bool
 
 
@@ -43,7 +49,7 @@ class Framer:
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
-        self._buffer = bytearray()
+        self._buffer: bytes | bytearray = b""
         self._pos = 0  # first unread byte
         self._scanned = 0  # bytes after _pos already known to hold no LF
         self._raw_left = 0
@@ -56,10 +62,19 @@ class Framer:
     def feed(self, data: bytes) -> None:
         if self._broken:
             return
-        if self._pos:
-            del self._buffer[: self._pos]
-            self._pos = 0
-        self._buffer += data
+        if not isinstance(data, bytes):
+            data = bytes(data)  # never keep (and later resize) a caller's mutable buffer
+        buffer = self._buffer
+        if self._pos == len(buffer):
+            self._buffer = data  # all taken: the segment is the buffer, no copy
+        elif isinstance(buffer, bytearray):
+            del buffer[: self._pos]  # raw pieces of a bytearray are copies, so it may be resized
+            buffer += data
+        else:
+            leftover = bytearray(memoryview(buffer)[self._pos :])
+            leftover += data
+            self._buffer = leftover
+        self._pos = 0
 
     def expect_raw(self, count: int) -> None:
         """Read the next ``count`` bytes as a raw block (count >= 1)."""
@@ -78,7 +93,11 @@ class Framer:
                 return None
             take = min(available, self._raw_left)
             start = self._pos
-            piece = bytes(buffer[start : start + take])
+            piece: bytes | memoryview
+            if isinstance(buffer, bytes):
+                piece = buffer if take == len(buffer) else memoryview(buffer)[start : start + take]
+            else:
+                piece = bytes(buffer[start : start + take])
             self._pos += take
             self._raw_left -= take
             return Raw(piece, self._raw_left == 0)
@@ -98,6 +117,6 @@ class Framer:
 
     def _break(self) -> TooLong:
         self._broken = True
-        self._buffer = bytearray()
+        self._buffer = b""
         self._pos = 0
         return TOO_LONG

@@ -35,7 +35,7 @@ class IncomingTransfer(Transfer):
         else:
             self.fd = downloads.open_new(self.partial)
 
-    def write(self, downloads: DownloadDir, data: bytes) -> None:
+    def write(self, downloads: DownloadDir, data: bytes | memoryview) -> None:
         assert self.fd is not None
         downloads.write(self.fd, data)
         self.hasher.update(data)

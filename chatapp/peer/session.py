@@ -699,7 +699,7 @@ class PeerSession(Protocol):
         self._raw_target = transfer
         self._framer.expect_raw(count)
 
-    def _raw_received(self, data: bytes) -> None:
+    def _raw_received(self, data: bytes | memoryview) -> None:
         transfer = self._raw_target
         if transfer is None or transfer.state is not TransferState.RECEIVING:
             return
