@@ -17,6 +17,8 @@ generator can go past that limit without CAP_SYS_RESOURCE.
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,21 @@ def measure(start: Any, n: int, verb: str) -> dict[str, Any]:
 
 
 def sign_up(work: Path, n: int, server_options: list[str]) -> float:
-    """Create ``n`` accounts (SIGNUP then QUIT, 50 at a time); return signups/s."""
+    """Create ``n`` accounts (SIGNUP then QUIT, 50 at a time) in ``work``'s database; return signups/s.
+
+    Each signup is a committed (fsync'd) write, so they are made on a database
+    in /dev/shm (memory) when there is one, and the file is then copied to
+    ``work``: the measured servers run on the disk as a real one would.
+    """
+    shm = Path("/dev/shm")  # noqa: S108 - only a parent for mkdtemp, which is safe there
+    with tempfile.TemporaryDirectory(prefix="bench-signup-", dir=shm if shm.is_dir() else work) as d:
+        scratch = Path(d)
+        rate = _sign_up(scratch, n, server_options)
+        shutil.copyfile(scratch / "chat.sqlite3", work / "chat.sqlite3")  # closed cleanly: no WAL left
+    return rate
+
+
+def _sign_up(work: Path, n: int, server_options: list[str]) -> float:
     server = start_chatserver(work, *server_options, name="signup")
     try:
         config = {
@@ -130,7 +146,7 @@ def main() -> None:
     with workdir("bench-idle-") as work:
         t0 = time.monotonic()
         rate = sign_up(work, max(sizes) + WARMUP, options)
-        print(f"signed up {max(sizes) + WARMUP:,} accounts at {rate:,.0f}/s (bcrypt rounds 4)")
+        print(f"signed up {max(sizes) + WARMUP:,} accounts at {rate:,.0f}/s (bcrypt rounds 4, database in memory)")
         for n in sizes:
             base = measure(lambda: start_lineserver(work), n, "LOGIN")
             chat = measure(lambda: start_chatserver(work, *options), n, "LOGIN")
