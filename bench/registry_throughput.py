@@ -114,11 +114,15 @@ def main() -> None:
                 r["p99_ms"],
                 r["errors"],
                 r["server_cpu"] * 100,
+                r["server_cpu"] / r["rate"] * 1e6,
                 r["loadgen_cpu"] * 100,
             ]
         )
     print()
-    print(f"{CLIENTS} clients, {duration:g} s per row; CPU: 100 % = one core")
+    print(
+        f"{CLIENTS} clients, {duration:g} s per row; CPU: 100 % = one core. On a shared machine the CPU each "
+        "process gets varies; CPU per reply does not, and is the fairer comparison."
+    )
     print(
         table(
             [
@@ -130,6 +134,7 @@ def main() -> None:
                 "p99 ms",
                 "errors",
                 "server CPU %",
+                "server CPU us/reply",
                 "loadgen CPU %",
             ],
             rows,
