@@ -164,6 +164,7 @@ def main() -> None:
                         r["elapsed"],
                         n / r["elapsed"],
                         r["server_cpu"] / r["elapsed"] * 100,
+                        r["server_cpu"] / n * 1000,
                         r["cpu"] / r["elapsed"] * 100,
                     ]
                 )
@@ -183,6 +184,7 @@ def main() -> None:
                 "login all s",
                 "logins/s",
                 "server CPU %",
+                "server CPU ms/login",
                 "loadgen CPU %",
             ],
             rows,
