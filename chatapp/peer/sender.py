@@ -106,8 +106,15 @@ class SendPump:
         self._call = None
 
     def resumeProducing(self) -> None:
+        """The transport drained its buffer: send the next chunk now (no idle reactor turn), then go on."""
         self.paused = False
-        self._schedule()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._queue and not self.stopped:
+            self._tick()
+        else:
+            self._schedule()
 
     def stopProducing(self) -> None:
         self.stopped = True
