@@ -680,3 +680,29 @@ def test_verify_answer_after_the_peer_left_writes_nothing(tmp_path: Path, clock:
     pending.callback(("alice", "proof-alice"))
     assert transport.value() == b"" and session.state is SessionState.CLOSED
     assert fb.sessions == {} and eb.joined == [] and not fb.connections
+
+
+def test_pump_survives_a_transport_that_resumes_it_from_inside_write(tmp_path: Path, clock: Clock) -> None:
+    class EagerTransport(StringTransport):
+        """Pauses on a big write and resumes at once, re-entering the producer."""
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            if len(data) > 100 and self.producer is not None:
+                self.producer.pauseProducing()
+                self.producer.resumeProducing()
+
+    from chatapp.peer import PeerSession, Role
+
+    fa, _ = make_peer(tmp_path, "alice", clock, chunk_size=1000)
+    session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+    transport = EagerTransport()
+    session.makeConnection(transport)
+    session.dataReceived(b"WELCOME chatapp/1 bob proof-alice\r\n")
+    content = os.urandom(4500)
+    sent = session.send_file(write_file(tmp_path / "f.bin", content))
+    session.dataReceived(f"ACCEPT {sent.id} 0\r\n".encode())
+    clock.advance(0)
+    wire = transport.value()
+    assert data_lines(wire) == [(sent.id, 1000)] * 4 + [(sent.id, 500)]
+    assert wire.endswith(f"END {sent.id} {sha(content)}\r\n".encode())

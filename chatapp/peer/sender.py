@@ -73,6 +73,7 @@ class SendPump:
         self._call: IDelayedCall | None = None
         self.paused = False
         self.stopped = False
+        self._ticking = False  # guards against a transport resuming us from inside our own write
 
     def add(self, transfer: OutgoingTransfer) -> None:
         if transfer not in self._queue:
@@ -92,11 +93,15 @@ class SendPump:
 
     def _tick(self) -> None:
         self._call = None
-        if self.paused or self.stopped or not self._queue:
+        if self.paused or self.stopped or not self._queue or self._ticking:
             return
-        transfer = self._queue.popleft()
-        if self._step(transfer) and not self.stopped:
-            self._queue.append(transfer)
+        self._ticking = True
+        try:
+            transfer = self._queue.popleft()
+            if self._step(transfer) and not self.stopped:
+                self._queue.append(transfer)
+        finally:
+            self._ticking = False
         self._schedule()
 
     def pauseProducing(self) -> None:
@@ -111,7 +116,7 @@ class SendPump:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        if self._queue and not self.stopped:
+        if self._queue and not self.stopped and not self._ticking:
             self._tick()
         else:
             self._schedule()
