@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -125,3 +126,37 @@ def test_typing_survives_incoming_lines_and_peers_cannot_drive_the_terminal(serv
     finally:
         term.close()
         bob.kill()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_logs_out_and_gives_the_terminal_back(server: int, tmp_path: Path) -> None:
+    command = " ".join(
+        shlex.quote(a)
+        for a in ["env", f"CHATAPP_PASSWORD={PASSWORD}", str(CHATAPP), "--server", f"127.0.0.1:{server}",
+                  "--user", "zoe", "--signup", "--no-listen", "--downloads", str(tmp_path / "zoe")]
+    )  # fmt: skip
+    term = Tmux(tmp_path, f"{command}; echo EXIT=$?; stty -a | grep -o -- ' -*icanon '; sleep 60")
+    try:
+        term.wait_for(lambda s: "logged in as zoe, not listening" in s)
+        term.keys("half a line")
+        term.wait_for(lambda s: last_line(s) == "> half a line")
+        shell = int(term.tmux("list-panes", "-t", "t", "-F", "#{pane_pid}").strip())
+        (client,) = children(shell)
+        os.kill(client, signal.SIGTERM)
+        screen = term.wait_for(lambda s: "EXIT=" in s and "icanon" in s)
+        assert "\nEXIT=0\n" in screen
+        assert "\n icanon" in screen
+    finally:
+        term.close()

@@ -160,6 +160,8 @@ class Dispatcher:
         self.active: str | None = None
         self.known_users: set[str] = set()
         self.quitting = False
+        self.confirm_quit = False  # interactive: a /quit with transfers running asks to be repeated
+        self._quit_warned = False
 
     def users(self) -> list[str]:
         """Names to complete: the last /who, open chats, people who came to us."""
@@ -297,6 +299,10 @@ class Dispatcher:
         self.emit(Event("OK", ("passwd",)))
 
     async def do_quit(self) -> None:
+        running = [t for t in self.client.open_transfers() if t.state is not TransferState.OFFERED]
+        if self.confirm_quit and running and not self._quit_warned:
+            self._quit_warned = True
+            raise CommandError(f"{len(running)} transfer(s) still running; /quit again to stop them")
         self.quitting = True
         self.emit(Event("OK", ("quit",)))
 

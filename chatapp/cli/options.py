@@ -112,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="chatapp",
         description="Chat and send files directly to other users of a chatapp server.",
-        epilog="Commands: chatapp (chat; interactive on a terminal, script mode otherwise), "
-        "chatapp send USER PATH..., chatapp listen. Exit codes: see docs/console.md.",
+        epilog="chatapp alone chats: interactively on a terminal, else commands from stdin (script mode).\n"
+        "exit codes: 0 done, 1 a command or transfer failed, 2 usage, 3 server unreachable,\n"
+        "4 wrong user name or password, 5 address blocked, 6 account locked, 7 name taken,\n"
+        "8 bad user name or password form, 9 server busy or too many signups (try later).\n"
+        "Details: docs/console.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser)
     sub = parser.add_subparsers(dest="mode", metavar="{send,listen}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import codecs
 import fcntl
+import os
 import signal
 import struct
 import sys
@@ -69,12 +70,19 @@ class RawMode:
 
 
 _raw: RawMode | None = None
+_console: ConsoleProtocol | None = None
 
 
 def restore_terminal() -> None:
-    """Called by main() on its way out, whatever happened."""
-    if _raw is not None:
+    """Called by main() on its way out, whatever happened (a signal may have cut the session short)."""
+    if _raw is not None and _raw.saved is not None:
         _raw.restore()
+        if _console is not None and not _console.cleared:
+            try:  # leave the half-drawn input row (stdout may be closed by now; stderr is the same terminal)
+                if os.isatty(2):
+                    os.write(2, b"\r\n")
+            except OSError:
+                pass
 
 
 def terminal_size(fd: int = 1) -> tuple[int, int]:
@@ -112,6 +120,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
         self._status_timer: IDelayedCall | None = None
         self._status_drawn_at = float("-inf")
         self.closed = False
+        self.cleared = False  # close() has wiped the input row
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     # -- screen ----------------------------------------------------------------------
@@ -194,6 +203,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
             self._status_timer.cancel()
         if not self.closed:
             self._clear()
+            self.cleared = True
             self.closed = True
 
     # -- keys ------------------------------------------------------------------------
@@ -358,12 +368,13 @@ class Interactive:
 
 
 async def run_interactive(run: Run) -> int:
-    global _raw
+    global _raw, _console
     ui = Interactive(run)
     relay = EventRelay(ui.emit)
     client = await start(run, ui.emit, relay)
     ui.client = client
     dispatcher = Dispatcher(client, ui.emit, ui.new_password)
+    dispatcher.confirm_quit = True
     ui.dispatcher = dispatcher
     relay.dispatcher = dispatcher
     run.stop_on_shutdown()
@@ -371,6 +382,7 @@ async def run_interactive(run: Run) -> int:
     console = ConsoleProtocol(ui.line, ui.quit, lambda before: complete(before, dispatcher.users()), run.reactor,
                               run.reactor.seconds)  # fmt: skip
     console.watch_status(ui.status)
+    _console = console
     _raw = RawMode(sys.stdin.fileno())
     _raw.enter()
     previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console))
@@ -387,7 +399,7 @@ async def run_interactive(run: Run) -> int:
         signal.signal(signal.SIGWINCH, previous)
         console.closed = True
         stdio.loseConnection()
-        _raw.restore()
+        restore_terminal()
     try:
         await console.lost.addTimeout(2, run.reactor)  # what is left to write has been written
     except defer.TimeoutError:
