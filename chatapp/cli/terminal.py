@@ -386,6 +386,8 @@ async def run_interactive(run: Run) -> int:
     _raw = RawMode(sys.stdin.fileno())
     _raw.enter()
     previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console))
+    # a closed terminal window: log out cleanly like SIGTERM (the reactor only handles INT and TERM)
+    previous_hup = signal.signal(signal.SIGHUP, lambda *_: run.reactor.callFromThread(run.reactor.stop))
     stdio = StandardIO(insults.ServerProtocol(lambda: console), reactor=run.reactor)
     try:
         ui.console = console
@@ -397,6 +399,7 @@ async def run_interactive(run: Run) -> int:
         await run.stop()
     finally:
         signal.signal(signal.SIGWINCH, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
         console.closed = True
         stdio.loseConnection()
         restore_terminal()
