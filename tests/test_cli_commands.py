@@ -187,3 +187,14 @@ async def test_script_runner_runs_lines_strictly_in_order(world: World) -> None:
     await until(b, lambda e: e.kind == "MSG" and e.text == "three")
     assert [e.text for e in b if e.kind == "MSG"] == ["one", "two", "three"]
     assert [e.kind for e in a] == ["JOINED"]  # the relay still reports events; command results went to lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_script_mode_passwd_takes_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatapp.cli.session import env_new_password
+
+    monkeypatch.delenv("CHATAPP_NEW_PASSWORD", raising=False)
+    with pytest.raises(CommandError, match="CHATAPP_NEW_PASSWORD"):
+        await env_new_password()
+    monkeypatch.setenv("CHATAPP_NEW_PASSWORD", "brand new password")
+    assert await env_new_password() == "brand new password"
