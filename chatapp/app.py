@@ -254,17 +254,17 @@ class ChatClient:
 
     def accept(self, handle: int) -> Transfer:
         transfer = self.transfer(handle)
-        self._session_of(transfer).accept(transfer.id)
+        self._session_of(transfer).accept(transfer)
         return transfer
 
     def reject(self, handle: int) -> Transfer:
         transfer = self.transfer(handle)
-        self._session_of(transfer).reject(transfer.id)
+        self._session_of(transfer).reject(transfer)
         return transfer
 
     def cancel(self, handle: int) -> Transfer:
         transfer = self.transfer(handle)
-        self._session_of(transfer).cancel(transfer.id)
+        self._session_of(transfer).cancel(transfer)
         return transfer
 
     def open_transfers(self) -> list[Transfer]:

@@ -182,3 +182,20 @@ async def test_the_server_stopping_mid_chat_does_not_stop_the_chat(world: World)
     await b.until(lambda: any(e[0] == "notice" and "reconnected" in e[1] for e in b.events))
     who = {entry.name: entry.state for entry in await alice.who()}
     assert who == {"alice": "listening", "bob": "listening"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_users_dialling_each_other_at_once_keep_one_chat(world: World) -> None:
+    alice, a = await world.client("alice")
+    bob, b = await world.client("bob")
+    await defer.gatherResults(
+        [defer.ensureDeferred(alice.chat("bob")), defer.ensureDeferred(bob.chat("alice"))], consumeErrors=True
+    ).addErrback(lambda _: None)  # the losing dial of the two may be closed under its caller
+    await a.until(lambda: alice.session("bob") is not None)
+    await b.until(lambda: bob.session("alice") is not None)
+    await alice.send_message("bob", "one chat?")
+    await bob.send_message("alice", "one chat.")
+    await b.until(lambda: ("alice", "one chat?") in b.messages())
+    await a.until(lambda: ("bob", "one chat.") in a.messages())
+    assert len(alice.sessions()) == 1 and len(bob.sessions()) == 1
+    assert not any(e[0] == "left" for e in a.events + b.events)

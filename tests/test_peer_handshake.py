@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_peer_harness import Pair, Recorder, lose, make_peer, open_listener
+from test_peer_harness import Pair, Recorder, lose, make_peer, open_connector, open_listener
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -292,7 +292,7 @@ def test_second_session_with_same_user_replaces_the_first(tmp_path: Path, clock:
     assert first_transport.value() == b"BYE\r\n" and first_transport.disconnecting
     lose(first, first_transport)
     assert fb.sessions == {"alice": second}  # the old one leaving does not remove the new one
-    assert eb.left == ["replaced"]
+    assert eb.left == []  # the chat goes on: a replacement is no leave for the user
     assert second.state is SessionState.OPEN and not second_transport.disconnecting
 
 
@@ -335,3 +335,31 @@ def test_stop_closes_sessions_in_every_state(tmp_path: Path, clock: Clock) -> No
         lose(session, transport)
     assert eb.left == ["closed"] and fb.sessions == {}
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("listener_first", [True, False])
+def test_crossing_dials_keep_the_connection_dialled_by_the_smaller_name(
+    tmp_path: Path, clock: Clock, listener_first: bool
+) -> None:
+    # bob's side: alice dialled bob (bob listens) while bob dialled alice; both keep alice's call
+    fb, eb = make_peer(tmp_path, "bob", clock)
+    if listener_first:
+        from_alice, from_alice_transport = open_listener(fb)
+        to_alice, to_alice_transport = open_connector(fb, target="alice")
+    else:
+        to_alice, to_alice_transport = open_connector(fb, target="alice")
+        from_alice, from_alice_transport = open_listener(fb)
+    assert fb.sessions == {"alice": from_alice}
+    assert to_alice_transport.disconnecting  # (its BYE was written before the helper cleared the transport)
+    assert not from_alice_transport.disconnecting
+    lose(to_alice, to_alice_transport)
+    assert fb.sessions == {"alice": from_alice} and eb.left == []
+
+
+def test_a_call_long_after_the_first_is_no_crossing_and_replaces(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    _from_alice, from_alice_transport = open_listener(fb)
+    clock.advance(31)  # alice's side may have died without a word: bob's new call wins
+    to_alice, _ = open_connector(fb, target="alice")
+    assert fb.sessions == {"alice": to_alice}
+    assert from_alice_transport.value() == b"BYE\r\n"

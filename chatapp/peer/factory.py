@@ -158,12 +158,36 @@ class PeerFactory(ServerFactory):
         self._handshaking.discard(session)
         assert session.peer_name is not None
         key = fold_name(session.peer_name)
+        session.opened_at = self.clock.seconds()
         old = self.sessions.get(key)
+        if old is not None and old is not session and self._keep_old_on_crossing(old, session):
+            log.info("both sides dialled at once: keeping the connection the other side keeps too")
+            session.replace()
+            return
         self.sessions[key] = session
         if old is not None and old is not session:
             log.info("a new session replaces the one with the same peer")
             old.replace()
+            return  # the chat goes on: the user sees no leave and no second join
         self._emit("peer_joined", session)
+
+    def _keep_old_on_crossing(self, old: PeerSession, new: PeerSession) -> bool:
+        """True when two users dialled each other at once and ``old`` is the one both sides keep.
+
+        Each side then holds one connection it dialled and one it accepted.
+        Replacing the older on both sides would close both; instead both keep
+        the one dialled by the smaller (case-folded) name.
+        """
+        if old.role is new.role or old.opened_at is None:
+            return False
+        if self.clock.seconds() - old.opened_at > self.handshake_timeout:
+            return False  # not a crossing: a peer calling again after a drop we did not notice
+
+        def dialler(session: PeerSession) -> str:
+            assert session.peer_name is not None
+            return fold_name(self.me if session.role is Role.CONNECTOR else session.peer_name)
+
+        return dialler(old) < dialler(new)
 
     def session_closed(self, session: PeerSession, was: SessionState) -> None:
         self._handshaking.discard(session)
@@ -171,9 +195,9 @@ class PeerFactory(ServerFactory):
         if was is SessionState.OPEN:
             assert session.peer_name is not None
             key = fold_name(session.peer_name)
-            if self.sessions.get(key) is session:
+            if self.sessions.get(key) is session:  # not one replaced by a newer session
                 del self.sessions[key]
-            self._emit("peer_left", session, session.close_reason)
+                self._emit("peer_left", session, session.close_reason)
 
     def partial_in_use(self, path: str) -> bool:
         for session in self.sessions.values():

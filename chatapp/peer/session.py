@@ -115,6 +115,7 @@ class PeerSession(Protocol):
         self._timer: IDelayedCall | None = None
         self._pump = SendPump(factory.clock, self._send_step)
         self._was_open = False
+        self.opened_at: float | None = None  # when the handshake finished (factory clock)
         self._open_waiters: list[defer.Deferred[PeerSession]] = []
 
     def __repr__(self) -> str:
