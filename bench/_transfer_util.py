@@ -46,8 +46,24 @@ class Child:
         self.role = role
         self.log = logdir / f"{role}-{time.monotonic_ns()}.log"
         self._err = open(self.log, "wb")
+        argv = [sys.executable, str(script), "--role", role, *args]
+        spy = os.environ.get("CHATAPP_BENCH_PYSPY")  # a folder: sample every role but the server with py-spy
+        if spy and role != "server":
+            out = Path(spy) / f"{role}-{time.monotonic_ns()}.txt"
+            argv = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "-r",
+                "400",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "--",
+                *argv,
+            ]
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), "--role", role, *args],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,

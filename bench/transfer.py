@@ -325,29 +325,59 @@ def raw_sender(args: argparse.Namespace) -> None:
 # -- the coordinator -----------------------------------------------------------------------------------------------
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace, work: Path, shm: Path) -> None:
-        self.args = args
-        self.work = work
-        self.shm = shm
-        self.source = shm / "source.bin"
-        self.size = args.size
-        self.digest = ""
-        self.server: Child | None = None
-        self.server_port = 0
-        self.serial = 0
-        self.results: list[dict[str, Any]] = []
+class Source:
+    """A file of random bytes in /dev/shm and its SHA-256."""
 
-    def make_source(self) -> None:
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
         digest = hashlib.sha256()
-        with open(self.source, "wb") as f:
-            left = self.size
+        with open(path, "wb") as f:
+            left = size
             while left:
                 block = os.urandom(min(left, 4 * MiB))
                 digest.update(block)
                 f.write(block)
                 left -= len(block)
         self.digest = digest.hexdigest()
+
+
+class Case:
+    """One configuration; ``runs`` collects each repetition's sender and receiver results."""
+
+    def __init__(self, kind: str, where: str, source: Source, chunk: int = 0, read_size: int = 0, sweep: bool = False):
+        self.kind = kind
+        self.where = where
+        self.source = source
+        self.chunk = chunk
+        self.read_size = read_size
+        self.sweep = sweep
+        self.runs: list[dict[str, Any]] = []
+
+    def record(self) -> dict[str, Any]:
+        best = max(self.runs, key=lambda r: r["mbps"])
+        return {
+            "kind": self.kind,
+            "where": self.where,
+            "sweep": self.sweep,
+            "size": self.source.size,
+            "chunk": best["sent"].get("chunk", self.chunk) or 0,
+            "read_size": best["received"].get("read_size", self.read_size) or 0,
+            "mbps": best["mbps"],
+            "all_mbps": [r["mbps"] for r in self.runs],
+            "sent": best["sent"],
+            "received": best["received"],
+        }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path, shm: Path) -> None:
+        self.args = args
+        self.work = work
+        self.shm = shm
+        self.server: Child | None = None
+        self.server_port = 0
+        self.serial = 0
 
     def start_server(self) -> None:
         self.server = Child(SCRIPT, "server", ["--db", str(self.work / "chat.sqlite3")], self.work)
@@ -363,8 +393,9 @@ class Bench:
         folder.mkdir(parents=True)
         return folder
 
-    def pair(self, kind: str, where: str, recv_args: list[str], send_args: list[str]) -> tuple[dict, dict]:
-        folder = self.folder(where)
+    def pair(self, kind: str, case: Case, recv_args: list[str], send_args: list[str]) -> tuple[dict, dict]:
+        folder = self.folder(case.where)
+        source = case.source
         os.sync()  # earlier cases' dirty pages are not this case's business
         receiver = sender = None
         try:
@@ -374,7 +405,7 @@ class Bench:
             sender = Child(
                 SCRIPT,
                 f"{kind}-send",
-                ["--port", port, "--file", str(self.source), "--downloads", str(folder), *send_args],
+                ["--port", port, "--file", str(source.path), "--downloads", str(folder), *send_args],
                 self.work,
             )
             sent = sender.result(600)
@@ -382,10 +413,12 @@ class Bench:
             sender.wait()
             receiver.wait()
             final = Path(received.get("path") or folder / FILE_NAME)
-            if not final.is_file() or final.stat().st_size != self.size:
+            if not final.is_file() or final.stat().st_size != source.size:
                 raise RoleFailed(f"{kind}: {final} missing or of the wrong size")
-            if sent.get("sha256", self.digest) != self.digest or received.get("sha256", self.digest) != self.digest:
+            if source.digest not in (sent.get("sha256", source.digest), received.get("sha256", source.digest)):
                 raise RoleFailed(f"{kind}: SHA-256 differs from the source's")
+            if sent.get("sha256", source.digest) != received.get("sha256", source.digest):
+                raise RoleFailed(f"{kind}: SHA-256 differs between the sides")
             if sent.get("ok") is False:
                 raise RoleFailed(f"{kind}: the sender saw a bad acknowledgement")
             return sent, received
@@ -395,43 +428,27 @@ class Bench:
                     child.stop()
             shutil.rmtree(folder, ignore_errors=True)
 
-    def case(self, kind: str, where: str, chunk: int = 0, read_size: int = 0) -> dict[str, Any]:
-        runs = []
-        for _ in range(self.args.repeat):
-            knobs = []
-            if chunk:
-                knobs += ["--chunk", str(chunk)]
-            if read_size:
-                knobs += ["--read-size", str(read_size)]
-            if kind == "chatapp":
-                self.serial += 1
-                receiver_name, sender_name = f"rcv{self.serial}", f"snd{self.serial}"
-                names = ["--port", str(self.server_port)]
-                sent, received = self.pair(
-                    "chat",
-                    where,
-                    [*names, "--name", receiver_name, *knobs],
-                    ["--name", sender_name, "--peer", receiver_name, "--downloads", str(self.work / "sent"), *knobs],
-                )
-                if received.get("state") != "done":
-                    raise RoleFailed(f"chatapp transfer ended {received.get('state')} ({received.get('reason')})")
-            else:
-                sent, received = self.pair("tw" if kind == "twisted" else "raw", where, knobs, knobs)
-            runs.append({"sent": sent, "received": received, "mbps": self.size / sent["elapsed"] / 1e6})
-        best = max(runs, key=lambda r: r["mbps"])
-        record = {
-            "kind": kind,
-            "where": where,
-            "chunk": best["sent"].get("chunk", chunk) or 0,
-            "read_size": best["received"].get("read_size", read_size) or 0,
-            "mbps": best["mbps"],
-            "all_mbps": [r["mbps"] for r in runs],
-            "sent": best["sent"],
-            "received": best["received"],
-        }
-        self.results.append(record)
-        print(f"  {describe(record)}: {fmt_rate(record)}", flush=True)
-        return record
+    def run(self, case: Case) -> None:
+        knobs = []
+        if case.chunk:
+            knobs += ["--chunk", str(case.chunk)]
+        if case.read_size:
+            knobs += ["--read-size", str(case.read_size)]
+        if case.kind == "chatapp":
+            self.serial += 1
+            receiver_name, sender_name = f"rcv{self.serial}", f"snd{self.serial}"
+            sent, received = self.pair(
+                "chat",
+                case,
+                ["--port", str(self.server_port), "--name", receiver_name, *knobs],
+                ["--name", sender_name, "--peer", receiver_name, "--downloads", str(self.work / "sent"), *knobs],
+            )
+            if received.get("state") != "done":
+                raise RoleFailed(f"chatapp transfer ended {received.get('state')} ({received.get('reason')})")
+        else:
+            sent, received = self.pair("tw" if case.kind == "twisted" else "raw", case, knobs, knobs)
+        case.runs.append({"sent": sent, "received": received, "mbps": case.source.size / sent["elapsed"] / 1e6})
+        print(f"  {describe(case.record())}: {case.runs[-1]['mbps']:.0f} MB/s", flush=True)
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -460,15 +477,13 @@ def peak(side: dict[str, Any]) -> str:
     return text
 
 
-def report(bench: Bench) -> str:
-    size = bench.size
-    results = bench.results
+def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[str, Path]) -> str:
     out = []
     info = machine()
     out.append(
         f"machine: {info['cores']} cores, {info['cpu']}, {info['ram']} RAM, Python {info['python']}, "
-        f"Twisted {info['twisted']}, Linux {info['kernel']}; file {size_text(size)}, "
-        f"best of {bench.args.repeat} (range in brackets)"
+        f"Twisted {info['twisted']}, Linux {info['kernel']}; best of {args.repeat} interleaved runs "
+        "(range in brackets); MB/s = 10^6 bytes/s; peak RSS = VmHWM (growth over the RSS before the transfer)"
     )
     headers = [
         "case",
@@ -481,7 +496,7 @@ def report(bench: Bench) -> str:
         "peak RSS MiB recv",
     ]
     for where in ("tmpfs", "disk"):
-        main = [r for r in results if r["where"] == where and not r.get("sweep")]
+        main = [r for r in results if r["where"] == where and not r["sweep"]]
         if not main:
             continue
         raw = next((r for r in main if r["kind"] == "raw"), None)
@@ -498,17 +513,19 @@ def report(bench: Bench) -> str:
                     fmt_rate(r),
                     f"{r['mbps'] / raw['mbps']:.0%}" if raw else "-",
                     f"{r['mbps'] / same_b[0]['mbps']:.0%}" if same_b and r["kind"] != "raw" else "-",
-                    per_gib(r["sent"], size),
-                    per_gib(r["received"], size),
+                    per_gib(r["sent"], r["size"]),
+                    per_gib(r["received"], r["size"]),
                     peak(r["sent"]),
                     peak(r["received"]),
                 ]
             )
-        out.append(f"\ninto {where} ({bench.where_path(where)}):\n")
+        size = size_text(main[0]["size"])
+        out.append(f"\n{size} into {where} ({paths[where]}):\n")
         out.append(table(headers, rows))
-    sweep = [r for r in results if r.get("sweep")]
+    sweep = [r for r in results if r["sweep"]]
     if sweep:
-        out.append("\nsweep into tmpfs: MB/s (receiver CPU s/GiB, receiver peak RSS MiB)\n")
+        size = size_text(sweep[0]["size"])
+        out.append(f"\nsweep, {size} into tmpfs: MB/s (receiver CPU s/GiB, receiver peak RSS MiB)\n")
         reads = sorted({r["read_size"] for r in sweep})
         rows = []
         for kind in ("twisted", "chatapp"):
@@ -518,7 +535,7 @@ def report(bench: Bench) -> str:
                     hit = [r for r in sweep if r["kind"] == kind and r["chunk"] == chunk and r["read_size"] == read]
                     if hit:
                         h = hit[0]
-                        cpu, rss = per_gib(h["received"], size), h["received"]["hwm_kib"] // 1024
+                        cpu, rss = per_gib(h["received"], h["size"]), h["received"]["hwm_kib"] // 1024
                         row.append(f"{fmt_rate(h)} ({cpu}, {rss})")
                     else:
                         row.append("-")
@@ -533,24 +550,36 @@ def coordinate(args: argparse.Namespace) -> None:
     bench = Bench(args, work, shm)
     try:
         print(f"writing a {size_text(args.size)} source file in {shm}", flush=True)
-        bench.make_source()
-        bench.start_server()
+        main_source = Source(shm / "source.bin", args.size)
+        cases: list[Case] = []
         for where in args.where:
-            print(f"into {where}:", flush=True)
-            bench.case("raw", where)
-            bench.case("twisted", where, args.chunk or 256 * KiB, args.read_size)
-            bench.case("chatapp", where, args.chunk, args.read_size)
+            if "raw" in args.cases:
+                cases.append(Case("raw", where, main_source))
+            if "twisted" in args.cases:
+                cases.append(Case("twisted", where, main_source, args.chunk or 256 * KiB, args.read_size))
+            if "chatapp" in args.cases:
+                cases.append(Case("chatapp", where, main_source, args.chunk, args.read_size))
         if args.sweep:
-            print("sweep (tmpfs):", flush=True)
+            sweep_source = main_source
+            if args.sweep_size != args.size:
+                sweep_source = Source(shm / "sweep.bin", args.sweep_size)
             for read in SWEEP_READS:
-                bench.case("twisted", "tmpfs", 256 * KiB, read)["sweep"] = True
+                cases.append(Case("twisted", "tmpfs", sweep_source, 256 * KiB, read, sweep=True))
             for chunk in SWEEP_CHUNKS:
                 for read in SWEEP_READS:
-                    bench.case("chatapp", "tmpfs", chunk, read)["sweep"] = True
-        text = report(bench)
+                    cases.append(Case("chatapp", "tmpfs", sweep_source, chunk, read, sweep=True))
+        bench.start_server()
+        for i in range(args.repeat):  # round robin, so that a noisy moment hits every case alike
+            print(f"run {i + 1} of {args.repeat}:", flush=True)
+            for case in cases:
+                bench.run(case)
+        results = [case.record() for case in cases]
+        text = report(results, args, {w: bench.where_path(w) for w in ("tmpfs", "disk")})
         print("\n" + text)
         if args.json:
-            Path(args.json).write_text(json.dumps({"size": args.size, "results": bench.results}, indent=1))
+            Path(args.json).write_text(
+                json.dumps({"args": vars(args) | {"cases": sorted(args.cases)}, "results": results}, indent=1)
+            )
     finally:
         if bench.server is not None:
             bench.server.stop()
@@ -562,11 +591,13 @@ def coordinate(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--size", type=parse_size, default=GiB, help="file size (e.g. 1G, 256M); default 1 GiB")
-    parser.add_argument("--quick", action="store_true", help="256 MiB")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each case (the best is shown)")
+    parser.add_argument("--quick", action="store_true", help="256 MiB, and 128 MiB for the sweep")
+    parser.add_argument("--sweep-size", type=parse_size, default=256 * MiB, help="file size for the sweep (256M)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case, round robin (the best is shown)")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the chunk/read-size sweep")
     parser.add_argument("--where", default="tmpfs,disk", help="tmpfs, disk or both (comma-separated)")
     parser.add_argument("--disk-dir", default=tempfile.gettempdir(), help="a folder on disk (default: /tmp)")
+    parser.add_argument("--cases", default="raw,twisted,chatapp", help="which of raw, twisted, chatapp to run")
     parser.add_argument("--chunk", type=parse_size, default=0, help="sender chunk (default: the library's)")
     parser.add_argument("--read-size", type=parse_size, default=0, help="receiver read size (default: as is)")
     parser.add_argument("--json", help="also write the results here")
@@ -579,7 +610,8 @@ def main() -> None:
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.size = 256 * MiB
+        args.size, args.sweep_size = 256 * MiB, 128 * MiB
+    args.cases = {c.strip() for c in args.cases.split(",")}
     args.where = [w.strip() for w in args.where.split(",") if w.strip()]
     role = args.role
     if role is None:
