@@ -25,6 +25,8 @@ log = Logger()
 Verify = Callable[[str], "defer.Deferred[tuple[str, str]] | tuple[str, str]"]
 
 HANDSHAKE_TIMEOUT = 30.0
+# A DATA chunk (at most 1 MiB) must arrive whole within this time: about 17 KiB/s at the largest chunk.
+DATA_TIMEOUT = 60.0
 MAX_HANDSHAKES = 8
 GiB = 1024**3
 
@@ -56,6 +58,7 @@ class PeerFactory(ServerFactory):
         max_partial_bytes: int = 16 * GiB,
         max_handshakes: int = MAX_HANDSHAKES,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        data_timeout: float = DATA_TIMEOUT,
     ) -> None:
         if not valid_username(me):
             raise ValueError("not a user name")
@@ -73,6 +76,7 @@ class PeerFactory(ServerFactory):
         self.max_open_offers = max_open_offers
         self.max_handshakes = max_handshakes
         self.handshake_timeout = handshake_timeout
+        self.data_timeout = data_timeout
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
         self._handshaking: set[PeerSession] = set()  # listener sessions before WELCOME

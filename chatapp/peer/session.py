@@ -113,6 +113,7 @@ class PeerSession(Protocol):
         self._dropped_ids: set[str] = set()  # incoming ids refused before a transfer existed
         self._next_id = 1
         self._timer: IDelayedCall | None = None
+        self._data_timer: IDelayedCall | None = None  # the deadline of the DATA chunk being read
         self._pump = SendPump(factory.clock, self._send_step)
         self._was_open = False
         self.opened_at: float | None = None  # when the handshake finished (factory clock)
@@ -295,9 +296,10 @@ class PeerSession(Protocol):
         self._closing = True
         self.close_reason = self.close_reason or "connection-lost"
         self.state = session_move(self.state, SessionState.CLOSED)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._data_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._data_timer = None
         self._pump.stopProducing()
         for transfer in self.transfers:
             if transfer.finished:
@@ -357,6 +359,8 @@ class PeerSession(Protocol):
                 return
             if isinstance(item, Raw):
                 self._raw_received(item.data)
+                if item.last and self._data_timer is not None and self._data_timer.active():
+                    self._data_timer.cancel()
             elif isinstance(item, Line):
                 self._line_received(item.data)
             elif item is TOO_LONG:
@@ -687,7 +691,7 @@ class PeerSession(Protocol):
             transfer is not None and transfer.state in (TransferState.REJECTED, TransferState.FAILED)
         ):
             self._raw_target = None  # read and dropped
-            self._framer.expect_raw(count)
+            self._expect_data(count)
             return
         if transfer is None:
             raise ProtocolError(f"DATA for unknown id {transfer_id}")
@@ -698,7 +702,25 @@ class PeerSession(Protocol):
         if transfer.state is TransferState.ACCEPTED:
             transfer.move(TransferState.RECEIVING)
         self._raw_target = transfer
+        self._expect_data(count)
+
+    def _expect_data(self, count: int) -> None:
+        """Read the next ``count`` bytes raw, within the factory's ``data_timeout``.
+
+        Until a chunk's bytes are in, no line can be read on this connection, so
+        a peer trickling them would hold it (and its file) hostage for ever.
+        """
         self._framer.expect_raw(count)
+        if self._data_timer is not None and self._data_timer.active():
+            self._data_timer.reset(self.factory.data_timeout)
+        else:
+            self._data_timer = self.factory.clock.callLater(self.factory.data_timeout, self._data_timed_out)
+
+    def _data_timed_out(self) -> None:
+        self._data_timer = None
+        if not self._closing:
+            log.info("{peer} sent a DATA chunk too slowly: closing", peer=self._peer_for_log())
+            self._close("data-timeout")  # a cut, not a protocol error: partial files are kept for resume
 
     def _raw_received(self, data: bytes | memoryview) -> None:
         transfer = self._raw_target
