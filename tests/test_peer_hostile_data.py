@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from test_peer_harness import lose, make_peer, open_listener
+from test_peer_harness import Recorder, lose, make_peer, open_listener
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from chatapp.peer import SessionState, TransferState
+from chatapp.peer import PeerFactory, PeerSession, SessionState, TransferState
 
 
-def offered_and_accepted(tmp_path: Path, clock: Clock):  # type: ignore[no-untyped-def]
+def offered_and_accepted(
+    tmp_path: Path, clock: Clock
+) -> tuple[PeerFactory, Recorder, PeerSession, StringTransport]:
     factory, events = make_peer(tmp_path, "bob", clock, auto_accept=True)
     session, transport = open_listener(factory)
     session.dataReceived(b"OFFER f1 100 slow.txt\r\n")
