@@ -556,7 +556,8 @@ def coordinate(args: argparse.Namespace) -> None:
             if "raw" in args.cases:
                 cases.append(Case("raw", where, main_source))
             if "twisted" in args.cases:
-                cases.append(Case("twisted", where, main_source, args.chunk or 256 * KiB, args.read_size))
+                for read in args.b_reads:
+                    cases.append(Case("twisted", where, main_source, args.chunk or 256 * KiB, read))
             if "chatapp" in args.cases:
                 cases.append(Case("chatapp", where, main_source, args.chunk, args.read_size))
         if args.sweep:
@@ -599,7 +600,10 @@ def main() -> None:
     parser.add_argument("--disk-dir", default=tempfile.gettempdir(), help="a folder on disk (default: /tmp)")
     parser.add_argument("--cases", default="raw,twisted,chatapp", help="which of raw, twisted, chatapp to run")
     parser.add_argument("--chunk", type=parse_size, default=0, help="sender chunk (default: the library's)")
-    parser.add_argument("--read-size", type=parse_size, default=0, help="receiver read size (default: as is)")
+    parser.add_argument("--read-size", type=parse_size, default=0, help="chatapp receiver read size (default: as is)")
+    parser.add_argument(
+        "--b-reads", default="64K,256K", help="receiver read sizes for (b) (default 64K,256K: Twisted's and ours)"
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -612,6 +616,7 @@ def main() -> None:
     if args.quick:
         args.size, args.sweep_size = 256 * MiB, 128 * MiB
     args.cases = {c.strip() for c in args.cases.split(",")}
+    args.b_reads = [parse_size(r) for r in args.b_reads.split(",") if r.strip()]
     args.where = [w.strip() for w in args.where.split(",") if w.strip()]
     role = args.role
     if role is None:
