@@ -42,7 +42,7 @@ class RoleFailed(RuntimeError):
 class Child:
     """A role process: ``expect`` reads its stdout lines, ``say`` writes to its stdin."""
 
-    def __init__(self, script: Path, role: str, args: list[str], logdir: Path) -> None:
+    def __init__(self, script: Path, role: str, args: list[str], logdir: Path, tree: str | None = None) -> None:
         self.role = role
         self.log = logdir / f"{role}-{time.monotonic_ns()}.log"
         self._err = open(self.log, "wb")
@@ -67,6 +67,7 @@ class Child:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
+            env=os.environ | {"CHATAPP_SOURCE": tree} if tree else None,  # import chatapp from that tree
         )
         self._buffer = b""
 

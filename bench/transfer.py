@@ -345,7 +345,17 @@ class Source:
 class Case:
     """One configuration; ``runs`` collects each repetition's sender and receiver results."""
 
-    def __init__(self, kind: str, where: str, source: Source, chunk: int = 0, read_size: int = 0, sweep: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        where: str,
+        source: Source,
+        chunk: int = 0,
+        read_size: int = 0,
+        sweep: bool = False,
+        tree: tuple[str, str] | None = None,
+    ):
+        self.tree = tree  # (label, folder): chatapp imported from another tree (--compare)
         self.kind = kind
         self.where = where
         self.source = source
@@ -358,6 +368,7 @@ class Case:
         best = max(self.runs, key=lambda r: r["mbps"])
         return {
             "kind": self.kind,
+            "tree": self.tree[0] if self.tree else None,
             "where": self.where,
             "sweep": self.sweep,
             "size": self.source.size,
@@ -399,7 +410,8 @@ class Bench:
         os.sync()  # earlier cases' dirty pages are not this case's business
         receiver = sender = None
         try:
-            receiver = Child(SCRIPT, f"{kind}-recv", ["--downloads", str(folder), *recv_args], self.work)
+            tree = case.tree[1] if case.tree else None
+            receiver = Child(SCRIPT, f"{kind}-recv", ["--downloads", str(folder), *recv_args], self.work, tree)
             ready = receiver.expect("READY", 60)
             port = ready if ready else str(self.server_port)
             sender = Child(
@@ -407,6 +419,7 @@ class Bench:
                 f"{kind}-send",
                 ["--port", port, "--file", str(source.path), "--downloads", str(folder), *send_args],
                 self.work,
+                tree,
             )
             sent = sender.result(600)
             received = receiver.result(60)
@@ -453,6 +466,8 @@ class Bench:
 
 def describe(r: dict[str, Any]) -> str:
     label = {"raw": "(a) raw sockets", "twisted": "(b) minimal Twisted", "chatapp": "chatapp"}[r["kind"]]
+    if r.get("tree"):
+        label += f" [{r['tree']}]"
     if r["kind"] != "raw":
         label += f", chunk {size_text(r['chunk'])}, read {size_text(r['read_size'])}"
     return f"{label} -> {r['where']}"
@@ -560,6 +575,8 @@ def coordinate(args: argparse.Namespace) -> None:
                     cases.append(Case("twisted", where, main_source, args.chunk or 256 * KiB, read))
             if "chatapp" in args.cases:
                 cases.append(Case("chatapp", where, main_source, args.chunk, args.read_size))
+            for label, folder in args.compare:
+                cases.append(Case("chatapp", where, main_source, args.chunk, args.read_size, tree=(label, folder)))
         if args.sweep:
             sweep_source = main_source
             if args.sweep_size != args.size:
@@ -604,6 +621,11 @@ def main() -> None:
     parser.add_argument(
         "--b-reads", default="64K,256K", help="receiver read sizes for (b) (default 64K,256K: Twisted's and ours)"
     )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="more chatapp cases with chatapp imported from other trees: label=folder,label=folder",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -616,6 +638,7 @@ def main() -> None:
     if args.quick:
         args.size, args.sweep_size = 256 * MiB, 128 * MiB
     args.cases = {c.strip() for c in args.cases.split(",")}
+    args.compare = [tuple(item.split("=", 1)) for item in args.compare.split(",") if item.strip()]
     args.b_reads = [parse_size(r) for r in args.b_reads.split(",") if r.strip()]
     args.where = [w.strip() for w in args.where.split(",") if w.strip()]
     role = args.role
