@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from twisted.internet import defer, task
@@ -71,6 +72,14 @@ EXIT_CODES: dict[int, str] = {
     EXIT_BAD_INPUT: "the user name or password is not acceptable (form, length)",
     EXIT_LATER: "the server is busy or refuses more signups for now; try later",
 }
+
+
+@dataclass
+class Outcome:
+    """How the run ended: the exit code, and the one line to print on stderr (if any)."""
+
+    code: int = EXIT_OK
+    message: str | None = None
 
 
 class Fatal(Exception):
@@ -277,22 +286,19 @@ async def login(client: ChatClient, settings: Settings, user: str, password: str
         raise explain(e, settings, user) from None
 
 
-async def _main(reactor: Any, settings: Settings, user: str, password: str, signup: bool, result: list[int]) -> None:
+async def _main(reactor: Any, settings: Settings, user: str, password: str, signup: bool, outcome: Outcome) -> None:
     from .oneshot import run_listen, run_send
     from .session import Run, run_chat
 
     runners: dict[str, Callable[[Run], Any]] = {"chat": run_chat, "send": run_send, "listen": run_listen}
-    run = Run(reactor, settings, user, password, signup, result)
+    run = Run(reactor, settings, user, password, signup, outcome)
     try:
-        result[0] = await runners[settings.mode](run)
-    except Fatal as e:
-        result[0] = e.code
-        result.append(e)  # type: ignore[arg-type]
+        outcome.code = await runners[settings.mode](run)
     except Exception as e:
-        log.failure("chatapp failed")
+        if not isinstance(e, Fatal):
+            log.failure("chatapp failed")
         fatal = explain(e, settings, user)
-        result[0] = fatal.code
-        result.append(fatal)  # type: ignore[arg-type]
+        outcome.code, outcome.message = fatal.code, str(fatal)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     settings.interactive = interactive
     start_logging(settings, interactive)
-    result: list[Any] = [EXIT_OK]
+    outcome = Outcome()
     try:
-        task.react(lambda reactor: defer.ensureDeferred(_main(reactor, settings, user, password, signup, result)))
+        task.react(lambda reactor: defer.ensureDeferred(_main(reactor, settings, user, password, signup, outcome)))
     except SystemExit:
         pass
     except KeyboardInterrupt:
@@ -332,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
 
         restore_terminal()
         _blocking_again()
-    if len(result) > 1:
-        print(f"chatapp: {result[1]}", file=sys.stderr)
-    return int(result[0])
+    if outcome.message:
+        print(f"chatapp: {outcome.message}", file=sys.stderr)
+    return outcome.code
 
 
 def _blocking_again() -> None:

@@ -11,7 +11,7 @@ from chatapp.peer import TransferState
 from chatapp.wire import escape_for_terminal
 
 from .commands import EventRelay
-from .render import Event, script_line
+from .render import Event
 from .script import ScriptOutput
 from .session import Run, ready_event, start
 
@@ -26,8 +26,8 @@ async def run_send(run: Run) -> int:
     from .main import EXIT_FAILED, EXIT_OK, Fatal
 
     output = ScriptOutput(_print, run.reactor)
-    client = await start(run, output.emit, EventRelay(output.emit))
-    run.stop_on_shutdown(code_on_signal=EXIT_FAILED)
+    client = await start(run, EventRelay(output.emit))
+    run.stop_on_shutdown(EXIT_FAILED, "interrupted before every file was delivered")
     output.emit(await ready_event(client))
     to = run.settings.send_to
     transfers = []
@@ -54,11 +54,8 @@ async def run_send(run: Run) -> int:
 async def run_listen(run: Run) -> int:
     """Stay logged in and print events until SIGINT or SIGTERM; then close cleanly and exit 0."""
     output = ScriptOutput(_print, run.reactor)
-    client = await start(run, output.emit, EventRelay(output.emit))
+    client = await start(run, EventRelay(output.emit))
     run.stop_on_shutdown()
     output.emit(await ready_event(client))
     forever: defer.Deferred[int] = defer.Deferred()
     return await forever
-
-
-__all__ = ["run_listen", "run_send", "script_line"]

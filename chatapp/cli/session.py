@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, task
@@ -29,16 +28,17 @@ class Run:
     user: str
     password: str
     signup: bool
-    result: list[Any] = field(default_factory=lambda: [0])
+    outcome: Any = None  # main.Outcome: a signal may set its exit code
     client: ChatClient | None = None
     _stopping: defer.Deferred[None] | None = None
 
-    def stop_on_shutdown(self, code_on_signal: int | None = None) -> None:
+    def stop_on_shutdown(self, code_on_signal: int | None = None, message: str | None = None) -> None:
         """Stop the client cleanly (BYE to peers, QUIT to the server) when the reactor stops (SIGINT, SIGTERM)."""
 
         def before_shutdown() -> defer.Deferred[None]:
-            if code_on_signal is not None and self._stopping is None:
-                self.result[0] = code_on_signal
+            if code_on_signal is not None and self._stopping is None and self.outcome is not None:
+                self.outcome.code = code_on_signal
+                self.outcome.message = message
             return self.stop()
 
         self.reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
@@ -71,7 +71,7 @@ class Run:
             log.failure("stopping the client")
 
 
-async def start(run: Run, emit: Callable[[Event], None], relay: EventRelay) -> ChatClient:
+async def start(run: Run, relay: EventRelay) -> ChatClient:
     from .main import login, make_client
 
     client = make_client(run.reactor, run.settings, relay)
@@ -120,7 +120,7 @@ async def run_script(run: Run) -> int:
 
     output = ScriptOutput(write, run.reactor)
     relay = EventRelay(output.emit)
-    client = await start(run, output.emit, relay)
+    client = await start(run, relay)
     dispatcher = Dispatcher(client, output.emit, env_new_password)
     relay.dispatcher = dispatcher
     run.stop_on_shutdown()

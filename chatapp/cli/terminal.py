@@ -371,7 +371,7 @@ async def run_interactive(run: Run) -> int:
     global _raw, _console
     ui = Interactive(run)
     relay = EventRelay(ui.emit)
-    client = await start(run, ui.emit, relay)
+    client = await start(run, relay)
     ui.client = client
     dispatcher = Dispatcher(client, ui.emit, ui.new_password)
     dispatcher.confirm_quit = True
