@@ -74,6 +74,8 @@ def test_human_lines() -> None:
     offer = human_line(Event("OFFER", ("3", "bob", str(5 * 1024**2)), "x.pdf"), 0.0)
     assert offer is not None and offer.endswith("* bob offers x.pdf (5.0 MiB): /accept 3 or /reject 3")
     assert human_line(Event("PROGRESS", ("1",)), 0.0) is None
+    auto = human_line(Event("OFFER", ("3", "bob", "10"), "x.pdf"), 0.0, auto_accept=True)
+    assert auto is not None and auto.endswith("* bob sends x.pdf (10 B); accepting it (#3, /cancel 3 stops it)")
 
 
 def transfer(size: int, done: int, rate: float, direction: Direction = Direction.RECEIVE) -> Any:

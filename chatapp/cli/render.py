@@ -111,7 +111,7 @@ def status_line(transfers: Iterable[tuple[int, Transfer]], width: int = 80) -> s
 _DIRECTION_WORD = {"send": "to", "receive": "from"}
 
 
-def human_line(event: Event, now: float) -> str | None:
+def human_line(event: Event, now: float, auto_accept: bool = False) -> str | None:
     """The text an interactive user sees for ``event`` (None: show nothing), with a HH:MM time first."""
     f = [escape_for_terminal(x) for x in event.fields]
     text = escape_for_terminal(event.text)
@@ -127,7 +127,11 @@ def human_line(event: Event, now: float) -> str | None:
     elif kind == "REQUEST":
         body = f"* {f[0]} is opening a chat with you"
     elif kind == "OFFER":
-        body = f"* {f[1]} offers {text} ({human_size(int(f[2]))}): /accept {f[0]} or /reject {f[0]}"
+        size = human_size(int(f[2]))
+        if auto_accept:
+            body = f"* {f[1]} sends {text} ({size}); accepting it (#{f[0]}, /cancel {f[0]} stops it)"
+        else:
+            body = f"* {f[1]} offers {text} ({size}): /accept {f[0]} or /reject {f[0]}"
     elif kind == "DONE":
         if f[1] == "send":
             body = f"* #{f[0]} sent to {f[2]} ({human_size(int(f[3]))})"

@@ -333,7 +333,7 @@ class Interactive:
             return
         if event.kind in ("PROGRESS", "DONE", "FAILED", "OFFER", "OK"):
             self.console.status_changed()
-        line = human_line(event, self.reactor.seconds())
+        line = human_line(event, self.reactor.seconds(), self.run.settings.accept_files)
         if line is not None:
             self.console.show(line)
         if self.dispatcher is not None:
