@@ -94,7 +94,7 @@ def cut_when_written(receiver: ChatClient, threshold: float, cut: Callable[[], N
     written = [0]
     fired: defer.Deferred[None] = defer.Deferred()
 
-    def write(fd: int, data: bytes) -> None:
+    def write(fd: int, data: bytes | memoryview) -> None:
         real_write(fd, data)
         written[0] += len(data)
         if written[0] >= threshold and not fired.called:
