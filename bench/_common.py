@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ BENCH = Path(__file__).resolve().parent
 TWISTD = Path(sys.executable).parent / "twistd"
 PASSWORD = "benchmark password"  # noqa: S105 - the throwaway accounts of a benchmark
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
 _LISTENING = re.compile(r"listening on IPv4Address\(type='TCP', host='127\.0\.0\.1', port=(\d+)\)")
 
 
@@ -30,6 +32,21 @@ def raise_fd_limit() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def _child_setup() -> None:
+    """In a child before exec: the raised file limit, and SIGTERM when this script dies (Linux prctl)."""
+    raise_fd_limit()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that the ``finally`` blocks stop the children."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def sources(count: int) -> list[str]:
@@ -66,7 +83,7 @@ class Server:
         self.log = log
         self._out = open(log, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=raise_fd_limit
+            argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup
         )
         self.pid = self.proc.pid
         self.port = self._wait_for_port(30.0)
@@ -135,7 +152,7 @@ class LoadGen:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=raise_fd_limit,
+            preexec_fn=_child_setup,
         )
 
     def event(self, timeout: float = 300.0) -> dict[str, Any]:

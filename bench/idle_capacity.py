@@ -27,6 +27,7 @@ from _common import (
     PASSWORD,
     LoadGen,
     Server,
+    exit_on_sigterm,
     machine,
     raise_fd_limit,
     run_loadgen,
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 connections only")
     parser.add_argument("--sizes", default="1000,10000,50000", help="comma-separated N")
     args = parser.parse_args()
+    exit_on_sigterm()
     hard = raise_fd_limit()
     wanted = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
     ceiling = hard - 500  # the server's own files (database, pipes, epoll) and a margin

@@ -20,7 +20,17 @@ import time
 from typing import Any
 
 import bcrypt
-from _common import PASSWORD, machine, raise_fd_limit, run_loadgen, sources, start_chatserver, table, workdir
+from _common import (
+    PASSWORD,
+    exit_on_sigterm,
+    machine,
+    raise_fd_limit,
+    run_loadgen,
+    sources,
+    start_chatserver,
+    table,
+    workdir,
+)
 
 ROUNDS = 12
 LOGINS = 50
@@ -59,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="one round of logins instead of three")
     args = parser.parse_args()
+    exit_on_sigterm()
     raise_fd_limit()
     rounds = 1 if args.quick else 3
     print(machine())

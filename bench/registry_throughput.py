@@ -26,6 +26,7 @@ from typing import Any
 from _common import (
     PASSWORD,
     Server,
+    exit_on_sigterm,
     machine,
     raise_fd_limit,
     run_loadgen,
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 s per measurement instead of 5 s")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measurement")
     args = parser.parse_args()
+    exit_on_sigterm()
     duration = args.duration or (1.0 if args.quick else 5.0)
     raise_fd_limit()
     print(machine())
