@@ -53,6 +53,7 @@ from _transfer_util import (
     KiB,
     MiB,
     RoleFailed,
+    count_io,
     cpu_now,
     emit,
     machine,
@@ -81,6 +82,7 @@ async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
 
     ended: defer.Deferred[Any] = defer.Deferred()
     sessions: list[Any] = []
+    io = count_io()
 
     class Events(NoChatEvents):
         def peer_joined(self, session: Any) -> None:
@@ -115,6 +117,7 @@ async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
         bytes=transfer.bytes_done,
         rss_ready_kib=rss_ready,
         read_size=read_size,
+        io=io,
     )
     emit("RESULT", result)
     await client.stop()
@@ -123,6 +126,7 @@ async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
 async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
     from chatapp.app import ChatClient
 
+    io = count_io()
     client = ChatClient(
         reactor,
         f"tcp:host=127.0.0.1:port={args.port}",
@@ -150,6 +154,7 @@ async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
         rss_ready_kib=rss_ready,
         chunk=client.peers.chunk_size if client.peers else None,
         write_threshold=session.transport.bufferSize,
+        io=io,
     )
     emit("RESULT", result)
     await client.stop()
@@ -165,6 +170,7 @@ def twisted_receiver(args: argparse.Namespace) -> None:
     from twisted.protocols.basic import LineReceiver
 
     outcome: dict[str, Any] = {}
+    io = count_io()
 
     class Receive(LineReceiver):
         delimiter = b"\n"
@@ -192,7 +198,7 @@ def twisted_receiver(args: argparse.Namespace) -> None:
                 os.rename(self.partial, os.path.join(args.downloads, FILE_NAME))
                 digest = self.hasher.hexdigest()
                 self.transport.write(b"OK " + digest.encode() + b"\r\n")  # type: ignore[union-attr]
-                outcome.update(usage_since(self.start), sha256=digest, read_size=self.transport.bufferSize)  # type: ignore[union-attr]
+                outcome.update(usage_since(self.start), sha256=digest, read_size=self.transport.bufferSize, io=io)  # type: ignore[union-attr]
                 emit("RESULT", outcome)
 
         def connectionLost(self, reason: Any = None) -> None:
@@ -214,6 +220,7 @@ def twisted_sender(args: argparse.Namespace) -> None:
 
     size = os.path.getsize(args.file)
     chunk = args.chunk or 256 * KiB
+    io = count_io()
 
     @implementer(IPushProducer)
     class Pusher:
@@ -259,7 +266,7 @@ def twisted_sender(args: argparse.Namespace) -> None:
             elapsed = time.perf_counter() - self.t0
             digest = self.pusher.hasher.hexdigest()
             result = usage_since(self.start)
-            result.update(elapsed=elapsed, sha256=digest, ok=line.split()[1].decode() == digest, chunk=chunk)
+            result.update(elapsed=elapsed, sha256=digest, ok=line.split()[1].decode() == digest, chunk=chunk, io=io)
             emit("RESULT", result)
             self.source.close()
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -492,6 +499,15 @@ def peak(side: dict[str, Any]) -> str:
     return text
 
 
+def io_text(side: dict[str, Any], amount: str | None, calls: str, size: int = 0) -> str:
+    """Mean KiB per send() (sender) or per recv() (receiver, the file size over the reads)."""
+    io = side.get("io")
+    if not io or not io[calls]:
+        return "-"
+    total = io[amount] if amount else size
+    return f"{total / io[calls] / KiB:.0f}"
+
+
 def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[str, Path]) -> str:
     out = []
     info = machine()
@@ -509,6 +525,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
         "CPU s/GiB recv",
         "peak RSS MiB send",
         "peak RSS MiB recv",
+        "send KiB/call",
+        "recv KiB/call",
     ]
     for where in ("tmpfs", "disk"):
         main = [r for r in results if r["where"] == where and not r["sweep"]]
@@ -532,6 +550,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
                     per_gib(r["received"], r["size"]),
                     peak(r["sent"]),
                     peak(r["received"]),
+                    io_text(r["sent"], "sent", "sends"),
+                    io_text(r["received"], None, "reads", r["size"]),
                 ]
             )
         size = size_text(main[0]["size"])
