@@ -103,8 +103,8 @@ class Conn:
         # (send time, kind) of each request awaiting its final reply, oldest first
         self.inflight: deque[tuple[float, str]] = deque()
         self.on_reply: Callable[[Conn, str, float, str], None] = _ignore_reply
-        self.on_close: Callable[[Conn], None] = _ignore_close
-        self.on_batch: Callable[[Conn], None] = _ignore_close  # after all the lines of one read
+        self.on_close: Callable[[Conn], None] = _ignore
+        self.on_batch: Callable[[Conn], None] = _ignore  # after all the lines of one read
         self.state = 0
 
 
@@ -112,7 +112,7 @@ def _ignore_reply(conn: Conn, line: str, sent: float, kind: str) -> None:
     pass
 
 
-def _ignore_close(conn: Conn) -> None:
+def _ignore(conn: Conn) -> None:
     pass
 
 
