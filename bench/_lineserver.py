@@ -16,6 +16,7 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
@@ -25,10 +26,12 @@ class EchoLine(LineReceiver):
     MAX_LENGTH = 4096
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"* HELLO baseline\r\n")
 
     def lineReceived(self, line: bytes) -> None:
         if line:
+            assert self.transport is not None
             self.transport.write(b"OK " + line.rstrip(b"\r") + b"\r\n")
 
 
@@ -39,11 +42,11 @@ def main() -> None:
     factory = Factory.forProtocol(EchoLine)
     endpoint = TCP4ServerEndpoint(reactor, port, backlog=1024, interface="127.0.0.1")
 
-    def listening(p) -> None:  # type: ignore[no-untyped-def]
+    def listening(p: IListeningPort) -> None:
         print(f"lineserver listening on {p.getHost()}", flush=True)
 
     endpoint.listen(factory).addCallback(listening)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":
