@@ -383,6 +383,9 @@ class Case:
             "read_size": best["received"].get("read_size", self.read_size) or 0,
             "mbps": best["mbps"],
             "all_mbps": [r["mbps"] for r in self.runs],
+            "all_cpu": [
+                [round(r[side]["user"] + r[side]["system"], 3) for side in ("sent", "received")] for r in self.runs
+            ],
             "sent": best["sent"],
             "received": best["received"],
         }
