@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -315,6 +316,7 @@ def spread(values: list[float], digits: int = 0) -> str:
 
 
 def coordinate(args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: below (children, files)
     work = Path(tempfile.mkdtemp(prefix="chatapp-latency-"))
     server = None
     try:

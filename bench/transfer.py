@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import sys
@@ -583,6 +584,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
 
 
 def coordinate(args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: below (children, files)
     work = Path(tempfile.mkdtemp(prefix="chatapp-transfer-"))
     shm = Path(tempfile.mkdtemp(prefix="chatapp-transfer-", dir="/dev/shm"))
     bench = Bench(args, work, shm)
