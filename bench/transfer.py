@@ -384,6 +384,7 @@ class Case:
             "read_size": best["received"].get("read_size", self.read_size) or 0,
             "mbps": best["mbps"],
             "all_mbps": [r["mbps"] for r in self.runs],
+            "all_io": [[r[side].get("io") for side in ("sent", "received")] for r in self.runs],
             "all_cpu": [
                 [round(r[side]["user"] + r[side]["system"], 3) for side in ("sent", "received")] for r in self.runs
             ],
