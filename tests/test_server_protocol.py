@@ -560,3 +560,15 @@ def test_a_store_failure_before_the_greeting_says_bye(server_factory: ServerFact
     conn = Conn(server_factory)
     assert conn.lines() == ["* BYE internal-error"]
     assert conn.closing
+
+
+def test_expired_tokens_are_dropped_in_issue_order(server_factory: ServerFactory, clock: Clock) -> None:
+    registry = server_factory.registry
+    old, _ = registry.issue("alice", "bob", clock.seconds())
+    clock.advance(30)
+    young, _ = registry.issue("alice", "bob", clock.seconds())
+    clock.advance(31)
+    assert registry.redeem(old, "bob", clock.seconds()) is None
+    ticket = registry.redeem(young, "bob", clock.seconds())
+    assert ticket is not None and ticket.requester == "alice"
+    assert registry._tickets == {}  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ the order the commands were sent.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -57,6 +58,12 @@ BEFORE_LOGIN = frozenset({"SIGNUP", "LOGIN", "PING", "QUIT"})
 
 class _Closed(Exception):
     """The command ended the connection; nothing more is to be written."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _who_row(name: str, listening: bool) -> bytes:
+    # WHO lists everyone online: formatting each row anew on every call was most of its cost.
+    return format_line("+", "USER", name, "listening" if listening else "online")
 
 
 def normalize_host(host: str) -> str:
@@ -352,9 +359,10 @@ class ServerProtocol(Protocol):
             factory.failures.success(self.address, folded)
             if self.gone:  # the client left while bcrypt ran: register nothing
                 return
-            await factory.store.record_login(account.name, factory.clock.seconds())
-            if self.gone:
-                return
+            # last_login is bookkeeping, not a promise to the client: the reply does not wait for its commit.
+            factory.store.record_login(account.name, factory.clock.seconds()).addErrback(
+                lambda f: log.failure("recording the login of {user} failed", f, user=account.name)
+            )
             log.info("login {user} from {address}", user=account.name, address=self.address)
             self._logged_in(account.name)
             self._send(format_line("OK", "LOGIN", account.name))
@@ -441,7 +449,7 @@ class ServerProtocol(Protocol):
     def cmd_who(self, args: str | None) -> None:
         fields(args, 0)
         rows = self.factory.registry.online()
-        out = [format_line("+", "USER", p.name, "listening" if p.listening else "online") for p in rows]
+        out = [_who_row(p.name, p.listening is not None) for p in rows]
         out.append(format_line("OK", "WHO", str(len(rows))))
         self._send(b"".join(out))
 

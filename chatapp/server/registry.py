@@ -8,6 +8,7 @@ shared registry (for several server processes) could replace it.
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -53,6 +54,9 @@ class MemoryRegistry(Generic[C]):
     def __init__(self) -> None:
         self._presence: dict[str, Presence[C]] = {}
         self._tickets: dict[str, Ticket] = {}
+        # Every ticket lives equally long, so they expire in the order issued: a queue
+        # finds the stale ones without scanning all of them on every CONNECT and VERIFY.
+        self._expiries: deque[tuple[float, str]] = deque()
 
     def login(self, name: str, connection: C) -> C | None:
         """Register ``connection`` for ``name``; return the connection it replaces, if any."""
@@ -85,6 +89,7 @@ class MemoryRegistry(Generic[C]):
         token = secrets.token_urlsafe(16)
         proof = secrets.token_urlsafe(16)
         self._tickets[token] = Ticket(requester, target, proof, now + TOKEN_LIFETIME)
+        self._expiries.append((now + TOKEN_LIFETIME, token))
         return token, proof
 
     def redeem(self, token: str, asker: str, now: float) -> Ticket | None:
@@ -97,6 +102,7 @@ class MemoryRegistry(Generic[C]):
         return ticket
 
     def _expire(self, now: float) -> None:
-        stale = [token for token, ticket in self._tickets.items() if ticket.expires <= now]
-        for token in stale:
-            del self._tickets[token]
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, token = expiries.popleft()
+            self._tickets.pop(token, None)  # gone already if it was redeemed
