@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from deferreds import failure_of, result_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
@@ -68,24 +69,6 @@ class Harness:
         self.feed(f"OK LOGIN {user}\r\n".encode())
         assert result_of(d) == user
         self.sent()
-
-
-def result_of(d: defer.Deferred[Any]) -> Any:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def failure_of(d: defer.Deferred[Any]) -> BaseException:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results and isinstance(results[0], Failure), f"expected a failure, got {results}"
-    value = results[0].value
-    assert value is not None
-    return value
 
 
 # -- request lines and reply parsing -------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from deferreds import failure_of, result_of
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Factory
@@ -107,24 +108,6 @@ class Rig:
             server.say(f"OK LISTEN 192.0.2.1 {listen}")
             assert result_of(ld) == ("192.0.2.1", listen)
         return server
-
-
-def result_of(d: defer.Deferred[Any]) -> Any:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def failure_of(d: defer.Deferred[Any]) -> BaseException:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results and isinstance(results[0], Failure), f"expected a failure, got {results}"
-    value = results[0].value
-    assert value is not None
-    return value
 
 
 # -- addresses ----------------------------------------------------------------------------------
