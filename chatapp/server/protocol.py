@@ -359,10 +359,9 @@ class ServerProtocol(Protocol):
             factory.failures.success(self.address, folded)
             if self.gone:  # the client left while bcrypt ran: register nothing
                 return
-            # last_login is bookkeeping, not a promise to the client: the reply does not wait for its commit.
-            factory.store.record_login(account.name, factory.clock.seconds()).addErrback(
-                lambda f: log.failure("recording the login of {user} failed", f, user=account.name)
-            )
+            await factory.store.record_login(account.name, factory.clock.seconds())
+            if self.gone:
+                return
             log.info("login {user} from {address}", user=account.name, address=self.address)
             self._logged_in(account.name)
             self._send(format_line("OK", "LOGIN", account.name))
