@@ -62,6 +62,11 @@ REJECT_REASONS = frozenset(
 CANCEL_REASONS = frozenset({"cancelled", "read-error", "bad-offset", "stale-partial"})
 _MSG_ROOM = PEER_MAX_LINE - len("MSG ")
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# Bytes a TCP transport reads per recv() (Twisted's default is 64 KiB). Larger reads mean fewer
+# dataReceived calls per chunk; the framer hands them on uncopied (bench/RESULTS-transfer.md).
+# It is also the transport's write high-water mark: a sender pauses after each 256 KiB chunk, as
+# before (at 1 MiB it queued four chunks and Twisted re-joined them on every write: slower).
+RECEIVE_SIZE = 256 * 1024
 
 
 class Role(enum.Enum):
@@ -278,6 +283,8 @@ class PeerSession(Protocol):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport  # a TCP (or TLS) transport: also an IConsumer
+        if isinstance(getattr(transport, "bufferSize", None), int):
+            transport.bufferSize = RECEIVE_SIZE  # this connection only
         transport.registerProducer(self._pump, True)
         self.factory.session_connected(self)
         if self.role is Role.LISTENER and not self.factory.handshake_started(self):
