@@ -199,3 +199,16 @@ async def test_two_users_dialling_each_other_at_once_keep_one_chat(world: World)
     await a.until(lambda: ("bob", "one chat.") in a.messages())
     assert len(alice.sessions()) == 1 and len(bob.sessions()) == 1
     assert not any(e[0] == "left" for e in a.events + b.events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_connections_read_256_kib_at_a_time_and_the_server_link_does_not(world: World) -> None:
+    from chatapp.peer.session import RECEIVE_SIZE
+
+    alice, _ = await world.client("alice")
+    bob, _ = await world.client("bob")
+    session = await alice.chat("bob")
+    assert getattr(session.transport, "bufferSize", None) == RECEIVE_SIZE == 256 * 1024
+    server_link = alice.server.protocol.transport
+    assert getattr(server_link, "bufferSize", None) == 64 * 1024  # Twisted's default, unchanged
+    assert bob.session("alice") is not None
