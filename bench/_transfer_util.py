@@ -17,12 +17,13 @@ import os
 import platform
 import resource
 import select
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import terminate
 
 BENCH = Path(__file__).resolve().parent
 SOURCE = Path(os.environ.get("CHATAPP_SOURCE") or BENCH.parent).resolve()
@@ -113,13 +114,7 @@ class Child:
             self.stop()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 10)
         self._err.close()
 
 
