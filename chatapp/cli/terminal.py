@@ -233,6 +233,15 @@ class ConsoleProtocol(insults.TerminalProtocol):
             t.DELETE: e.delete,
             t.UP_ARROW: e.up,
             t.DOWN_ARROW: e.down,
+            b"\x01": e.home,  # Ctrl-A
+            b"\x05": e.end,  # Ctrl-E
+            b"\x02": e.left,  # Ctrl-B
+            b"\x06": e.right,  # Ctrl-F
+            b"\x0b": e.kill_to_end,  # Ctrl-K
+            b"\x15": e.kill_to_start,  # Ctrl-U
+            b"\x17": e.kill_word,  # Ctrl-W
+            b"\x10": e.up,  # Ctrl-P
+            b"\x0e": e.down,  # Ctrl-N
         }
         action = special.get(key)
         if action is not None:
@@ -250,24 +259,6 @@ class ConsoleProtocol(insults.TerminalProtocol):
             choices = e.complete(self.candidates)
             if choices:
                 self.show("  ".join(escape_for_terminal(c) for c in choices))
-        elif key == b"\x01":
-            e.home()
-        elif key == b"\x05":
-            e.end()
-        elif key == b"\x02":
-            e.left()
-        elif key == b"\x06":
-            e.right()
-        elif key == b"\x0b":
-            e.kill_to_end()
-        elif key == b"\x15":
-            e.kill_to_start()
-        elif key == b"\x17":
-            e.kill_word()
-        elif key == b"\x10":
-            e.up()
-        elif key == b"\x0e":
-            e.down()
         elif key == b"\x0c":
             self.terminal.eraseDisplay()
             self.terminal.cursorHome()
