@@ -263,21 +263,17 @@ class PeerSession(Protocol):
             return
         self._cancel_outgoing(outgoing, reason)
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed") -> None:
         """Say BYE (if open) and close; open transfers end as cancelled."""
         if self._closing:
             return
         if self.state is SessionState.OPEN:
             self._send(format_line("BYE"))
-        self._close("closed")
+        self._close(reason)
 
     def replace(self) -> None:
         """Called by the factory when a newer session with the same peer opened: BYE and close."""
-        if self._closing:
-            return
-        if self.state is SessionState.OPEN:
-            self._send(format_line("BYE"))
-        self._close("replaced")
+        self.close("replaced")
 
     # -- connection life ------------------------------------------------------
 
