@@ -1,0 +1,129 @@
+"""What the client library tells an application: one frozen dataclass per kind of event.
+
+The peer side (:class:`~chatapp.peer.PeerFactory`) and the server link
+(:class:`~chatapp.client.ServerConnection`) each take one ``emit`` callable
+and call it with these objects, on the reactor thread; an application
+(``chatapp.app.ChatClient``, the console, a test) reads their attributes.
+Names and texts are stored as they arrived: escape them
+(``chatapp.wire.escape_for_terminal``) before showing them on a terminal.
+
+An ``emit`` that raises is a bug in the application; the library logs it and
+closes the connection that was being served, as for any other bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from chatapp.peer.session import PeerSession
+    from chatapp.peer.transfer import Transfer
+
+
+# -- the peer side ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    """A peer session finished its handshake (either role); ``session.peer_name`` says who."""
+
+    session: PeerSession
+
+
+@dataclass(frozen=True)
+class PeerLeft:
+    """An open session ended; ``reason``: ``bye``, ``closed``, ``replaced``, ``connection-lost``, ..."""
+
+    session: PeerSession
+    reason: str
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """One ``MSG`` line arrived (never empty)."""
+
+    session: PeerSession
+    text: str
+
+
+@dataclass(frozen=True)
+class FileOffered:
+    """The peer offers a file; answer later by accepting or rejecting ``transfer.handle``."""
+
+    session: PeerSession
+    transfer: Transfer
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """Bytes moved (at most 10 a second per transfer, plus one at the last byte)."""
+
+    transfer: Transfer
+
+
+@dataclass(frozen=True)
+class TransferEnded:
+    """A transfer reached a final state: see ``transfer.state`` and ``transfer.reason``."""
+
+    transfer: Transfer
+
+
+@dataclass(frozen=True)
+class PeerNotice:
+    """Something the user should know about a chat that is not a message (the disk is full...)."""
+
+    session: PeerSession
+    text: str
+
+
+# -- the server link --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatRequested:
+    """``user`` asked the server to connect to us (``* REQUEST``); their peer connection follows."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class ServerLost:
+    """The server connection dropped after login; open chats go on, a reconnection follows."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
+class Reconnecting:
+    """The next try to reach the server starts in ``delay`` seconds."""
+
+    delay: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """Logged in again after a loss; ``listening`` is (host, port) as the server published it."""
+
+    user: str
+    listening: tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """No more reconnection tries: ``error`` says why (wrong password, blocked, replaced...)."""
+
+    error: Exception
+
+
+PeerEvent = Union[PeerJoined, PeerLeft, MessageReceived, FileOffered, TransferProgress, TransferEnded, PeerNotice]
+ServerEvent = Union[ChatRequested, ServerLost, Reconnecting, Reconnected, GaveUp]
+ChatEvent = Union[PeerEvent, ServerEvent]
+
+EventSink = Callable[[ChatEvent], None]
+
+
+def ignore(event: ChatEvent) -> None:
+    """An ``emit`` for code that listens to nothing."""
