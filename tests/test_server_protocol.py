@@ -537,7 +537,7 @@ def test_a_closing_connection_that_does_not_go_is_cut(connect: Connect, clock: C
 
 
 def test_failure_counts_are_bounded() -> None:
-    from chatapp.server.limits import FailureCounter
+    from chatapp.server.lockout import FailureCounter
 
     counter = FailureCounter(max_attempts=3, max_tracked=100)
     for i in range(1000):
