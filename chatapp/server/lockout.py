@@ -18,9 +18,10 @@ The caller does the I/O around three steps:
    :meth:`LoginLockout.stored` is told once they are.
 
 Blocks decided here are kept in memory only until the store has them, so
-``chatapp-admin unblock`` takes effect at once; attempts already admitted
-when a block is decided are marked overtaken, so their (older) reads of the
-store cannot let them through.
+``chatapp-admin unblock`` takes effect at once. A check in flight holds a
+slot of its address and of its name, so no block or lock that covers it can
+be decided before it settles: an attempt admitted before a block never
+outlives the block's decision, and one admitted after reads it.
 """
 
 from __future__ import annotations
@@ -99,7 +100,6 @@ class Attempt:
 
     address: str
     name: str  # case-folded
-    overtaken_by: Refused | None = None  # a block or lock decided while this attempt ran
     open: bool = True
 
 
@@ -108,8 +108,6 @@ class Verdict(enum.Enum):
     BAD_CREDENTIALS = "bad-credentials"
     BLOCKED = "blocked"  # this failure blocked the address (and maybe locked the name too)
     LOCKED = "locked"  # this failure locked the name
-    REFUSED_BLOCKED = "refused-blocked"  # a block set while the check ran covers this attempt
-    REFUSED_LOCKED = "refused-locked"
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ class Settlement:
     """What to answer, and the blocks to store durably before answering."""
 
     verdict: Verdict
-    seconds: int = 0  # for every verdict but SUCCESS and BAD_CREDENTIALS
+    seconds: int = 0  # for BLOCKED and LOCKED
     store: tuple[Block, ...] = field(default=())
 
 
@@ -156,11 +154,9 @@ class LoginLockout:
             self._in_flight.setdefault(key, []).append(attempt)
         return attempt
 
-    def check_stored(
-        self, attempt: Attempt, address_until: float | None, name_until: float | None
-    ) -> Refused | None:
+    def check_stored(self, attempt: Attempt, address_until: float | None, name_until: float | None) -> Refused | None:
         """Refuse (and release) ``attempt`` if the store, read after admission, blocks it."""
-        refused = attempt.overtaken_by or self._refusal(attempt.address, attempt.name, address_until, name_until)
+        refused = self._refusal(attempt.address, attempt.name, address_until, name_until)
         if refused is not None:
             self.abandon(attempt)
         return refused
@@ -168,25 +164,22 @@ class LoginLockout:
     def settle(self, attempt: Attempt, password_ok: bool) -> Settlement:
         """The check's result: count it, decide blocks, pick the answer."""
         self._release(attempt)
-        overtaken = attempt.overtaken_by
-        if overtaken is not None:
-            # Refused without counting: the block that covers it came from other failures.
-            verdict = Verdict.REFUSED_BLOCKED if overtaken.reason is Refusal.BLOCKED else Verdict.REFUSED_LOCKED
-            return Settlement(verdict, overtaken.seconds)
         if password_ok:
             self.failures.success(attempt.address, attempt.name)
             return Settlement(Verdict.SUCCESS)
         block, lock = self.failures.failure(attempt.address, attempt.name)
         if not (block or lock):
             return Settlement(Verdict.BAD_CREDENTIALS)
-        until = self._clock.seconds() + self.block_time
-        seconds = seconds_left(until, self._clock.seconds())
+        now = self._clock.seconds()
+        until = now + self.block_time
         blocks = []
         if block:
-            blocks.append(self._decide(Block(ADDRESS, attempt.address, until), Refused(Refusal.BLOCKED, seconds)))
+            blocks.append(Block(ADDRESS, attempt.address, until))
         if lock:
-            blocks.append(self._decide(Block(NAME, attempt.name, until), Refused(Refusal.LOCKED, seconds)))
-        return Settlement(Verdict.BLOCKED if block else Verdict.LOCKED, seconds, tuple(blocks))
+            blocks.append(Block(NAME, attempt.name, until))
+        for decided in blocks:
+            self._unstored[(decided.kind, decided.key)] = until
+        return Settlement(Verdict.BLOCKED if block else Verdict.LOCKED, seconds_left(until, now), tuple(blocks))
 
     def abandon(self, attempt: Attempt) -> None:
         """The attempt ends without a check (busy, a store error, refused by the store): nothing is counted."""
@@ -232,14 +225,6 @@ class LoginLockout:
             del self._unstored[(kind, key)]  # a store write that failed: the block ran out anyway
             return 0.0
         return until
-
-    def _decide(self, block: Block, refused: Refused) -> Block:
-        key = (block.kind, block.key)
-        self._unstored[key] = block.until
-        for other in self._in_flight.get(key, ()):
-            if other.overtaken_by is None:
-                other.overtaken_by = refused
-        return block
 
     def _release(self, attempt: Attempt) -> None:
         if not attempt.open:

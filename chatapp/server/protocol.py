@@ -405,13 +405,9 @@ class ServerProtocol(Protocol):
             factory.lockout.abandon(attempt)
             raise
         settlement = factory.lockout.settle(attempt, account is not None and ok)
-        verdict = settlement.verdict
-        if verdict is Verdict.SUCCESS:
+        if settlement.verdict is Verdict.SUCCESS:
             assert account is not None
             await self._logged_in_after_check(account.name)
-        elif verdict is Verdict.REFUSED_BLOCKED or verdict is Verdict.REFUSED_LOCKED:
-            reason = Refusal.BLOCKED if verdict is Verdict.REFUSED_BLOCKED else Refusal.LOCKED
-            raise self._refuse(Refused(reason, settlement.seconds), folded)
         else:
             await self._login_failed(name, settlement)
 
