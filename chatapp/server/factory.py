@@ -95,3 +95,10 @@ class ServerFactory(Factory):
         for connection in list(self.connections):
             connection.kick("shutdown")
         return d
+
+    def abort_all(self) -> None:
+        """Cut every connection now (those that did not take their BYE in time)."""
+        for connection in list(self.connections):
+            abort = getattr(connection.transport, "abortConnection", None)
+            if abort is not None:
+                abort()

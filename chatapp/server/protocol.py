@@ -155,6 +155,7 @@ class ServerProtocol(Protocol):
         d = self.factory.store.block_until(ADDRESS, self.address, clock.seconds())
         d.addCallback(self._greet)
         d.addErrback(self._greet_failed)
+        d.addErrback(self._crashed)
 
     def _greet(self, until: float | None) -> None:
         if self._ended:
