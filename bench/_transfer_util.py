@@ -220,8 +220,18 @@ def run_server(db: str) -> None:
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    assert service.port is not None
-    emit("READY", str(service.port.getHost().port))  # type: ignore[attr-defined]
+
+    def ready(_: object) -> None:
+        assert service.port is not None
+        emit("READY", str(service.port.getHost().port))  # type: ignore[attr-defined]
+
+    def failed(failure: Any) -> None:
+        print(failure.getErrorMessage(), file=sys.stderr)  # the coordinator times out waiting for READY
+        reactor.stop()  # type: ignore[attr-defined]
+
+    started = service.whenStarted()
+    started.addCallback(ready)
+    started.addErrback(failed)
     stdin_lines(reactor, lambda line: None)
     reactor.run()  # type: ignore[attr-defined]
 

@@ -14,6 +14,7 @@ async def start_server(db: str, *args: str) -> tuple[ChatServerService, int]:
     service = build_service(options, reactor)
     service.privilegedStartService()
     service.startService()
+    await service.whenStarted()
     assert service.port is not None
     port: int = service.port.getHost().port  # type: ignore[attr-defined]
     # The greeting waits for the store; one round trip proves the server is ready.

@@ -91,3 +91,15 @@ def test_port_in_use_is_one_line(tmp_path) -> None:
         assert "Traceback" not in output
     finally:
         stop(process)
+
+
+def test_a_store_that_cannot_open_stops_the_server_with_one_line(tmp_path) -> None:
+    (tmp_path / "garbage.sqlite3").write_bytes(b"this is not sqlite" * 100)
+    result = run_twistd(tmp_path, "--db", "garbage.sqlite3", "--listen", "tcp:0:interface=127.0.0.1")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    reason = [line for line in output.splitlines() if "file is not a database" in line]
+    assert len(reason) == 1 and reason[0].endswith(
+        "chatserver: cannot use database 'garbage.sqlite3': file is not a database"
+    )
+    assert "chatserver stopped" in output and "listening on" not in output

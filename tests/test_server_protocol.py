@@ -536,17 +536,6 @@ def test_a_closing_connection_that_does_not_go_is_cut(connect: Connect, clock: C
     assert conn.transport.disconnected
 
 
-def test_failure_counts_are_bounded() -> None:
-    from chatapp.server.limits import FailureCounter
-
-    counter = FailureCounter(max_attempts=3, max_tracked=100)
-    for i in range(1000):
-        counter.failure(f"10.0.{i // 256}.{i % 256}", f"name{i}")
-    assert counter.count("10.0.3.231", "name999") == (1, 1)
-    assert counter.count("10.0.0.0", "name0") == (0, 0)  # forgotten, oldest first
-    assert len(counter._by_address) == len(counter._by_name) == 100
-
-
 def test_passwd_for_an_account_deleted_meanwhile(connect: Connect, server_factory: ServerFactory) -> None:
     conn = signed_up(connect)
     path = cast(SQLiteStore, server_factory.store).path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 from twisted.internet import defer
@@ -10,7 +9,8 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from chatapp.server.limits import FailureCounter, SignupLimiter
+from chatapp.server.limits import ConnectionCap, SignupLimiter
+from chatapp.server.lockout import LoginLockout
 from chatapp.server.passwords import PasswordHasher
 from chatapp.server.protocol import ServerProtocol, normalize_host
 from chatapp.server.registry import MemoryRegistry, Registry
@@ -58,10 +58,10 @@ class ServerFactory(Factory):
         self.hasher = hasher
         self.clock = clock
         self.registry: Registry[ServerProtocol] = registry if registry is not None else MemoryRegistry()
-        self.failures = FailureCounter(config.max_attempts)
+        self.lockout = LoginLockout(clock, config.max_attempts, config.block_time)
         self.signups = SignupLimiter(config.signups_per_hour)
+        self.connection_cap = ConnectionCap(config.max_connections_per_address)
         self.connections: set[ServerProtocol] = set()
-        self._per_address: dict[str, int] = defaultdict(int)
         self._all_closed: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # type: ignore[override]
@@ -70,18 +70,15 @@ class ServerFactory(Factory):
 
     def connection_opened(self, connection: ServerProtocol) -> bool:
         """Count a new connection; False if its address already holds the most it may."""
-        if self._per_address[connection.address] >= self.config.max_connections_per_address:
+        if not self.connection_cap.take(connection.address):
             return False
-        self._per_address[connection.address] += 1
         self.connections.add(connection)
         return True
 
     def connection_closed(self, connection: ServerProtocol) -> None:
         if connection in self.connections:
             self.connections.discard(connection)
-            self._per_address[connection.address] -= 1
-            if self._per_address[connection.address] <= 0:
-                del self._per_address[connection.address]
+            self.connection_cap.give_back(connection.address)
         if connection.user is not None:
             self.registry.logout(connection.user, connection)
         if not self.connections:
@@ -98,3 +95,10 @@ class ServerFactory(Factory):
         for connection in list(self.connections):
             connection.kick("shutdown")
         return d
+
+    def abort_all(self) -> None:
+        """Cut every connection now (those that did not take their BYE in time)."""
+        for connection in list(self.connections):
+            abort = getattr(connection.transport, "abortConnection", None)
+            if abort is not None:
+                abort()

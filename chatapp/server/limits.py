@@ -1,14 +1,12 @@
-"""The counting half of the lockout and signup rules: pure, in memory, driven by the caller's clock.
+"""Per-address limits other than lockout (see lockout.py): signups per hour, connections at once.
 
-Blocks and locks themselves are durable and live in the store; the counts
-below the limit may be lost on restart (PROTOCOL.md 2.3).
+Pure and in memory, driven by the caller's clock; lost on restart (PROTOCOL.md 2.3).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 
 HOUR = 3600.0
 
@@ -16,50 +14,6 @@ HOUR = 3600.0
 def seconds_left(until: float, now: float) -> int:
     """Whole seconds, rounded up, at least 1 (PROTOCOL.md section 1)."""
     return max(1, math.ceil(until - now))
-
-
-@dataclass(frozen=True)
-class FailureOutcome:
-    block_address: bool
-    lock_name: bool
-
-
-class FailureCounter:
-    """Consecutive failed logins per client address and per case-folded user name.
-
-    At most ``max_tracked`` keys of each kind are kept, the least recently
-    failed forgotten first, so guessing many names cannot fill memory.
-    """
-
-    def __init__(self, max_attempts: int, max_tracked: int = 100_000) -> None:
-        self.max_attempts = max_attempts
-        self.max_tracked = max_tracked
-        self._by_address: dict[str, int] = {}
-        self._by_name: dict[str, int] = {}
-
-    def _bump(self, counts: dict[str, int], key: str) -> int:
-        count = counts.pop(key, 0) + 1  # re-inserted: the dict's order is recency
-        counts[key] = count
-        if len(counts) > self.max_tracked:
-            del counts[next(iter(counts))]
-        return count
-
-    def failure(self, address: str, name: str) -> FailureOutcome:
-        """Count one failure; a count that reaches the limit is reset and reported."""
-        block = self._bump(self._by_address, address) >= self.max_attempts
-        lock = self._bump(self._by_name, name) >= self.max_attempts
-        if block:
-            del self._by_address[address]
-        if lock:
-            del self._by_name[name]
-        return FailureOutcome(block, lock)
-
-    def success(self, address: str, name: str) -> None:
-        self._by_address.pop(address, None)
-        self._by_name.pop(name, None)
-
-    def count(self, address: str, name: str) -> tuple[int, int]:
-        return self._by_address.get(address, 0), self._by_name.get(name, 0)
 
 
 class SignupLimiter:
@@ -104,3 +58,24 @@ class SignupLimiter:
             if times and times[-1] + HOUR > now:
                 break
             del self._times[address]
+
+
+class ConnectionCap:
+    """At most ``per_address`` connections open at once from one client address."""
+
+    def __init__(self, per_address: int) -> None:
+        self.per_address = per_address
+        self._open: dict[str, int] = {}
+
+    def take(self, address: str) -> bool:
+        """Count a new connection; False (and nothing counted) if the address holds the most it may."""
+        held = self._open.get(address, 0)
+        if held >= self.per_address:
+            return False
+        self._open[address] = held + 1
+        return True
+
+    def give_back(self, address: str) -> None:
+        held = self._open.pop(address, 0) - 1
+        if held > 0:
+            self._open[address] = held

@@ -7,11 +7,12 @@ the order the commands were sent.
 
 from __future__ import annotations
 
+import enum
 import functools
 import ipaddress
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -22,6 +23,7 @@ from zope.interface import implementer
 
 from chatapp import PROTOCOL_VERSION
 from chatapp.server.limits import seconds_left
+from chatapp.server.lockout import Attempt, Refusal, Refused, Settlement, Verdict
 from chatapp.server.passwords import Busy
 from chatapp.server.store import ADDRESS, NAME, UserExists
 from chatapp.wire import (
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from chatapp.server.factory import ServerFactory
 
 log = Logger()
+T = TypeVar("T")
 
 _TOO_LONG = object()  # queued in place of a line that was too long
 # A client that stops reading gets this much more output (events, replies
@@ -66,12 +69,42 @@ def _who_row(name: str, listening: bool) -> bytes:
     return format_line("+", "USER", name, "listening" if listening else "online")
 
 
+def _blocked_line(seconds: int) -> bytes:
+    return format_error(429, "blocked", f"{seconds} too many failed logins from your address")
+
+
+def _locked(seconds: int) -> WireError:
+    return WireError(429, "locked", f"{seconds} this account is locked after failed logins")
+
+
 def normalize_host(host: str) -> str:
     """Canonical text of an IP address; an IPv4-mapped IPv6 address becomes its IPv4 form."""
     address = ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return str(address)
+
+
+class Phase(enum.Enum):
+    GREETING = "greeting"  # the block list is being read; commands wait in the queue
+    ANONYMOUS = "anonymous"  # greeted: SIGNUP, LOGIN, PING and QUIT only
+    LOGGED_IN = "logged-in"
+    CLOSING = "closing"  # the last line is written: nothing more is read or written
+    GONE = "gone"  # the transport is closed
+
+
+_MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.GREETING: frozenset({Phase.ANONYMOUS, Phase.CLOSING, Phase.GONE}),
+    Phase.ANONYMOUS: frozenset({Phase.LOGGED_IN, Phase.CLOSING, Phase.GONE}),
+    Phase.LOGGED_IN: frozenset({Phase.CLOSING, Phase.GONE}),
+    Phase.CLOSING: frozenset({Phase.GONE}),
+    Phase.GONE: frozenset(),
+}
+_TALKING = frozenset({Phase.ANONYMOUS, Phase.LOGGED_IN})
+
+
+class IllegalMove(Exception):
+    """A bug: the connection was asked to move between phases that do not follow each other."""
 
 
 @implementer(IPushProducer)
@@ -84,18 +117,30 @@ class ServerProtocol(Protocol):
         self.factory = factory
         self.address = address  # the client's IP address as the server sees it
         self.user: str | None = None  # the account name as signed up, once logged in
-        self.gone = False
-        self._closing = False  # nothing more is written or read
-        self._reading = True  # False after a too-long line: the queue drains, then we close
+        self.phase = Phase.GREETING
         self._lines = LineBuffer(SERVER_MAX_LINE)
+        # Lines not yet run; after a too-long line, _TOO_LONG ends it and nothing more is read.
         self._queue: deque[Any] = deque()
-        self._waiting = True  # for the greeting, then for each slow command
-        self._dispatching = False
+        self._running: defer.Deferred[None] | None = None  # the slow command whose reply is still due
+        self._unread_output: int | None = None  # bytes written since the transport paused us; None: not paused
         self._login_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
-        self._paused = False
-        self._unread_output = 0  # bytes written since the transport asked us to pause
+
+    def _move(self, to: Phase) -> None:
+        if to not in _MOVES[self.phase]:
+            raise IllegalMove(f"{self.phase.value} -> {to.value}")
+        self.phase = to
+        if to is Phase.CLOSING or to is Phase.GONE:
+            self._queue.clear()
+
+    @property
+    def gone(self) -> bool:
+        return self.phase is Phase.GONE
+
+    @property
+    def _ended(self) -> bool:
+        return self.phase is Phase.CLOSING or self.phase is Phase.GONE
 
     # -- connection life --------------------------------------------------
 
@@ -110,48 +155,50 @@ class ServerProtocol(Protocol):
         d = self.factory.store.block_until(ADDRESS, self.address, clock.seconds())
         d.addCallback(self._greet)
         d.addErrback(self._greet_failed)
+        d.addErrback(self._crashed)
 
     def _greet(self, until: float | None) -> None:
-        if self.gone or self._closing:
+        if self._ended:
             return
-        if until is not None:
+        refused = self.factory.lockout.address_refusal(self.address, until)
+        if refused is not None:
             log.info("refused connection from blocked address {address}", address=self.address)
-            self._send(format_line("*", "BLOCKED", str(seconds_left(until, self.factory.clock.seconds()))))
+            self._send(format_line("*", "BLOCKED", str(refused.seconds)))
             self._close()
             return
         self._send(format_line("*", "HELLO", PROTOCOL_VERSION))
-        self._resume()
+        self._move(Phase.ANONYMOUS)
+        self._dispatch()
 
     def _greet_failed(self, failure: Failure) -> None:
-        log.failure("checking the block list for {address} failed", failure, address=self.address)
-        if not self.gone:
+        log.failure("greeting {address} failed", failure, address=self.address)
+        if not self._ended:
             # No command was sent yet, so an ERR would answer nothing: say goodbye instead.
             self._say_bye("internal-error")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.gone = True
-        self._closing = True
-        self._queue.clear()
+        if not self.gone:
+            self._move(Phase.GONE)
         for timer in (self._login_timer, self._idle_timer, self._abort_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self.factory.connection_closed(self)
 
     def _login_timed_out(self) -> None:
-        if self.user is None and not self._closing:
+        if self.phase is Phase.GREETING or self.phase is Phase.ANONYMOUS:
             self._say_bye("login-timeout")
 
     def _idle_timed_out(self) -> None:
-        if not self._closing:
+        if not self._ended:
             self._say_bye("idle-timeout")
 
     def kick(self, reason: str) -> None:
         """End this connection with ``* BYE <reason>``, dropping whatever it still had queued."""
-        if not self._closing:
+        if not self._ended:
             self._say_bye(reason)
 
     def event(self, *parts: str) -> None:
-        if not self._closing:
+        if not self._ended:
             self._send(format_line("*", *parts))
 
     def _say_bye(self, reason: str) -> None:
@@ -159,9 +206,9 @@ class ServerProtocol(Protocol):
         self._close()
 
     def _send(self, line: bytes) -> None:
-        if self.transport is None or self._closing:
+        if self.transport is None or self._ended:
             return
-        if self._paused:
+        if self._unread_output is not None:
             self._unread_output += len(line)
             if self._unread_output > MAX_UNREAD_OUTPUT:
                 log.warn("dropping {address}: it does not read what it is sent", address=self.address)
@@ -170,41 +217,47 @@ class ServerProtocol(Protocol):
         self.transport.write(line)
 
     def _close(self) -> None:
-        self._closing = True
-        self._queue.clear()
+        if self._ended:
+            return
+        self._move(Phase.CLOSING)
         if self.transport is not None:
             self.transport.loseConnection()
             self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
-        self._closing = True
-        self._queue.clear()
+        if not self._ended:
+            self._move(Phase.CLOSING)
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None and not self.gone:
             abort()
 
+    def _crashed(self, failure: Failure) -> None:
+        """Last errback of every chain this connection starts: a bug must not leave it open and stuck."""
+        log.failure("connection from {address} failed; closing it", failure, address=self.address)
+        self._close()
+
     # -- IPushProducer: the transport's write buffer is full, or has drained ---
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        if self.transport is not None and not self._closing:
+        if self._unread_output is None:
+            self._unread_output = 0
+        if self.transport is not None and not self._ended:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._unread_output = 0
-        if self.transport is not None and not self._closing:
+        self._unread_output = None
+        if self.transport is not None and not self._ended:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
         self._dispatch()
 
     def stopProducing(self) -> None:
-        self._closing = True
-        self._queue.clear()
+        if not self._ended:
+            self._move(Phase.CLOSING)
 
     # -- framing and dispatch -----------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing or not self._reading:
+        if self._ended or (self._queue and self._queue[-1] is _TOO_LONG):
             return
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self.factory.config.idle_timeout)
@@ -212,34 +265,26 @@ class ServerProtocol(Protocol):
         self._queue.extend(lines)
         if too_long:
             self._queue.append(_TOO_LONG)
-            self._reading = False
         self._dispatch()
 
     def _dispatch(self) -> None:
-        if self._dispatching:
-            return
-        self._dispatching = True
-        try:
-            while self._queue and not self._waiting and not self._closing and not self._paused:
-                item = self._queue.popleft()
-                if item is _TOO_LONG:
-                    self._send(format_error(413, "line-too-long", f"lines are at most {SERVER_MAX_LINE} bytes"))
-                    self._close()
-                    return
-                result = self._run_line(item)
-                if result is not None:
-                    self._waiting = True
-                    result.addBoth(self._command_finished)
-        finally:
-            self._dispatching = False
+        """Run queued lines until one must wait; the one that waits calls this again when it is done."""
+        while self._queue and self._running is None and self.phase in _TALKING and self._unread_output is None:
+            item = self._queue.popleft()
+            if item is _TOO_LONG:
+                self._send(format_error(413, "line-too-long", f"lines are at most {SERVER_MAX_LINE} bytes"))
+                self._close()
+                return
+            running = self._run_line(item)
+            if running is not None and not running.called:
+                self._running = running
+                running.addCallback(self._command_finished)
+                running.addErrback(self._crashed)
+                return
 
     def _command_finished(self, _: object) -> None:
-        self._resume()
-
-    def _resume(self) -> None:
-        self._waiting = False
-        if not self._dispatching:
-            self._dispatch()
+        self._running = None
+        self._dispatch()
 
     def _run_line(self, raw: bytes) -> defer.Deferred[None] | None:
         """Run one line; return a Deferred if its reply comes later."""
@@ -251,9 +296,9 @@ class ServerProtocol(Protocol):
             handler = self._handlers.get(verb)
             if handler is None:
                 raise WireError(400, "unknown-command", "unknown command")
-            if self.user is None and verb not in BEFORE_LOGIN:
+            if self.phase is Phase.ANONYMOUS and verb not in BEFORE_LOGIN:
                 raise WireError(403, "not-logged-in", "log in first")
-            if self.user is not None and verb in ("SIGNUP", "LOGIN"):
+            if self.phase is Phase.LOGGED_IN and verb in ("SIGNUP", "LOGIN"):
                 raise WireError(409, "already-logged-in", "this connection is logged in already")
             outcome = handler(self, args)
         except WireError as e:
@@ -270,7 +315,7 @@ class ServerProtocol(Protocol):
         return d
 
     def _command_failed(self, failure: Failure) -> None:
-        if failure.check(_Closed) or self.gone:
+        if failure.check(_Closed) or self._ended:
             return
         if failure.check(WireError):
             error: WireError = failure.value  # type: ignore[assignment]
@@ -289,16 +334,21 @@ class ServerProtocol(Protocol):
             raise WireError(400, "bad-password", "passwords are 8-72 bytes")
         return name, password
 
+    def _refuse(self, refused: Refused, folded: str) -> Exception:
+        """Say the refusal; the exception to raise so that the command ends here."""
+        if refused.reason is Refusal.LOCKED:
+            log.info("refused a login for locked user {user} from {address}", user=folded, address=self.address)
+            return _locked(refused.seconds)
+        log.info("refused a login or signup from blocked address {address}", address=self.address)
+        self._send(_blocked_line(refused.seconds))
+        self._close()
+        return _Closed()
+
     async def _refuse_if_address_blocked(self) -> None:
-        now = self.factory.clock.seconds()
-        until = await self.factory.store.block_until(ADDRESS, self.address, now)
-        if until is not None:
-            log.info("refused a login or signup from blocked address {address}", address=self.address)
-            self._send(
-                format_error(429, "blocked", f"{seconds_left(until, now)} too many failed logins from your address")
-            )
-            self._close()
-            raise _Closed()
+        until = await self.factory.store.block_until(ADDRESS, self.address, self.factory.clock.seconds())
+        refused = self.factory.lockout.address_refusal(self.address, until)
+        if refused is not None:
+            raise self._refuse(refused, "")
 
     def cmd_signup(self, args: str | None) -> Coroutine[Any, Any, None]:
         name, password = self._check_credentials_syntax(args)
@@ -317,11 +367,7 @@ class ServerProtocol(Protocol):
         try:
             if await factory.store.get_account(name) is not None:
                 raise WireError(409, "user-exists", "that name is taken")
-            try:
-                hashed = await factory.hasher.hash(password)
-            except Busy:
-                log.warn("password checks queue full: busy for {address}", address=self.address)
-                raise WireError(503, "busy", "the server is busy; try again") from None
+            hashed = await self._busy_is_503(factory.hasher.hash(password))
             try:
                 account = await factory.store.create_account(name, hashed, factory.clock.seconds())
             except UserExists:
@@ -331,10 +377,17 @@ class ServerProtocol(Protocol):
             if not created:
                 factory.signups.release(self.address, stamp)
         log.info("signup {user} from {address}", user=account.name, address=self.address)
-        if self.gone:
+        if self._ended:
             return
         self._logged_in(account.name)
         self._send(format_line("OK", "SIGNUP", account.name))
+
+    async def _busy_is_503(self, work: defer.Deferred[T]) -> T:
+        try:
+            return await work
+        except Busy:
+            log.warn("password checks queue full: busy for {address}", address=self.address)
+            raise WireError(503, "busy", "the server is busy; try again") from None
 
     def cmd_login(self, args: str | None) -> Coroutine[Any, Any, None]:
         name, password = self._check_credentials_syntax(args)
@@ -343,57 +396,77 @@ class ServerProtocol(Protocol):
     async def _login(self, name: str, password: str) -> None:
         factory = self.factory
         folded = fold_name(name)
-        await self._refuse_if_address_blocked()
-        now = factory.clock.seconds()
-        until = await factory.store.block_until(NAME, folded, now)
-        if until is not None:
-            log.info("refused a login for locked user {user} from {address}", user=folded, address=self.address)
-            raise WireError(429, "locked", f"{seconds_left(until, now)} this account is locked after failed logins")
-        account = await factory.store.get_account(name)
-        try:
-            ok = await factory.hasher.check(password, account.password_hash if account else None)
-        except Busy:
-            log.warn("password checks queue full: busy for {address}", address=self.address)
-            raise WireError(503, "busy", "the server is busy; try again") from None
-        if account is not None and ok:
-            factory.failures.success(self.address, folded)
-            if self.gone:  # the client left while bcrypt ran: register nothing
-                return
-            await factory.store.record_login(account.name, factory.clock.seconds())
-            if self.gone:
-                return
-            log.info("login {user} from {address}", user=account.name, address=self.address)
-            self._logged_in(account.name)
-            self._send(format_line("OK", "LOGIN", account.name))
+        attempt = await self._admit(folded)
+        if attempt is None:
             return
-        await self._login_failed(name)
-
-    async def _login_failed(self, name: str) -> None:
-        factory = self.factory
-        folded = fold_name(name)
-        outcome = factory.failures.failure(self.address, folded)
-        log.warn("failed login for {user} from {address}", user=strip_crlf(name), address=self.address)
-        now = factory.clock.seconds()
-        until = now + factory.config.block_time
-        if outcome.block_address:
-            await factory.store.set_block(ADDRESS, self.address, until)
-            log.warn(
-                "blocked address {address} for {seconds} s", address=self.address, seconds=seconds_left(until, now)
-            )
-        if outcome.lock_name:
-            await factory.store.set_block(NAME, folded, until)
-            log.warn("locked user {user} for {seconds} s", user=strip_crlf(folded), seconds=seconds_left(until, now))
-        left = seconds_left(until, now)
-        if outcome.block_address:
-            self._send(format_error(429, "blocked", f"{left} too many failed logins from your address"))
-            self._close()
-        elif outcome.lock_name:
-            self._send(format_error(429, "locked", f"{left} this account is locked after failed logins"))
+        try:
+            account = await factory.store.get_account(name)
+            ok = await self._busy_is_503(factory.hasher.check(password, account.password_hash if account else None))
+        except BaseException:
+            factory.lockout.abandon(attempt)
+            raise
+        settlement = factory.lockout.settle(attempt, account is not None and ok)
+        if settlement.verdict is Verdict.SUCCESS:
+            assert account is not None
+            await self._logged_in_after_check(account.name)
         else:
-            self._send(format_error(401, "bad-credentials", "wrong user name or password"))
+            await self._login_failed(name, settlement)
+
+    async def _admit(self, folded: str) -> Attempt | None:
+        """Reserve a login attempt, waiting while the limits are taken by checks in flight; None if we left."""
+        lockout = self.factory.lockout
+        while True:
+            decision = lockout.admit(self.address, folded)
+            if isinstance(decision, Refused):
+                raise self._refuse(decision, folded)
+            if isinstance(decision, Attempt):
+                break
+            await decision.turn
+            if self._ended:
+                return None
+        # Read only now: a block stored after this read was decided while the attempt was admitted.
+        try:
+            now = self.factory.clock.seconds()
+            address_until = await self.factory.store.block_until(ADDRESS, self.address, now)
+            name_until = await self.factory.store.block_until(NAME, folded, now)
+        except BaseException:
+            lockout.abandon(decision)
+            raise
+        refused = lockout.check_stored(decision, address_until, name_until)
+        if refused is not None:
+            raise self._refuse(refused, folded)
+        return decision
+
+    async def _logged_in_after_check(self, name: str) -> None:
+        if self._ended:  # the client left while bcrypt ran: register nothing
+            return
+        await self.factory.store.record_login(name, self.factory.clock.seconds())
+        if self._ended:
+            return
+        log.info("login {user} from {address}", user=name, address=self.address)
+        self._logged_in(name)
+        self._send(format_line("OK", "LOGIN", name))
+
+    async def _login_failed(self, name: str, settlement: Settlement) -> None:
+        log.warn("failed login for {user} from {address}", user=strip_crlf(name), address=self.address)
+        for block in settlement.store:
+            await self.factory.store.set_block(block.kind, block.key, block.until)
+            self.factory.lockout.stored(block)
+            if block.kind == ADDRESS:
+                log.warn("blocked address {address} for {seconds} s", address=block.key, seconds=settlement.seconds)
+            else:
+                log.warn("locked user {user} for {seconds} s", user=strip_crlf(block.key), seconds=settlement.seconds)
+        if settlement.verdict is Verdict.BLOCKED:
+            self._send(_blocked_line(settlement.seconds))
+            self._close()
+        elif settlement.verdict is Verdict.LOCKED:
+            raise _locked(settlement.seconds)
+        else:
+            raise WireError(401, "bad-credentials", "wrong user name or password")
 
     def _logged_in(self, name: str) -> None:
         self.user = name
+        self._move(Phase.LOGGED_IN)
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._idle_timer = self.factory.clock.callLater(self.factory.config.idle_timeout, self._idle_timed_out)
@@ -409,11 +482,7 @@ class ServerProtocol(Protocol):
 
     async def _passwd(self, password: str) -> None:
         assert self.user is not None
-        try:
-            hashed = await self.factory.hasher.hash(password)
-        except Busy:
-            log.warn("password checks queue full: busy for {address}", address=self.address)
-            raise WireError(503, "busy", "the server is busy; try again") from None
+        hashed = await self._busy_is_503(self.factory.hasher.hash(password))
         if not await self.factory.store.set_password(self.user, hashed):
             raise WireError(404, "no-such-user", "this account no longer exists")
         log.info("password changed for {user} from {address}", user=self.user, address=self.address)

@@ -9,6 +9,7 @@ its Deferred fires, so a reply sent after it survives ``kill -9``).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def connect(path: str, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     """Open (creating if needed) and migrate the database; raise StoreError with one readable line."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise StoreError(f"cannot open database {path!r}: directory {folder!r} does not exist")
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:

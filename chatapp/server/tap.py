@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -12,11 +15,12 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
 from chatapp.server.runner import ThreadRunner
-from chatapp.server.store import SQLiteStore, StoreError, connect
+from chatapp.server.store import SQLiteStore
 
 log = Logger()
 
@@ -130,73 +134,163 @@ def _check_adopted_family(endpoint: object, description: str) -> None:
 
 
 class ChatServerService(Service):
-    """Listens on an endpoint with a :class:`ServerFactory`; owns the store and the bcrypt pool."""
+    """Listens on an endpoint with a :class:`ServerFactory`; owns the store and the bcrypt pool.
 
-    def __init__(self, endpoint: IStreamServerEndpoint, description: str, factory: ServerFactory, reactor: Any) -> None:
+    Starting takes time (the listen may not be done at once, the store opens
+    in its thread): :meth:`whenStarted` says when it is done, or why it failed
+    in one line. A failed start is also logged, and ``on_failed_start`` (for
+    twistd: stop the process) is called with that line.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ServerFactory,
+        reactor: Any,
+        on_failed_start: Callable[[str], None] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.description = description
         self.factory = factory
         self.reactor = reactor
         self.port: IListeningPort | None = None
+        self._on_failed_start = on_failed_start
+        self._listening: defer.Deferred[IListeningPort] | None = None
+        self._starting: defer.Deferred[None] | None = None
+        self._start_result: Failure | bool | None = False  # False: not started yet; None: started
+        self._start_waiters: list[defer.Deferred[None]] = []
 
     def privilegedStartService(self) -> None:
-        # Bind first (a privileged port may need root); connections wait for
-        # the store, whose thread starts in startService.
-        failures: list[Exception] = []
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            reason = getattr(failures[0], "value", failures[0])
-            log.critical("cannot listen on {endpoint}: {reason}", endpoint=self.description, reason=reason)
-            raise StartupError(f"chatserver: {reason} (--listen {self.description})")
+        # Bind first (a privileged port may need root); the store opens in startService.
         super().privilegedStartService()
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addErrback(self._listen_failed)
+        if self._listening.called:
+            failed_now: list[Failure] = []
+            self._listening.addErrback(failed_now.append)
+            if failed_now:
+                # The usual case for a port in use: raise now, so that even a
+                # daemonizing twistd shows the line before it reports a start.
+                failed_now[0].raiseException()
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
-        log.info("chatserver listening on {address}", address=port.getHost())
+    def _listen_failure_line(self, failure: Failure) -> str:
+        return f"chatserver: {failure.getErrorMessage()} (--listen {self.description})"
+
+    def _listen_failed(self, failure: Failure) -> Failure:
+        if failure.check(defer.CancelledError):  # stopped while listening: nothing to tell
+            return failure
+        return Failure(StartupError(self._listen_failure_line(failure)))
 
     def startService(self) -> None:
+        if self._listening is None:
+            self.privilegedStartService()
         super().startService()
-        d = self.factory.store.open()
-        d.addCallback(lambda _: self.factory.hasher.start())
-        d.addErrback(lambda f: log.failure("chatserver could not start its store or password pool", f))
+        self._starting = defer.ensureDeferred(self._start())
+        self._starting.addErrback(self._failed_to_start)
+        self._starting.addErrback(lambda failure: log.failure("stopping after a failed start failed", failure))
 
-    @defer.inlineCallbacks
-    def stopService(self):  # type: ignore[no-untyped-def]
+    async def _start(self) -> None:
+        assert self._listening is not None
+        opening = self.factory.store.open()  # in its thread, while the listen completes
+        opening.addErrback(lambda failure: Failure(StartupError(f"chatserver: {failure.getErrorMessage()}")))
+        try:
+            self.port = await self._listening
+        except BaseException:
+            opening.addErrback(lambda _: None)  # the listen's reason is the one to tell
+            raise
+        await opening
+        await self.factory.hasher.start()
+        # Said only now: whoever waits for this line may connect and be served.
+        log.info("chatserver listening on {address}", address=self.port.getHost())
+        self._conclude_start(None)
+
+    def _failed_to_start(self, failure: Failure) -> None:
+        if not self.running and failure.check(defer.CancelledError):
+            return
+        if failure.check(StartupError):
+            line = str(failure.value)
+        else:
+            line = f"chatserver: cannot start: {failure.getErrorMessage()}"
+        log.critical("{line}", line=line)
+        self._conclude_start(Failure(StartupError(line)))
+        if self._on_failed_start is not None:
+            self._on_failed_start(line)
+
+    def _conclude_start(self, result: Failure | None) -> None:
+        self._start_result = result
+        waiting, self._start_waiters = self._start_waiters, []
+        for d in waiting:
+            if result is None:
+                d.callback(None)
+            else:
+                d.errback(result)
+
+    def whenStarted(self) -> defer.Deferred[None]:
+        """Fires when the server listens and its store is open; fails with a :class:`StartupError`."""
+        if self._start_result is None:
+            return defer.succeed(None)
+        if isinstance(self._start_result, Failure):
+            return defer.fail(self._start_result)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._start_waiters.append(d)
+        return d
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Fires once every connection is closed and the store is closed."""
         super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
         if self.port is not None:
-            yield self.port.stopListening()
+            await defer.maybeDeferred(self.port.stopListening)
         closed = self.factory.shut_down()
-        closed.addTimeout(SHUTDOWN_GRACE, self.reactor, onTimeoutCancel=lambda *a: None)
-        yield closed
-        for connection in list(self.factory.connections):
-            abort = getattr(connection.transport, "abortConnection", None)
-            if abort is not None:
-                abort()
+        # Clients get SHUTDOWN_GRACE seconds to take their BYE; then they are cut.
+        cut = self.reactor.callLater(SHUTDOWN_GRACE, self.factory.abort_all)
+        try:
+            await closed
+        finally:
+            if cut.active():
+                cut.cancel()
         self.factory.hasher.stop()
-        yield self.factory.store.close()
+        await self.factory.store.close()
         log.info("chatserver stopped")
 
 
-def build_service(options: Options, reactor: Any) -> ChatServerService:
-    """The service for parsed ``options``; checks the database now so errors are one line."""
-    path = options["db"]
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise StartupError(f"chatserver: cannot open database {path!r}: directory {folder!r} does not exist")
-    try:
-        connect(path).close()
-    except StoreError as e:
-        raise StartupError(f"chatserver: {e}") from None
+def _stop_the_process(reactor: Any) -> Callable[[str], None]:
+    """What twistd does when the server cannot start: stop, then exit with status 1."""
+
+    def stop(line: str) -> None:
+        # twistd exits 0 whenever its reactor stops without a signal, and a reactor swallows
+        # every exception: the status is set after twistd has cleaned up (pidfile, logs).
+        atexit.register(_exit_status_1)
+        reactor.callWhenRunning(reactor.stop)
+
+    return stop
+
+
+def _exit_status_1() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def build_service(
+    options: Options, reactor: Any, on_failed_start: Callable[[str], None] | None = None
+) -> ChatServerService:
+    """The service for parsed ``options``; nothing is opened until it starts."""
     threads = max(1, os.cpu_count() or 1)
     # Enough queue for a burst of logins (about 8 s of work at the default cost), bounded all the same.
     hasher = PasswordHasher(ThreadRunner(reactor, threads, "chatapp-bcrypt"), options["bcrypt-rounds"], threads * 32)
-    store = SQLiteStore(path, ThreadRunner(reactor, 1, "chatapp-sqlite"))
+    store = SQLiteStore(options["db"], ThreadRunner(reactor, 1, "chatapp-sqlite"))
     factory = ServerFactory(options.config(), store, hasher, reactor)
-    return ChatServerService(serverFromString(reactor, options["listen"]), options["listen"], factory, reactor)
+    endpoint = serverFromString(reactor, options["listen"])
+    return ChatServerService(endpoint, options["listen"], factory, reactor, on_failed_start)
 
 
 def makeService(options: Options) -> ChatServerService:
     from twisted.internet import reactor
 
-    return build_service(options, reactor)
+    return build_service(options, reactor, _stop_the_process(reactor))
