@@ -103,6 +103,11 @@ class Options(usage.Options):
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError(f"--listen {self['listen']}: not a valid server endpoint ({e})") from None
         _check_adopted_family(endpoint, self["listen"])
+        # Checked here as well as when the store opens: a daemonizing twistd reports only
+        # errors raised before it forks, and a missing folder is the usual typo.
+        folder = os.path.dirname(os.path.abspath(self["db"]))
+        if not os.path.isdir(folder):
+            raise usage.UsageError(f"--db {self['db']}: directory {folder} does not exist")
 
     def config(self) -> ServerConfig:
         return ServerConfig(
