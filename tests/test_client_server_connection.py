@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from chatapp.client import errors
 from chatapp.client.connection import ServerConnection, State, endpoint_description
 from chatapp.client.server import ServerClientProtocol
+from chatapp.events import ChatEvent, ChatRequested, GaveUp, Reconnected, Reconnecting, ServerLost
 
 PASSWORD = "correct horse battery"
 
@@ -66,23 +67,25 @@ class Server:
 
 
 class Events:
+    """An ``emit`` that keeps each event as a short tuple."""
+
     def __init__(self) -> None:
         self.seen: list[tuple[Any, ...]] = []
 
-    def request(self, user: str) -> None:
-        self.seen.append(("request", user))
-
-    def connection_lost(self, error: errors.ConnectionClosed) -> None:
-        self.seen.append(("lost", error.bye))
-
-    def reconnecting(self, delay: float, attempt: int) -> None:
-        self.seen.append(("reconnecting", delay, attempt))
-
-    def reconnected(self, user: str, listening: tuple[str, int] | None) -> None:
-        self.seen.append(("reconnected", user, listening))
-
-    def gave_up(self, error: Exception) -> None:
-        self.seen.append(("gave_up", type(error).__name__))
+    def __call__(self, event: ChatEvent) -> None:
+        if isinstance(event, ChatRequested):
+            self.seen.append(("request", event.user))
+        elif isinstance(event, ServerLost):
+            assert isinstance(event.error, errors.ConnectionClosed)
+            self.seen.append(("lost", event.error.bye))
+        elif isinstance(event, Reconnecting):
+            self.seen.append(("reconnecting", event.delay, event.attempt))
+        elif isinstance(event, Reconnected):
+            self.seen.append(("reconnected", event.user, event.listening))
+        elif isinstance(event, GaveUp):
+            self.seen.append(("gave_up", type(event.error).__name__))
+        else:
+            raise AssertionError(f"not a server-link event: {event!r}")
 
 
 class Rig:
