@@ -21,10 +21,10 @@ from twisted.python.failure import Failure
 from chatapp.client import (
     BadToken,
     ChatClientError,
-    ConnectionClosed,
     ServerConnection,
     WhoEntry,
 )
+from chatapp.events import ChatEvent, ChatRequested, GaveUp, Reconnected, Reconnecting, ServerLost
 from chatapp.peer import (
     PeerFactory,
     PeerSession,
@@ -303,26 +303,24 @@ class ChatClient:
 
 
 class _ServerRelay:
-    """Server-connection events, in words for the user."""
+    """Server-link events, in words for the user (a stop-gap until ChatClient takes an ``emit`` itself)."""
 
     def __init__(self, client: ChatClient) -> None:
         self.client = client
 
-    def request(self, user: str) -> None:
-        self.client.events.request(user)
-
-    def connection_lost(self, error: ConnectionClosed) -> None:
-        self.client.events.notice(f"lost the server connection ({error}); open chats go on")
-
-    def reconnecting(self, delay: float, attempt: int) -> None:
-        self.client.events.notice(f"reconnecting to the server in {delay:.0f} s (attempt {attempt})")
-
-    def reconnected(self, user: str, listening: tuple[str, int] | None) -> None:
-        where = f", listening on {listening[0]}:{listening[1]}" if listening else ""
-        self.client.events.notice(f"reconnected to the server as {user}{where}")
-
-    def gave_up(self, error: Exception) -> None:
-        self.client.events.notice(f"gave up reconnecting to the server: {error}")
+    def __call__(self, event: ChatEvent) -> None:
+        events = self.client.events
+        if isinstance(event, ChatRequested):
+            events.request(event.user)
+        elif isinstance(event, ServerLost):
+            events.notice(f"lost the server connection ({event.error}); open chats go on")
+        elif isinstance(event, Reconnecting):
+            events.notice(f"reconnecting to the server in {event.delay:.0f} s (attempt {event.attempt})")
+        elif isinstance(event, Reconnected):
+            where = f", listening on {event.listening[0]}:{event.listening[1]}" if event.listening else ""
+            events.notice(f"reconnected to the server as {event.user}{where}")
+        elif isinstance(event, GaveUp):
+            events.notice(f"gave up reconnecting to the server: {event.error}")
 
 
 class _PeerRelay:

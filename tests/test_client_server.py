@@ -12,30 +12,25 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from chatapp.client import errors
-from chatapp.client.server import PeerTicket, ServerClientProtocol, WhoEntry, command_line
+from chatapp.client.server import LineState, PeerTicket, ServerClientProtocol, WhoEntry, command_line
+from chatapp.events import ChatEvent, ChatRequested
 
 PASSWORD = "correct horse battery"
 HELLO = b"* HELLO chatapp/1\r\n"
 
 
 class Recorder:
+    """An ``emit`` keeping what the protocol told the application."""
+
     def __init__(self) -> None:
-        self.seen: list[tuple[str, Any]] = []
+        self.seen: list[ChatEvent] = []
 
-    def hello(self, version: str) -> None:
-        self.seen.append(("hello", version))
-
-    def request(self, user: str) -> None:
-        self.seen.append(("request", user))
-
-    def bye(self, reason: str) -> None:
-        self.seen.append(("bye", reason))
-
-    def blocked(self, seconds: int) -> None:
-        self.seen.append(("blocked", seconds))
+    def __call__(self, event: ChatEvent) -> None:
+        self.seen.append(event)
 
 
 class Harness:
@@ -145,7 +140,8 @@ def test_calls_before_hello_wait_and_go_out_in_order() -> None:
     h.feed(b"OK LOGIN alice\r\n+ USER alice online\r\nOK WHO 1\r\n")
     assert result_of(first) == "alice"
     assert result_of(second) == [WhoEntry("alice", "online")]
-    assert h.events.seen == [("hello", "chatapp/1")]
+    assert h.proto.server_version == "chatapp/1" and h.proto.state is LineState.READY
+    assert h.events.seen == []
 
 
 # -- pipelining ---------------------------------------------------------------------------------
@@ -179,7 +175,8 @@ def test_pipelined_calls_get_their_own_replies_in_order(one_byte_at_a_time: bool
     assert error.text == "bob is online but not accepting chats"
     assert result_of(ping) is None
     assert result_of(carol) == PeerTicket("carol", "127.0.0.3", 40001, "T0k3n", "Pr00f")
-    assert h.events.seen == [("hello", "chatapp/1"), ("request", "carol")]
+    assert h.proto.server_version == "chatapp/1"
+    assert h.events.seen == [ChatRequested("carol")]
     assert not h.transport.disconnecting
 
 
@@ -300,21 +297,28 @@ def test_server_text_is_escaped_for_the_terminal() -> None:
 def test_events_are_delivered_and_unknown_events_ignored() -> None:
     h = Harness()
     h.feed(b"* REQUEST bob\r\n* SOMETHING-NEW 1 2 3\r\n* REQUEST Carol\r\n* BYE shutdown\r\n")
-    assert h.events.seen == [("hello", "chatapp/1"), ("request", "bob"), ("request", "Carol"), ("bye", "shutdown")]
+    assert h.events.seen == [ChatRequested("bob"), ChatRequested("Carol")]
+    assert h.proto.bye == "shutdown"
     assert not h.transport.disconnecting
+    h.lose()
+    assert h.proto.closed is not None and h.proto.closed.bye == "shutdown"
 
 
-def test_a_failing_event_handler_does_not_break_the_connection() -> None:
+def test_a_failing_event_handler_is_logged_and_the_connection_closed() -> None:
     h = Harness()
 
-    def explode(user: str) -> None:
+    def explode(event: ChatEvent) -> None:
         raise RuntimeError("app bug")
 
-    h.events.request = explode  # type: ignore[method-assign]
+    h.proto.emit = explode
     d = h.proto.ping()
-    h.feed(b"* REQUEST bob\r\nOK PONG\r\n")
-    assert result_of(d) is None
-    assert not h.transport.disconnecting
+    with capturedLogs() as events:
+        h.feed(b"* REQUEST bob\r\nOK PONG\r\n")
+    failures = [e["log_failure"] for e in events if "log_failure" in e]
+    assert [f.getErrorMessage() for f in failures] == ["app bug"]
+    assert h.transport.disconnecting and h.proto.state is LineState.DROPPING
+    h.lose()
+    assert "event" in str(failure_of(d))  # the PONG after the bad event was not taken
 
 
 def test_blocked_before_hello_fails_the_waiting_calls_with_blocked() -> None:
@@ -330,7 +334,7 @@ def test_blocked_before_hello_fails_the_waiting_calls_with_blocked() -> None:
         error = failure_of(d)
         assert isinstance(error, errors.Blocked)
         assert error.seconds == 287
-    assert ("blocked", 287) in h.events.seen
+    assert h.events.seen == []
 
 
 def test_bye_before_hello_fails_the_waiting_calls_with_the_reason() -> None:

@@ -11,11 +11,13 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRef
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from chatapp.client import errors
 from chatapp.client.connection import ServerConnection, State, endpoint_description
-from chatapp.client.server import ServerClientProtocol
+from chatapp.client.server import LineState, ServerClientProtocol, line_move
+from chatapp.events import ChatEvent, ChatRequested, GaveUp, Reconnected, Reconnecting, ServerLost
 
 PASSWORD = "correct horse battery"
 
@@ -66,23 +68,25 @@ class Server:
 
 
 class Events:
+    """An ``emit`` that keeps each event as a short tuple."""
+
     def __init__(self) -> None:
         self.seen: list[tuple[Any, ...]] = []
 
-    def request(self, user: str) -> None:
-        self.seen.append(("request", user))
-
-    def connection_lost(self, error: errors.ConnectionClosed) -> None:
-        self.seen.append(("lost", error.bye))
-
-    def reconnecting(self, delay: float, attempt: int) -> None:
-        self.seen.append(("reconnecting", delay, attempt))
-
-    def reconnected(self, user: str, listening: tuple[str, int] | None) -> None:
-        self.seen.append(("reconnected", user, listening))
-
-    def gave_up(self, error: Exception) -> None:
-        self.seen.append(("gave_up", type(error).__name__))
+    def __call__(self, event: ChatEvent) -> None:
+        if isinstance(event, ChatRequested):
+            self.seen.append(("request", event.user))
+        elif isinstance(event, ServerLost):
+            assert isinstance(event.error, errors.ConnectionClosed)
+            self.seen.append(("lost", event.error.bye))
+        elif isinstance(event, Reconnecting):
+            self.seen.append(("reconnecting", event.delay, event.attempt))
+        elif isinstance(event, Reconnected):
+            self.seen.append(("reconnected", event.user, event.listening))
+        elif isinstance(event, GaveUp):
+            self.seen.append(("gave_up", type(event.error).__name__))
+        else:
+            raise AssertionError(f"not a server-link event: {event!r}")
 
 
 class Rig:
@@ -489,3 +493,53 @@ def test_a_silent_server_is_detected_by_the_keepalive_and_reconnected() -> None:
     assert rig.events.seen == [("lost", None), ("reconnecting", 1.0, 1)]
     rig.conn.close()
     assert rig.clock.getDelayedCalls() == []
+
+
+# -- states, delays and application bugs ----------------------------------------------------------
+
+
+def test_the_reconnecting_delay_is_the_one_on_the_clock() -> None:
+    rig = Rig(jitter=0.2, random=lambda: 0.9)
+    rig.logged_in().close()
+    (_, delay, attempt) = rig.events.seen[-1]
+    (retry,) = rig.clock.getDelayedCalls()
+    assert attempt == 1 and retry.getTime() - rig.clock.seconds() == pytest.approx(delay) == 1.16
+
+
+def test_moves_between_link_states_are_checked() -> None:
+    rig = Rig()
+    with pytest.raises(RuntimeError, match="no move from idle to waiting"):
+        rig.conn._move(State.WAITING)
+    assert rig.conn.state is State.IDLE
+    with pytest.raises(RuntimeError, match="no move from closed to ready"):
+        line_move(LineState.CLOSED, LineState.READY)
+
+
+def test_an_emit_that_raises_is_logged_and_the_retry_goes_on() -> None:
+    rig = Rig()
+    server = rig.logged_in()
+
+    def broken(event: ChatEvent) -> None:
+        raise RuntimeError("app bug")
+
+    rig.conn.emit = broken
+    with capturedLogs() as logged:
+        server.close(ConnectionLost("gone"))
+    assert [e["log_failure"].getErrorMessage() for e in logged if "log_failure" in e] == ["app bug", "app bug"]
+    assert rig.conn.state is State.WAITING
+    rig.clock.advance(1)
+    assert len(rig.endpoint.attempts) == 2
+    rig.conn.close()
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_close_fires_only_when_the_abandoned_attempt_is_closed_too() -> None:
+    rig = Rig()
+    rig.logged_in().close()
+    rig.clock.advance(1)
+    server = rig.endpoint.accept()
+    done = rig.conn.close()
+    assert rig.conn.state is State.CLOSING and not done.called
+    server.close()
+    assert result_of(done) is None
+    assert rig.conn.state is State.IDLE and rig.clock.getDelayedCalls() == []

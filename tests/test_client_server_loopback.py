@@ -16,6 +16,7 @@ from twisted.internet.task import deferLater
 from chatapp.client import errors
 from chatapp.client.connection import ServerConnection, State
 from chatapp.client.server import PeerTicket
+from chatapp.events import ChatEvent, ChatRequested, GaveUp, Reconnected, Reconnecting, ServerLost
 from chatapp.server.factory import ServerConfig, ServerFactory
 
 PASSWORD = "correct horse battery"
@@ -44,20 +45,18 @@ class Events:
         self._waiting.append((kind, d))
         return d.addTimeout(TIMEOUT, reactor)
 
-    def request(self, user: str) -> None:
-        self._add("request", user)
-
-    def connection_lost(self, error: errors.ConnectionClosed) -> None:
-        self._add("lost", error.bye)
-
-    def reconnecting(self, delay: float, attempt: int) -> None:
-        self._add("reconnecting", attempt)
-
-    def reconnected(self, user: str, listening: tuple[str, int] | None) -> None:
-        self._add("reconnected", user, listening)
-
-    def gave_up(self, error: Exception) -> None:
-        self._add("gave_up", type(error).__name__, str(error))
+    def __call__(self, event: ChatEvent) -> None:
+        if isinstance(event, ChatRequested):
+            self._add("request", event.user)
+        elif isinstance(event, ServerLost):
+            assert isinstance(event.error, errors.ConnectionClosed)
+            self._add("lost", event.error.bye)
+        elif isinstance(event, Reconnecting):
+            self._add("reconnecting", event.attempt)
+        elif isinstance(event, Reconnected):
+            self._add("reconnected", event.user, event.listening)
+        elif isinstance(event, GaveUp):
+            self._add("gave_up", type(event.error).__name__, str(event.error))
 
 
 class ChatServer:

@@ -2,12 +2,11 @@
 
 Typical glue (the peer listener is the application's; the server only learns its port)::
 
-    class Events(NoConnectionEvents):
-        def request(self, user: str) -> None: ...            # a peer connection from `user` is coming
-        def reconnecting(self, delay: float, attempt: int) -> None: ...
-        def gave_up(self, error: Exception) -> None: ...      # print(str(error))
+    def emit(event: ChatEvent) -> None:                       # chatapp.events
+        if isinstance(event, ChatRequested): ...              # a peer connection from event.user is coming
+        elif isinstance(event, GaveUp): print(event.error)    # Reconnecting, Reconnected, ServerLost too
 
-    conn = ServerConnection(reactor, "chat.example.org:8750", Events())
+    conn = ServerConnection(reactor, "chat.example.org:8750", emit)
     try:
         name = await conn.login("alice", password)            # connects, waits for HELLO, logs in
     except ChatClientError as e:                              # BadCredentials, Locked, ConnectFailed, ...
@@ -20,8 +19,6 @@ Typical glue (the peer listener is the application's; the server only learns its
 """
 
 from chatapp.client.connection import (
-    ConnectionEvents,
-    NoConnectionEvents,
     ServerConnection,
     State,
     endpoint_description,
@@ -55,11 +52,10 @@ from chatapp.client.errors import (
     UserExists,
 )
 from chatapp.client.server import (
-    NoEvents,
+    LineState,
     PeerTicket,
     ServerClientFactory,
     ServerClientProtocol,
-    ServerEvents,
     WhoEntry,
 )
 
@@ -75,14 +71,12 @@ __all__ = [
     "Conflict",
     "ConnectFailed",
     "ConnectionClosed",
-    "ConnectionEvents",
     "Forbidden",
     "InternalError",
     "InvalidArgument",
+    "LineState",
     "LineTooLong",
     "Locked",
-    "NoConnectionEvents",
-    "NoEvents",
     "NoSuchUser",
     "NotConnected",
     "NotListening",
@@ -95,7 +89,6 @@ __all__ = [
     "ServerClientProtocol",
     "ServerConnection",
     "ServerError",
-    "ServerEvents",
     "SlowDown",
     "State",
     "UserExists",

@@ -1,22 +1,36 @@
-"""A connection to the chat server that survives drops: it reconnects, logs in again and re-publishes LISTEN.
+"""A connection to the chat server that survives drops: Twisted's ClientService keeps a logged-in session.
 
-:class:`ServerConnection` owns the endpoint (``clientFromString``, or a
-``HOST[:PORT]`` shorthand) and at most one live
-:class:`~chatapp.client.server.ServerClientProtocol`.  Once a login has
-succeeded, a connection that drops is re-opened with exponential backoff
-(1, 2, 4 ... seconds, capped at 30, with jitter), logged in again with the
-remembered credentials, and ``LISTEN`` is sent again if it was listening.
-The application hears about all of it through :class:`ConnectionEvents`.
+:class:`ServerConnection` is what the application holds.  Each login session
+(from :meth:`~ServerConnection.open` until :meth:`~ServerConnection.close` or
+giving up) is one :class:`~twisted.application.internet.ClientService`, which
+owns the retry loop: the backoff policy (1, 2, 4 ... seconds, capped at 30,
+with jitter), the pending try, and ``stopService()``, which cancels it or
+closes the connection and fires once that is done.
 
-It does not reconnect after a deliberate :meth:`ServerConnection.close` (or
-``QUIT``), after ``* BYE replaced`` (the user logged in elsewhere: two
-clients would throw each other out forever), or when logging in again is
-refused (wrong password, blocked, locked): it gives up and says why.
+The endpoint ClientService dials is the session itself (:class:`_Session`): it
+connects, waits for ``* HELLO`` and, on a reconnection, logs in again with the
+remembered credentials and re-sends ``LISTEN``; only a connection that got that
+far is handed to ClientService.  A try that fails (refused, busy, dropped
+before login) is a failed attempt and is retried with backoff; a refused login
+(wrong password, blocked, locked), ``* BYE replaced`` (two clients would throw
+each other out forever), a drop before any login, ``QUIT`` and
+:meth:`~ServerConnection.close` stop the service instead.  The application
+hears about it through ``emit``: :class:`~chatapp.events.ChatRequested`,
+:class:`~chatapp.events.ServerLost`, :class:`~chatapp.events.Reconnecting`,
+:class:`~chatapp.events.Reconnected`, :class:`~chatapp.events.GaveUp`.
 
-Twisted's ``ClientService`` reconnects too, but it retries forever
-including the very first connection and hides the delay it picked; here the
-first connection fails fast, the app is told each delay, and a refused login
-ends the loop, so a small explicit state machine is clearer.
+Why the handshake is in the endpoint and not in ClientService's
+``prepareConnection`` (Twisted 26.10): ClientService wraps the protocol before
+``prepareConnection`` runs, and when such a connection closes while
+``prepareConnection`` is pending or after it failed, the close reaches its
+state machine in a state with no transition for it (automat ``NoTransition``
+raised from ``connectionLost``).  Every refused re-login ends with the
+connection closed, so the handshake has to finish (or fail, with its
+connection dropped) before ClientService sees a connection.  For the same
+reason its ``whenConnected`` is not used: its Deferreds fire inside the state
+machine, where an application going on to call :meth:`close` (``stopService``)
+would hit automat's re-entrancy error; the application's Deferreds here fire
+from the protocol's own events.
 """
 
 from __future__ import annotations
@@ -24,16 +38,20 @@ from __future__ import annotations
 import enum
 import random as _random
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chatapp.client.errors import (
     Busy,
+    ChatClientError,
     ConnectFailed,
     ConnectionClosed,
     InternalError,
@@ -54,6 +72,7 @@ from chatapp.client.server import (
     check_token,
     check_username,
 )
+from chatapp.events import ChatEvent, EventSink, GaveUp, Reconnected, Reconnecting, ServerLost, ignore
 from chatapp.wire import escape_for_terminal
 
 log = Logger()
@@ -97,86 +116,198 @@ def endpoint_description(address: str, timeout: int = 10) -> str:
     return f"tcp:host={quoteStringArgument(host)}:port={port}:timeout={timeout}"
 
 
-class ConnectionEvents(Protocol):
-    """What a :class:`ServerConnection` tells the application.  Methods must return quickly and not raise."""
-
-    def request(self, user: str) -> None:
-        """``user`` got a ticket to chat with us: their peer connection is on the way."""
-
-    def connection_lost(self, error: ConnectionClosed) -> None:
-        """The server connection dropped (not after :meth:`ServerConnection.close`); ``str(error)`` says why."""
-
-    def reconnecting(self, delay: float, attempt: int) -> None:
-        """The next reconnection attempt (1, 2, ...) starts in ``delay`` seconds."""
-
-    def reconnected(self, user: str, listening: tuple[str, int] | None) -> None:
-        """Connected and logged in again; ``listening`` is the re-published (host, port), if it was listening."""
-
-    def gave_up(self, error: Exception) -> None:
-        """No more reconnection attempts; ``str(error)`` is why (wrong password, blocked, replaced, ...)."""
-
-
-class NoConnectionEvents:
-    """A :class:`ConnectionEvents` that ignores everything (subclass it and override what you need)."""
-
-    def request(self, user: str) -> None:
-        pass
-
-    def connection_lost(self, error: ConnectionClosed) -> None:
-        pass
-
-    def reconnecting(self, delay: float, attempt: int) -> None:
-        pass
-
-    def reconnected(self, user: str, listening: tuple[str, int] | None) -> None:
-        pass
-
-    def gave_up(self, error: Exception) -> None:
-        pass
-
-
 class State(enum.Enum):
-    IDLE = "idle"  # no connection and none planned
-    CONNECTING = "connecting"  # opening a connection the application asked for
-    CONNECTED = "connected"  # a live protocol (logged in or not)
-    WAITING = "waiting"  # a reconnection is scheduled
-    RECONNECTING = "reconnecting"  # connecting and logging in again
-    CLOSING = "closing"  # close() sent QUIT and waits for the end
+    IDLE = "idle"  # no session: nothing connected, nothing planned
+    CONNECTING = "connecting"  # the application's open(): the first connection of a session
+    CONNECTED = "connected"  # a greeted protocol is live (logged in or not)
+    WAITING = "waiting"  # the server was lost; ClientService waits before the next try
+    RECONNECTING = "reconnecting"  # a try is under way: connecting, logging in, listening again
+    CLOSING = "closing"  # close(): QUIT said, waiting until the connection and the service are down
 
 
-class _Relay:
-    """The protocol's events, passed on to the application (only ``REQUEST`` concerns it)."""
+_MOVES: dict[State, frozenset[State]] = {
+    State.IDLE: frozenset({State.CONNECTING}),
+    State.CONNECTING: frozenset({State.CONNECTED, State.IDLE, State.CLOSING}),
+    State.CONNECTED: frozenset({State.WAITING, State.IDLE, State.CLOSING}),
+    State.WAITING: frozenset({State.RECONNECTING, State.CONNECTING, State.IDLE, State.CLOSING}),
+    State.RECONNECTING: frozenset({State.CONNECTED, State.WAITING, State.CONNECTING, State.IDLE, State.CLOSING}),
+    State.CLOSING: frozenset({State.IDLE}),
+}
 
-    def __init__(self, owner: ServerConnection) -> None:
-        self._owner = owner
 
-    def hello(self, version: str) -> None:
-        pass
+def _retryable(error: BaseException) -> bool:
+    """A try that failed this way is worth repeating (the server is down, busy, or the line dropped)."""
+    if isinstance(error, ConnectionClosed):
+        return error.bye != "replaced"
+    return isinstance(error, ConnectFailed | Busy | InternalError)
 
-    def request(self, user: str) -> None:
-        self._owner._emit("request", user)
 
-    def bye(self, reason: str) -> None:
-        log.info("the server says goodbye: {reason}", reason=escape_for_terminal(reason))
+@implementer(IStreamClientEndpoint)
+class _Session:
+    """One login session: the endpoint its ClientService dials, and what a reconnection sends again.
 
-    def blocked(self, seconds: int) -> None:
-        log.warn("the server has blocked this address for {seconds} s", seconds=seconds)
+    ClientService is given a stand-in protocol per connection that finished
+    the handshake; the stand-in's ``connectionLost`` is called when the real
+    connection ends, after this session decided whether that end is retried.
+    """
+
+    def __init__(self, link: ServerConnection) -> None:
+        self.link = link
+        self.service = ClientService(self, Factory.forProtocol(Protocol), retryPolicy=self._delay, clock=link.clock)
+        self.credentials: tuple[str, str] | None = None  # set once a logged-in connection was lost
+        self.listening: tuple[int, str | None] | None = None  # LISTEN to send again after re-login
+        self.attempt = 0  # the number of the try being made or waited for (0: none since the last success)
+        self.delay = 0.0  # what the retry policy said for that try
+        self.candidate: ServerClientProtocol | None = None  # the protocol of the try under way
+        self.published: tuple[str, int] | None = None  # what the server said to the re-sent LISTEN
+        self._work: defer.Deferred[ServerClientProtocol] | None = None
+        self._dialing = False  # inside connect(): ClientService's state machine is mid-move
+
+    def _delay(self, attempt: int) -> float:
+        self.attempt = attempt
+        self.delay = self.link.retry_delay(attempt)
+        return self.delay
+
+    # -- IStreamClientEndpoint, as ClientService uses it ------------------------------------
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        self.link._trying(self)
+        attempt: defer.Deferred[IProtocol] = defer.Deferred(self._abandon)
+        work = defer.ensureDeferred(self._handshake())
+        self._work = work
+        self._dialing = True
+        try:
+            work.addCallback(self._made, factory, attempt)
+            work.addErrback(self._failed, attempt)
+            work.addErrback(self._bug, "a connection attempt")
+        finally:
+            self._dialing = False
+        return attempt
+
+    async def _handshake(self) -> ServerClientProtocol:
+        link = self.link
+        try:
+            protocol = await link.endpoint.connect(link.factory)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise ConnectFailed(f"cannot reach the chat server at {escape_for_terminal(link.address)}: {e}") from None
+        assert isinstance(protocol, ServerClientProtocol)
+        self.candidate = protocol
+        try:
+            ready = protocol.when_ready()
+            ready.addTimeout(link.hello_timeout, link.clock)
+            try:
+                await ready
+            except defer.TimeoutError:
+                where = escape_for_terminal(link.address)
+                raise ConnectFailed(f"the chat server at {where} did not greet us") from None
+            if self.credentials is not None:
+                await protocol.login(*self.credentials)
+                self.published = None
+                if self.listening is not None:
+                    try:
+                        self.published = await protocol.listen(*self.listening)
+                    except ServerError as e:
+                        log.warn("could not publish the listening port again: {error}", error=str(e))
+            if protocol.closed is not None:
+                raise protocol.closed
+        except BaseException:
+            protocol.drop()
+            raise
+        return protocol
+
+    def _made(self, protocol: ServerClientProtocol, factory: IProtocolFactory, attempt: defer.Deferred[Any]) -> None:
+        self.candidate = None
+        self._work = None
+        stand_in = factory.buildProtocol(protocol.transport.getPeer())  # type: ignore[union-attr]
+        assert stand_in is not None
+        stand_in.makeConnection(protocol.transport)  # type: ignore[arg-type]
+        protocol.when_closed().addCallback(self._lost, protocol, stand_in).addErrback(self._bug, "a lost connection")
+        again = self.credentials is not None
+        attempt.callback(stand_in)  # ClientService: connected; the backoff starts over
+        self.attempt = 0
+        self.link._connected(self, protocol, again)
+
+    def _failed(self, failure: Failure, attempt: defer.Deferred[Any]) -> None:
+        self._work = None
+        if self.candidate is not None:
+            self.candidate.drop()
+        self.candidate = None
+        if failure.check(defer.CancelledError) or self.link._session is not self:
+            return  # abandoned: stopService() or a new open() cancelled this try
+        if self._dialing:
+            # the endpoint failed before connect() returned, inside ClientService's own move:
+            # stopService() cannot run there, so decide on the next turn of the reactor
+            self.link.clock.callLater(0, self._failed, failure, attempt)
+            return
+        error: BaseException = failure.value  # type: ignore[assignment]
+        first = self.credentials is None
+        last = self.link.max_attempts is not None and self.attempt >= self.link.max_attempts
+        if first or not _retryable(error) or last:
+            if not isinstance(error, ChatClientError):
+                log.failure("connecting to the chat server failed unexpectedly", failure)
+            self.stop()  # cancels `attempt`: ClientService stops without scheduling a retry
+            self.link._ended(self, error, first)
+            return
+        log.info("connection attempt {attempt} failed: {error}", attempt=self.attempt, error=str(error))
+        attempt.errback(failure)  # ClientService schedules the next try through the retry policy
+        self.link._waiting(self)
+
+    def _abandon(self, attempt: defer.Deferred[Any]) -> None:
+        """ClientService cancels the try under way (stopService): stop the work and hang up its connection."""
+        work, self._work = self._work, None
+        if work is not None:
+            work.cancel()
+        if self.candidate is not None:
+            self.candidate.drop()
+
+    def _lost(self, closed: ConnectionClosed, protocol: ServerClientProtocol, stand_in: IProtocol) -> None:
+        link = self.link
+        current = link._session is self and link.state is State.CONNECTED
+        retry = current and not protocol.quitting and protocol.user is not None and closed.bye != "replaced"
+        if retry:
+            self.credentials = protocol.credentials
+            self.listening = protocol.listening
+        else:
+            self.stop()  # before ClientService hears of the end, so that it does not retry
+        stand_in.connectionLost(Failure(closed))  # ClientService: stopped, or waiting for the next try
+        if current:
+            link._lost(self, closed, retry, deliberate=protocol.quitting)
+
+    def _bug(self, failure: Failure, what: str) -> None:
+        log.failure("a bug while handling {what} to the chat server", failure, what=what)
+        self.stop()
+        self.link._ended(self, failure.value or RuntimeError(what), False)
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop trying and close what is open; fires when the connection is closed and no try is pending."""
+        candidate = self.candidate
+        stopped: defer.Deferred[Any] = self.service.stopService() if self.service.running else defer.succeed(None)
+        waits = [stopped]
+        if candidate is not None:
+            waits.append(candidate.when_closed())
+        done = defer.gatherResults(waits, consumeErrors=True)
+        return done.addCallback(lambda _: None)
 
 
 class ServerConnection:
     """Connects to the chat server at ``address`` and keeps the login alive across drops.
 
-    ``clock`` (default: ``reactor``) times the backoff and keep-alive.  The
-    delay before reconnection attempt *n* is ``initial_delay * factor**(n-1)``,
-    at most ``max_delay``, spread by ``jitter`` (0.2 = +/-20 %).
-    ``max_attempts`` None retries forever.
+    ``emit`` receives the server-link events (``chatapp.events``).  ``clock``
+    (default: ``reactor``) times the backoff and keep-alive.  The delay before
+    reconnection try *n* is ``initial_delay * factor**(n-1)``, spread by
+    ``jitter`` (0.2 = +/-20 %) and at most ``max_delay``.  ``max_attempts``
+    None retries forever.
     """
 
     def __init__(
         self,
         reactor: Any,
         address: str,
-        events: ConnectionEvents | None = None,
+        emit: EventSink = ignore,
         *,
         clock: IReactorTime | None = None,
         initial_delay: float = 1.0,
@@ -196,26 +327,41 @@ class ServerConnection:
         except Exception as e:
             raise InvalidArgument(f"not a usable server address {escape_for_terminal(address)!r}: {e}") from None
         self.clock: IReactorTime = clock if clock is not None else reactor
-        self.events: ConnectionEvents = events if events is not None else NoConnectionEvents()
-        self.initial_delay = initial_delay
+        self.emit = emit
         self.max_delay = max_delay
-        self.factor = factor
         self.jitter = jitter
         self.max_attempts = max_attempts
         self.hello_timeout = hello_timeout
         self.close_timeout = close_timeout
         self._random = random
-        self._factory = ServerClientFactory(self.clock, _Relay(self), ping_interval)
+        # Twisted's policy gives initial * factor**n; ours starts at the initial delay for try 1
+        self._backoff = backoffPolicy(initial_delay / factor, max_delay, factor, jitter=lambda: 0.0)
+        self.factory = ServerClientFactory(self.clock, self._emit, ping_interval)
         self.state = State.IDLE
+        self._session: _Session | None = None
         self._protocol: ServerClientProtocol | None = None
-        self._credentials: tuple[str, str] | None = None
-        self._listening: tuple[int, str | None] | None = None
-        self._attempt = 0
-        self._timer: IDelayedCall | None = None
         self._next_try: float | None = None
-        self._work: defer.Deferred[Any] | None = None  # the connection (or reconnection) in progress
-        self._candidate: ServerClientProtocol | None = None  # its protocol, before it becomes current
-        self._waiters: list[defer.Deferred[ServerClientProtocol]] = []  # callers of open() during CONNECTING
+        self._waiters: list[defer.Deferred[ServerClientProtocol]] = []  # callers of open() while CONNECTING
+        self._closing: defer.Deferred[None] | None = None
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before reconnection try ``attempt`` (1, 2, ...): the backoff, spread, never above the cap."""
+        spread = 1.0 + self.jitter * (2.0 * self._random() - 1.0)
+        return max(0.0, min(self.max_delay, self._backoff(attempt) * spread))
+
+    def _move(self, new: State) -> None:
+        if new not in _MOVES[self.state]:
+            raise RuntimeError(f"server connection: no move from {self.state.value} to {new.value}")
+        self.state = new
+
+    def _emit(self, event: ChatEvent) -> None:
+        try:
+            self.emit(event)
+        except Exception:
+            # a bug in the application: logged, and the connection it was about is not trusted further
+            log.failure("the application's event handler failed on {event!r}", event=event)
+            if self._protocol is not None:
+                self._protocol.drop()
 
     # -- what the application reads ------------------------------------------
 
@@ -235,9 +381,15 @@ class ServerConnection:
     @property
     def protocol(self) -> ServerClientProtocol:
         """The live protocol; raises :class:`NotConnected` when there is none."""
-        if self._protocol is None or self._protocol.closed is not None:
+        p = self._current()
+        if p is None:
             raise self._not_connected()
-        return self._protocol
+        return p
+
+    def _current(self) -> ServerClientProtocol | None:
+        if self._protocol is not None and self._protocol.closed is None:
+            return self._protocol
+        return None
 
     def _not_connected(self) -> NotConnected:
         if self.state is State.WAITING and self._next_try is not None:
@@ -249,12 +401,6 @@ class ServerConnection:
             return NotConnected("still connecting to the chat server")
         return NotConnected("not connected to the chat server")
 
-    def _emit(self, method: str, *args: Any) -> None:
-        try:
-            getattr(self.events, method)(*args)
-        except Exception:
-            log.failure("the {method} connection event handler failed", method=method)
-
     # -- opening ------------------------------------------------------------------
 
     def open(self) -> defer.Deferred[ServerClientProtocol]:
@@ -262,63 +408,82 @@ class ServerConnection:
 
         A reconnection in progress is abandoned: this is the application asking anew.
         """
-        if self.connected and self._protocol is not None:
-            return defer.succeed(self._protocol)
+        current = self._current()
+        if current is not None:
+            return defer.succeed(current)
         if self.state is State.CLOSING:
             return defer.fail(NotConnected("the connection is closing"))
         waiter: defer.Deferred[ServerClientProtocol] = defer.Deferred()
-        if self.state is State.CONNECTING and self._work is not None:
-            self._waiters.append(waiter)
-            return waiter
-        self._stop_reconnecting()
-        self.state = State.CONNECTING
-        self._waiters = [waiter]
-        work = defer.ensureDeferred(self._connect())
-        self._work = work
-
-        def opened(protocol: ServerClientProtocol) -> None:
-            if work is self._work:
-                self._work = None
-                self._candidate = None
-                self._protocol = protocol
-                self.state = State.CONNECTED
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.callback(protocol)
-
-        def failed(failure: Failure) -> None:
-            if work is self._work:
-                self._work = None
-                self._candidate = None
-                self.state = State.IDLE
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.errback(failure)
-
-        work.addCallbacks(opened, failed)
+        self._waiters.append(waiter)
+        if self.state is not State.CONNECTING:
+            self._abandon_session()
+            self._move(State.CONNECTING)
+            session = self._session = _Session(self)
+            session.service.startService()
         return waiter
 
-    async def _connect(self) -> ServerClientProtocol:
-        try:
-            protocol = await self.endpoint.connect(self._factory)
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            raise ConnectFailed(f"cannot reach the chat server at {escape_for_terminal(self.address)}: {e}") from None
-        assert isinstance(protocol, ServerClientProtocol)
-        self._candidate = protocol
-        protocol.when_closed().addCallback(self._lost, protocol)
-        ready = protocol.when_ready()
-        ready.addTimeout(self.hello_timeout, self.clock)
-        try:
-            await ready
-        except defer.TimeoutError:
-            protocol.drop()
-            raise ConnectFailed(f"the chat server at {escape_for_terminal(self.address)} did not greet us") from None
-        except BaseException:
-            protocol.drop()
-            raise
-        return protocol
+    def _abandon_session(self) -> None:
+        session, self._session = self._session, None
+        self._protocol = None
+        self._next_try = None
+        if session is not None:
+            session.stop().addErrback(lambda f: log.failure("stopping an abandoned session failed", f))
+
+    # -- what a session reports (called by _Session, outside ClientService's moves) ------------
+
+    def _trying(self, session: _Session) -> None:
+        if session is self._session and self.state is State.WAITING:
+            self._next_try = None
+            self._move(State.RECONNECTING)
+
+    def _connected(self, session: _Session, protocol: ServerClientProtocol, again: bool) -> None:
+        if session is not self._session:
+            return
+        self._protocol = protocol
+        self._move(State.CONNECTED)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(protocol)
+        if again:
+            log.info("reconnected to the chat server as {user}", user=protocol.user)
+            self._emit(Reconnected(protocol.user or "", session.published))
+
+    def _waiting(self, session: _Session) -> None:
+        if session is not self._session:
+            return
+        self._next_try = self.clock.seconds() + session.delay
+        self._move(State.WAITING)
+        log.info("reconnecting to the chat server in {delay:.1f} s (try {n})", delay=session.delay, n=session.attempt)
+        self._emit(Reconnecting(session.delay, session.attempt))
+
+    def _lost(self, session: _Session, closed: ConnectionClosed, retry: bool, deliberate: bool) -> None:
+        self._protocol = None
+        if retry:
+            self._emit(ServerLost(closed))
+            self._waiting(session)
+            return
+        self._session = None
+        self._move(State.IDLE)
+        if not deliberate:
+            self._emit(ServerLost(closed))
+        if closed.bye == "replaced":
+            log.warn("not reconnecting to the chat server: {error}", error=str(closed))
+            self._emit(GaveUp(closed))
+
+    def _ended(self, session: _Session, error: BaseException, first: bool) -> None:
+        """The session stopped trying; ``first``: it was the application's own open() that failed."""
+        if session is not self._session:
+            return
+        self._session = None
+        self._protocol = None
+        self._next_try = None
+        self._move(State.IDLE)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(Failure(error))
+        if not first:
+            log.warn("not reconnecting to the chat server: {error}", error=str(error))
+            self._emit(GaveUp(error if isinstance(error, Exception) else ConnectionClosed(None, repr(error))))
 
     # -- calls --------------------------------------------------------------------
 
@@ -338,11 +503,6 @@ class ServerConnection:
         d: defer.Deferred[Any] = self.open()
         d.addCallback(call)
         return d
-
-    def _current(self) -> ServerClientProtocol | None:
-        if self._protocol is not None and self._protocol.closed is None:
-            return self._protocol
-        return None
 
     def listen(self, port: int, host: str | None = None) -> defer.Deferred[tuple[str, int]]:
         """Publish where we accept peers (re-published after a reconnection); fires with (host, port)."""
@@ -382,139 +542,48 @@ class ServerConnection:
     # -- closing ------------------------------------------------------------------
 
     def close(self) -> defer.Deferred[None]:
-        """Log out for good: stop reconnecting, say ``QUIT`` and wait until the connection is closed."""
-        self._stop_reconnecting()
-        protocol = self._protocol
-        self._credentials = None
-        self._listening = None
-        if protocol is None or protocol.closed is not None:
-            self.state = State.IDLE
+        """Log out for good: say ``QUIT``, stop reconnecting, and fire once the connection is closed.
+
+        When it fires no try is pending and no timer of this connection is left on the reactor.
+        """
+        if self.state is State.CLOSING and self._closing is not None:
+            return _follow(self._closing)
+        session, protocol = self._session, self._current()
+        if session is None:
             return defer.succeed(None)
-        self.state = State.CLOSING
-        protocol.quit().addErrback(lambda _: None)
-        timer = self.clock.callLater(self.close_timeout, protocol.drop)
-        done = protocol.when_closed()
+        self._session = None
+        self._protocol = None
+        self._next_try = None
+        self._move(State.CLOSING)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(NotConnected("the connection was closed"))
+        waits: list[defer.Deferred[Any]] = []
+        if protocol is not None:
+            protocol.quit().addErrback(lambda _: None)  # the end of the connection is what counts
+            timer = self.clock.callLater(self.close_timeout, protocol.drop)
+            closed = protocol.when_closed()
+            closed.addCallback(lambda _: timer.cancel() if timer.active() else None)
+            waits.append(closed)
+        waits.append(session.stop())
+        done: defer.Deferred[None] = defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+        self._closing = done
 
-        def closed(_: ConnectionClosed) -> None:
-            if timer.active():
-                timer.cancel()
+        def finished(_: None) -> None:
+            self._closing = None
+            self._move(State.IDLE)
 
-        return done.addCallback(closed)
+        done.addCallback(finished)
+        done.addErrback(lambda f: log.failure("closing the server connection failed", f))
+        return _follow(done)
 
     def quit(self) -> defer.Deferred[None]:
         """The same as :meth:`close`."""
         return self.close()
 
-    def _stop_reconnecting(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._next_try = None
-        work, self._work = self._work, None
-        candidate, self._candidate = self._candidate, None
-        if self.state in (State.WAITING, State.RECONNECTING, State.CONNECTING):
-            self.state = State.IDLE
-        if work is not None:
-            work.addErrback(lambda _: None)
-            work.cancel()
-        if candidate is not None:
-            candidate.drop()
 
-    # -- losing and reconnecting ----------------------------------------------------
-
-    def _lost(self, closed: ConnectionClosed, protocol: ServerClientProtocol) -> None:
-        if protocol is not self._protocol:
-            return  # a connection that never became current: its own attempt handles the failure
-        self._protocol = None
-        if self.state is State.CLOSING or protocol.quitting:
-            self.state = State.IDLE
-            return
-        if protocol.credentials is not None:
-            self._credentials = protocol.credentials
-        self._listening = protocol.listening
-        self._emit("connection_lost", closed)
-        if closed.bye == "replaced":
-            self._give_up(closed)
-        elif protocol.user is not None and self._credentials is not None:
-            self._attempt = 0
-            self._schedule()
-        else:
-            self.state = State.IDLE
-
-    def _delay(self, attempt: int) -> float:
-        base = min(self.max_delay, self.initial_delay * self.factor ** (attempt - 1))
-        spread = 1.0 + self.jitter * (2.0 * self._random() - 1.0)
-        return max(0.0, min(self.max_delay, base * spread))
-
-    def _schedule(self) -> None:
-        self._attempt += 1
-        delay = self._delay(self._attempt)
-        self.state = State.WAITING
-        self._next_try = self.clock.seconds() + delay
-        self._timer = self.clock.callLater(delay, self._try_again)
-        log.info("reconnecting to the chat server in {delay:.1f} s (attempt {n})", delay=delay, n=self._attempt)
-        self._emit("reconnecting", delay, self._attempt)
-
-    def _try_again(self) -> None:
-        self._timer = None
-        self._next_try = None
-        self.state = State.RECONNECTING
-        work = defer.ensureDeferred(self._reconnect())
-        self._work = work
-        work.addErrback(self._attempt_failed, work)
-
-    async def _reconnect(self) -> None:
-        assert self._credentials is not None
-        user, password = self._credentials
-        listening = self._listening
-        protocol = await self._connect()
-        try:
-            name = await protocol.login(user, password)
-        except BaseException:
-            protocol.drop()
-            raise
-        published: tuple[str, int] | None = None
-        if listening is not None:
-            try:
-                published = await protocol.listen(*listening)
-            except ConnectionClosed:
-                raise
-            except Exception as e:
-                log.warn("could not publish the listening port again: {error}", error=str(e))
-        if protocol.closed is not None:
-            raise protocol.closed
-        self._work = None
-        self._candidate = None
-        self._protocol = protocol
-        self._attempt = 0
-        self.state = State.CONNECTED
-        log.info("reconnected to the chat server as {user}", user=name)
-        self._emit("reconnected", name, published)
-
-    def _attempt_failed(self, failure: Failure, work: defer.Deferred[None]) -> None:
-        if work is not self._work:
-            return  # cancelled by close() or open()
-        self._work = None
-        self._candidate = None
-        error = failure.value
-        if not isinstance(error, Exception):
-            self.state = State.IDLE
-            return
-        retry = isinstance(error, ConnectFailed | Busy | InternalError) or (
-            isinstance(error, ConnectionClosed) and error.bye != "replaced"
-        )
-        if not retry:
-            if not isinstance(error, ConnectFailed | ConnectionClosed | ServerError):
-                log.failure("reconnecting failed unexpectedly", failure)
-            self._give_up(error)
-        elif self.max_attempts is not None and self._attempt >= self.max_attempts:
-            self._give_up(error)
-        else:
-            log.info("reconnection attempt {attempt} failed: {error}", attempt=self._attempt, error=str(error))
-            self._schedule()
-
-    def _give_up(self, error: Exception) -> None:
-        self.state = State.IDLE
-        self._listening = None
-        log.warn("not reconnecting to the chat server: {error}", error=str(error))
-        self._emit("gave_up", error)
+def _follow(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A new Deferred that fires (with None) when ``d`` does, so that many callers can wait on one close."""
+    follower: defer.Deferred[None] = defer.Deferred()
+    d.addBoth(lambda _: follower.callback(None))
+    return follower

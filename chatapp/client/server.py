@@ -4,8 +4,11 @@
 that fires with the parsed ``OK`` reply or fails with the typed
 :mod:`~chatapp.client.errors` exception of the ``ERR`` reply.  Replies come in
 the order the commands were sent, so calls may be pipelined: the protocol
-keeps a queue of the calls waiting for their replies.  ``*`` lines are events
-handed to a :class:`ServerEvents` object.
+keeps a queue of the calls waiting for their replies.  Of the ``*`` lines only
+``* REQUEST`` concerns the application: it becomes a
+:class:`~chatapp.events.ChatRequested` given to ``emit``; ``* HELLO``, ``* BYE``
+and ``* BLOCKED`` change this connection's :class:`LineState` and what its calls
+and :meth:`~ServerClientProtocol.when_closed` report.
 
 Nothing is written before the server's ``* HELLO``: calls made earlier wait
 in order and go out when it arrives (or fail when ``* BLOCKED`` or ``* BYE``
@@ -15,11 +18,12 @@ and drops a connection whose previous ``PING`` is still unanswered.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -39,6 +43,7 @@ from chatapp.client.errors import (
     ProtocolViolation,
     server_error,
 )
+from chatapp.events import ChatRequested, EventSink, ignore
 from chatapp.wire import (
     SERVER_MAX_LINE,
     LineBuffer,
@@ -82,39 +87,35 @@ class PeerTicket:
     proof: str = field(repr=False)
 
 
-# -- events -------------------------------------------------------------------
+# -- connection states ------------------------------------------------------------
 
 
-class ServerEvents(Protocol):
-    """The unsolicited ``*`` lines of one connection.  Every method must return quickly and not raise."""
-
-    def hello(self, version: str) -> None:
-        """The server greeted us; calls are now sent."""
-
-    def request(self, user: str) -> None:
-        """``user`` asked the server for a ticket to chat with us: a peer connection from them is coming."""
-
-    def bye(self, reason: str) -> None:
-        """The server is closing this connection (``replaced``, ``shutdown``, ``idle-timeout``, ...)."""
-
-    def blocked(self, seconds: int) -> None:
-        """This address is blocked for ``seconds``; the server closes the connection."""
+class LineState(enum.Enum):
+    GREETING = "greeting"  # connected; calls wait (unsent) for * HELLO
+    READY = "ready"  # greeted; calls go out as they are made
+    QUITTING = "quitting"  # QUIT is sent or queued; no new calls; the end will be deliberate
+    DROPPING = "dropping"  # we are hanging up (bad input, a refusal, a silent server); input is ignored
+    CLOSED = "closed"  # the connection ended
+    QUIT = "quit"  # the connection ended after our QUIT
 
 
-class NoEvents:
-    """A :class:`ServerEvents` that ignores everything (subclass it and override what you need)."""
+_LINE_MOVES: dict[LineState, frozenset[LineState]] = {
+    LineState.GREETING: frozenset({LineState.READY, LineState.QUITTING, LineState.DROPPING, LineState.CLOSED}),
+    LineState.READY: frozenset({LineState.QUITTING, LineState.DROPPING, LineState.CLOSED}),
+    LineState.QUITTING: frozenset({LineState.QUIT}),
+    LineState.DROPPING: frozenset({LineState.CLOSED}),
+    LineState.CLOSED: frozenset(),
+    LineState.QUIT: frozenset(),
+}
 
-    def hello(self, version: str) -> None:
-        pass
+_LIVE = frozenset({LineState.GREETING, LineState.READY, LineState.QUITTING})
 
-    def request(self, user: str) -> None:
-        pass
 
-    def bye(self, reason: str) -> None:
-        pass
-
-    def blocked(self, seconds: int) -> None:
-        pass
+def line_move(current: LineState, new: LineState) -> LineState:
+    """``new`` if the protocol may go there from ``current``; a bug (AssertionError-like) otherwise."""
+    if new not in _LINE_MOVES[current]:
+        raise RuntimeError(f"server connection: no move from {current.value} to {new.value}")
+    return new
 
 
 # -- argument checks (client side, before anything is sent) ---------------------
@@ -256,39 +257,42 @@ class _Call:
 class ServerClientProtocol(TwistedProtocol):
     """One connection to the chat server.
 
-    ``clock`` schedules the keep-alive ``PING``; ``events`` receives the
-    ``*`` lines.  After the connection ends, every call fails at once with
+    ``clock`` schedules the keep-alive ``PING``; ``emit`` receives a
+    :class:`~chatapp.events.ChatRequested` for each ``* REQUEST``.  After the
+    connection ends, every call fails at once with
     :class:`~chatapp.client.errors.ConnectionClosed`.
     """
 
-    def __init__(self, clock: IReactorTime, events: ServerEvents | None = None, ping_interval: float = PING_INTERVAL):
+    def __init__(self, clock: IReactorTime, emit: EventSink = ignore, ping_interval: float = PING_INTERVAL):
         self.clock = clock
-        self.events: ServerEvents = events if events is not None else NoEvents()
+        self.emit = emit
         self.ping_interval = ping_interval
+        self.state = LineState.GREETING
         self.user: str | None = None  # the account name as signed up, once logged in
         self.listening: tuple[int, str | None] | None = None  # (port, host asked for) after OK LISTEN
         self.credentials: tuple[str, str] | None = None  # what the last successful login used (for reconnecting)
-        self.server_version: str | None = None
-        self.closed: ConnectionClosed | None = None  # set when the connection has ended
+        self.server_version: str | None = None  # from * HELLO
+        self.bye: str | None = None  # the reason of * BYE, if one came
+        self.closed: ConnectionClosed | None = None  # how the connection ended, once it has
         self._lines = LineBuffer(SERVER_MAX_LINE)
         self._calls: deque[_Call] = deque()
         self._unsent: list[bytes] = []  # lines of calls made before HELLO
-        self._greeted = False
-        self._quitting = False
-        self._bye: str | None = None
         self._refusal: ChatClientError | None = None  # * BLOCKED, or an ERR instead of the greeting
-        self._ending: ConnectionClosed | None = None  # why we are dropping the connection ourselves
+        self._end_reason: ConnectionClosed | None = None  # why we hang up ourselves (DROPPING)
         self._ping_timer: IDelayedCall | None = None
         self._ping_outstanding = False
         self._ready: list[defer.Deferred[ServerClientProtocol]] = []
         self._lost: list[defer.Deferred[ConnectionClosed]] = []
+
+    def _move(self, new: LineState) -> None:
+        self.state = line_move(self.state, new)
 
     # -- connection life ----------------------------------------------------------
 
     @property
     def quitting(self) -> bool:
         """True once ``quit()`` was called: the end of this connection is deliberate."""
-        return self._quitting
+        return self.state in (LineState.QUITTING, LineState.QUIT)
 
     @property
     def logged_in(self) -> bool:
@@ -296,10 +300,10 @@ class ServerClientProtocol(TwistedProtocol):
 
     def when_ready(self) -> defer.Deferred[ServerClientProtocol]:
         """Fires with this protocol once ``* HELLO`` came; fails if the connection ends first."""
-        if self._greeted and self.closed is None:
-            return defer.succeed(self)
         if self.closed is not None:
             return defer.fail(self._refusal or self.closed)
+        if self.server_version is not None:
+            return defer.succeed(self)
         d: defer.Deferred[ServerClientProtocol] = defer.Deferred()
         self._ready.append(d)
         return d
@@ -316,11 +320,12 @@ class ServerClientProtocol(TwistedProtocol):
         if self.closed is not None:
             return
         self._stop_pinging()
-        if self._ending is not None:
-            closed: ConnectionClosed = self._ending
+        if self._end_reason is not None:
+            closed: ConnectionClosed = self._end_reason
         else:
-            detail = "" if reason.check(ConnectionDone) or self._bye is not None else _describe(reason)
-            closed = ConnectionClosed(self._bye, detail)
+            detail = "" if reason.check(ConnectionDone) or self.bye is not None else _describe(reason)
+            closed = ConnectionClosed(self.bye, detail)
+        self._move(LineState.QUIT if self.state is LineState.QUITTING else LineState.CLOSED)
         self.closed = closed
         log.info("server connection closed: {why}", why=str(closed))
         calls, self._calls = self._calls, deque()
@@ -330,7 +335,7 @@ class ServerClientProtocol(TwistedProtocol):
             call.deferred.errback(error)
         ready, self._ready = self._ready, []
         for d in ready:
-            d.errback(self._refusal or closed)
+            d.errback(error)
         lost, self._lost = self._lost, []
         for waiter in lost:
             waiter.callback(closed)
@@ -344,10 +349,17 @@ class ServerClientProtocol(TwistedProtocol):
             else:
                 self.transport.loseConnection()
 
+    def _hang_up(self, why: ConnectionClosed) -> None:
+        """Drop the connection because of something on this side; ``why`` is what calls and when_closed report."""
+        self._end_reason = why
+        if self.state in (LineState.GREETING, LineState.READY):
+            self._move(LineState.DROPPING)
+        self.drop()
+
     # -- incoming -------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._ending is not None or self.closed is not None:
+        if self.state not in _LIVE or self._end_reason is not None:
             return
         lines, too_long = self._lines.feed(data)
         for raw in lines:
@@ -356,7 +368,7 @@ class ServerClientProtocol(TwistedProtocol):
                 self._line_received(raw)
             except (ValueError, WireError) as e:
                 self._protocol_violation(raw, str(e) or type(e).__name__)
-            if self._ending is not None or self.closed is not None:
+            if self.state not in _LIVE or self._end_reason is not None:
                 return
         if too_long:
             self._protocol_violation(b"", f"a line longer than {SERVER_MAX_LINE} bytes")
@@ -364,8 +376,7 @@ class ServerClientProtocol(TwistedProtocol):
     def _protocol_violation(self, raw: bytes, why: str) -> None:
         shown = escape_for_terminal(raw[:200].decode("utf-8", "replace"))
         log.warn("dropping the server connection: {why}: {line!r}", why=why, line=shown)
-        self._ending = ProtocolViolation(why)
-        self.drop()
+        self._hang_up(ProtocolViolation(why))
 
     def _line_received(self, raw: bytes) -> None:
         if not raw:
@@ -373,11 +384,12 @@ class ServerClientProtocol(TwistedProtocol):
         line = decode_line(raw)
         kind, _, rest = line.partition(" ")
         kind = kind.upper()
+        greeted = self.server_version is not None
         if kind == "*":
             self._event(rest)
-        elif not self._greeted and kind in ("OK", "+"):
+        elif not greeted and kind in ("OK", "+"):
             raise ValueError("a reply before the greeting")
-        elif not self._greeted and kind == "ERR":
+        elif not greeted and kind == "ERR":
             self._refused(rest)
         elif kind == "OK":
             self._ok(rest)
@@ -394,39 +406,41 @@ class ServerClientProtocol(TwistedProtocol):
         name = name.upper()
         if name == "HELLO":
             (version,) = f
-            if self._greeted:
+            if self.server_version is not None:
                 raise ValueError("a second HELLO")
             if version != PROTOCOL_VERSION:
                 raise ValueError(f"unsupported server protocol {version!r} (this client speaks {PROTOCOL_VERSION})")
             self.server_version = version
-            self._greeted = True
+            if self.state is LineState.GREETING:
+                self._move(LineState.READY)
             unsent, self._unsent = self._unsent, []
             if unsent and self.transport is not None:
                 self.transport.write(b"".join(unsent))
             ready, self._ready = self._ready, []
             for d in ready:
                 d.callback(self)
-            self._notify("hello", version)
         elif name == "REQUEST":
             (user,) = f
-            self._notify("request", _user(user))
+            self._emit(ChatRequested(_user(user)))
         elif name == "BYE":
             (reason,) = f
-            self._bye = reason
-            self._notify("bye", reason)
+            self.bye = reason
+            log.info("the server says goodbye: {reason}", reason=escape_for_terminal(reason))
         elif name == "BLOCKED":
             (seconds,) = f
             value = _number(seconds, 0, 2**63 - 1)
             self._refusal = Blocked(429, "blocked", (seconds,), "")
-            self._notify("blocked", value)
+            log.warn("the server has blocked this address for {seconds} s", seconds=value)
         else:
             log.info("ignoring an unknown server event {event}", event=escape_for_terminal(name))
 
-    def _notify(self, method: str, *args: Any) -> None:
+    def _emit(self, event: ChatRequested) -> None:
         try:
-            getattr(self.events, method)(*args)
+            self.emit(event)
         except Exception:
-            log.failure("the {method} event handler failed", method=method)
+            # a bug in the application: say so and do not go on serving a connection in an unknown state
+            log.failure("the application's event handler failed on {event!r}", event=event)
+            self._hang_up(ConnectionClosed(None, "the application failed to handle a server event"))
 
     def _head(self, what: str) -> _Call:
         if not self._calls:
@@ -457,8 +471,7 @@ class ServerClientProtocol(TwistedProtocol):
         """An ``ERR`` instead of ``* HELLO`` (the server could not serve us): every waiting call gets it."""
         self._refusal = _parse_error(rest)
         log.warn("the server refused the connection: {error}", error=str(self._refusal))
-        self._ending = ConnectionClosed(None, "the server refused the connection")
-        self.drop()
+        self._hang_up(ConnectionClosed(None, "the server refused the connection"))
 
     def _row(self, rest: str) -> None:
         call = self._head("a + row")
@@ -476,11 +489,13 @@ class ServerClientProtocol(TwistedProtocol):
     ) -> defer.Deferred[Any]:
         if self.closed is not None:
             return defer.fail(self.closed)
-        if self._quitting:
+        if self._end_reason is not None:
+            return defer.fail(self._end_reason)
+        if self.state is LineState.QUITTING:
             return defer.fail(ConnectionClosed(None, "the connection is closing"))
         d: defer.Deferred[Any] = defer.Deferred()
         self._calls.append(_Call(verb, parse, d, line, on_success=on_success))
-        if not self._greeted:
+        if self.state is LineState.GREETING:
             self._unsent.append(line)
         elif self.transport is not None:
             self.transport.write(line)
@@ -544,7 +559,8 @@ class ServerClientProtocol(TwistedProtocol):
     def quit(self) -> defer.Deferred[None]:
         """Say ``QUIT``; fires on ``OK QUIT`` (the server then closes).  Later calls fail."""
         d = self._call(command_line("QUIT"), "QUIT", _parse_nothing)
-        self._quitting = True
+        if self.state in (LineState.GREETING, LineState.READY):
+            self._move(LineState.QUITTING)
         self._stop_pinging()
         return d
 
@@ -553,17 +569,16 @@ class ServerClientProtocol(TwistedProtocol):
     def _logged_in(self, name: str, password: str) -> None:
         self.user = name
         self.credentials = (name, password)
-        if self._ping_timer is None and not self._quitting:
+        if self._ping_timer is None and self.state is LineState.READY:
             self._ping_timer = self.clock.callLater(self.ping_interval, self._keepalive)
 
     def _keepalive(self) -> None:
         self._ping_timer = None
-        if self.closed is not None or self._quitting:
+        if self.state is not LineState.READY:
             return
         if self._ping_outstanding:
             log.warn("the server did not answer for {seconds} s; dropping the connection", seconds=self.ping_interval)
-            self._ending = ConnectionClosed(None, f"no answer from the server for {self.ping_interval:g} s")
-            self.drop()
+            self._hang_up(ConnectionClosed(None, f"no answer from the server for {self.ping_interval:g} s"))
             return
         self._ping_outstanding = True
         self.ping().addErrback(lambda f: None)  # a failure here shows up as the connection ending
@@ -595,14 +610,14 @@ def _describe(reason: Failure) -> str:
 
 
 class ServerClientFactory(Factory):
-    """Builds :class:`ServerClientProtocol` instances sharing one clock and one events object."""
+    """Builds :class:`ServerClientProtocol` instances sharing one clock and one ``emit``."""
 
-    def __init__(self, clock: IReactorTime, events: ServerEvents | None = None, ping_interval: float = PING_INTERVAL):
+    def __init__(self, clock: IReactorTime, emit: EventSink = ignore, ping_interval: float = PING_INTERVAL):
         self.clock = clock
-        self.events = events
+        self.emit = emit
         self.ping_interval = ping_interval
 
     def buildProtocol(self, addr: object) -> ServerClientProtocol:
-        protocol = ServerClientProtocol(self.clock, self.events, self.ping_interval)
+        protocol = ServerClientProtocol(self.clock, self.emit, self.ping_interval)
         protocol.factory = self
         return protocol
