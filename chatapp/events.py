@@ -90,7 +90,7 @@ class ChatRequested:
 
 @dataclass(frozen=True)
 class ServerLost:
-    """The server connection dropped after login; open chats go on, a reconnection follows."""
+    """The server connection dropped without our asking; open chats go on. A reconnection follows unless :class:`GaveUp` does."""
 
     error: Exception
 
