@@ -90,7 +90,10 @@ class ChatRequested:
 
 @dataclass(frozen=True)
 class ServerLost:
-    """The server connection dropped without our asking; open chats go on. A reconnection follows unless :class:`GaveUp` does."""
+    """The server connection dropped without our asking; open chats go on.
+
+    A reconnection follows unless :class:`GaveUp` does.
+    """
 
     error: Exception
 
