@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from chatapp.peer.session import PeerSession
@@ -118,9 +118,9 @@ class GaveUp:
     error: Exception
 
 
-PeerEvent = Union[PeerJoined, PeerLeft, MessageReceived, FileOffered, TransferProgress, TransferEnded, PeerNotice]
-ServerEvent = Union[ChatRequested, ServerLost, Reconnecting, Reconnected, GaveUp]
-ChatEvent = Union[PeerEvent, ServerEvent]
+PeerEvent = PeerJoined | PeerLeft | MessageReceived | FileOffered | TransferProgress | TransferEnded | PeerNotice
+ServerEvent = ChatRequested | ServerLost | Reconnecting | Reconnected | GaveUp
+ChatEvent = PeerEvent | ServerEvent
 
 EventSink = Callable[[ChatEvent], None]
 
