@@ -180,8 +180,6 @@ class ChatClient:
 
         def done(result: PeerSession | Failure) -> None:
             for each in self._dialing.pop(key, []):
-                if each.called:  # its caller gave up waiting (cancelled it)
-                    continue
                 if isinstance(result, Failure):
                     each.errback(result)
                 else:

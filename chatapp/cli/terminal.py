@@ -191,7 +191,11 @@ class ConsoleProtocol(insults.TerminalProtocol):
     def _update_status(self) -> None:
         self._status_timer = None
         self._status_drawn_at = self.clock.seconds()
-        status = self._status_source(self.width - 1)
+        try:
+            status = self._status_source(self.width - 1)
+        except Exception:  # a bug in a timer call would only reach the reactor's log; keep the old row
+            log.failure("computing the status line")
+            return
         if status != self.status:
             self._clear()
             self.status = status
