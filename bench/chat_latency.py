@@ -3,9 +3,9 @@
 Two cases, each a client process and an echo process (and, for chatapp, the
 chat server in a third process, used only to open the chat):
 
-- ``chatapp``: two real ``ChatClient``; the echo's ``events.message`` sends
+- ``chatapp``: two real ``ChatClient``; the echo hears ``MessageReceived`` and sends
   every text back with ``session.send_message``; the client sends ``MSG``
-  lines with ``session.send_message`` and hears them in ``events.message``.
+  lines with ``session.send_message`` and hears them as ``MessageReceived`` events.
 - ``bare LineReceiver``: the same ``MSG <text>`` lines between two bare
   ``LineReceiver`` protocols: the least Twisted can do.
 
@@ -143,26 +143,25 @@ class Echo:
 async def chat_echo(reactor: Any, args: argparse.Namespace) -> None:
     from twisted.internet import defer
 
-    from chatapp.app import ChatClient, NoChatEvents
+    from chatapp.app import ChatClient
+    from chatapp.events import ChatEvent, MessageReceived, PeerLeft
 
     left: defer.Deferred[None] = defer.Deferred()
     echoes: dict[Any, Echo] = {}
 
-    class Events(NoChatEvents):
-        def message(self, session: Any, text: str) -> None:
-            echo = echoes.get(session)
+    def on_event(event: ChatEvent) -> None:
+        if isinstance(event, MessageReceived):
+            echo = echoes.get(event.session)
             if echo is None:
-                echo = echoes[session] = Echo(session.send_message)
-            echo.heard(text)
-
-        def peer_left(self, session: Any, reason: str) -> None:
-            if not left.called:
-                left.callback(None)
+                echo = echoes[event.session] = Echo(event.session.send_message)
+            echo.heard(event.text)
+        elif isinstance(event, PeerLeft) and not left.called:
+            left.callback(None)
 
     client = ChatClient(
         reactor,
         f"tcp:host=127.0.0.1:port={args.port}",
-        Events(),
+        on_event,
         downloads=args.downloads,
         listen="tcp:0:interface=127.0.0.1",
     )
@@ -175,18 +174,17 @@ async def chat_echo(reactor: Any, args: argparse.Namespace) -> None:
 
 
 async def chat_client(reactor: Any, args: argparse.Namespace) -> None:
-    from chatapp.app import ChatClient, NoChatEvents
+    from chatapp.app import ChatClient
+    from chatapp.events import ChatEvent, MessageReceived
 
     driver: Driver | None = None
 
-    class Events(NoChatEvents):
-        def message(self, session: Any, text: str) -> None:
-            if driver is not None:
-                driver.heard(text)
+    def on_event(event: ChatEvent) -> None:
+        if isinstance(event, MessageReceived) and driver is not None:
+            driver.heard(event.text)
 
-    client = ChatClient(
-        reactor, f"tcp:host=127.0.0.1:port={args.port}", Events(), downloads=args.downloads, listen=None
-    )
+    server = f"tcp:host=127.0.0.1:port={args.port}"
+    client = ChatClient(reactor, server, on_event, downloads=args.downloads, listen=None)
     await client.start(args.name, PASSWORD, signup=True)
     session = await client.chat(args.peer)
     driver = Driver(reactor, session.send_message, args.rounds, args.messages)

@@ -79,26 +79,25 @@ SWEEP_READS = (64 * KiB, 256 * KiB, MiB)
 async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
     from twisted.internet import defer
 
-    from chatapp.app import ChatClient, NoChatEvents
+    from chatapp.app import ChatClient
+    from chatapp.events import ChatEvent, PeerJoined, TransferEnded
 
     ended: defer.Deferred[Any] = defer.Deferred()
     sessions: list[Any] = []
     io = count_io()
 
-    class Events(NoChatEvents):
-        def peer_joined(self, session: Any) -> None:
-            sessions.append(session)
+    def on_event(event: ChatEvent) -> None:
+        if isinstance(event, PeerJoined):
+            sessions.append(event.session)
             if args.read_size:
-                session.transport.bufferSize = args.read_size
-
-        def transfer_ended(self, handle: int, transfer: Any) -> None:
-            if not ended.called:
-                ended.callback(transfer)
+                event.session.transport.bufferSize = args.read_size  # type: ignore[union-attr]
+        elif isinstance(event, TransferEnded) and not ended.called:
+            ended.callback(event.transfer)
 
     client = ChatClient(
         reactor,
         f"tcp:host=127.0.0.1:port={args.port}",
-        Events(),
+        on_event,
         downloads=args.downloads,
         listen="tcp:0:interface=127.0.0.1",
         auto_accept=True,
@@ -126,12 +125,13 @@ async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
 
 async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
     from chatapp.app import ChatClient
+    from chatapp.events import ignore
 
     io = count_io()
     client = ChatClient(
         reactor,
         f"tcp:host=127.0.0.1:port={args.port}",
-        None,
+        ignore,
         downloads=args.downloads,
         listen=None,
         chunk_size=args.chunk or None,

@@ -1,17 +1,18 @@
 """The client core in one object: a server connection and a peer factory, glued as a user needs them.
 
 :class:`ChatClient` logs in, listens for peers and tells the server where,
-opens chats (``CONNECT`` on the server, then the peer handshake), and numbers
-transfers with small handles a person can type (``/accept 3``).  It has no
-user interface: a :class:`ChatEvents` object hears everything, and the
-console (``chatapp.cli``) and the tests are two such objects.
+opens chats (``CONNECT`` on the server, then the peer handshake), and finds
+transfers by their handles (``/accept 3``).  It has no user interface: it
+hands one ``emit`` (:data:`chatapp.events.EventSink`) to both halves, and
+every event arrives there as a :mod:`chatapp.events` object; the console
+(``chatapp.cli``) and the tests are two such sinks.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
@@ -24,7 +25,17 @@ from chatapp.client import (
     ServerConnection,
     WhoEntry,
 )
-from chatapp.events import ChatEvent, ChatRequested, GaveUp, Reconnected, Reconnecting, ServerLost
+from chatapp.events import (
+    EventSink,
+    FileOffered,
+    MessageReceived,
+    PeerJoined,
+    PeerLeft,
+    PeerNotice,
+    TransferEnded,
+    TransferProgress,
+    ignore,
+)
 from chatapp.peer import (
     PeerFactory,
     PeerSession,
@@ -36,55 +47,6 @@ from chatapp.peer import (
 log = Logger()
 
 GiB = 1024**3
-
-
-class ChatEvents(Protocol):
-    """Everything the user should hear about; names and texts arrive unescaped."""
-
-    def request(self, user: str) -> None:
-        """``user`` asked the server to connect to us; their peer connection follows."""
-
-    def peer_joined(self, session: PeerSession) -> None: ...
-
-    def peer_left(self, session: PeerSession, reason: str) -> None: ...
-
-    def message(self, session: PeerSession, text: str) -> None: ...
-
-    def offer(self, handle: int, session: PeerSession, transfer: Transfer) -> None:
-        """A file is offered; answer with ``accept(handle)`` or ``reject(handle)``."""
-
-    def transfer_progress(self, handle: int, transfer: Transfer) -> None: ...
-
-    def transfer_ended(self, handle: int, transfer: Transfer) -> None: ...
-
-    def notice(self, text: str) -> None:
-        """Something to tell the user that is neither a message nor a transfer (server link, disk full...)."""
-
-
-class NoChatEvents:
-    def request(self, user: str) -> None:
-        pass
-
-    def peer_joined(self, session: PeerSession) -> None:
-        pass
-
-    def peer_left(self, session: PeerSession, reason: str) -> None:
-        pass
-
-    def message(self, session: PeerSession, text: str) -> None:
-        pass
-
-    def offer(self, handle: int, session: PeerSession, transfer: Transfer) -> None:
-        pass
-
-    def transfer_progress(self, handle: int, transfer: Transfer) -> None:
-        pass
-
-    def transfer_ended(self, handle: int, transfer: Transfer) -> None:
-        pass
-
-    def notice(self, text: str) -> None:
-        pass
 
 
 class UnknownTransfer(ChatClientError):
@@ -102,7 +64,7 @@ class ChatClient:
         self,
         reactor: Any,
         server: str,
-        events: ChatEvents | None = None,
+        emit: EventSink = ignore,
         *,
         downloads: str = os.path.join("~", "Downloads", "chatapp"),
         listen: str | None = "tcp:0",
@@ -112,19 +74,18 @@ class ChatClient:
         chunk_size: int | None = None,
     ) -> None:
         self.reactor = reactor
-        self.events: ChatEvents = events if events is not None else NoChatEvents()
+        self.emit = emit
         self.downloads = os.path.expanduser(downloads)
         self.listen_endpoint = listen
         self.max_file_size = max_file_size
         self.auto_accept = auto_accept
         self.chunk_size = chunk_size
-        self.server = ServerConnection(reactor, server, _ServerRelay(self), initial_delay=reconnect_delay)
+        # i10 merge: PeerFactory takes `emit` itself; this adapter goes
+        self._peer_adapter = _PeerAdapter(emit)
+        self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay)
         self.peers: PeerFactory | None = None
         self.port: IListeningPort | None = None
         self.user: str | None = None
-        self._handles: dict[int, Transfer] = {}
-        self._handle_of: dict[int, int] = {}  # id(transfer) -> handle
-        self._numbers = itertools.count(1)
         self._dialing: dict[str, list[defer.Deferred[PeerSession]]] = {}  # callers waiting on a dial
 
     # -- life -----------------------------------------------------------------
@@ -141,13 +102,16 @@ class ChatClient:
         options: dict[str, Any] = {"max_file_size": self.max_file_size, "auto_accept": self.auto_accept}
         if self.chunk_size is not None:
             options["chunk_size"] = self.chunk_size
-        self.peers = PeerFactory(name, self._verify, self.downloads, _PeerRelay(self), self.reactor, **options)
+        self.peers = PeerFactory(name, self._verify, self.downloads, self._peer_adapter, self.reactor, **options)
         if self.listen_endpoint is not None:
             await self.set_listening(True)
         return name
 
-    async def stop(self) -> None:
-        """Say BYE to every peer, stop listening and leave the server (QUIT)."""
+    def stop(self) -> defer.Deferred[None]:
+        """BYE to every peer, stop listening and leave the server (QUIT); fires when all of that is done."""
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
         if self.peers is not None:
             await self.peers.stop()
             self.port = None
@@ -214,7 +178,8 @@ class ChatClient:
                 else:
                     each.callback(result)
 
-        defer.ensureDeferred(self._dial(peers, user)).addBoth(done)
+        dial = defer.ensureDeferred(self._dial(peers, user)).addBoth(done)
+        dial.addErrback(lambda failure: log.failure("answering the callers of the dial to {user}", failure, user=user))
         return await waiter
 
     async def _dial(self, peers: PeerFactory, user: str) -> PeerSession:
@@ -238,19 +203,18 @@ class ChatClient:
         """Offer ``path`` to ``user`` (opening the chat if needed); returns the transfer's handle."""
         session = await self.chat(user)
         transfer = session.send_file(path)
-        return self._register(transfer)
+        self._peer_adapter.number(transfer)  # i10 merge: the PeerFactory numbers it; this line goes
+        return transfer.handle
 
     def transfer(self, handle: int) -> Transfer:
         try:
-            return self._handles[handle]
+            return self._numbered()[handle]
         except KeyError:
             raise UnknownTransfer(f"no transfer number {handle} (see /transfers)") from None
 
-    def transfers(self) -> list[tuple[int, Transfer]]:
-        return sorted(self._handles.items())
-
-    def handle_of(self, transfer: Transfer) -> int:
-        return self._register(transfer)
+    def transfers(self) -> list[Transfer]:
+        """Every transfer of this run, by handle."""
+        return [transfer for _, transfer in sorted(self._numbered().items())]
 
     def accept(self, handle: int) -> Transfer:
         transfer = self.transfer(handle)
@@ -268,9 +232,13 @@ class ChatClient:
         return transfer
 
     def open_transfers(self) -> list[Transfer]:
-        return [t for t in self._handles.values() if not t.finished]
+        return [t for t in self.transfers() if not t.finished]
 
     # -- inside -------------------------------------------------------------------
+
+    def _numbered(self) -> dict[int, Transfer]:
+        # i10 merge: `self.peers.transfers if self.peers is not None else {}`
+        return self._peer_adapter.transfers
 
     def _peers(self) -> PeerFactory:
         if self.peers is None:
@@ -283,14 +251,6 @@ class ChatClient:
             raise NotChatting(f"the chat with {transfer.peer} is closed")
         return session
 
-    def _register(self, transfer: Transfer) -> int:
-        handle = self._handle_of.get(id(transfer))
-        if handle is None:
-            handle = next(self._numbers)
-            self._handle_of[id(transfer)] = handle
-            self._handles[handle] = transfer
-        return handle
-
     def _verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
         d = self.server.verify(token)
 
@@ -302,50 +262,40 @@ class ChatClient:
         return d.addErrback(translate)
 
 
-class _ServerRelay:
-    """Server-link events, in words for the user (a stop-gap until ChatClient takes an ``emit`` itself)."""
-
-    def __init__(self, client: ChatClient) -> None:
-        self.client = client
-
-    def __call__(self, event: ChatEvent) -> None:
-        events = self.client.events
-        if isinstance(event, ChatRequested):
-            events.request(event.user)
-        elif isinstance(event, ServerLost):
-            events.notice(f"lost the server connection ({event.error}); open chats go on")
-        elif isinstance(event, Reconnecting):
-            events.notice(f"reconnecting to the server in {event.delay:.0f} s (attempt {event.attempt})")
-        elif isinstance(event, Reconnected):
-            where = f", listening on {event.listening[0]}:{event.listening[1]}" if event.listening else ""
-            events.notice(f"reconnected to the server as {event.user}{where}")
-        elif isinstance(event, GaveUp):
-            events.notice(f"gave up reconnecting to the server: {event.error}")
+# -- i10 merge: the adapter below goes once the peer part calls `emit` itself --------
 
 
-class _PeerRelay:
-    """Peer events, with transfer handles added."""
+class _PeerAdapter:
+    """The peer side's callbacks as :mod:`chatapp.events` objects, and the transfer numbering the factory takes over."""
 
-    def __init__(self, client: ChatClient) -> None:
-        self.client = client
+    def __init__(self, emit: EventSink) -> None:
+        self.emit = emit
+        self.transfers: dict[int, Transfer] = {}
+        self._numbers = itertools.count(1)
+
+    def number(self, transfer: Transfer) -> Transfer:
+        if not transfer.handle:
+            transfer.handle = next(self._numbers)
+            self.transfers[transfer.handle] = transfer
+        return transfer
 
     def peer_joined(self, session: PeerSession) -> None:
-        self.client.events.peer_joined(session)
+        self.emit(PeerJoined(session))
 
     def peer_left(self, session: PeerSession, reason: str) -> None:
-        self.client.events.peer_left(session, reason)
+        self.emit(PeerLeft(session, reason))
 
     def message(self, session: PeerSession, text: str) -> None:
-        self.client.events.message(session, text)
+        self.emit(MessageReceived(session, text))
 
     def offer(self, session: PeerSession, transfer: Transfer) -> None:
-        self.client.events.offer(self.client.handle_of(transfer), session, transfer)
+        self.emit(FileOffered(session, self.number(transfer)))
 
     def transfer_progress(self, transfer: Transfer) -> None:
-        self.client.events.transfer_progress(self.client.handle_of(transfer), transfer)
+        self.emit(TransferProgress(self.number(transfer)))
 
     def transfer_ended(self, transfer: Transfer) -> None:
-        self.client.events.transfer_ended(self.client.handle_of(transfer), transfer)
+        self.emit(TransferEnded(self.number(transfer)))
 
     def notice(self, session: PeerSession, text: str) -> None:
-        self.client.events.notice(f"{session.peer_name}: {text}")
+        self.emit(PeerNotice(session, text))

@@ -1,29 +1,34 @@
-"""ChatClient instances for loopback tests, with an events recorder one can await on."""
+"""ChatClient instances for loopback tests, with an event recorder one can await on."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer, reactor
 
 from chatapp.app import ChatClient
-from chatapp.peer import PeerSession, Transfer
+from chatapp.events import ChatEvent, EventSink, MessageReceived, TransferEnded, ignore
+from chatapp.peer import Transfer
+
+E = TypeVar("E")
 
 PASSWORD = "correct horse battery"
 TIMEOUT = 20.0
 
 
 class Recorder:
-    """Keeps every event as a tuple and wakes tests waiting for a condition on them."""
+    """An ``emit`` that keeps every event (and hands it on to ``forward``) and wakes tests waiting on them."""
 
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
+    def __init__(self, forward: EventSink = ignore) -> None:
+        self.events: list[ChatEvent] = []
+        self.forward = forward
         self._waiters: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
 
-    def _add(self, *event: Any) -> None:
+    def __call__(self, event: ChatEvent) -> None:
         self.events.append(event)
+        self.forward(event)
         for waiter in list(self._waiters):
             check, d = waiter
             if check():
@@ -37,42 +42,21 @@ class Recorder:
         self._waiters.append((check, d))
         await d.addTimeout(timeout, reactor)
 
-    def messages(self) -> list[tuple[str, str]]:
-        return [(e[1], e[2]) for e in self.events if e[0] == "message"]
+    def of(self, kind: type[E]) -> list[E]:
+        """The events of one kind, in order."""
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def messages(self) -> list[tuple[str | None, str]]:
+        return [(e.session.peer_name, e.text) for e in self.of(MessageReceived)]
 
     def ended(self) -> list[Transfer]:
-        return [e[2] for e in self.events if e[0] == "ended"]
-
-    # ChatEvents
-    def request(self, user: str) -> None:
-        self._add("request", user)
-
-    def peer_joined(self, session: PeerSession) -> None:
-        self._add("joined", session.peer_name)
-
-    def peer_left(self, session: PeerSession, reason: str) -> None:
-        self._add("left", session.peer_name, reason)
-
-    def message(self, session: PeerSession, text: str) -> None:
-        self._add("message", session.peer_name, text)
-
-    def offer(self, handle: int, session: PeerSession, transfer: Transfer) -> None:
-        self._add("offer", handle, transfer)
-
-    def transfer_progress(self, handle: int, transfer: Transfer) -> None:
-        self._add("progress", handle, transfer)
-
-    def transfer_ended(self, handle: int, transfer: Transfer) -> None:
-        self._add("ended", handle, transfer)
-
-    def notice(self, text: str) -> None:
-        self._add("notice", text)
+        return [e.transfer for e in self.of(TransferEnded)]
 
 
 async def start_client(
-    port: int, name: str, tmp_path: Path, signup: bool = True, **options: Any
+    port: int, name: str, tmp_path: Path, signup: bool = True, forward: EventSink = ignore, **options: Any
 ) -> tuple[ChatClient, Recorder]:
-    recorder = Recorder()
+    recorder = Recorder(forward)
     options.setdefault("listen", "tcp:0:interface=127.0.0.1")
     options.setdefault("reconnect_delay", 0.2)
     client = ChatClient(

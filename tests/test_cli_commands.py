@@ -12,9 +12,20 @@ from live_server import start_server
 from twisted.internet import defer, reactor
 
 from chatapp.app import ChatClient
-from chatapp.cli.commands import Command, CommandError, Dispatcher, EventRelay, complete, help_lines, parse_command
-from chatapp.cli.render import Event, script_line
-from chatapp.cli.script import ScriptOutput, ScriptRunner
+from chatapp.cli.commands import (
+    Command,
+    CommandError,
+    Conversations,
+    Dispatcher,
+    complete,
+    console_sink,
+    help_lines,
+    parse_command,
+)
+from chatapp.cli.events import CommandFailed, ListenState, PasswordChanged, Shown
+from chatapp.cli.render import script_line
+from chatapp.cli.script import ScriptOutput, ScriptRunner, env_new_password
+from chatapp.events import FileOffered, MessageReceived, PeerJoined, PeerLeft, TransferEnded
 
 
 @pytest.mark.parametrize(
@@ -95,15 +106,13 @@ class World:
         self.clients: list[ChatClient] = []
         self.port = 0
 
-    async def console(self, name: str, **options: object) -> tuple[Dispatcher, list[Event]]:
-        events: list[Event] = []
-        relay = EventRelay(events.append)
-        client, _ = await start_client(self.port, name, self.tmp_path, **options)  # type: ignore[arg-type]
-        client.events = relay
+    async def console(self, name: str, **options: object) -> tuple[Dispatcher, list[Shown]]:
+        events: list[Shown] = []
+        chats = Conversations()
+        sink = console_sink(chats, events.append)
+        client, _ = await start_client(self.port, name, self.tmp_path, forward=sink, **options)  # type: ignore[arg-type]
         self.clients.append(client)
-        dispatcher = Dispatcher(client, events.append, _password)
-        relay.dispatcher = dispatcher
-        return dispatcher, events
+        return Dispatcher(client, chats, events.append, _password), events
 
 
 async def _password() -> str:
@@ -120,7 +129,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     await service.stopService()
 
 
-async def until(events: list[Event], check: object, timeout: float = 10) -> None:
+async def until(events: list[Shown], check: object, timeout: float = 10) -> None:
     for _ in range(int(timeout / 0.01)):
         if any(check(e) for e in events):  # type: ignore[operator]
             return
@@ -142,31 +151,32 @@ async def test_dispatch_chat_files_and_errors(world: World, tmp_path: Path) -> N
     assert [script_line(e) for e in a] == ["WHO alice listening", "WHO bob listening", "OK who 2"]
     assert alice.users() == ["bob"]
     assert await alice.run_line("/msg bob hi \x1b]0;x\x07")
-    await until(b, lambda e: e.kind == "MSG")
+    await until(b, lambda e: isinstance(e, MessageReceived))
     assert "MSG alice hi \\x1b]0;x\\x07" in [script_line(e) for e in b]
-    assert bob.active == "alice"  # whoever writes first becomes the active chat
+    assert bob.chats.active == "alice"  # whoever writes first becomes the active chat
     assert await bob.run_line("hello")
-    await until(a, lambda e: e.kind == "MSG")
+    await until(a, lambda e: isinstance(e, MessageReceived))
     (tmp_path / "f.txt").write_bytes(b"data")
     assert await alice.run_line(f"/send bob {tmp_path / 'f.txt'}")
-    await until(b, lambda e: e.kind == "OFFER")
-    offer = next(e for e in b if e.kind == "OFFER")
-    assert script_line(offer) == f"OFFER {offer.fields[0]} alice 4 f.txt"
-    assert await bob.run_line(f"/accept {offer.fields[0]}")
-    await until(b, lambda e: e.kind == "DONE")
+    await until(b, lambda e: isinstance(e, FileOffered))
+    offer = next(e for e in b if isinstance(e, FileOffered))
+    handle = offer.transfer.handle
+    assert script_line(offer) == f"OFFER {handle} alice 4 f.txt"
+    assert await bob.run_line(f"/accept {handle}")
+    await until(b, lambda e: isinstance(e, TransferEnded))
     assert (tmp_path / "bob" / "downloads" / "f.txt").read_bytes() == b"data"
-    assert not await bob.run_line(f"/accept {offer.fields[0]}")
-    assert b[-1].kind == "ERROR" and "ended already" in b[-1].text
+    assert not await bob.run_line(f"/accept {handle}")
+    assert isinstance(b[-1], CommandFailed) and "ended already" in b[-1].text
     assert not await alice.run_line("/send bob /no/such/file")
-    assert a[-1].text == "/send bob: no such file: /no/such/file"
+    assert a[-1] == CommandFailed("/send bob: no such file: /no/such/file")
     assert await bob.run_line("/transfers")
-    assert script_line(b[-2]).startswith(f"TRANSFER {offer.fields[0]} receive alice done 4 4 f.txt")
+    assert script_line(b[-2]).startswith(f"TRANSFER {handle} receive alice done 4 4 f.txt")
     assert await alice.run_line("/listen off")
-    assert a[-1] == Event("OK", ("listen", "off"))
+    assert a[-1] == ListenState(None)
     assert await alice.run_line("/passwd")
-    assert a[-1] == Event("OK", ("passwd",))
+    assert a[-1] == PasswordChanged()
     assert await alice.run_line("/close bob")
-    await until(b, lambda e: e.kind == "LEFT")
+    await until(b, lambda e: isinstance(e, PeerLeft))
     assert not await alice.run_line("/close bob")
     assert await alice.run_line("/quit") and alice.quitting
 
@@ -184,15 +194,13 @@ async def test_script_runner_runs_lines_strictly_in_order(world: World) -> None:
     assert failures == 1
     assert lines == ["OK msg bob alice one", "OK msg bob alice two", "ERROR unknown command /frob; /help lists them",
                      "OK msg bob alice three", "OK quit"]  # fmt: skip
-    await until(b, lambda e: e.kind == "MSG" and e.text == "three")
-    assert [e.text for e in b if e.kind == "MSG"] == ["one", "two", "three"]
-    assert [e.kind for e in a] == ["JOINED"]  # the relay still reports events; command results went to lines
+    await until(b, lambda e: isinstance(e, MessageReceived) and e.text == "three")
+    assert [e.text for e in b if isinstance(e, MessageReceived)] == ["one", "two", "three"]
+    assert [type(e) for e in a] == [PeerJoined]  # the client's events still arrive; command results went to lines
 
 
 @pytest_twisted.ensureDeferred
 async def test_script_mode_passwd_takes_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chatapp.cli.session import env_new_password
-
     monkeypatch.delenv("CHATAPP_NEW_PASSWORD", raising=False)
     with pytest.raises(CommandError, match="CHATAPP_NEW_PASSWORD"):
         await env_new_password()

@@ -1,4 +1,4 @@
-"""The command line, sizes, credentials and the error -> exit code mapping of the console client (no I/O)."""
+"""The command line, sizes, credentials, and errors as exit codes and safe lines, of the console client (no I/O)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import io
 
 import pytest
 
-from chatapp.cli import main as cli
+from chatapp.cli import errors, login, main
+from chatapp.cli.errors import explain, format_error
 from chatapp.cli.options import DEFAULT_DOWNLOADS, DEFAULT_LISTEN, DEFAULT_SERVER, UsageError, parse_args, parse_size
 from chatapp.client import (
     BadCredentials,
     BadRequest,
     Blocked,
     Busy,
+    ChatClientError,
     ConnectFailed,
+    ConnectionClosed,
     InvalidArgument,
     Locked,
     SlowDown,
@@ -93,12 +96,12 @@ def test_usage_errors(argv: list[str]) -> None:
 
 
 def test_main_returns_2_on_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["--max-file-size", "lots"]) == cli.EXIT_USAGE
+    assert main.main(["--max-file-size", "lots"]) == errors.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("chatapp: not a size") and err.count("\n") == 1
 
 
-class FakeTerminal(cli.Terminal):
+class FakeTerminal(login.Terminal):
     def __init__(self, answers: list[str], secrets: list[str], tty: bool = True) -> None:
         self.err = io.StringIO()
         super().__init__(io.StringIO("".join(a + "\n" for a in answers)), self.err)
@@ -114,64 +117,101 @@ class FakeTerminal(cli.Terminal):
 
 def test_everything_is_asked_on_a_terminal() -> None:
     term = FakeTerminal(["s", "alice"], ["correct horse", "correct horse"])
-    assert cli.credentials(parse_args([]), term, {}) == ("alice", "correct horse", True)
+    assert login.credentials(parse_args([]), term, {}) == ("alice", "correct horse", True)
     assert "log in or sign up? [l/s]" in term.err.getvalue()
     assert "user name:" in term.err.getvalue()
 
 
 def test_signup_asks_twice_until_they_match() -> None:
     term = FakeTerminal([], ["short", "correct horse", "other horse", "correct horse", "correct horse"])
-    assert cli.credentials(parse_args(["--user", "al", "--signup"]), term, {})[1] == "correct horse"
+    assert login.credentials(parse_args(["--user", "al", "--signup"]), term, {})[1] == "correct horse"
     assert "8-72 bytes" in term.err.getvalue() and "differ" in term.err.getvalue()
 
 
 def test_a_bad_name_typed_is_asked_again() -> None:
     term = FakeTerminal(["l", "-x", "bob"], ["pw is long enough"])
-    assert cli.credentials(parse_args([]), term, {}) == ("bob", "pw is long enough", False)
+    assert login.credentials(parse_args([]), term, {}) == ("bob", "pw is long enough", False)
 
 
 def test_without_a_terminal_the_environment_or_a_file(tmp_path) -> None:
     term = FakeTerminal([], [], tty=False)
-    assert cli.credentials(parse_args(["--user", "al"]), term, {"CHATAPP_PASSWORD": "from env!"}) == (
+    assert login.credentials(parse_args(["--user", "al"]), term, {"CHATAPP_PASSWORD": "from env!"}) == (
         "al", "from env!", False
     )  # fmt: skip
     pw = tmp_path / "pw"
     pw.write_text("from a file\nsecond line\n")
     s = parse_args(["--user", "al", "--password-file", str(pw)])
-    assert cli.credentials(s, term, {"CHATAPP_PASSWORD": "ignored"})[1] == "from a file"
+    assert login.credentials(s, term, {"CHATAPP_PASSWORD": "ignored"})[1] == "from a file"
     with pytest.raises(UsageError, match="CHATAPP_PASSWORD"):
-        cli.credentials(parse_args(["--user", "al"]), term, {})
+        login.credentials(parse_args(["--user", "al"]), term, {})
     with pytest.raises(UsageError, match="--user"):
-        cli.credentials(parse_args([]), term, {"CHATAPP_PASSWORD": "x" * 8})
+        login.credentials(parse_args([]), term, {"CHATAPP_PASSWORD": "x" * 8})
     with pytest.raises(UsageError, match="password file"):
-        cli.credentials(parse_args(["--user", "al", "--password-file", str(tmp_path / "nope")]), term, {})
-    with pytest.raises(cli.Fatal) as bad:
-        cli.credentials(parse_args(["--user", "no spaces"]), term, {"CHATAPP_PASSWORD": "x" * 8})
-    assert bad.value.code == cli.EXIT_BAD_INPUT
+        login.credentials(parse_args(["--user", "al", "--password-file", str(tmp_path / "nope")]), term, {})
+    with pytest.raises(errors.Fatal) as bad:
+        login.credentials(parse_args(["--user", "no spaces"]), term, {"CHATAPP_PASSWORD": "x" * 8})
+    assert bad.value.code == errors.EXIT_BAD_INPUT
 
 
 @pytest.mark.parametrize(
     ("error", "code", "words"),
     [
-        (BadCredentials(401, "bad-credentials"), cli.EXIT_CREDENTIALS, "after a few more failures your address"),
-        (Blocked(429, "blocked", ("300",)), cli.EXIT_BLOCKED, "blocked for 5 more minutes"),
-        (Blocked(429, "blocked", ("59",)), cli.EXIT_BLOCKED, "blocked for 1 more minute"),
-        (Locked(429, "locked", ("61",)), cli.EXIT_LOCKED, "locked after failed logins, for 2 more minutes"),
-        (UserExists(409, "user-exists"), cli.EXIT_TAKEN, "the name alice is taken"),
-        (InvalidArgument("passwords are 8-72 bytes long"), cli.EXIT_BAD_INPUT, "8-72 bytes"),
-        (BadRequest(400, "bad-username"), cli.EXIT_BAD_INPUT, "user names are"),
-        (SlowDown(429, "slow-down", ("120",)), cli.EXIT_LATER, "try again in 2 more minutes"),
-        (Busy(503, "busy"), cli.EXIT_LATER, "busy"),
-        (ConnectFailed("cannot reach the chat server at h:1: refused"), cli.EXIT_UNREACHABLE, "cannot reach"),
-        (RuntimeError("boom"), cli.EXIT_FAILED, "unexpected error: RuntimeError: boom"),
+        (BadCredentials(401, "bad-credentials"), errors.EXIT_CREDENTIALS, "after a few more failures your address"),
+        (Blocked(429, "blocked", ("300",)), errors.EXIT_BLOCKED, "blocked for 5 more minutes"),
+        (Blocked(429, "blocked", ("59",)), errors.EXIT_BLOCKED, "blocked for 1 more minute"),
+        (Locked(429, "locked", ("61",)), errors.EXIT_LOCKED, "locked after failed logins, for 2 more minutes"),
+        (UserExists(409, "user-exists"), errors.EXIT_TAKEN, "the name alice is taken"),
+        (InvalidArgument("passwords are 8-72 bytes long"), errors.EXIT_BAD_INPUT, "8-72 bytes"),
+        (BadRequest(400, "bad-username"), errors.EXIT_BAD_INPUT, "user names are"),
+        (SlowDown(429, "slow-down", ("120",)), errors.EXIT_LATER, "try again in 2 more minutes"),
+        (Busy(503, "busy"), errors.EXIT_LATER, "busy"),
+        (ConnectFailed("cannot reach the chat server at h:1: refused"), errors.EXIT_UNREACHABLE, "cannot reach"),
+        (RuntimeError("boom"), errors.EXIT_FAILED, "unexpected error: RuntimeError: boom"),
     ],
 )
 def test_start_errors_become_one_line_and_a_code(error: Exception, code: int, words: str) -> None:
-    fatal = cli.explain(error, parse_args(["--user", "alice"]))
+    fatal = explain(error, parse_args(["--user", "alice"]))
     assert fatal.code == code
     assert words in str(fatal) and "\n" not in str(fatal)
 
 
 def test_exit_codes_are_distinct_and_documented() -> None:
-    codes = [getattr(cli, n) for n in dir(cli) if n.startswith("EXIT_") and n != "EXIT_CODES"]
-    assert len(codes) == len(set(codes)) == len(cli.EXIT_CODES)
+    codes = [getattr(errors, n) for n in dir(errors) if n.startswith("EXIT_") and n != "EXIT_CODES"]
+    assert len(codes) == len(set(codes)) == len(errors.EXIT_CODES)
+
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\rFAKE\r\nchatapp: all good\u202e\u2028\u2029\x85\\x1b"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ChatClientError(HOSTILE),
+        InvalidArgument(HOSTILE),
+        ConnectFailed(HOSTILE),
+        ConnectionClosed(HOSTILE),
+        OSError(HOSTILE),
+        RuntimeError(HOSTILE),
+        UserExists(409, "user-exists"),  # the name in the line is the hostile one
+        Locked(429, "locked", ("60",)),
+    ],
+)
+def test_hostile_error_text_comes_out_escaped_on_one_line(error: Exception) -> None:
+    settings = parse_args(["--user", "alice", "--server", "chat.example:8750"])
+    line = format_error(str(explain(error, settings, user=HOSTILE)))
+    assert line.isprintable(), repr(line)  # no control, format or line/paragraph separator character is left
+    assert len(line.splitlines()) == 1
+    # shown as text (some library errors escape their text already: then it shows escaped twice, still text)
+    for shown in ("x1b[2J", "x1b]0;owned", "x07", "x0d", "x0a", "u202e", "u2028", "u2029", "x85"):
+        assert f"\\{shown}" in line, shown
+
+
+def test_a_backslash_in_an_error_cannot_pass_for_an_escape() -> None:
+    assert format_error("a\\x1b b") == "a\\\\x1b b"
+
+
+def test_main_prints_hostile_text_escaped(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["send", "--user", "al", "bob", str(tmp_path / f"no{HOSTILE}file")]) == errors.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("chatapp: not a readable file: ") and err.count("\n") == 1
+    assert err[:-1].isprintable() and "\\x1b]0;owned\\x07" in err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from twisted.conch.insults import insults
@@ -11,8 +11,43 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from chatapp.cli.editor import LineEditor, visible
-from chatapp.cli.render import Event, eta, human_eta, human_line, human_rate, percent, script_line, status_line
+from chatapp.cli.events import (
+    ActiveChat,
+    ChatClosed,
+    ChatOpened,
+    CommandFailed,
+    FileOfferSent,
+    HelpLine,
+    HelpShown,
+    ListenState,
+    MessageSent,
+    PasswordChanged,
+    Quitting,
+    Ready,
+    Shown,
+    TransferAnswered,
+    TransferRow,
+    TransfersListed,
+    WhoListed,
+    WhoRow,
+)
+from chatapp.cli.render import clock, eta, human_eta, human_line, human_rate, percent, script_line, status_line
 from chatapp.cli.terminal import ConsoleProtocol
+from chatapp.client import ConnectionClosed
+from chatapp.events import (
+    ChatRequested,
+    FileOffered,
+    GaveUp,
+    MessageReceived,
+    PeerJoined,
+    PeerLeft,
+    PeerNotice,
+    Reconnected,
+    Reconnecting,
+    ServerLost,
+    TransferEnded,
+    TransferProgress,
+)
 from chatapp.peer import Direction, TransferState
 
 
@@ -25,44 +60,133 @@ class FakeTransfer:
     direction: Direction
     state: TransferState
     peer: str
+    handle: int = 1
+    reason: str = ""
+    path: str | None = None
+
+
+@dataclass
+class FakeSession:
+    peer_name: str | None
 
 
 EVIL = "\x1b[2J\x1b]0;title\x07\u202e\r\n"
 
 
+def session(name: str | None) -> Any:
+    return FakeSession(name)
+
+
+def transfer(
+    size: int,
+    done: int,
+    rate: float,
+    direction: Direction = Direction.RECEIVE,
+    state: TransferState = TransferState.RECEIVING,
+    **more: Any,
+) -> Any:
+    name, peer = more.pop("name", "big.iso"), more.pop("peer", "bob")
+    return FakeTransfer(name, size, done, rate, direction, state, peer, **more)
+
+
+BOB = session("bob")
+OFFERED = transfer(10, 0, 0.0, state=TransferState.OFFERED, handle=3, name="x.pdf")
+DONE_IN = transfer(10, 10, 0.0, state=TransferState.DONE, handle=4, path="/home/al/x.txt", name="x.txt")
+FAILED_OUT = transfer(10, 3, 0.0, Direction.SEND, state=TransferState.REJECTED, handle=5, reason="too-large")
+
+# every kind of line, byte for byte as docs/console.md documents it
+SCRIPT_LINES: list[tuple[Shown, str]] = [
+    (Ready("alice", ("192.0.2.7", 40123)), "READY alice listening 192.0.2.7 40123"),
+    (Ready("alice", None), "READY alice online"),
+    (WhoListed(2), "OK who 2"),
+    (ChatOpened("bob"), "OK chat bob"),
+    (MessageSent("bob", "alice", "hi  bob"), "OK msg bob alice hi  bob"),
+    (ActiveChat("bob"), "OK to bob"),
+    (ActiveChat(None), "OK to"),
+    (FileOfferSent(1, "bob", 1048600, "slides 2.pdf"), "OK send 1 bob 1048600 slides 2.pdf"),
+    (TransferAnswered("accept", 3), "OK accept 3"),
+    (TransferAnswered("reject", 3), "OK reject 3"),
+    (TransferAnswered("cancel", 3), "OK cancel 3"),
+    (TransfersListed(0), "OK transfers 0"),
+    (ChatClosed("bob"), "OK close bob"),
+    (ListenState(("192.0.2.7", 40123)), "OK listen on 192.0.2.7 40123"),
+    (ListenState(None), "OK listen off"),
+    (PasswordChanged(), "OK passwd"),
+    (HelpShown(), "OK help"),
+    (Quitting(), "OK quit"),
+    (CommandFailed("/msg nobody: there is no such user (404 no-such-user)"),
+     "ERROR /msg nobody: there is no such user (404 no-such-user)"),
+    (WhoRow("bob", "listening"), "WHO bob listening"),
+    (TransferRow(transfer(2048, 1024, 9.0, handle=2)), "TRANSFER 2 receive bob receiving 1024 2048 big.iso"),
+    (HelpLine("/who  who is online"), "HELP /who  who is online"),
+    (ChatRequested("bob"), "REQUEST bob"),
+    (PeerJoined(BOB), "JOINED bob"),
+    (PeerLeft(BOB, "connection-lost"), "LEFT bob connection-lost"),
+    (PeerLeft(BOB, ""), "LEFT bob closed"),
+    (MessageReceived(BOB, "hi there"), "MSG bob hi there"),
+    (FileOffered(BOB, OFFERED), "OFFER 3 bob 10 x.pdf"),
+    (TransferProgress(transfer(2048, 1024, 99.7, handle=2)), "PROGRESS 2 receive bob receiving 1024 2048 99"),
+    (TransferEnded(DONE_IN), "DONE 4 receive bob 10 /home/al/x.txt"),
+    (TransferEnded(FAILED_OUT), "FAILED 5 send bob rejected too-large"),
+    (PeerNotice(BOB, "the disk is full"), "NOTICE bob: the disk is full"),
+    (ServerLost(ConnectionClosed("gone")),
+     "NOTICE lost the server connection (the server closed the connection (gone)); open chats go on"),
+    (Reconnecting(2.0, 3), "NOTICE reconnecting to the server in 2 s (attempt 3)"),
+    (Reconnected("alice", ("192.0.2.7", 40123)),
+     "NOTICE reconnected to the server as alice, listening on 192.0.2.7:40123"),
+    (Reconnected("alice", None), "NOTICE reconnected to the server as alice"),
+    (GaveUp(RuntimeError("logged in elsewhere")), "NOTICE gave up reconnecting to the server: logged in elsewhere"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("event", "line"), SCRIPT_LINES)
+def test_script_lines_keep_their_documented_format(event: Shown, line: str) -> None:
+    assert script_line(event) == line
+
+
+def test_every_kind_of_event_has_a_script_line_test() -> None:
+    assert {type(e) for e, _ in SCRIPT_LINES} == set(get_args(Shown))
+
+
 def test_script_lines_are_one_line_with_everything_escaped() -> None:
-    assert script_line(Event("MSG", ("bob",), "hi there")) == "MSG bob hi there"
-    line = script_line(Event("OFFER", ("1", "bob", "10"), f"a{EVIL}b.txt"))
-    assert line == "OFFER 1 bob 10 a\\x1b[2J\\x1b]0;title\\x07\\u202e\\x0d\\x0ab.txt"
-    assert (
-        script_line(
-            Event("X", ("two words", "")),
-        )
-        == "X two\\x20words -"
-    )
-    assert script_line(Event("MSG", ("bob",), "back\\slash")) == "MSG bob back\\\\slash"
+    offer = FileOffered(BOB, transfer(10, 0, 0.0, state=TransferState.OFFERED, name=f"a{EVIL}b.txt"))
+    assert script_line(offer) == "OFFER 1 bob 10 a\\x1b[2J\\x1b]0;title\\x07\\u202e\\x0d\\x0ab.txt"
+    assert script_line(WhoRow("two words", "")) == "WHO two\\x20words -"
+    assert script_line(MessageReceived(BOB, "back\\slash")) == "MSG bob back\\\\slash"
+    assert script_line(PeerJoined(session(None))) == "JOINED ?"
+
+
+EVIL_BOB = session(f"b{EVIL}")
 
 
 @pytest.mark.parametrize(
     "event",
     [
-        Event("MSG", (f"b{EVIL}",), EVIL),
-        Event("OFFER", ("1", f"b{EVIL}", "10"), EVIL),
-        Event("DONE", ("1", "receive", f"b{EVIL}", "10"), EVIL),
-        Event("FAILED", ("1", "send", f"b{EVIL}", "failed"), EVIL),
-        Event("LEFT", (EVIL,), EVIL),
-        Event("JOINED", (EVIL,)),
-        Event("REQUEST", (EVIL,)),
-        Event("NOTICE", (), EVIL),
-        Event("ERROR", (), EVIL),
-        Event("WHO", (EVIL, "online")),
-        Event("TRANSFER", ("1", "receive", EVIL, "done", "1", "2"), EVIL),
-        Event("OK", ("msg", EVIL, "me"), EVIL),
-        Event("HELP", (), EVIL),
-        Event("WHATEVER", (EVIL,), EVIL),
+        MessageReceived(EVIL_BOB, EVIL),
+        FileOffered(EVIL_BOB, transfer(10, 0, 0.0, state=TransferState.OFFERED, name=EVIL, peer=f"b{EVIL}")),
+        TransferEnded(transfer(10, 10, 0.0, state=TransferState.DONE, path=EVIL, peer=f"b{EVIL}")),
+        TransferEnded(transfer(10, 1, 0.0, Direction.SEND, state=TransferState.FAILED, reason=EVIL, peer=f"b{EVIL}")),
+        PeerLeft(EVIL_BOB, EVIL),
+        PeerJoined(EVIL_BOB),
+        ChatRequested(EVIL),
+        PeerNotice(EVIL_BOB, EVIL),
+        ServerLost(ConnectionClosed(EVIL)),
+        GaveUp(ConnectionClosed(EVIL)),
+        Reconnected(EVIL, (EVIL, 1)),
+        CommandFailed(EVIL),
+        WhoRow(EVIL, "online"),
+        TransferRow(transfer(2, 1, 0.0, state=TransferState.DONE, name=EVIL, peer=EVIL)),
+        MessageSent(EVIL, "me", EVIL),
+        FileOfferSent(1, EVIL, 10, EVIL),
+        ChatOpened(EVIL),
+        ActiveChat(EVIL),
+        ChatClosed(EVIL),
+        ListenState((EVIL, 1)),
+        Ready(EVIL, (EVIL, 1)),
+        HelpLine(EVIL),
     ],
 )
-def test_human_lines_never_carry_control_characters(event: Event) -> None:
+def test_human_lines_never_carry_control_characters(event: Shown) -> None:
     line = human_line(event, 0.0)
     assert line is not None
     assert all(c.isprintable() for c in line), repr(line)
@@ -70,16 +194,30 @@ def test_human_lines_never_carry_control_characters(event: Event) -> None:
 
 
 def test_human_lines() -> None:
-    assert human_line(Event("MSG", ("bob",), "hi"), 0.0).endswith(" <bob> hi")  # type: ignore[union-attr]
-    offer = human_line(Event("OFFER", ("3", "bob", str(5 * 1024**2)), "x.pdf"), 0.0)
+    assert human_line(MessageReceived(BOB, "hi"), 0.0).endswith(" <bob> hi")  # type: ignore[union-attr]
+    offered = transfer(5 * 1024**2, 0, 0.0, state=TransferState.OFFERED, handle=3, name="x.pdf")
+    offer = human_line(FileOffered(BOB, offered), 0.0)
     assert offer is not None and offer.endswith("* bob offers x.pdf (5.0 MiB): /accept 3 or /reject 3")
-    assert human_line(Event("PROGRESS", ("1",)), 0.0) is None
-    auto = human_line(Event("OFFER", ("3", "bob", "10"), "x.pdf"), 0.0, auto_accept=True)
+    assert human_line(TransferProgress(offered), 0.0) is None
+    auto = human_line(FileOffered(BOB, OFFERED), 0.0, auto_accept=True)
     assert auto is not None and auto.endswith("* bob sends x.pdf (10 B); accepting it (#3, /cancel 3 stops it)")
-
-
-def transfer(size: int, done: int, rate: float, direction: Direction = Direction.RECEIVE) -> Any:
-    return FakeTransfer("big.iso", size, done, rate, direction, TransferState.RECEIVING, "bob")
+    expected: list[tuple[Shown, str | None]] = [
+        (MessageSent("bob", "alice", "hey"), "<alice -> bob> hey"),
+        (TransferEnded(DONE_IN), "* #4 received from bob (10 B): /home/al/x.txt"),
+        (TransferEnded(FAILED_OUT), "* #5 to bob ended: too-large"),
+        (TransferRow(transfer(2048, 1024, 0.0, handle=2)), "  #2 big.iso from bob: receiving 50% of 2.0 KiB"),
+        (Ready("al", None), "* logged in as al, not listening (/listen on to accept chats); /help lists the commands"),
+        (ListenState(("h", 1)), "* listening on h:1"),
+        (TransferAnswered("cancel", 2), "* #2 cancelled"),
+        (WhoListed(3), "* 3 online"),
+        (PasswordChanged(), "* password changed"),
+        (Reconnecting(0.6, 1), "* reconnecting to the server in 1 s (attempt 1)"),
+        (TransfersListed(1), None),
+        (Quitting(), None),
+    ]
+    for event, body in expected:
+        assert human_line(event, 0.0) == (None if body is None else f"{clock(0.0)} {body}")
+    assert human_line(HelpLine("/who  who is online"), 0.0) == "/who  who is online"  # no time on help lines
 
 
 def test_percent_rate_eta() -> None:
@@ -96,12 +234,12 @@ def test_percent_rate_eta() -> None:
 
 
 def test_status_line() -> None:
-    line = status_line([(1, transfer(100 * 1024**2, 25 * 1024**2, 5 * 1024**2))])
+    line = status_line([transfer(100 * 1024**2, 25 * 1024**2, 5 * 1024**2)])
     assert line == "[#1 big.iso <-bob 25% 5.0 MiB/s ETA 00:15]"
-    out: Any = FakeTransfer(f"e{EVIL}", 10, 5, 1.0, Direction.SEND, TransferState.SENDING, "al")
-    line = status_line([(1, transfer(10, 1, 1.0)), (2, out)], width=200)
+    out: Any = FakeTransfer(f"e{EVIL}", 10, 5, 1.0, Direction.SEND, TransferState.SENDING, "al", handle=2)
+    line = status_line([transfer(10, 1, 1.0), out], width=200)
     assert "\x1b" not in line and "[#2 e\\x1b[2J" in line and "->al 50%" in line
-    assert len(status_line([(n, transfer(10, 1, 1.0)) for n in range(20)], width=60)) == 60
+    assert len(status_line([transfer(10, 1, 1.0, handle=n) for n in range(20)], width=60)) == 60
 
 
 # -- the line editor -------------------------------------------------------------------

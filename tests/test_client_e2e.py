@@ -15,6 +15,7 @@ from live_server import start_server
 from twisted.internet import defer
 
 from chatapp.app import ChatClient
+from chatapp.events import ChatRequested, FileOffered, PeerLeft, Reconnected, ServerLost, TransferProgress
 from chatapp.peer import TransferState
 from chatapp.server.tap import ChatServerService
 
@@ -85,7 +86,7 @@ async def test_three_clients_chat_pairwise_at_once(world: World) -> None:
     await carol.send_message("bob", "hello bob")
     await a.until(lambda: ("bob", "hello alice") in a.messages())
     await b.until(lambda: ("carol", "hello bob") in b.messages())
-    assert ("request", "alice") in b.events  # the server told bob who was coming
+    assert ChatRequested("alice") in b.events  # the server told bob who was coming
     assert {s.peer_name for s in alice.sessions()} == {"bob", "carol"}
     assert len(bob.sessions()) == 2 and len(carol.sessions()) == 2
 
@@ -100,7 +101,7 @@ async def test_50_mib_each_way_with_chat_during_the_transfer(world: World, tmp_p
     await alice.send_file("bob", str(to_bob))
     await bob.send_file("alice", str(to_alice))
     # chat lines go between chunks while both files are on the way
-    await b.until(lambda: any(e[0] == "progress" for e in b.events))
+    await b.until(lambda: bool(b.of(TransferProgress)))
     await alice.send_message("bob", "still there?")
     await bob.send_message("alice", "yes")
     await b.until(lambda: ("alice", "still there?") in b.messages())
@@ -127,7 +128,7 @@ async def test_a_transfer_cut_at_40_percent_resumes_from_the_partial(world: Worl
     cutting = cut_when_written(bob, 0.4 * size, cut)
     await alice.send_file("bob", str(source))
     await cutting
-    await b.until(lambda: any(e[0] == "left" for e in b.events))
+    await b.until(lambda: bool(b.of(PeerLeft)))
     downloads = tmp_path / "bob" / "downloads"
     assert not (downloads / "big.bin").exists()  # nothing under the final name
 
@@ -152,8 +153,8 @@ async def test_offers_wait_for_the_users_decision(world: World, tmp_path: Path) 
     (tmp_path / "spam.txt").write_bytes(b"spam")
     await alice.send_file("bob", str(tmp_path / "note.txt"))
     await alice.send_file("bob", str(tmp_path / "spam.txt"))
-    await b.until(lambda: len([e for e in b.events if e[0] == "offer"]) == 2)
-    offers = {e[2].name: e[1] for e in b.events if e[0] == "offer"}
+    await b.until(lambda: len(b.of(FileOffered)) == 2)
+    offers = {e.transfer.name: e.transfer.handle for e in b.of(FileOffered)}
     bob.accept(offers["note.txt"])
     bob.reject(offers["spam.txt"])
     await a.until(lambda: len(a.ended()) == 2)
@@ -171,15 +172,15 @@ async def test_the_server_stopping_mid_chat_does_not_stop_the_chat(world: World)
     await b.until(lambda: ("alice", "before") in b.messages())
     assert world.service is not None
     await world.service.stopService()
-    await a.until(lambda: any(e[0] == "notice" and "lost the server" in e[1] for e in a.events))
+    await a.until(lambda: bool(a.of(ServerLost)))
     await alice.send_message("bob", "during")
     await bob.send_message("alice", "still here")
     await b.until(lambda: ("alice", "during") in b.messages())
     await a.until(lambda: ("bob", "still here") in a.messages())
     # the server comes back on the same port: the clients log in again and publish their ports
     await world.start_server("--listen", f"tcp:{world.port}:interface=127.0.0.1")
-    await a.until(lambda: any(e[0] == "notice" and "reconnected" in e[1] for e in a.events))
-    await b.until(lambda: any(e[0] == "notice" and "reconnected" in e[1] for e in b.events))
+    await a.until(lambda: bool(a.of(Reconnected)))
+    await b.until(lambda: bool(b.of(Reconnected)))
     who = {entry.name: entry.state for entry in await alice.who()}
     assert who == {"alice": "listening", "bob": "listening"}
 
@@ -198,7 +199,7 @@ async def test_two_users_dialling_each_other_at_once_keep_one_chat(world: World)
     await b.until(lambda: ("alice", "one chat?") in b.messages())
     await a.until(lambda: ("bob", "one chat.") in a.messages())
     assert len(alice.sessions()) == 1 and len(bob.sessions()) == 1
-    assert not any(e[0] == "left" for e in a.events + b.events)
+    assert not a.of(PeerLeft) and not b.of(PeerLeft)
 
 
 @pytest_twisted.ensureDeferred

@@ -16,6 +16,7 @@ from line_client import LineClient, connect_lines
 from live_server import start_server
 
 from chatapp.app import ChatClient
+from chatapp.events import PeerLeft, PeerNotice
 from chatapp.peer import TransferState
 from chatapp.server.tap import ChatServerService
 
@@ -81,7 +82,7 @@ async def test_disk_full_rejects_removes_the_partial_and_chat_goes_on(
         await alice.transfer(handle).when_done()
     sent = alice.transfer(handle)
     assert (sent.state, sent.reason) == (TransferState.REJECTED, "disk-full")
-    await b.until(lambda: any(e[0] == "notice" and "disk" in e[1].lower() for e in b.events))
+    await b.until(lambda: any("disk" in e.text.lower() for e in b.of(PeerNotice)))
     assert [p for p in folder.rglob("*") if p.is_file()] == []  # partial removed, nothing placed
     await alice.send_message("bob", "did it fit?")
     await b.until(lambda: ("alice", "did it fit?") in b.messages())
@@ -101,7 +102,7 @@ async def test_a_receiver_that_dies_mid_file_resumes_from_its_partial(
     died = cut_when_written(bob, 0.4 * size, lambda: _die(bob))
     await alice.send_file("bob", str(source))
     await died
-    await a.until(lambda: any(e[0] == "left" for e in a.events))
+    await a.until(lambda: bool(a.of(PeerLeft)))
     await bob.server.close()
     assert bob.peers is not None
     await bob.peers.stop()  # a dead process's listening socket is gone too
@@ -181,4 +182,4 @@ async def test_impersonation_is_refused(
     # alice's own chats still work
     await bob.send_message("alice", "all good?")
     await a.until(lambda: ("bob", "all good?") in a.messages())
-    assert not any(e[0] == "message" and e[1] in ("mallory", "carol") for e in a.events)
+    assert not any(name in ("mallory", "carol") for name, _ in a.messages())

@@ -1,8 +1,8 @@
 """The ``/commands`` of both console modes: parsing (pure) and dispatch to a :class:`~chatapp.app.ChatClient`.
 
-Nothing here touches a terminal: results and events become
-:class:`~chatapp.cli.render.Event` values handed to an ``emit`` callable, and
-the front ends (script lines or the interactive screen) render them.
+Nothing here touches a terminal: results become :mod:`chatapp.cli.events`
+objects handed to an ``emit`` callable, and the front ends (script lines or
+the interactive screen) render them.
 """
 
 from __future__ import annotations
@@ -10,16 +10,37 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from chatapp.app import ChatClient
 from chatapp.client import ChatClientError
-from chatapp.peer import Direction, PeerError, PeerSession, Transfer, TransferState
+from chatapp.events import ChatEvent, ChatRequested, EventSink, MessageReceived, PeerJoined
+from chatapp.peer import Direction, PeerError, TransferState
 from chatapp.wire import escape_for_terminal, valid_username
 
-from .render import Event
+from .events import (
+    ActiveChat,
+    ChatClosed,
+    ChatOpened,
+    CommandFailed,
+    ConsoleEvent,
+    FileOfferSent,
+    HelpLine,
+    HelpShown,
+    ListenState,
+    MessageSent,
+    PasswordChanged,
+    Quitting,
+    Shown,
+    TransferAnswered,
+    TransferRow,
+    TransfersListed,
+    WhoListed,
+    WhoRow,
+)
 
 log = Logger()
 
@@ -136,8 +157,34 @@ def complete(line: str, users: list[str]) -> list[str]:
     return []
 
 
-def transfer_fields(handle: int, t: Transfer) -> tuple[str, ...]:
-    return (str(handle), t.direction.value, t.peer, t.state.value, str(t.bytes_done), str(t.size))
+class Conversations:
+    """Who the console talks with: the active chat (where plain lines go) and the names seen, for Tab."""
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+        self.known_users: set[str] = set()
+
+    def heard(self, event: ChatEvent) -> None:
+        """Learn from a library event: whoever came to us is a name to complete; the first writer becomes active."""
+        match event:
+            case ChatRequested(user):
+                self.known_users.add(user)
+            case PeerJoined(session) if session.peer_name:
+                self.known_users.add(session.peer_name)
+            case MessageReceived(session) if session.peer_name:
+                self.known_users.add(session.peer_name)
+                if self.active is None:
+                    self.active = session.peer_name
+
+
+def console_sink(chats: Conversations, show: Callable[[Shown], None]) -> EventSink:
+    """The ``emit`` a console gives its :class:`ChatClient`: ``chats`` learns from each event, ``show`` renders it."""
+
+    def hear(event: ChatEvent) -> None:
+        chats.heard(event)
+        show(event)
+
+    return hear
 
 
 class Dispatcher:
@@ -151,28 +198,28 @@ class Dispatcher:
     def __init__(
         self,
         client: ChatClient,
-        emit: Callable[[Event], None],
+        chats: Conversations,
+        emit: Callable[[ConsoleEvent], None],
         new_password: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.client = client
+        self.chats = chats
         self.emit = emit
         self.new_password = new_password
-        self.active: str | None = None
-        self.known_users: set[str] = set()
         self.quitting = False
         self.confirm_quit = False  # interactive: a /quit with transfers running asks to be repeated
         self._quit_warned = False
 
     def users(self) -> list[str]:
         """Names to complete: the last /who, open chats, people who came to us."""
-        return sorted(self.known_users | {s.peer_name for s in self.client.sessions() if s.peer_name})
+        return sorted(self.chats.known_users | {s.peer_name for s in self.client.sessions() if s.peer_name})
 
     async def run_line(self, line: str) -> bool:
         """Parse and run one line; False if it failed (the reason was emitted as ``ERROR``)."""
         try:
-            command = parse_command(line, self.active)
+            command = parse_command(line, self.chats.active)
         except CommandError as e:
-            self.emit(Event("ERROR", (), str(e)))
+            self.emit(CommandFailed(str(e)))
             return False
         if command is None:
             return True
@@ -186,15 +233,15 @@ class Dispatcher:
         try:
             await getattr(self, f"do_{command.name}")(*command.args)
         except (CommandError, ChatClientError, PeerError) as e:
-            self.emit(Event("ERROR", (), f"{what}: {_text_of(e)}"))
+            self.emit(CommandFailed(f"{what}: {_text_of(e)}"))
             return False
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
-            self.emit(Event("ERROR", (), f"{what}: cannot read{where}: {e.strerror or e}"))
+            self.emit(CommandFailed(f"{what}: cannot read{where}: {e.strerror or e}"))
             return False
         except Exception as e:
             log.failure("/{name} failed", name=command.name)
-            self.emit(Event("ERROR", (), f"{what}: failed: {type(e).__name__}: {e}"))
+            self.emit(CommandFailed(f"{what}: failed: {type(e).__name__}: {e}"))
             return False
         return True
 
@@ -202,37 +249,37 @@ class Dispatcher:
 
     async def do_help(self, topic: str | None = None) -> None:
         for line in help_lines(topic):
-            self.emit(Event("HELP", (), line))
-        self.emit(Event("OK", ("help",)))
+            self.emit(HelpLine(line))
+        self.emit(HelpShown())
 
     async def do_who(self) -> None:
         entries = await self.client.who()
         me = (self.client.user or "").lower()
-        self.known_users = {e.name for e in entries if e.name.lower() != me}
+        self.chats.known_users = {e.name for e in entries if e.name.lower() != me}
         for entry in sorted(entries, key=lambda e: e.name.lower()):
-            self.emit(Event("WHO", (entry.name, entry.state)))
-        self.emit(Event("OK", ("who", str(len(entries)))))
+            self.emit(WhoRow(entry.name, entry.state))
+        self.emit(WhoListed(len(entries)))
 
     async def do_chat(self, user: str) -> None:
         session = await self.client.chat(user)
         name = session.peer_name or user
-        self.active = name
-        self.known_users.add(name)
-        self.emit(Event("OK", ("chat", name)))
+        self.chats.active = name
+        self.chats.known_users.add(name)
+        self.emit(ChatOpened(name))
 
     async def do_msg(self, user: str, text: str) -> None:
         session = await self.client.send_message(user, text)
         name = session.peer_name or user
-        if self.active is None:
-            self.active = name
-        self.known_users.add(name)
-        self.emit(Event("OK", ("msg", name, self.client.user or "me"), text))
+        if self.chats.active is None:
+            self.chats.active = name
+        self.chats.known_users.add(name)
+        self.emit(MessageSent(name, self.client.user or "me", text))
 
     async def do_to(self, user: str | None = None) -> None:
         if user is not None:
             session = self.client.session(user)
-            self.active = session.peer_name if session is not None and session.peer_name else user
-        self.emit(Event("OK", ("to", self.active) if self.active else ("to",)))
+            self.chats.active = session.peer_name if session is not None and session.peer_name else user
+        self.emit(ActiveChat(self.chats.active))
 
     async def do_send(self, user: str, path: str) -> None:
         path = os.path.expanduser(path.strip())
@@ -240,7 +287,7 @@ class Dispatcher:
             raise CommandError(f"no such file: {escape_for_terminal(path)}")
         handle = await self.client.send_file(user, path)
         t = self.client.transfer(handle)
-        self.emit(Event("OK", ("send", str(handle), t.peer or user, str(t.size)), t.name))
+        self.emit(FileOfferSent(handle, t.peer or user, t.size, t.name))
 
     async def do_accept(self, number: str) -> None:
         self._answer("accept", int(number))
@@ -251,52 +298,45 @@ class Dispatcher:
     async def do_cancel(self, number: str) -> None:
         self._answer("cancel", int(number))
 
-    def _answer(self, what: str, handle: int) -> None:
+    def _answer(self, verb: Literal["accept", "reject", "cancel"], handle: int) -> None:
         transfer = self.client.transfer(handle)
         if transfer.finished:
             raise CommandError(f"transfer {handle} has ended already ({transfer.state.value})")
-        if what in ("accept", "reject") and not (
+        if verb in ("accept", "reject") and not (
             transfer.direction is Direction.RECEIVE and transfer.state is TransferState.OFFERED
         ):
             raise CommandError(f"transfer {handle} is not an offer waiting for you (/cancel {handle} stops it)")
-        getattr(self.client, what)(handle)
-        self.emit(Event("OK", (what, str(handle))))
+        answer = {"accept": self.client.accept, "reject": self.client.reject, "cancel": self.client.cancel}[verb]
+        answer(handle)
+        self.emit(TransferAnswered(verb, handle))
 
     async def do_transfers(self) -> None:
         listed = self.client.transfers()
-        for handle, t in listed:
-            self.emit(Event("TRANSFER", transfer_fields(handle, t), t.name))
-        self.emit(Event("OK", ("transfers", str(len(listed)))))
+        for t in listed:
+            self.emit(TransferRow(t))
+        self.emit(TransfersListed(len(listed)))
 
     async def do_close(self, user: str) -> None:
         session = self.client.session(user)
         name = session.peer_name if session is not None and session.peer_name else user
         self.client.close_chat(user)
-        if self.active is not None and self.active.lower() == user.lower():
-            self.active = None
-        self.emit(Event("OK", ("close", name)))
+        if self.chats.active is not None and self.chats.active.lower() == user.lower():
+            self.chats.active = None
+        self.emit(ChatClosed(name))
 
     async def do_listen(self, switch: str | None = None) -> None:
         if switch is None:
-            on = self.client.listening
-            where: tuple[str, ...] = ()
-            if on and self.client.port is not None:
-                host: Any = self.client.port.getHost()
-                where = (str(host.host), str(host.port))
-            self.emit(Event("OK", ("listen", "on" if on else "off", *where)))
+            port = self.client.port
+            self.emit(ListenState(_where(port) if self.client.listening and port is not None else None))
             return
-        result = await self.client.set_listening(switch.lower() == "on")
-        if result is None:
-            self.emit(Event("OK", ("listen", "off")))
-        else:
-            self.emit(Event("OK", ("listen", "on", result[0], str(result[1]))))
+        self.emit(ListenState(await self.client.set_listening(switch.lower() == "on")))
 
     async def do_passwd(self) -> None:
         if self.new_password is None:
             raise CommandError("cannot ask for a new password here")
         new = await self.new_password()
         await self.client.passwd(new)
-        self.emit(Event("OK", ("passwd",)))
+        self.emit(PasswordChanged())
 
     async def do_quit(self) -> None:
         running = [t for t in self.client.open_transfers() if t.state is not TransferState.OFFERED]
@@ -304,7 +344,13 @@ class Dispatcher:
             self._quit_warned = True
             raise CommandError(f"{len(running)} transfer(s) still running; /quit again to stop them")
         self.quitting = True
-        self.emit(Event("OK", ("quit",)))
+        self.emit(Quitting())
+
+
+def _where(port: IListeningPort) -> tuple[str, int]:
+    """Where ``port`` listens, as (host, port)."""
+    address: Any = port.getHost()
+    return str(address.host), int(address.port)
 
 
 def _text_of(error: Exception) -> str:
@@ -312,48 +358,3 @@ def _text_of(error: Exception) -> str:
     if not text:
         text = (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
     return text
-
-
-class EventRelay:
-    """A :class:`~chatapp.app.ChatEvents` that turns the client's callbacks into :class:`Event` values."""
-
-    def __init__(self, emit: Callable[[Event], None], dispatcher: Dispatcher | None = None) -> None:
-        self.emit = emit
-        self.dispatcher = dispatcher
-
-    def _know(self, name: str | None) -> None:
-        if self.dispatcher is not None and name:
-            self.dispatcher.known_users.add(name)
-
-    def request(self, user: str) -> None:
-        self._know(user)
-        self.emit(Event("REQUEST", (user,)))
-
-    def peer_joined(self, session: PeerSession) -> None:
-        self._know(session.peer_name)
-        self.emit(Event("JOINED", (session.peer_name or "?",)))
-
-    def peer_left(self, session: PeerSession, reason: str) -> None:
-        self.emit(Event("LEFT", (session.peer_name or "?",), reason or "closed"))
-
-    def message(self, session: PeerSession, text: str) -> None:
-        self._know(session.peer_name)
-        if self.dispatcher is not None and self.dispatcher.active is None:
-            self.dispatcher.active = session.peer_name
-        self.emit(Event("MSG", (session.peer_name or "?",), text))
-
-    def offer(self, handle: int, session: PeerSession, transfer: Transfer) -> None:
-        self.emit(Event("OFFER", (str(handle), transfer.peer, str(transfer.size)), transfer.name))
-
-    def transfer_progress(self, handle: int, transfer: Transfer) -> None:
-        self.emit(Event("PROGRESS", (*transfer_fields(handle, transfer), str(int(transfer.rate)))))
-
-    def transfer_ended(self, handle: int, transfer: Transfer) -> None:
-        common = (str(handle), transfer.direction.value, transfer.peer)
-        if transfer.state is TransferState.DONE:
-            self.emit(Event("DONE", (*common, str(transfer.size)), transfer.path or transfer.name))
-        else:
-            self.emit(Event("FAILED", (*common, transfer.state.value), transfer.reason or transfer.state.value))
-
-    def notice(self, text: str) -> None:
-        self.emit(Event("NOTICE", (), text))

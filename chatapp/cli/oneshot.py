@@ -8,12 +8,11 @@ import sys
 from twisted.internet import defer
 
 from chatapp.peer import TransferState
-from chatapp.wire import escape_for_terminal
 
-from .commands import EventRelay
-from .render import Event
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Fatal, explain
+from .events import FileOfferSent
+from .run import Run, ready_event
 from .script import ScriptOutput
-from .session import Run, ready_event, start
 
 
 def _print(line: str) -> None:
@@ -23,30 +22,28 @@ def _print(line: str) -> None:
 
 async def run_send(run: Run) -> int:
     """Offer every file, wait until each is DONE or ended; 0 only when all arrived."""
-    from .main import EXIT_FAILED, EXIT_OK, Fatal
-
     output = ScriptOutput(_print, run.reactor)
-    client = await start(run, EventRelay(output.emit))
+    client = await run.start(output.emit)
     run.stop_on_shutdown(EXIT_FAILED, "interrupted before every file was delivered")
     output.emit(await ready_event(client))
     to = run.settings.send_to
+    if to is None:  # parse_args sets it for `send`
+        raise Fatal(EXIT_USAGE, "send: no user to send to")
     transfers = []
     try:
         for path in run.settings.paths:
             handle = await client.send_file(to, os.path.expanduser(path))
             t = client.transfer(handle)
             transfers.append(t)
-            output.emit(Event("OK", ("send", str(handle), t.peer or to, str(t.size)), t.name))
+            output.emit(FileOfferSent(handle, t.peer or to, t.size, t.name))
     except Exception as e:
         await run.stop()
-        from .main import explain
-
         raise explain(e, run.settings, run.user) from None
     await defer.DeferredList([t.when_done() for t in transfers], consumeErrors=True)
     await run.stop()
     failed = [t for t in transfers if t.state is not TransferState.DONE]
     if failed:
-        reasons = ", ".join(f"{escape_for_terminal(t.name)}: {escape_for_terminal(t.reason)}" for t in failed)
+        reasons = ", ".join(f"{t.name}: {t.reason}" for t in failed)
         raise Fatal(EXIT_FAILED, f"{len(failed)} of {len(transfers)} files not delivered ({reasons})")
     return EXIT_OK
 
@@ -54,7 +51,7 @@ async def run_send(run: Run) -> int:
 async def run_listen(run: Run) -> int:
     """Stay logged in and print events until SIGINT or SIGTERM; then close cleanly and exit 0."""
     output = ScriptOutput(_print, run.reactor)
-    client = await start(run, EventRelay(output.emit))
+    client = await run.start(output.emit)
     run.stop_on_shutdown()
     output.emit(await ready_event(client))
     forever: defer.Deferred[int] = defer.Deferred()

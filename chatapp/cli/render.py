@@ -10,22 +10,44 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from chatapp.peer import Direction, Transfer
+from chatapp.events import (
+    ChatRequested,
+    FileOffered,
+    GaveUp,
+    MessageReceived,
+    PeerJoined,
+    PeerLeft,
+    PeerNotice,
+    Reconnected,
+    Reconnecting,
+    ServerLost,
+    TransferEnded,
+    TransferProgress,
+)
+from chatapp.peer import Direction, PeerSession, Transfer, TransferState
 from chatapp.wire import escape_for_terminal
 
-
-@dataclass(frozen=True)
-class Event:
-    """One thing to tell the user: a fixed word, single-token fields, and an optional free text last.
-
-    Fields and text are stored as they came (unescaped); the renderers escape them.
-    """
-
-    kind: str
-    fields: tuple[str, ...] = ()
-    text: str = ""
+from .events import (
+    ActiveChat,
+    ChatClosed,
+    ChatOpened,
+    CommandFailed,
+    FileOfferSent,
+    HelpLine,
+    HelpShown,
+    ListenState,
+    MessageSent,
+    PasswordChanged,
+    Quitting,
+    Ready,
+    Shown,
+    TransferAnswered,
+    TransferRow,
+    TransfersListed,
+    WhoListed,
+    WhoRow,
+)
 
 
 def token(value: str) -> str:
@@ -34,12 +56,101 @@ def token(value: str) -> str:
     return escaped.replace(" ", "\\x20") if escaped else "-"
 
 
-def script_line(event: Event) -> str:
-    """``KIND field field... text``: one line, no control characters, the free text last."""
-    parts = [event.kind, *(token(f) for f in event.fields)]
-    if event.text:
-        parts.append(escape_for_terminal(event.text))
+def script_line(event: Shown) -> str:
+    """``WORD field field... text``: one line, no control characters, the free text last (docs/console.md)."""
+    word, fields, text = script_parts(event)
+    parts = [word, *(token(f) for f in fields)]
+    if text:
+        parts.append(escape_for_terminal(text))
     return " ".join(parts)
+
+
+def script_parts(event: Shown) -> tuple[str, tuple[str, ...], str]:
+    """The word, the single-token fields and the free text of ``event``'s script line, unescaped."""
+    match event:
+        case Ready(user, None):
+            return "READY", (user, "online"), ""
+        case Ready(user, (host, port)):
+            return "READY", (user, "listening", host, str(port)), ""
+        case MessageReceived(session, text):
+            return "MSG", (_name(session),), text
+        case PeerJoined(session):
+            return "JOINED", (_name(session),), ""
+        case PeerLeft(session, reason):
+            return "LEFT", (_name(session),), reason or "closed"
+        case ChatRequested(user):
+            return "REQUEST", (user,), ""
+        case FileOffered(_, t):
+            return "OFFER", (str(t.handle), t.peer, str(t.size)), t.name
+        case TransferProgress(t):
+            return "PROGRESS", (*transfer_fields(t), str(int(t.rate))), ""
+        case TransferEnded(t) if t.state is TransferState.DONE:
+            return "DONE", (str(t.handle), t.direction.value, t.peer, str(t.size)), t.path or t.name
+        case TransferEnded(t):
+            return "FAILED", (str(t.handle), t.direction.value, t.peer, t.state.value), t.reason or t.state.value
+        case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
+            return "NOTICE", (), notice_text(event)
+        case CommandFailed(text):
+            return "ERROR", (), text
+        case HelpLine(text):
+            return "HELP", (), text
+        case WhoRow(name, state):
+            return "WHO", (name, state), ""
+        case TransferRow(t):
+            return "TRANSFER", transfer_fields(t), t.name
+        case WhoListed(count):
+            return "OK", ("who", str(count)), ""
+        case ChatOpened(user):
+            return "OK", ("chat", user), ""
+        case MessageSent(to, me, text):
+            return "OK", ("msg", to, me), text
+        case ActiveChat(user):
+            return "OK", ("to", user) if user else ("to",), ""
+        case FileOfferSent(handle, to, size, name):
+            return "OK", ("send", str(handle), to, str(size)), name
+        case TransferAnswered(verb, handle):
+            return "OK", (verb, str(handle)), ""
+        case TransfersListed(count):
+            return "OK", ("transfers", str(count)), ""
+        case ChatClosed(user):
+            return "OK", ("close", user), ""
+        case ListenState(None):
+            return "OK", ("listen", "off"), ""
+        case ListenState((host, port)):
+            return "OK", ("listen", "on", host, str(port)), ""
+        case PasswordChanged():
+            return "OK", ("passwd",), ""
+        case HelpShown():
+            return "OK", ("help",), ""
+        case Quitting():
+            return "OK", ("quit",), ""
+    raise TypeError(f"no script line for {event!r}")
+
+
+def transfer_fields(t: Transfer) -> tuple[str, ...]:
+    """``<id> <send|receive> <peer> <state> <bytes-done> <size>``, shared by TRANSFER and PROGRESS."""
+    return (str(t.handle), t.direction.value, t.peer, t.state.value, str(t.bytes_done), str(t.size))
+
+
+def notice_text(event: PeerNotice | ServerLost | Reconnecting | Reconnected | GaveUp) -> str:
+    """What a ``NOTICE`` says: news about a chat or about the server link."""
+    match event:
+        case PeerNotice(session, text):
+            return f"{_name(session)}: {text}"
+        case ServerLost(error):
+            return f"lost the server connection ({error}); open chats go on"
+        case Reconnecting(delay, attempt):
+            return f"reconnecting to the server in {delay:.0f} s (attempt {attempt})"
+        case Reconnected(user, listening):
+            where = f", listening on {listening[0]}:{listening[1]}" if listening else ""
+            return f"reconnected to the server as {user}{where}"
+        case GaveUp(error):
+            return f"gave up reconnecting to the server: {error}"
+    raise TypeError(f"not a notice: {event!r}")
+
+
+def _name(session: PeerSession) -> str:
+    return session.peer_name or "?"
 
 
 # -- human lines ------------------------------------------------------------------
@@ -85,21 +196,13 @@ def eta(transfer: Transfer) -> float | None:
     return left / transfer.rate
 
 
-def transfer_summary(handle: int, transfer: Transfer) -> str:
-    arrow = "->" if transfer.direction is Direction.SEND else "<-"
-    return (
-        f"#{handle} {escape_for_terminal(transfer.name)} {arrow} {escape_for_terminal(transfer.peer)} "
-        f"{percent(transfer)}%"
-    )
-
-
-def status_line(transfers: Iterable[tuple[int, Transfer]], width: int = 80) -> str:
+def status_line(transfers: Iterable[Transfer], width: int = 80) -> str:
     """One line for the running transfers: name, direction, percent, rate, ETA; cut to ``width`` columns."""
     parts = []
-    for handle, t in transfers:
+    for t in transfers:
         arrow = "->" if t.direction is Direction.SEND else "<-"
         parts.append(
-            f"[#{handle} {escape_for_terminal(t.name)} {arrow}{escape_for_terminal(t.peer)} {percent(t)}% "
+            f"[#{t.handle} {escape_for_terminal(t.name)} {arrow}{escape_for_terminal(t.peer)} {percent(t)}% "
             f"{human_rate(t.rate)} ETA {human_eta(eta(t))}]"
         )
     line = " ".join(parts)
@@ -108,82 +211,80 @@ def status_line(transfers: Iterable[tuple[int, Transfer]], width: int = 80) -> s
     return line
 
 
-_DIRECTION_WORD = {"send": "to", "receive": "from"}
+_DIRECTION_WORD = {Direction.SEND: "to", Direction.RECEIVE: "from"}
 
 
-def human_line(event: Event, now: float, auto_accept: bool = False) -> str | None:
+def human_line(event: Shown, now: float, auto_accept: bool = False) -> str | None:
     """The text an interactive user sees for ``event`` (None: show nothing), with a HH:MM time first."""
-    f = [escape_for_terminal(x) for x in event.fields]
-    text = escape_for_terminal(event.text)
-    kind = event.kind
-    if kind == "MSG":
-        body = f"<{f[0]}> {text}"
-    elif kind == "OK" and f and f[0] == "msg":
-        body = f"<{f[2] if len(f) > 2 else 'me'} -> {f[1]}> {text}"
-    elif kind == "JOINED":
-        body = f"* chat with {f[0]} is open"
-    elif kind == "LEFT":
-        body = f"* chat with {f[0]} closed ({text})"
-    elif kind == "REQUEST":
-        body = f"* {f[0]} is opening a chat with you"
-    elif kind == "OFFER":
-        size = human_size(int(f[2]))
-        if auto_accept:
-            body = f"* {f[1]} sends {text} ({size}); accepting it (#{f[0]}, /cancel {f[0]} stops it)"
-        else:
-            body = f"* {f[1]} offers {text} ({size}): /accept {f[0]} or /reject {f[0]}"
-    elif kind == "DONE":
-        if f[1] == "send":
-            body = f"* #{f[0]} sent to {f[2]} ({human_size(int(f[3]))})"
-        else:
-            body = f"* #{f[0]} received from {f[2]} ({human_size(int(f[3]))}): {text}"
-    elif kind == "FAILED":
-        body = f"* #{f[0]} {'to' if f[1] == 'send' else 'from'} {f[2]} ended: {text}"
-    elif kind == "PROGRESS":
-        return None
-    elif kind == "NOTICE":
-        body = f"* {text}"
-    elif kind == "ERROR":
-        body = f"! {text}"
-    elif kind == "WHO":
-        body = f"  {f[0]} ({f[1]})"
-    elif kind == "TRANSFER":
-        handle, direction, peer, state, done, size = f[:6]
-        word = _DIRECTION_WORD.get(direction, direction)
-        pct = 100 if int(size) == 0 else int(done) * 100 // int(size)
-        body = f"  #{handle} {text} {word} {peer}: {state} {pct}% of {human_size(int(size))}"
-    elif kind == "HELP":
-        return text
-    elif kind == "READY":
-        where = f"listening on {f[2]}:{f[3]}" if len(f) >= 4 else "not listening (/listen on to accept chats)"
-        body = f"* logged in as {f[0]}, {where}; /help lists the commands"
-    elif kind == "OK":
-        return _human_ok(f, text, now)
-    else:
-        body = " ".join([kind, *f, text]).strip()
-    return f"{clock(now)} {body}"
+    if isinstance(event, HelpLine):
+        return escape_for_terminal(event.text)
+    body = human_body(event, auto_accept)
+    return None if body is None else f"{clock(now)} {body}"
 
 
-def _human_ok(f: list[str], text: str, now: float) -> str | None:
-    what = f[0] if f else ""
-    if what == "who":
-        return f"{clock(now)} * {f[1]} online"
-    if what == "send":
-        return f"{clock(now)} * #{f[1]} offered {text} to {f[2]} ({human_size(int(f[3]))}); waiting for them"
-    if what == "chat":
-        return f"{clock(now)} * chatting with {f[1]}; plain lines go to them"
-    if what == "to":
-        return f"{clock(now)} * plain lines now go to {f[1]}" if len(f) > 1 else f"{clock(now)} * no active chat"
-    if what == "listen":
-        if len(f) >= 4:
-            return f"{clock(now)} * listening on {f[2]}:{f[3]}"
-        return f"{clock(now)} * not listening: others cannot open chats with you"
-    if what in ("accept", "reject", "cancel"):
-        return f"{clock(now)} * #{f[1]} {what}{'ed' if what != 'cancel' else 'led'}"
-    if what == "close":
-        return f"{clock(now)} * closed the chat with {f[1]}"
-    if what == "passwd":
-        return f"{clock(now)} * password changed"
-    if what in ("transfers", "help", "quit"):
-        return None
-    return f"{clock(now)} * {' '.join(f)} {text}".rstrip()
+def human_body(event: Shown, auto_accept: bool = False) -> str | None:
+    """``human_line`` without the time; every name and text escaped here."""
+    e = escape_for_terminal
+    match event:
+        case MessageReceived(session, text):
+            return f"<{e(_name(session))}> {e(text)}"
+        case MessageSent(to, me, text):
+            return f"<{e(me)} -> {e(to)}> {e(text)}"
+        case PeerJoined(session):
+            return f"* chat with {e(_name(session))} is open"
+        case PeerLeft(session, reason):
+            return f"* chat with {e(_name(session))} closed ({e(reason or 'closed')})"
+        case ChatRequested(user):
+            return f"* {e(user)} is opening a chat with you"
+        case FileOffered(_, t):
+            h, size = t.handle, human_size(t.size)
+            if auto_accept:
+                return f"* {e(t.peer)} sends {e(t.name)} ({size}); accepting it (#{h}, /cancel {h} stops it)"
+            return f"* {e(t.peer)} offers {e(t.name)} ({size}): /accept {h} or /reject {h}"
+        case TransferProgress():
+            return None
+        case TransferEnded(t) if t.state is TransferState.DONE:
+            if t.direction is Direction.SEND:
+                return f"* #{t.handle} sent to {e(t.peer)} ({human_size(t.size)})"
+            return f"* #{t.handle} received from {e(t.peer)} ({human_size(t.size)}): {e(t.path or t.name)}"
+        case TransferEnded(t):
+            return f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(t.reason or t.state.value)}"
+        case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
+            return f"* {e(notice_text(event))}"
+        case CommandFailed(text):
+            return f"! {e(text)}"
+        case WhoRow(name, state):
+            return f"  {e(name)} ({e(state)})"
+        case TransferRow(t):
+            pct = 100 if t.size == 0 else t.bytes_done * 100 // t.size
+            word = _DIRECTION_WORD[t.direction]
+            return f"  #{t.handle} {e(t.name)} {word} {e(t.peer)}: {t.state.value} {pct}% of {human_size(t.size)}"
+        case Ready(user, listening):
+            where = "not listening (/listen on to accept chats)"
+            if listening:
+                where = f"listening on {e(listening[0])}:{listening[1]}"
+            return f"* logged in as {e(user)}, {where}; /help lists the commands"
+        case WhoListed(count):
+            return f"* {count} online"
+        case FileOfferSent(handle, to, size, name):
+            return f"* #{handle} offered {e(name)} to {e(to)} ({human_size(size)}); waiting for them"
+        case ChatOpened(user):
+            return f"* chatting with {e(user)}; plain lines go to them"
+        case ActiveChat(user):
+            return f"* plain lines now go to {e(user)}" if user else "* no active chat"
+        case ListenState(listening):
+            if listening:
+                return f"* listening on {e(listening[0])}:{listening[1]}"
+            return "* not listening: others cannot open chats with you"
+        case TransferAnswered(verb, handle):
+            return f"* #{handle} {_PAST[verb]}"
+        case ChatClosed(user):
+            return f"* closed the chat with {e(user)}"
+        case PasswordChanged():
+            return "* password changed"
+        case TransfersListed() | HelpShown() | Quitting() | HelpLine():
+            return None
+    raise TypeError(f"no human line for {event!r}")
+
+
+_PAST = {"accept": "accepted", "reject": "rejected", "cancel": "cancelled"}

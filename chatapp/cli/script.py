@@ -8,20 +8,26 @@ reactor in order, whatever its size.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatapp.app import ChatClient
+from chatapp.events import TransferProgress
 from chatapp.peer import Direction, Transfer, TransferState
 
-from .commands import Dispatcher
-from .render import Event, script_line
+from .commands import CommandError, Conversations, Dispatcher, console_sink
+from .errors import EXIT_FAILED, EXIT_OK
+from .events import Shown
+from .render import script_line
+from .run import Run, ready_event
 
 PROGRESS_EVERY = 1.0  # seconds between PROGRESS lines of one transfer
 
@@ -66,12 +72,12 @@ class ScriptOutput:
     def __init__(self, write: Callable[[str], None], clock: Any) -> None:
         self.write = write
         self.clock = clock
-        self._last_progress: dict[str, float] = {}
+        self._last_progress: dict[int, float] = {}  # by transfer handle
 
-    def emit(self, event: Event) -> None:
-        if event.kind == "PROGRESS":
+    def emit(self, event: Shown) -> None:
+        if isinstance(event, TransferProgress):
             now = self.clock.seconds()
-            handle = event.fields[0]
+            handle = event.transfer.handle
             last = self._last_progress.get(handle)
             if last is not None and now - last < PROGRESS_EVERY:
                 return
@@ -133,7 +139,7 @@ async def wait_for_transfers(client: ChatClient) -> int:
     failed = 0
     seen: set[int] = set()
     while True:
-        pending = [t for _, t in client.transfers() if waits_for(t)]
+        pending = [t for t in client.transfers() if waits_for(t)]
         if not pending:
             break
         results = await defer.DeferredList([t.when_done() for t in pending], consumeErrors=True)
@@ -142,3 +148,43 @@ async def wait_for_transfers(client: ChatClient) -> int:
                 seen.add(id(transfer))
                 failed += 1
     return failed
+
+
+async def env_new_password() -> str:
+    """``/passwd`` in script mode: the new password comes from the environment, never from stdin."""
+    value = os.environ.get("CHATAPP_NEW_PASSWORD")
+    if not value:
+        raise CommandError("in script mode /passwd takes the new password from CHATAPP_NEW_PASSWORD; it is not set")
+    return value
+
+
+async def run_script(run: Run) -> int:
+    """Commands from stdin in order, events on stdout; exit at /quit or EOF after open transfers."""
+    early: list[str] = []
+    stdio: list[StandardIO] = []
+
+    def write(line: str) -> None:
+        if stdio:
+            stdio[0].write(line.encode("utf-8") + b"\n")
+        else:
+            early.append(line)
+
+    output = ScriptOutput(write, run.reactor)
+    chats = Conversations()
+    client = await run.start(console_sink(chats, output.emit))
+    dispatcher = Dispatcher(client, chats, output.emit, env_new_password)
+    run.stop_on_shutdown()
+    runner = ScriptRunner(client, dispatcher)
+    reader = LineInput(runner.line, runner.end)
+    stdio.append(StandardIO(reader, reactor=run.reactor))
+    for line in early:
+        write(line)
+    output.emit(await ready_event(client))
+    failures = await runner.run()
+    await run.stop()
+    stdio[0].loseConnection()
+    try:
+        await reader.closed.addTimeout(5, run.reactor)
+    except defer.TimeoutError:
+        pass
+    return EXIT_FAILED if failures else EXIT_OK

@@ -24,7 +24,7 @@ import sys
 import termios
 import tty
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from twisted.conch.insults import insults
 from twisted.internet import defer
@@ -34,13 +34,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatapp.app import ChatClient
+from chatapp.events import FileOffered, TransferEnded, TransferProgress
 from chatapp.peer import TransferState
 from chatapp.wire import escape_for_terminal
 
-from .commands import CommandError, Dispatcher, EventRelay, complete
+from .commands import CommandError, Conversations, Dispatcher, complete, console_sink
 from .editor import LineEditor, visible
-from .render import Event, human_line, status_line
-from .session import Run, ready_event, start
+from .errors import EXIT_OK
+from .events import CommandSucceeded, Shown
+from .render import human_line, status_line
+from .run import Run, ready_event
 
 log = Logger()
 
@@ -188,7 +191,11 @@ class ConsoleProtocol(insults.TerminalProtocol):
     def _update_status(self) -> None:
         self._status_timer = None
         self._status_drawn_at = self.clock.seconds()
-        status = self._status_source(self.width - 1)
+        try:
+            status = self._status_source(self.width - 1)
+        except Exception:  # a bug in a timer call would only reach the reactor's log; keep the old row
+            log.failure("computing the status line")
+            return
         if status != self.status:
             self._clear()
             self.status = status
@@ -306,6 +313,10 @@ class ConsoleProtocol(insults.TerminalProtocol):
         self.on_quit()
 
 
+# what may change the status row: transfer news, and any command that succeeded (an OK line)
+_STATUS_NEWS = (TransferProgress, TransferEnded, FileOffered, *get_args(CommandSucceeded))
+
+
 class Interactive:
     """Glue: client events become lines above the input; typed lines become commands."""
 
@@ -313,37 +324,27 @@ class Interactive:
         self.run = run
         self.reactor = run.reactor
         self.console: ConsoleProtocol | None = None
-        self.early: list[Event] = []
+        self.early: list[Shown] = []
         self.done: defer.Deferred[None] = defer.Deferred()
         self.client: ChatClient | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.chats = Conversations()
 
-    def emit(self, event: Event) -> None:
+    def show(self, event: Shown) -> None:
         if self.console is None:
             self.early.append(event)
             return
-        if event.kind in ("PROGRESS", "DONE", "FAILED", "OFFER", "OK"):
+        if isinstance(event, _STATUS_NEWS):
             self.console.status_changed()
         line = human_line(event, self.reactor.seconds(), self.run.settings.accept_files)
         if line is not None:
             self.console.show(line)
-        if self.dispatcher is not None:
-            active = self.dispatcher.active
-            self.console.set_prompt(f"[{escape_for_terminal(active)}] > " if active else "> ")
+        active = self.chats.active
+        self.console.set_prompt(f"[{escape_for_terminal(active)}] > " if active else "> ")
 
     def status(self, width: int) -> str:
         if self.client is None:
             return ""
-        running = [(h, t) for h, t in self.client.transfers() if t.state in _RUNNING]
-        return status_line(running, width)
-
-    def line(self, text: str) -> None:
-        assert self.dispatcher is not None
-        defer.ensureDeferred(self.dispatcher.run_line(text)).addCallback(self._after)
-
-    def _after(self, _: object) -> None:
-        if self.dispatcher is not None and self.dispatcher.quitting:
-            self.quit()
+        return status_line([t for t in self.client.transfers() if t.state in _RUNNING], width)
 
     def quit(self) -> None:
         if not self.done.called:
@@ -358,19 +359,33 @@ class Interactive:
         return first
 
 
+def run_lines(dispatcher: Dispatcher, quit: Callable[[], None]) -> Callable[[str], None]:
+    """What the console does with each typed line: run it; quit after a /quit that took."""
+
+    def line(text: str) -> None:
+        d = defer.ensureDeferred(dispatcher.run_line(text))
+        d.addCallback(lambda _: quit() if dispatcher.quitting else None)
+        d.addErrback(_line_failed, quit)
+
+    return line
+
+
+def _line_failed(failure: Failure, quit: Callable[[], None]) -> None:
+    log.failure("running a typed line", failure)
+    quit()
+
+
 async def run_interactive(run: Run) -> int:
     global _raw, _console
     ui = Interactive(run)
-    relay = EventRelay(ui.emit)
-    client = await start(run, relay)
+    client = await run.start(console_sink(ui.chats, ui.show))
     ui.client = client
-    dispatcher = Dispatcher(client, ui.emit, ui.new_password)
+    dispatcher = Dispatcher(client, ui.chats, ui.show, ui.new_password)
     dispatcher.confirm_quit = True
-    ui.dispatcher = dispatcher
-    relay.dispatcher = dispatcher
     run.stop_on_shutdown()
 
-    console = ConsoleProtocol(ui.line, ui.quit, lambda before: complete(before, dispatcher.users()), run.reactor,
+    console = ConsoleProtocol(run_lines(dispatcher, ui.quit), ui.quit,
+                              lambda before: complete(before, dispatcher.users()), run.reactor,
                               run.reactor.seconds)  # fmt: skip
     console.watch_status(ui.status)
     _console = console
@@ -383,8 +398,8 @@ async def run_interactive(run: Run) -> int:
     try:
         ui.console = console
         for event in ui.early:
-            ui.emit(event)
-        ui.emit(await ready_event(client))
+            ui.show(event)
+        ui.show(await ready_event(client))
         await ui.done
         console.close()
         await run.stop()
@@ -398,7 +413,7 @@ async def run_interactive(run: Run) -> int:
         await console.lost.addTimeout(2, run.reactor)  # what is left to write has been written
     except defer.TimeoutError:
         pass
-    return 0
+    return EXIT_OK
 
 
 def _resized(console: ConsoleProtocol) -> None:

@@ -25,6 +25,8 @@ class Transfer:
     receive is done.
     """
 
+    handle: int = 0  # the number a person types (/accept 3): unique per client, 0 until numbered
+
     def __init__(self, session: PeerSession, transfer_id: str, name: str, size: int, direction: Direction) -> None:
         self.session = session
         self.id = transfer_id

@@ -1,0 +1,131 @@
+"""How a ``chatapp`` run ends: the exit codes, :class:`Fatal`, and errors said in one safe line.
+
+Nothing the user did wrong and nothing the network did ends in a traceback:
+:func:`explain` turns an error into an exit code of its own (the table is
+:data:`EXIT_CODES`, documented in docs/console.md) and one line, and
+:func:`format_error` makes that line safe for a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from twisted.internet.error import CannotListenError
+
+from chatapp.client import (
+    BadCredentials,
+    BadRequest,
+    Blocked,
+    Busy,
+    ChatClientError,
+    ConnectionClosed,
+    InvalidArgument,
+    Locked,
+    NotConnected,
+    SlowDown,
+    UserExists,
+)
+from chatapp.wire import escape_for_terminal
+
+from .options import Settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a command or a transfer failed, or an unexpected error
+EXIT_USAGE = 2  # bad command line, or a missing user name/password with no terminal to ask on
+EXIT_UNREACHABLE = 3  # the server cannot be reached (or dropped us before login)
+EXIT_CREDENTIALS = 4  # wrong user name or password
+EXIT_BLOCKED = 5  # this address is blocked after failed logins
+EXIT_LOCKED = 6  # this account is locked after failed logins
+EXIT_TAKEN = 7  # --signup with a name that is taken
+EXIT_BAD_INPUT = 8  # a user name or password the server cannot take (form, length)
+EXIT_LATER = 9  # the server asks to come back later (busy, too many signups)
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "a command or transfer failed, or something unexpected happened",
+    EXIT_USAGE: "bad command line, or a missing user name or password and no terminal to ask on",
+    EXIT_UNREACHABLE: "the server cannot be reached",
+    EXIT_CREDENTIALS: "wrong user name or password",
+    EXIT_BLOCKED: "your address is blocked for a while after failed logins",
+    EXIT_LOCKED: "the account is locked for a while after failed logins",
+    EXIT_TAKEN: "the user name is taken (--signup)",
+    EXIT_BAD_INPUT: "the user name or password is not acceptable (form, length)",
+    EXIT_LATER: "the server is busy or refuses more signups for now; try later",
+}
+
+
+@dataclass
+class Outcome:
+    """How the run ended: the exit code, and the one line to print on stderr (if any)."""
+
+    code: int = EXIT_OK
+    message: str | None = None
+
+
+class Fatal(Exception):
+    """Ends the program with ``code`` after printing ``str()`` (through :func:`format_error`) on stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def format_error(message: str) -> str:
+    """``message`` as one line a terminal shows as text: control characters and line breaks escaped.
+
+    :func:`~chatapp.wire.escape_for_terminal` covers Unicode Cc and Cf (ESC,
+    CR, LF, the bidi overrides); U+2028 and U+2029 are line breaks too (Zl, Zp).
+    """
+    escaped = escape_for_terminal(message)
+    return escaped.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def minutes(seconds: int | None) -> str:
+    if seconds is None:
+        return "a while"
+    m = max(1, math.ceil(seconds / 60))
+    return f"{m} more minute" + ("" if m == 1 else "s")
+
+
+def explain(error: BaseException, settings: Settings, user: str | None = None) -> Fatal:
+    """The exit code and the line (unescaped: see :func:`format_error`) for an error while starting or running."""
+    name = user or settings.user or ""
+    if isinstance(error, Fatal):
+        return error
+    if isinstance(error, Blocked):
+        return Fatal(EXIT_BLOCKED, f"too many failed logins: your address is blocked for {minutes(error.seconds)}")
+    if isinstance(error, Locked):
+        return Fatal(EXIT_LOCKED, f"the account {name} is locked after failed logins, for {minutes(error.seconds)}")
+    if isinstance(error, BadCredentials):
+        return Fatal(
+            EXIT_CREDENTIALS,
+            "wrong user name or password; after a few more failures your address is blocked for a while",
+        )
+    if isinstance(error, UserExists):
+        return Fatal(EXIT_TAKEN, f"the name {name} is taken: pick another, or log in (leave out --signup)")
+    if isinstance(error, InvalidArgument):
+        return Fatal(EXIT_BAD_INPUT, str(error))
+    if isinstance(error, BadRequest) and error.reason in ("bad-username", "bad-password"):
+        what = (
+            "user names are 1-32 characters of A-Z a-z 0-9 _ . -"
+            if error.reason == "bad-username"
+            else ("passwords are 8-72 bytes long")
+        )
+        return Fatal(EXIT_BAD_INPUT, f"the server refused that: {what}")
+    if isinstance(error, SlowDown):
+        return Fatal(EXIT_LATER, f"too many new accounts from your address; try again in {minutes(error.seconds)}")
+    if isinstance(error, Busy):
+        return Fatal(EXIT_LATER, "the server is busy; try again in a moment")
+    if isinstance(error, (NotConnected, ConnectionClosed)):
+        text = str(error)
+        if settings.server not in text:
+            text = f"{text} (server {settings.server})"
+        return Fatal(EXIT_UNREACHABLE, text)
+    if isinstance(error, CannotListenError):
+        return Fatal(EXIT_FAILED, f"cannot listen for chats on {settings.listen}: {error.socketError}")
+    if isinstance(error, ChatClientError):
+        return Fatal(EXIT_FAILED, str(error))
+    if isinstance(error, (ValueError, OSError)):
+        return Fatal(EXIT_FAILED, f"{type(error).__name__}: {error}")
+    return Fatal(EXIT_FAILED, f"unexpected error: {type(error).__name__}: {error}")

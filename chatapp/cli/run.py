@@ -1,0 +1,86 @@
+"""What every mode shares: one run of the program, logging in, stopping cleanly on a signal, saying READY."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from chatapp.app import ChatClient
+from chatapp.events import EventSink
+
+from .errors import Outcome
+from .events import Ready
+from .login import login, make_client
+from .options import Settings
+
+log = Logger()
+
+STOP_TIMEOUT = 5.0  # seconds for BYE to the peers and QUIT to the server before the program goes anyway
+
+
+@dataclass
+class Run:
+    """One run of the program: what main() decided, and the exit code a signal should leave."""
+
+    reactor: Any
+    settings: Settings
+    user: str
+    password: str
+    signup: bool
+    outcome: Outcome = field(default_factory=Outcome)  # a signal may set its exit code
+    client: ChatClient | None = None
+    _stopping: defer.Deferred[None] | None = None
+
+    async def start(self, emit: EventSink) -> ChatClient:
+        """Log in (or sign up) with events going to ``emit``; failures are :class:`~chatapp.cli.errors.Fatal`."""
+        client = make_client(self.reactor, self.settings, emit)
+        self.client = client
+        await login(client, self.settings, self.user, self.password, self.signup)
+        return client
+
+    def stop_on_shutdown(self, code_on_signal: int | None = None, message: str | None = None) -> None:
+        """Stop the client cleanly (BYE to peers, QUIT to the server) when the reactor stops (SIGINT, SIGTERM)."""
+
+        def before_shutdown() -> defer.Deferred[None]:
+            if code_on_signal is not None and self._stopping is None:
+                self.outcome.code = code_on_signal
+                self.outcome.message = message
+            return self.stop()
+
+        self.reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop the client once; fires when it is stopped (or gave up after STOP_TIMEOUT), never with an error."""
+        if self._stopping is None:
+            self._stopping = defer.ensureDeferred(self._stop())
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def tell(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._stopping.addBoth(tell)
+        return d
+
+    async def _stop(self) -> None:
+        if self.client is None:
+            return
+        try:
+            # fires once every peer connection is closed (BYE sent) and the server has our QUIT
+            await self.client.stop().addTimeout(STOP_TIMEOUT, self.reactor)
+        except Exception:
+            log.failure("stopping the client")
+
+
+async def ready_event(client: ChatClient) -> Ready:
+    """``READY <user> listening <host> <port>`` or ``READY <user> online``."""
+    name = client.user or "?"
+    if client.listening:
+        try:
+            return Ready(name, await client.set_listening(True) or ("?", 0))
+        except Exception:
+            log.failure("asking where we listen")
+    return Ready(name, None)
