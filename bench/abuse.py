@@ -86,7 +86,10 @@ class Conn:
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
-            except (TimeoutError, OSError):
+            except TimeoutError:
+                return None
+            except OSError:  # reset by the victim: as closed as an EOF
+                self.eof = True
                 return None
             if not chunk:
                 self.eof = True
@@ -145,10 +148,20 @@ def flood(sock: socket.socket, block: bytes, seconds: float, stop: Callable[[], 
     return sent
 
 
-def burst(conns: Sequence[Conn], lines: Sequence[str], timeout: float) -> list[tuple[str | None, float]]:
-    """Send ``lines[i]`` on ``conns[i]``, all at once; each one's first reply (None if closed) and arrival time."""
+def burst(
+    conns: Sequence[Conn],
+    lines: Sequence[str | None],
+    timeout: float,
+    on_reply: Callable[[int], None] | None = None,
+) -> list[tuple[str | None, float]]:
+    """Send ``lines[i]`` on ``conns[i]``, all at once; each one's first reply (None if closed) and arrival time.
+
+    A connection whose line is None sends nothing here: ``on_reply`` (called with
+    the number of replies so far after each one) may send on it later.
+    """
     for conn, line in zip(conns, lines, strict=True):
-        conn.send(line)
+        if line is not None:
+            conn.send(line)
     t0 = time.monotonic()
     results: list[tuple[str | None, float]] = [(None, 0.0)] * len(conns)
     waiting = set(range(len(conns)))
@@ -173,6 +186,8 @@ def burst(conns: Sequence[Conn], lines: Sequence[str], timeout: float) -> list[t
                     if not line.startswith("*"):
                         results[i] = (line, time.monotonic() - t0)
                         waiting.discard(i)
+                        if on_reply is not None:
+                            on_reply(len(conns) - len(waiting))
                 if not chunk and i in waiting:
                     results[i] = (None, time.monotonic() - t0)
                     waiting.discard(i)
@@ -475,20 +490,26 @@ def attack_lockout(s: Settings) -> list[Row]:
         spread = addresses.take(9)
         conns = [greeted(victims.port, spread[i % 8]) for i in range(16)]
         conns.append(greeted(victims.port, spread[8]))
-        lines = [f"LOGIN target2 wrong-password-{i}" for i in range(16)] + [f"LOGIN target2 {PASSWORD}"]
-        results = burst(conns, lines, 120)
+        lines: list[str | None] = [f"LOGIN target2 wrong-password-{i}" for i in range(16)]
+
+        def right_password(answered: int) -> None:
+            # one wrong password answered, the lock not yet reached: the right one passes any check made now
+            if answered == 1:
+                conns[-1].sock.sendall(f"LOGIN target2 {PASSWORD}\r\n".encode())
+
+        results = burst(conns, [*lines, None], 120, right_password)
         right, right_at = results[-1]
-        lock_seen = [at for reply, at in results[:-1] if reply and reply.startswith("ERR 429")]
-        accepted_after_lock = bool(right and right.startswith("OK") and lock_seen and min(lock_seen) < right_at)
+        # replies go out as the checks finish: the wrong ones answered before the OK were checked before it
+        wrong_before = sum(1 for reply, at in results[:-1] if reply and reply.startswith("ERR 4") and at < right_at)
+        late_ok = bool(right and right.startswith("OK")) and wrong_before >= max_attempts
         rows.append(
             victims.row(
                 "1c right password racing 16 wrong",
                 "server",
-                f"right LOGIN: {right}; {len(lock_seen)} x 429 "
-                + ("(OK came after a 429)" if accepted_after_lock else ""),
-                not accepted_after_lock,
-                "no OK LOGIN after a 429 for that name was sent",
-                replies=[r for r, _ in results],
+                f"right LOGIN: {right} after {wrong_before} wrong replies",
+                not late_ok,
+                f"no OK LOGIN after --max-attempts = {max_attempts} wrong ones were answered",
+                replies=results,
             )
         )
         for conn in conns:
