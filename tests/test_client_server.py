@@ -8,6 +8,7 @@ import pytest
 from deferreds import failure_of, result_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from logged_errors import LoggedErrors
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
@@ -304,7 +305,7 @@ def test_events_are_delivered_and_unknown_events_ignored() -> None:
     assert not h.transport.disconnecting
 
 
-def test_a_failing_event_handler_does_not_break_the_connection() -> None:
+def test_a_failing_event_handler_does_not_break_the_connection(logged_errors: LoggedErrors) -> None:
     h = Harness()
 
     def explode(user: str) -> None:
@@ -315,6 +316,8 @@ def test_a_failing_event_handler_does_not_break_the_connection() -> None:
     h.feed(b"* REQUEST bob\r\nOK PONG\r\n")
     assert result_of(d) is None
     assert not h.transport.disconnecting
+    [logged] = logged_errors.flush(RuntimeError)
+    assert logged["log_failure"].getErrorMessage() == "app bug"
 
 
 def test_blocked_before_hello_fails_the_waiting_calls_with_blocked() -> None:
