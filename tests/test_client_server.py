@@ -8,11 +8,11 @@ import pytest
 from deferreds import failure_of, result_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from logged_errors import LoggedErrors
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from chatapp.client import errors
@@ -304,7 +304,7 @@ def test_events_are_delivered_and_unknown_events_ignored() -> None:
     assert h.proto.closed is not None and h.proto.closed.bye == "shutdown"
 
 
-def test_a_failing_event_handler_is_logged_and_the_connection_closed() -> None:
+def test_a_failing_event_handler_is_logged_and_the_connection_closed(logged_errors: LoggedErrors) -> None:
     h = Harness()
 
     def explode(event: ChatEvent) -> None:
@@ -312,10 +312,9 @@ def test_a_failing_event_handler_is_logged_and_the_connection_closed() -> None:
 
     h.proto.emit = explode
     d = h.proto.ping()
-    with capturedLogs() as events:
-        h.feed(b"* REQUEST bob\r\nOK PONG\r\n")
-    failures = [e["log_failure"] for e in events if "log_failure" in e]
-    assert [f.getErrorMessage() for f in failures] == ["app bug"]
+    h.feed(b"* REQUEST bob\r\nOK PONG\r\n")
+    [logged] = logged_errors.flush(RuntimeError)
+    assert logged["log_failure"].getErrorMessage() == "app bug"
     assert h.transport.disconnecting and h.proto.state is LineState.DROPPING
     h.lose()
     assert "event" in str(failure_of(d))  # the PONG after the bad event was not taken

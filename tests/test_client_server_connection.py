@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 from deferreds import failure_of, result_of
+from logged_errors import LoggedErrors
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from chatapp.client import errors
@@ -515,7 +515,7 @@ def test_moves_between_link_states_are_checked() -> None:
         line_move(LineState.CLOSED, LineState.READY)
 
 
-def test_an_emit_that_raises_is_logged_and_the_retry_goes_on() -> None:
+def test_an_emit_that_raises_is_logged_and_the_retry_goes_on(logged_errors: LoggedErrors) -> None:
     rig = Rig()
     server = rig.logged_in()
 
@@ -523,9 +523,9 @@ def test_an_emit_that_raises_is_logged_and_the_retry_goes_on() -> None:
         raise RuntimeError("app bug")
 
     rig.conn.emit = broken
-    with capturedLogs() as logged:
-        server.close(ConnectionLost("gone"))
-    assert [e["log_failure"].getErrorMessage() for e in logged if "log_failure" in e] == ["app bug", "app bug"]
+    server.close(ConnectionLost("gone"))
+    logged = logged_errors.flush(RuntimeError)
+    assert [e["log_failure"].getErrorMessage() for e in logged] == ["app bug", "app bug"]
     assert rig.conn.state is State.WAITING
     rig.clock.advance(1)
     assert len(rig.endpoint.attempts) == 2

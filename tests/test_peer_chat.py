@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from logged_errors import LoggedErrors
 from test_peer_harness import Pair, lose, make_peer, open_listener
 from twisted.internet.task import Clock
 
@@ -147,7 +148,9 @@ def test_connection_drop_without_bye(tmp_path: Path, clock: Clock) -> None:
     assert eb.left == ["connection-lost"]
 
 
-def test_event_handler_errors_do_not_break_the_session(tmp_path: Path, clock: Clock) -> None:
+def test_event_handler_errors_do_not_break_the_session(
+    tmp_path: Path, clock: Clock, logged_errors: LoggedErrors
+) -> None:
     fb, eb = make_peer(tmp_path, "bob", clock)
     session, transport = open_listener(fb)
 
@@ -157,3 +160,5 @@ def test_event_handler_errors_do_not_break_the_session(tmp_path: Path, clock: Cl
     eb.message = boom  # type: ignore[method-assign]
     session.dataReceived(b"MSG one\r\nPING\r\n")
     assert transport.value() == b"PONG\r\n"
+    [logged] = logged_errors.flush(RuntimeError)
+    assert logged["log_failure"].getErrorMessage() == "handler bug"

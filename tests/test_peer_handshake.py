@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from logged_errors import LoggedErrors
 from test_peer_harness import Pair, Recorder, lose, make_peer, open_connector, open_listener
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -157,19 +158,25 @@ def test_hello_name_compared_case_insensitively(tmp_path: Path, clock: Clock) ->
     assert session.state is SessionState.OPEN and eb.joined == ["ALICE"]
 
 
-def test_server_unavailable(tmp_path: Path, clock: Clock) -> None:
+def test_server_unavailable(tmp_path: Path, clock: Clock, logged_errors: LoggedErrors) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ServerUnavailable()))
     session, transport = listener(fb)
     session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
     assert transport.value() == b"ERR 503 server-unavailable\r\n"
     assert transport.disconnecting
+    # the operator learns why peers are turned away
+    assert len(logged_errors.flush(ServerUnavailable)) == 1
 
 
-def test_any_other_verify_failure_is_server_unavailable(tmp_path: Path, clock: Clock) -> None:
+def test_any_other_verify_failure_is_server_unavailable(
+    tmp_path: Path, clock: Clock, logged_errors: LoggedErrors
+) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ConnectionError("down")))
     session, transport = listener(fb)
     session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
     assert transport.value() == b"ERR 503 server-unavailable\r\n"
+    [logged] = logged_errors.flush(ConnectionError)
+    assert logged["log_failure"].getErrorMessage() == "down"
 
 
 @pytest.mark.parametrize(

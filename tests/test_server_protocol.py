@@ -11,13 +11,14 @@ from typing import cast
 
 import pytest
 from conftest import make_factory
+from logged_errors import LoggedErrors
 from server_harness import PASSWORD, Conn, HeldRunner
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.store import ADDRESS, NAME, SQLiteStore
+from chatapp.server.store import ADDRESS, NAME, SQLiteStore, StoreError
 
 Connect = Callable[..., Conn]
 
@@ -499,11 +500,14 @@ def test_pipelined_replies_come_in_order(connect: Connect) -> None:
     ]
 
 
-def test_unexpected_exception_becomes_internal_error(connect: Connect, server_factory: ServerFactory) -> None:
+def test_unexpected_exception_becomes_internal_error(
+    connect: Connect, server_factory: ServerFactory, logged_errors: LoggedErrors
+) -> None:
     conn = connect()
     server_factory.store.close()  # every store call now fails
     assert conn.ask(f"LOGIN alice {PASSWORD}", "PING") == ["ERR 500 internal-error internal error", "OK PONG"]
     assert not conn.closing
+    assert len(logged_errors.flush(StoreError)) == 1  # the operator sees what went wrong
 
 
 def test_a_client_that_stops_reading_runs_no_commands_and_is_dropped_past_a_limit(
@@ -544,11 +548,14 @@ def test_passwd_for_an_account_deleted_meanwhile(connect: Connect, server_factor
     assert conn.ask("PASSWD a brand new secret") == ["ERR 404 no-such-user this account no longer exists"]
 
 
-def test_a_store_failure_before_the_greeting_says_bye(server_factory: ServerFactory) -> None:
+def test_a_store_failure_before_the_greeting_says_bye(
+    server_factory: ServerFactory, logged_errors: LoggedErrors
+) -> None:
     server_factory.store.close()
     conn = Conn(server_factory)
     assert conn.lines() == ["* BYE internal-error"]
     assert conn.closing
+    assert len(logged_errors.flush(StoreError)) == 1
 
 
 def test_expired_tokens_are_dropped_in_issue_order(server_factory: ServerFactory, clock: Clock) -> None:
