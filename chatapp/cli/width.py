@@ -51,8 +51,7 @@ def width(text: str) -> int:
 
 def fit(text: str, columns: int) -> str:
     """The longest start of ``text`` that takes at most ``columns`` cells, cut between clusters."""
-    if columns <= 0:
-        return ""
+    columns = max(columns, 0)
     if _plain(text):
         return text[:columns]
     used = 0
