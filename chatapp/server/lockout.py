@@ -117,6 +117,9 @@ class Settlement:
     verdict: Verdict
     seconds: int = 0  # for BLOCKED and LOCKED
     store: tuple[Block, ...] = field(default=())
+    # Wrong passwords this address may still send, the last of which blocks it (PROTOCOL.md 2.3);
+    # about the address only: it says nothing about the name.
+    tries_left: int = 0
 
 
 class LoginLockout:
@@ -162,14 +165,26 @@ class LoginLockout:
         return refused
 
     def settle(self, attempt: Attempt, password_ok: bool) -> Settlement:
-        """The check's result: count it, decide blocks, pick the answer."""
-        self._release(attempt)
+        """The check's result: count it, decide blocks, pick the answer; then free the attempt's slots.
+
+        The slots are freed last: freeing them wakes waiting LOGINs, which must
+        see this failure counted and any block it decides.
+        """
+        try:
+            return self._judge(attempt, password_ok)
+        finally:
+            self._release(attempt)
+
+    def _judge(self, attempt: Attempt, password_ok: bool) -> Settlement:
+        if not attempt.open:
+            raise RuntimeError("this attempt was settled already")
         if password_ok:
             self.failures.success(attempt.address, attempt.name)
             return Settlement(Verdict.SUCCESS)
         block, lock = self.failures.failure(attempt.address, attempt.name)
         if not (block or lock):
-            return Settlement(Verdict.BAD_CREDENTIALS)
+            failed, _ = self.failures.count(attempt.address, attempt.name)
+            return Settlement(Verdict.BAD_CREDENTIALS, tries_left=max(1, self.max_attempts - failed))
         now = self._clock.seconds()
         until = now + self.block_time
         blocks = []
@@ -179,7 +194,9 @@ class LoginLockout:
             blocks.append(Block(NAME, attempt.name, until))
         for decided in blocks:
             self._unstored[(decided.kind, decided.key)] = until
-        return Settlement(Verdict.BLOCKED if block else Verdict.LOCKED, seconds_left(until, now), tuple(blocks))
+        verdict = Verdict.BLOCKED if block else Verdict.LOCKED
+        failed, _ = self.failures.count(attempt.address, attempt.name)
+        return Settlement(verdict, seconds_left(until, now), tuple(blocks), max(0, self.max_attempts - failed))
 
     def abandon(self, attempt: Attempt) -> None:
         """The attempt ends without a check (busy, a store error, refused by the store): nothing is counted."""
