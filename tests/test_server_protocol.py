@@ -269,7 +269,8 @@ def test_third_failure_blocks_the_address_across_connections(connect: Connect, c
     signed_up(connect).drop()
     for tries_left in (2, 1):
         conn = connect()
-        assert conn.ask("LOGIN alice wrongpassword") == [f"ERR 401 bad-credentials {tries_left} wrong user name or password"]
+        reply = conn.ask("LOGIN alice wrongpassword")
+        assert reply == [f"ERR 401 bad-credentials {tries_left} wrong user name or password"]
         conn.drop()
     bystander = connect()
     conn = connect()

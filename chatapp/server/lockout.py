@@ -15,13 +15,16 @@ The caller does the I/O around three steps:
    from the store *after* admission (the admin tool may add or lift them).
 3. :meth:`LoginLockout.settle` takes the password check's result and says
    what to answer and which blocks must be stored durably before answering;
-   :meth:`LoginLockout.stored` is told once they are.
+   :meth:`LoginLockout.stored` is told once each is (or
+   :meth:`LoginLockout.store_failed`).
 
-Blocks decided here are kept in memory only until the store has them, so
-``chatapp-admin unblock`` takes effect at once. A check in flight holds a
-slot of its address and of its name, so no block or lock that covers it can
-be decided before it settles: an attempt admitted before a block never
-outlives the block's decision, and one admitted after reads it.
+A check in flight holds a slot of its address and of its name, so no block
+or lock that covers it can be decided before it settles: an attempt
+admitted before a block never outlives the block's decision. While a
+decided block is being written, LOGINs it covers wait; then they read it
+from the store, which is the truth from then on (``chatapp-admin unblock``
+takes effect at once), so no reply announces a block before it is stored.
+Only a block whose write failed is kept here, in memory, until it runs out.
 """
 
 from __future__ import annotations
@@ -131,7 +134,8 @@ class LoginLockout:
         self.block_time = block_time
         self.failures = FailureCounter(max_attempts, max_tracked)
         self._in_flight: dict[tuple[str, str], list[Attempt]] = {}
-        self._unstored: dict[tuple[str, str], float] = {}  # decided here, not yet confirmed by the store
+        self._storing: dict[tuple[str, str], float] = {}  # decided, being written: LOGINs it covers wait
+        self._unstored: dict[tuple[str, str], float] = {}  # decided, the write failed: refused from memory
         self._waiting: dict[tuple[str, str], list[defer.Deferred[None]]] = {}
 
     # -- refusals that need no attempt (a new connection, a SIGNUP) ------------
@@ -146,7 +150,7 @@ class LoginLockout:
         refused = self._refusal(address, name, None, None)
         if refused is not None:
             return refused
-        full = [key for key in ((ADDRESS, address), (NAME, name)) if self._saturated(key)]
+        full = [key for key in ((ADDRESS, address), (NAME, name)) if key in self._storing or self._saturated(key)]
         if full:
             turn: defer.Deferred[None] = defer.Deferred()
             for key in full:
@@ -193,7 +197,7 @@ class LoginLockout:
         if lock:
             blocks.append(Block(NAME, attempt.name, until))
         for decided in blocks:
-            self._unstored[(decided.kind, decided.key)] = until
+            self._storing[(decided.kind, decided.key)] = until
         verdict = Verdict.BLOCKED if block else Verdict.LOCKED
         failed, _ = self.failures.count(attempt.address, attempt.name)
         return Settlement(verdict, seconds_left(until, now), tuple(blocks), max(0, self.max_attempts - failed))
@@ -204,9 +208,21 @@ class LoginLockout:
 
     def stored(self, block: Block) -> None:
         """The store has ``block``: from now on the store is the truth (an admin may lift it)."""
+        self._written(block, kept=False)
+
+    def store_failed(self, block: Block) -> None:
+        """``block`` could not be stored: it is kept in memory until it runs out."""
+        self._written(block, kept=True)
+
+    def _written(self, block: Block, kept: bool) -> None:
         key = (block.kind, block.key)
-        if self._unstored.get(key) == block.until:
-            del self._unstored[key]
+        if self._storing.get(key) == block.until:
+            del self._storing[key]
+        if kept:
+            self._unstored[key] = max(block.until, self._unstored.get(key, 0.0))
+        for turn in self._waiting.pop(key, ()):
+            if not turn.called:
+                turn.callback(None)
 
     # -- inside ------------------------------------------------------------------
 

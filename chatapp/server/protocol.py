@@ -516,9 +516,15 @@ class ServerProtocol(Protocol):
 
     async def _login_failed(self, name: str, settlement: Settlement) -> None:
         log.warn("failed login for {user} from {address}", user=strip_crlf(name), address=self.address)
+        lockout = self.factory.lockout
         for block in settlement.store:
-            await self.factory.store.set_block(block.kind, block.key, block.until, self.factory.clock.seconds())
-            self.factory.lockout.stored(block)
+            try:
+                await self.factory.store.set_block(block.kind, block.key, block.until, self.factory.clock.seconds())
+            except BaseException:
+                for unsaved in settlement.store[settlement.store.index(block) :]:
+                    lockout.store_failed(unsaved)
+                raise
+            lockout.stored(block)
             if block.kind == ADDRESS:
                 log.warn("blocked address {address} for {seconds} s", address=block.key, seconds=settlement.seconds)
             else:
