@@ -337,3 +337,17 @@ def test_busy_wins_over_a_deleted_account_for_passwd(server_factory: ServerFacto
     assert alice.ask(passwd(PASSWORD, "a brand new secret")) == ["ERR 503 busy the server is busy; try again"]
     held.release_all()
     assert alice.ask(passwd(PASSWORD, "a brand new secret")) == ["ERR 404 no-such-user this account no longer exists"]
+
+
+def test_max_connections_defaults_to_the_descriptor_limit_and_can_be_set() -> None:
+    import resource
+
+    from chatapp.server.tap import Options, default_max_connections
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    options = Options()
+    options.parseOptions([])
+    assert options.config().max_connections == default_max_connections() == max(16, min(soft, 10**6) - 64)
+    options = Options()
+    options.parseOptions(["--max-connections", "50"])
+    assert options.config().max_connections == 50
