@@ -146,8 +146,8 @@ class ChatClient:
     async def who(self) -> list[WhoEntry]:
         return await self.server.who()
 
-    async def passwd(self, new_password: str) -> None:
-        await self.server.passwd(new_password)
+    async def passwd(self, current_password: str, new_password: str) -> None:
+        await self.server.passwd(current_password, new_password)
 
     # -- chats ------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ _NUMBER = re.compile(r"[0-9]{1,19}")
 _USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,31}")
 _URLSAFE = re.compile(r"[A-Za-z0-9_\-]+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_VERB = re.compile(r"[A-Za-z]+")
+
+# First fields of lines that are never answered (PROTOCOL.md section 1): replies and events.
+# Answering them could make two programs trade errors forever.
+UNANSWERED = frozenset({"OK", "ERR", "*"})
 
 
 class WireError(Exception):
@@ -75,6 +80,38 @@ class LineBuffer:
             del buffer[:]
         return lines, too_long
 
+    # -- pull mode: the caller takes one line at a time, so unread input stays bytes it can bound --
+
+    def push(self, data: bytes) -> None:
+        """Keep ``data`` for :meth:`next_line`."""
+        self._buffer += data
+
+    def next_line(self) -> bytes | None:
+        """The next complete line (CR LF or LF stripped), or None; raises :class:`LineTooLong`."""
+        buffer = self._buffer
+        end = buffer.find(b"\n", 0, self.max_length + 2)
+        if end < 0:
+            if len(buffer) > self.max_length + 2:
+                del buffer[:]
+                raise LineTooLong()
+            return None
+        line_end = end - 1 if end > 0 and buffer[end - 1] == 0x0D else end
+        if line_end > self.max_length:
+            del buffer[:]
+            raise LineTooLong()
+        line = bytes(buffer[:line_end])
+        del buffer[: end + 1]  # cheap: a bytearray drops its head without moving the rest
+        return line
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken as lines."""
+        return len(self._buffer)
+
+    def complete_lines(self) -> int:
+        """How many complete lines are waiting (one pass over at most the buffered bytes)."""
+        return self._buffer.count(b"\n")
+
     def clear(self) -> None:
         del self._buffer[:]
 
@@ -87,9 +124,16 @@ def decode_line(raw: bytes) -> str:
 
 
 def split_verb(line: str) -> tuple[str, str | None]:
-    """Split ``VERB rest`` into the upper-cased verb and the raw rest (None if absent)."""
+    """Split ``VERB rest`` into the verb and the raw rest (None if absent).
+
+    A verb of ASCII letters comes back upper-cased; anything else comes back as
+    it was, so it matches no verb: ``str.upper()`` alone would turn ``p\\u0131ng``
+    (dotless i) into ``PING`` and ``\\u017fignup`` (long s) into ``SIGNUP``.
+    """
     verb, sep, rest = line.partition(" ")
-    return verb.upper(), (rest if sep else None)
+    if _VERB.fullmatch(verb):
+        verb = verb.upper()
+    return verb, (rest if sep else None)
 
 
 def fields(args: str | None, count: int, optional: int = 0) -> list[str]:

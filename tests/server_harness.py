@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from chatapp.server.factory import ServerFactory
+from chatapp.server.passwords import PasswordHasher
 from chatapp.server.protocol import ServerProtocol
 
 PASSWORD = "correct horse battery"
@@ -61,11 +62,22 @@ class Conn:
             self.proto.connectionLost(Failure(ConnectionDone()))
 
 
+def held_hasher(factory: ServerFactory, max_pending: int = 1000) -> HeldRunner:
+    """Give ``factory`` a hasher whose bcrypt calls wait for the test: checks finish in a chosen order."""
+    held = HeldRunner()
+    factory.hasher = PasswordHasher(held, rounds=4, max_pending=max_pending)
+    factory.hasher.start()
+    held.release_all()
+    held.finished.clear()
+    return held
+
+
 class HeldRunner:
     """A runner that keeps calls pending until the test releases them (a full bcrypt queue)."""
 
     def __init__(self) -> None:
         self.held: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
+        self.finished: list[str] = []  # names of the functions run, in order ("_check": one password check)
 
     def run(self, func: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
@@ -74,8 +86,16 @@ class HeldRunner:
 
     def release_all(self) -> None:
         while self.held:
-            func, args, d = self.held.pop(0)
-            d.callback(func(*args))
+            self.release(0)
+
+    def release(self, index: int = 0) -> None:
+        """Finish one held call, chosen by its place among those held (-1: the latest)."""
+        func, args, d = self.held.pop(index)
+        self.finished.append(func.__name__)
+        d.callback(func(*args))
+
+    def held_checks(self) -> int:
+        return sum(1 for func, _, _ in self.held if func.__name__ == "_check")
 
     def start(self) -> None:
         pass

@@ -395,7 +395,7 @@ def test_unblock_lifts_a_block_made_by_real_failed_logins(capsys, live_server) -
     bad = Client(port)
     try:
         assert bad.read() == "* HELLO chatapp/1\r\n"
-        assert bad.ask("LOGIN alice wrong password") == "ERR 401 bad-credentials wrong user name or password\r\n"
+        assert bad.ask("LOGIN alice wrong password") == "ERR 401 bad-credentials 1 wrong user name or password\r\n"
         assert bad.ask("LOGIN alice wrong password").startswith("ERR 429 blocked ")
         assert bad.read() == ""  # closed
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from chat_harness import start_client
+from chat_harness import PASSWORD, start_client
 from live_server import start_server
 from twisted.internet import defer, reactor
 
@@ -115,8 +115,8 @@ class World:
         return Dispatcher(client, chats, events.append, _password), events
 
 
-async def _password() -> str:
-    return "a new password"
+async def _password() -> tuple[str, str]:
+    return PASSWORD, "a new password"
 
 
 @pytest_twisted.async_yield_fixture
@@ -202,7 +202,11 @@ async def test_script_runner_runs_lines_strictly_in_order(world: World) -> None:
 @pytest_twisted.ensureDeferred
 async def test_script_mode_passwd_takes_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CHATAPP_NEW_PASSWORD", raising=False)
+    monkeypatch.delenv("CHATAPP_CURRENT_PASSWORD", raising=False)
+    passwords = env_new_password("the login password")
     with pytest.raises(CommandError, match="CHATAPP_NEW_PASSWORD"):
-        await env_new_password()
+        await passwords()
     monkeypatch.setenv("CHATAPP_NEW_PASSWORD", "brand new password")
-    assert await env_new_password() == "brand new password"
+    assert await passwords() == ("the login password", "brand new password")
+    monkeypatch.setenv("CHATAPP_CURRENT_PASSWORD", "another current one")
+    assert await passwords() == ("another current one", "brand new password")

@@ -68,11 +68,15 @@ class Harness:
 
 # -- request lines and reply parsing -------------------------------------------------------------
 
+# the length counts bytes (an a-umlaut is two); both passwords keep their spaces
+_PASSWD_SPACES = "PASSWD 11 p\u00e4ss words  new  words ".encode()
+
 CALLS: list[tuple[str, tuple[Any, ...], bytes, bytes, Any]] = [
     ("signup", ("Alice", PASSWORD), b"SIGNUP Alice correct horse battery", b"OK SIGNUP Alice", "Alice"),
     ("login", ("alice", PASSWORD), b"LOGIN alice correct horse battery", b"OK LOGIN Alice", "Alice"),
     ("login", ("bob", "  spaced  "), b"LOGIN bob   spaced  ", b"OK LOGIN bob", "bob"),
-    ("passwd", ("new secret words",), b"PASSWD new secret words", b"OK PASSWD", None),
+    ("passwd", (PASSWORD, "new secret words"), b"PASSWD 21 correct horse battery new secret words", b"OK PASSWD", None),
+    ("passwd", ("p\u00e4ss words", " new  words "), _PASSWD_SPACES, b"OK PASSWD", None),
     ("listen", (40123,), b"LISTEN 40123", b"OK LISTEN 127.0.0.1 40123", ("127.0.0.1", 40123)),
     ("listen", (40123, "::1"), b"LISTEN 40123 ::1", b"OK LISTEN ::1 40123", ("::1", 40123)),
     ("unlisten", (), b"UNLISTEN", b"OK UNLISTEN", None),
@@ -111,7 +115,7 @@ def test_login_remembers_user_and_credentials_and_listen_state() -> None:
     h.proto.listen(40123)
     h.feed(b"OK LISTEN 127.0.0.1 40123\r\n")
     assert h.proto.listening == (40123, None)
-    h.proto.passwd("another password")
+    h.proto.passwd(PASSWORD, "another password")
     h.feed(b"OK PASSWD\r\n")
     assert h.proto.credentials == ("Alice", "another password")
     h.proto.unlisten()
@@ -202,6 +206,14 @@ ERRORS = [
         401,
         "bad-credentials",
         (),
+        "wrong user name or password",
+    ),
+    (
+        b"ERR 401 bad-credentials 2 wrong user name or password",
+        errors.BadCredentials,
+        401,
+        "bad-credentials",
+        ("2",),
         "wrong user name or password",
     ),
     (b"ERR 403 not-logged-in log in first", errors.NotLoggedIn, 403, "not-logged-in", (), "log in first"),
@@ -455,8 +467,9 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("signup", ("alice", "é" * 37)),  # 74 bytes
     ("signup", ("alice", "line\r\nbreak!")),
     ("signup", ("alice", "line\nbreak!!")),
-    ("passwd", ("short",)),
-    ("passwd", ("new\rpassword",)),
+    ("passwd", (PASSWORD, "short")),
+    ("passwd", ("short", PASSWORD)),
+    ("passwd", (PASSWORD, "new\rpassword")),
     ("listen", (80,)),
     ("listen", (65536,)),
     ("listen", (40000, "not-an-ip")),
@@ -596,3 +609,21 @@ def test_arbitrary_server_bytes_never_raise(pieces: list[bytes], cuts: list[int]
         if isinstance(outcome[0], Failure):
             assert isinstance(outcome[0].value, errors.ChatClientError)
     assert h.clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(
+    ("line", "tries_left", "text"),
+    [
+        (b"ERR 401 bad-credentials 2 wrong user name or password", 2, "2 more wrong passwords block your address"),
+        (b"ERR 401 bad-credentials 1 wrong user name or password", 1, "one more wrong password blocks your address"),
+        (b"ERR 401 bad-credentials wrong user name or password", None, "wrong user name or password (401"),
+    ],
+)
+def test_bad_credentials_say_how_many_tries_are_left(line: bytes, tries_left: int | None, text: str) -> None:
+    h = Harness()
+    d = h.proto.login("alice", PASSWORD)
+    h.feed(line + b"\r\n")
+    error = failure_of(d)
+    assert isinstance(error, errors.BadCredentials)
+    assert error.tries_left == tries_left
+    assert text in str(error)

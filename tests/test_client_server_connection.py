@@ -259,7 +259,7 @@ def test_a_drop_after_login_reconnects_logs_in_again_and_listens_again() -> None
 def test_reconnect_uses_the_password_changed_meanwhile_and_forgets_unlisten() -> None:
     rig = Rig()
     server = rig.logged_in(listen=40123)
-    rig.conn.passwd("brand new password")
+    rig.conn.passwd("the old password", "brand new password")
     rig.conn.unlisten()
     server.say("OK PASSWD", "OK UNLISTEN")
     server.close()

@@ -170,10 +170,11 @@ async def test_wrong_passwords_then_blocked(clients: Clients) -> None:
     owner, _ = clients.new()
     await wait(owner.signup("dave", PASSWORD))
     attacker, events = clients.new()
-    for _ in range(2):
+    for tries_left, more in ((2, "2 more wrong passwords block"), (1, "one more wrong password blocks")):
         with pytest.raises(errors.BadCredentials) as info:
             await wait(attacker.login("dave", "wrong password"))
-        assert str(info.value) == "wrong user name or password (401 bad-credentials)"
+        assert info.value.tries_left == tries_left
+        assert str(info.value) == f"wrong user name or password (401 bad-credentials); {more} your address"
     lost = attacker.protocol.when_closed()
     with pytest.raises(errors.Blocked) as blocked:
         await wait(attacker.login("dave", "wrong password"))
@@ -228,7 +229,7 @@ async def test_reconnects_through_a_server_restart_on_the_same_port(server: Chat
 async def test_a_new_password_is_used_when_reconnecting(server: ChatServer, clients: Clients) -> None:
     alice, events = clients.new()
     await wait(alice.signup("alice", PASSWORD))
-    await wait(alice.passwd("a whole new password"))
+    await wait(alice.passwd(PASSWORD, "a whole new password"))
     reconnected = events.wait_for("reconnected")
     server.kick_transport("alice")
     assert await reconnected == ("reconnected", "alice", None)

@@ -112,14 +112,14 @@ def exercise(port: int) -> list[Client]:
     alice = Client(port)
     assert alice.ask(f"SIGNUP alice {PASSWORD}") == "OK SIGNUP alice"
     again = Client(port)
-    assert again.ask("LOGIN alice not the password") == "ERR 401 bad-credentials wrong user name or password"
+    assert again.ask("LOGIN alice not the password") == "ERR 401 bad-credentials 1 wrong user name or password"
     assert again.ask(f"LOGIN Alice {PASSWORD}") == "OK LOGIN alice"
     alice.sock.settimeout(10)
     assert alice.read() == "* BYE replaced"
     alice.close()
     mallory = Client(port)
     try:
-        assert mallory.ask("LOGIN bob guess number one") == "ERR 401 bad-credentials wrong user name or password"
+        assert mallory.ask("LOGIN bob guess number one") == "ERR 401 bad-credentials 1 wrong user name or password"
         assert mallory.ask("LOGIN bob guess number two").startswith("ERR 429 blocked ")
     finally:
         mallory.close()

@@ -60,7 +60,7 @@ async def test_lockout_across_three_connections_and_a_restart(server: Start) -> 
         client = await connect_lines(port, source="127.0.0.7")
         reply = await client.ask("LOGIN alice wrongpassword")
         if attempt < 2:
-            assert reply == "ERR 401 bad-credentials wrong user name or password"
+            assert reply == f"ERR 401 bad-credentials {2 - attempt} wrong user name or password"
             await client.close()
         else:
             assert reply.startswith("ERR 429 blocked 600 ")

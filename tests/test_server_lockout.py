@@ -40,27 +40,43 @@ def test_third_failure_blocks_the_address_and_locks_the_name(lockout: LoginLocko
     assert settlement.store == (Block(ADDRESS, "10.0.0.1", until), Block(NAME, "alice", until))
 
 
-def test_until_stored_the_decided_block_refuses_then_the_store_is_the_truth(
+def test_while_a_decided_block_is_written_the_logins_it_covers_wait_then_read_the_store(
     lockout: LoginLockout, clock: Clock
 ) -> None:
     for _ in range(2):
         fail(lockout)
     settlement = lockout.settle(admitted(lockout), False)
+    by_address, by_name = lockout.admit("10.0.0.1", "bob"), lockout.admit("10.0.0.2", "alice")
+    assert isinstance(by_address, Wait) and isinstance(by_name, Wait)
+    assert isinstance(lockout.admit("10.0.0.2", "bob"), Attempt)  # covered by neither
+    lockout.stored(settlement.store[0])
+    assert by_address.turn.called and not by_name.turn.called
+    lockout.stored(settlement.store[1])
+    assert by_name.turn.called
+    # Now the store is the truth: what it says refuses; an admin who lifted both lifted them.
+    attempt = lockout.admit("10.0.0.1", "alice")
+    assert isinstance(attempt, Attempt)
+    now = clock.seconds()
+    assert lockout.check_stored(attempt, now + 300, now + 300) == Refused(Refusal.BLOCKED, 300)
+    assert lockout.address_refusal("10.0.0.1", None) is None
+
+
+def test_a_block_whose_store_write_failed_refuses_from_memory_until_it_runs_out(
+    lockout: LoginLockout, clock: Clock
+) -> None:
+    for _ in range(2):
+        fail(lockout)
+    settlement = lockout.settle(admitted(lockout), False)
+    waiting = lockout.admit("10.0.0.1", "bob")
+    assert isinstance(waiting, Wait)
+    for block in settlement.store:
+        lockout.store_failed(block)
+    assert waiting.turn.called
     clock.advance(100)
     assert lockout.admit("10.0.0.1", "bob") == Refused(Refusal.BLOCKED, 200)
     assert lockout.admit("10.0.0.2", "alice") == Refused(Refusal.LOCKED, 200)
     assert lockout.address_refusal("10.0.0.1", None) == Refused(Refusal.BLOCKED, 200)
-    for block in settlement.store:
-        lockout.stored(block)
-    # An admin lifted both in the database: nothing in memory keeps them.
-    assert lockout.address_refusal("10.0.0.1", None) is None
-    assert isinstance(lockout.admit("10.0.0.1", "alice"), Attempt)
-
-
-def test_a_block_whose_store_write_failed_still_runs_out(lockout: LoginLockout, clock: Clock) -> None:
-    for _ in range(3):
-        fail(lockout)
-    clock.advance(300)
+    clock.advance(200)
     assert lockout.address_refusal("10.0.0.1", None) is None
 
 
@@ -128,7 +144,10 @@ def test_many_logins_at_once_check_no_more_than_the_limit(lockout: LoginLockout)
     while pending:
         attempt, password_ok = pending.pop()
         checked_wrong += not password_ok
-        verdicts.append(lockout.settle(attempt, password_ok).verdict)
+        settlement = lockout.settle(attempt, password_ok)
+        verdicts.append(settlement.verdict)
+        for block in settlement.store:
+            lockout.store_failed(block)  # held in memory: refusals need no store read here
         woken = [(w, ok) for w, ok in waiting if w.turn.called]
         waiting = [(w, ok) for w, ok in waiting if not w.turn.called]
         for _, ok in woken:

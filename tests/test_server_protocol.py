@@ -226,7 +226,7 @@ def test_password_is_the_rest_of_the_line_spaces_included(connect: Connect) -> N
     conn = connect()
     conn.ask("SIGNUP carol  pass word ")
     c2 = connect()
-    assert c2.ask("LOGIN carol pass word ") == ["ERR 401 bad-credentials wrong user name or password"]
+    assert c2.ask("LOGIN carol pass word ") == ["ERR 401 bad-credentials 2 wrong user name or password"]
     assert c2.ask("LOGIN carol  pass word ") == ["OK LOGIN carol"]
 
 
@@ -262,15 +262,15 @@ def test_failed_signup_does_not_use_a_slot(connect: Connect) -> None:
 
 def test_wrong_password_and_unknown_user_get_the_same_reply(connect: Connect) -> None:
     signed_up(connect).drop()
-    conn = connect()
-    assert conn.ask("LOGIN alice wrongpassword") == conn.ask(f"LOGIN nobody {PASSWORD}")
+    assert connect("10.0.0.1").ask("LOGIN alice wrongpassword") == connect("10.0.0.2").ask(f"LOGIN nobody {PASSWORD}")
 
 
 def test_third_failure_blocks_the_address_across_connections(connect: Connect, clock: Clock) -> None:
     signed_up(connect).drop()
-    for _ in range(2):
+    for tries_left in (2, 1):
         conn = connect()
-        assert conn.ask("LOGIN alice wrongpassword") == ["ERR 401 bad-credentials wrong user name or password"]
+        reply = conn.ask("LOGIN alice wrongpassword")
+        assert reply == [f"ERR 401 bad-credentials {tries_left} wrong user name or password"]
         conn.drop()
     bystander = connect()
     conn = connect()
@@ -290,7 +290,7 @@ def test_third_failure_blocks_the_address_across_connections(connect: Connect, c
     other = connect("127.0.0.2")
     assert other.ask(f"LOGIN alice {PASSWORD}") == ["OK LOGIN alice"]
     clock.advance(200)
-    assert connect().ask(f"LOGIN bob {PASSWORD}") == ["ERR 401 bad-credentials wrong user name or password"]
+    assert connect().ask(f"LOGIN bob {PASSWORD}") == ["ERR 401 bad-credentials 2 wrong user name or password"]
 
 
 def test_blocked_address_cannot_sign_up_either(connect: Connect, server_factory: ServerFactory, clock: Clock) -> None:
@@ -384,10 +384,14 @@ def test_login_finishing_after_the_client_left_registers_nothing(tmp_path, clock
 # -- PASSWD ---------------------------------------------------------------------
 
 
+def passwd(current: str, new: str) -> str:
+    return f"PASSWD {len(current.encode())} {current} {new}"
+
+
 def test_passwd(connect: Connect) -> None:
     conn = signed_up(connect)
-    assert conn.ask("PASSWD short") == ["ERR 400 bad-password passwords are 8-72 bytes"]
-    assert conn.ask("PASSWD a brand new secret") == ["OK PASSWD"]
+    assert conn.ask(passwd(PASSWORD, "short")) == ["ERR 400 bad-password passwords are 8-72 bytes"]
+    assert conn.ask(passwd(PASSWORD, "a brand new secret")) == ["OK PASSWD"]
     conn.drop()
     other = connect()
     assert other.ask(f"LOGIN alice {PASSWORD}")[0].startswith("ERR 401")
@@ -523,9 +527,8 @@ def test_a_client_that_stops_reading_runs_no_commands_and_is_dropped_past_a_limi
     target.proto.resumeProducing()
     assert target.lines() == ["OK PONG", "OK PONG"]
     target.proto.pauseProducing()
-    requester = signed_up(connect, "requester", "127.0.0.2")
-    for _ in range(1000):  # each CONNECT pushes a "* REQUEST" event at the target
-        requester.ask("CONNECT target")
+    for i in range(1000):  # each requester's CONNECT pushes a "* REQUEST" event at the target
+        signed_up(connect, f"requester{i}", f"10.0.{i // 250}.{i % 250 + 1}").ask("CONNECT target")
         if target.transport.disconnected:
             break
     assert target.transport.disconnected  # aborted, not left to buffer forever
@@ -545,7 +548,7 @@ def test_passwd_for_an_account_deleted_meanwhile(connect: Connect, server_factor
     path = cast(SQLiteStore, server_factory.store).path
     with sqlite3.connect(path) as db:  # what the admin tool does, behind the server's back
         db.execute("DELETE FROM users WHERE name_folded = 'alice'")
-    assert conn.ask("PASSWD a brand new secret") == ["ERR 404 no-such-user this account no longer exists"]
+    assert conn.ask(passwd(PASSWORD, "a brand new secret")) == ["ERR 404 no-such-user this account no longer exists"]
 
 
 def test_a_store_failure_before_the_greeting_says_bye(

@@ -3,6 +3,7 @@ import pytest
 from chatapp.wire import (
     BadArguments,
     LineBuffer,
+    LineTooLong,
     WireError,
     decode_line,
     escape_for_terminal,
@@ -107,3 +108,44 @@ def test_format_line_refuses_embedded_newlines() -> None:
 def test_escape_for_terminal_shows_controls_and_bidi_overrides() -> None:
     assert escape_for_terminal("hi\x1b[2J\u202e\x00") == "hi\\x1b[2J\\u202e\\x00"
     assert escape_for_terminal("a\\x1b") == "a\\\\x1b"  # a literal backslash can't fake an escape
+
+
+@pytest.mark.parametrize(
+    ("line", "verb"),
+    [
+        ("ping", "PING"),
+        ("PiNg x", "PING"),
+        ("p\u0131ng", "p\u0131ng"),  # dotless i: str.upper() would make it PING
+        ("\u017fignup a b", "\u017fignup"),  # long s: str.upper() would make it SIGNUP
+        ("\uff30ING", "\uff30ING"),  # a full-width P
+        ("*", "*"),
+        ("ok", "OK"),
+        ("P1NG", "P1NG"),
+    ],
+)
+def test_verbs_are_ascii_letters_only(line: str, verb: str) -> None:
+    assert split_verb(line)[0] == verb
+
+
+def test_pulled_lines_come_one_at_a_time_and_the_rest_stays_bytes() -> None:
+    buf = LineBuffer(10)
+    buf.push(b"ab\r\ncd\nef")
+    assert buf.complete_lines() == 2 and buf.buffered == 9
+    assert [buf.next_line(), buf.next_line(), buf.next_line()] == [b"ab", b"cd", None]
+    assert buf.buffered == 2
+    buf.push(b"\r\n")
+    assert buf.next_line() == b"ef"
+
+
+def test_pulled_lines_longer_than_the_limit_raise_in_order() -> None:
+    buf = LineBuffer(4)
+    buf.push(b"abcd\r\nabcde\r\nx\r\n")
+    assert buf.next_line() == b"abcd"
+    with pytest.raises(LineTooLong):
+        buf.next_line()
+    buf = LineBuffer(4)
+    buf.push(b"abcdef")  # no LF, but already more than the limit plus CR LF
+    assert buf.next_line() is None
+    buf.push(b"g")
+    with pytest.raises(LineTooLong):
+        buf.next_line()

@@ -190,9 +190,10 @@ def console_sink(chats: Conversations, show: Callable[[Shown], None]) -> EventSi
 class Dispatcher:
     """Runs parsed commands against a :class:`ChatClient`, telling the outcome through ``emit``.
 
-    ``new_password`` supplies the new password for ``/passwd`` (asked twice on
-    a terminal, from ``CHATAPP_NEW_PASSWORD`` in script mode); it raises
-    :class:`CommandError` when there is none.
+    ``new_password`` supplies (current password, new password) for ``/passwd``
+    (on a terminal the current one is asked once and the new one twice; in
+    script mode they come from the environment); it raises
+    :class:`CommandError` when there are none.
     """
 
     def __init__(
@@ -200,7 +201,7 @@ class Dispatcher:
         client: ChatClient,
         chats: Conversations,
         emit: Callable[[ConsoleEvent], None],
-        new_password: Callable[[], Awaitable[str]] | None = None,
+        new_password: Callable[[], Awaitable[tuple[str, str]]] | None = None,
     ) -> None:
         self.client = client
         self.chats = chats
@@ -334,8 +335,8 @@ class Dispatcher:
     async def do_passwd(self) -> None:
         if self.new_password is None:
             raise CommandError("cannot ask for a new password here")
-        new = await self.new_password()
-        await self.client.passwd(new)
+        current, new = await self.new_password()
+        await self.client.passwd(current, new)
         self.emit(PasswordChanged())
 
     async def do_quit(self) -> None:

@@ -9,7 +9,7 @@ reactor in order, whatever its size.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -150,12 +150,22 @@ async def wait_for_transfers(client: ChatClient) -> int:
     return failed
 
 
-async def env_new_password() -> str:
-    """``/passwd`` in script mode: the new password comes from the environment, never from stdin."""
-    value = os.environ.get("CHATAPP_NEW_PASSWORD")
-    if not value:
-        raise CommandError("in script mode /passwd takes the new password from CHATAPP_NEW_PASSWORD; it is not set")
-    return value
+def env_new_password(login_password: str) -> Callable[[], Awaitable[tuple[str, str]]]:
+    """``/passwd`` in script mode: the passwords come from the environment, never from stdin.
+
+    The new one from ``CHATAPP_NEW_PASSWORD``; the current one from
+    ``CHATAPP_CURRENT_PASSWORD``, else the password this run logged in with.
+    """
+
+    async def passwords() -> tuple[str, str]:
+        new = os.environ.get("CHATAPP_NEW_PASSWORD")
+        if not new:
+            raise CommandError(
+                "in script mode /passwd takes the new password from CHATAPP_NEW_PASSWORD; it is not set"
+            )
+        return os.environ.get("CHATAPP_CURRENT_PASSWORD") or login_password, new
+
+    return passwords
 
 
 async def run_script(run: Run) -> int:
@@ -172,7 +182,7 @@ async def run_script(run: Run) -> int:
     output = ScriptOutput(write, run.reactor)
     chats = Conversations()
     client = await run.start(console_sink(chats, output.emit))
-    dispatcher = Dispatcher(client, chats, output.emit, env_new_password)
+    dispatcher = Dispatcher(client, chats, output.emit, env_new_password(run.password))
     run.stop_on_shutdown()
     runner = ScriptRunner(client, dispatcher)
     reader = LineInput(runner.line, runner.end)

@@ -350,13 +350,15 @@ class Interactive:
         if not self.done.called:
             self.done.callback(None)
 
-    async def new_password(self) -> str:
+    async def new_password(self) -> tuple[str, str]:
+        """(current, new): the server checks the current one like a login before it takes the new one."""
         assert self.console is not None
+        current = await self.console.ask_secret("current password: ")
         first = await self.console.ask_secret("new password: ")
         second = await self.console.ask_secret("new password again: ")
         if first != second:
             raise CommandError("the two passwords differ; nothing changed")
-        return first
+        return current, first
 
 
 def run_lines(dispatcher: Dispatcher, quit: Callable[[], None]) -> Callable[[str], None]:

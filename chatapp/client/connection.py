@@ -530,10 +530,12 @@ class ServerConnection:
         p = self._current()
         return p.verify(token) if p is not None else defer.fail(self._not_connected())
 
-    def passwd(self, new: str) -> defer.Deferred[None]:
+    def passwd(self, current: str, new: str) -> defer.Deferred[None]:
+        """Change the password: ``current`` is checked like a LOGIN, so a wrong one counts toward the lockout."""
+        check_password(current)
         check_password(new)
         p = self._current()
-        return p.passwd(new) if p is not None else defer.fail(self._not_connected())
+        return p.passwd(current, new) if p is not None else defer.fail(self._not_connected())
 
     def ping(self) -> defer.Deferred[None]:
         p = self._current()

@@ -52,7 +52,7 @@ _BYE_TEXT = {
     "shutdown": "the server is shutting down",
     "idle-timeout": "the server closed the connection after a long silence",
     "login-timeout": "the server closed the connection because nobody logged in in time",
-    "too-many-connections": "the server refused the connection: too many connections from your address",
+    "too-many-connections": "the server refused the connection: too many connections (from your address, or in all)",
 }
 
 
@@ -116,9 +116,25 @@ class BadRequest(ServerError):
 
 
 class BadCredentials(ServerError):
-    """Wrong user name or password (401)."""
+    """Wrong user name or password (401).
+
+    ``tries_left``: the wrong passwords this address may still send, the last
+    of which blocks it (PROTOCOL.md 2.3); None if the server did not say.
+    """
 
     default_text = "wrong user name or password"
+
+    def __init__(self, code: int, reason: str, fields: tuple[str, ...] = (), text: str = "") -> None:
+        super().__init__(code, reason, fields, text)
+        self.tries_left: int | None = int(fields[0]) if fields and fields[0].isdigit() else None
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if self.tries_left is None:
+            return base
+        if self.tries_left <= 1:
+            return f"{base}; one more wrong password blocks your address"
+        return f"{base}; {self.tries_left} more wrong passwords block your address"
 
 
 class Forbidden(ServerError):
@@ -253,6 +269,8 @@ _BY_REASON: dict[tuple[int, str], type[ServerError]] = {
 
 #: Reasons whose first field after the reason is a number of seconds (PROTOCOL.md 2.1).
 FIELD_COUNTS: dict[int, int] = {429: 1}
+#: Reasons with a number field that an older server may leave out: ``bad-credentials <tries-left>``.
+OPTIONAL_FIELDS: dict[tuple[int, str], int] = {(401, "bad-credentials"): 1}
 
 
 def error_class(code: int, reason: str) -> type[ServerError]:

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from chatapp import PROTOCOL_VERSION
 from chatapp.client.errors import (
     FIELD_COUNTS,
+    OPTIONAL_FIELDS,
     Blocked,
     ChatClientError,
     ConnectionClosed,
@@ -511,9 +512,12 @@ class ServerClientProtocol(TwistedProtocol):
         line = command_line("LOGIN", check_username(user), check_password(password))
         return self._call(line, "LOGIN", _parse_user, lambda name: self._logged_in(name, password))
 
-    def passwd(self, new: str) -> defer.Deferred[None]:
-        """Change this account's password."""
-        line = command_line("PASSWD", check_password(new))
+    def passwd(self, current: str, new: str) -> defer.Deferred[None]:
+        """Change this account's password; ``current`` is checked like a LOGIN (a wrong one counts as a failure)."""
+        check_password(current)
+        check_password(new)
+        # PASSWD <n> <current><SP><new>: the byte length says where the current one ends, spaces and all.
+        line = command_line("PASSWD", str(len(current.encode("utf-8"))), current, new)
 
         def changed(_: None) -> None:
             if self.credentials is not None:
@@ -600,6 +604,10 @@ def _parse_error(rest: str) -> ChatClientError:
     extra = parts[2 : 2 + count]
     if len(extra) != count or not all(is_number(x) for x in extra):
         raise ValueError(f"ERR {code} without its number of seconds")
+    optional = OPTIONAL_FIELDS.get((code, reason), 0)
+    if optional and len(parts) > 2 + count and is_number(parts[2 + count]):
+        extra = parts[2 : 2 + count + optional]
+        count += optional
     return server_error(code, reason, tuple(extra), " ".join(parts[2 + count :]))
 
 

@@ -9,11 +9,11 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from chatapp.server.limits import ConnectionCap, SignupLimiter
+from chatapp.server.limits import ConnectionCap, LimitLog, SignupLimiter
 from chatapp.server.lockout import LoginLockout
 from chatapp.server.passwords import PasswordHasher
 from chatapp.server.protocol import ServerProtocol, normalize_host
-from chatapp.server.registry import MemoryRegistry, Registry
+from chatapp.server.registry import TOKENS_PER_REQUESTER, MemoryRegistry, Registry
 from chatapp.server.store import Store
 
 log = Logger()
@@ -26,6 +26,7 @@ class ServerConfig:
     login_timeout: float = 60.0
     idle_timeout: float = 300.0
     max_connections_per_address: int = 20
+    max_connections: int = 1000  # in all; twistd's default is sized to the descriptor limit (tap.py)
     signups_per_hour: int = 5
     allow_advertised_hosts: bool = False
 
@@ -57,10 +58,14 @@ class ServerFactory(Factory):
         self.store = store
         self.hasher = hasher
         self.clock = clock
-        self.registry: Registry[ServerProtocol] = registry if registry is not None else MemoryRegistry()
+        if registry is None:
+            # Tokens outlive their requester's login: bounded in all by what the connections could hold.
+            registry = MemoryRegistry(TOKENS_PER_REQUESTER, TOKENS_PER_REQUESTER * config.max_connections)
+        self.registry: Registry[ServerProtocol] = registry
         self.lockout = LoginLockout(clock, config.max_attempts, config.block_time)
         self.signups = SignupLimiter(config.signups_per_hour)
         self.connection_cap = ConnectionCap(config.max_connections_per_address)
+        self.limit_log = LimitLog()
         self.connections: set[ServerProtocol] = set()
         self._all_closed: list[defer.Deferred[None]] = []
 
@@ -69,8 +74,14 @@ class ServerFactory(Factory):
         return ServerProtocol(self, address_of(addr) if addr is not None else "127.0.0.1")
 
     def connection_opened(self, connection: ServerProtocol) -> bool:
-        """Count a new connection; False if its address already holds the most it may."""
+        """Count a new connection; False if the server, or its address, already holds the most it may."""
+        if len(self.connections) >= self.config.max_connections:
+            if self.limit_log.first("max-connections", self.clock.seconds()):
+                log.warn("refusing connections: {count} are open (--max-connections)", count=len(self.connections))
+            return False
         if not self.connection_cap.take(connection.address):
+            if self.limit_log.first("max-connections-per-address", self.clock.seconds()):
+                log.info("refusing connections from {address}: it holds the most it may", address=connection.address)
             return False
         self.connections.add(connection)
         return True

@@ -16,11 +16,36 @@ def seconds_left(until: float, now: float) -> int:
     return max(1, math.ceil(until - now))
 
 
-class SignupLimiter:
-    """At most ``per_hour`` accounts per client address in any sliding hour."""
+class LimitLog:
+    """Says whether a limit's hit is worth a log line: the first, then at most one per ``interval``.
 
-    def __init__(self, per_hour: int) -> None:
+    Hitting a limit is what an attacker does all day; a line per hit would fill the log.
+    ``key`` names a limit (a fixed set chosen by the code, never client input).
+    """
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def first(self, key: str, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[key] = now
+        return True
+
+
+class SignupLimiter:
+    """At most ``per_hour`` accounts per client address in any sliding hour.
+
+    At most ``max_tracked`` addresses are remembered, the least recently seen
+    dropped first: an address that many others pushed out gets a fresh hour,
+    which is the price of bounded memory (accounts still cost a bcrypt hash each).
+    """
+
+    def __init__(self, per_hour: int, max_tracked: int = 100_000) -> None:
         self.per_hour = per_hour
+        self.max_tracked = max_tracked
         self._times: dict[str, deque[float]] = {}
 
     def reserve(self, address: str, now: float) -> float | None:
@@ -29,7 +54,6 @@ class SignupLimiter:
         if len(times) >= self.per_hour:
             return None
         times.append(now)
-        self._times[address] = self._times.pop(address)  # most recent last
         return now
 
     def release(self, address: str, stamp: float) -> None:
@@ -45,7 +69,12 @@ class SignupLimiter:
 
     def _prune(self, address: str, now: float) -> deque[float]:
         self._forget_idle(now)
-        times = self._times.setdefault(address, deque())
+        times = self._times.pop(address, None)
+        if times is None:
+            times = deque()
+            if len(self._times) >= self.max_tracked:
+                del self._times[next(iter(self._times))]
+        self._times[address] = times  # most recently seen last
         while times and times[0] + HOUR <= now:
             times.popleft()
         return times
@@ -57,7 +86,7 @@ class SignupLimiter:
             address, times = next(iter(self._times.items()))
             if times and times[-1] + HOUR > now:
                 break
-            del self._times[address]
+            del self._times[address]  # the newest stamp of the first is over an hour old, or it has none
 
 
 class ConnectionCap:

@@ -15,13 +15,16 @@ The caller does the I/O around three steps:
    from the store *after* admission (the admin tool may add or lift them).
 3. :meth:`LoginLockout.settle` takes the password check's result and says
    what to answer and which blocks must be stored durably before answering;
-   :meth:`LoginLockout.stored` is told once they are.
+   :meth:`LoginLockout.stored` is told once each is (or
+   :meth:`LoginLockout.store_failed`).
 
-Blocks decided here are kept in memory only until the store has them, so
-``chatapp-admin unblock`` takes effect at once. A check in flight holds a
-slot of its address and of its name, so no block or lock that covers it can
-be decided before it settles: an attempt admitted before a block never
-outlives the block's decision, and one admitted after reads it.
+A check in flight holds a slot of its address and of its name, so no block
+or lock that covers it can be decided before it settles: an attempt
+admitted before a block never outlives the block's decision. While a
+decided block is being written, LOGINs it covers wait; then they read it
+from the store, which is the truth from then on (``chatapp-admin unblock``
+takes effect at once), so no reply announces a block before it is stored.
+Only a block whose write failed is kept here, in memory, until it runs out.
 """
 
 from __future__ import annotations
@@ -117,6 +120,9 @@ class Settlement:
     verdict: Verdict
     seconds: int = 0  # for BLOCKED and LOCKED
     store: tuple[Block, ...] = field(default=())
+    # Wrong passwords this address may still send, the last of which blocks it (PROTOCOL.md 2.3);
+    # about the address only: it says nothing about the name.
+    tries_left: int = 0
 
 
 class LoginLockout:
@@ -128,7 +134,8 @@ class LoginLockout:
         self.block_time = block_time
         self.failures = FailureCounter(max_attempts, max_tracked)
         self._in_flight: dict[tuple[str, str], list[Attempt]] = {}
-        self._unstored: dict[tuple[str, str], float] = {}  # decided here, not yet confirmed by the store
+        self._storing: dict[tuple[str, str], float] = {}  # decided, being written: LOGINs it covers wait
+        self._unstored: dict[tuple[str, str], float] = {}  # decided, the write failed: refused from memory
         self._waiting: dict[tuple[str, str], list[defer.Deferred[None]]] = {}
 
     # -- refusals that need no attempt (a new connection, a SIGNUP) ------------
@@ -143,7 +150,7 @@ class LoginLockout:
         refused = self._refusal(address, name, None, None)
         if refused is not None:
             return refused
-        full = [key for key in ((ADDRESS, address), (NAME, name)) if self._saturated(key)]
+        full = [key for key in ((ADDRESS, address), (NAME, name)) if key in self._storing or self._saturated(key)]
         if full:
             turn: defer.Deferred[None] = defer.Deferred()
             for key in full:
@@ -162,14 +169,26 @@ class LoginLockout:
         return refused
 
     def settle(self, attempt: Attempt, password_ok: bool) -> Settlement:
-        """The check's result: count it, decide blocks, pick the answer."""
-        self._release(attempt)
+        """The check's result: count it, decide blocks, pick the answer; then free the attempt's slots.
+
+        The slots are freed last: freeing them wakes waiting LOGINs, which must
+        see this failure counted and any block it decides.
+        """
+        try:
+            return self._judge(attempt, password_ok)
+        finally:
+            self._release(attempt)
+
+    def _judge(self, attempt: Attempt, password_ok: bool) -> Settlement:
+        if not attempt.open:
+            raise RuntimeError("this attempt was settled already")
         if password_ok:
             self.failures.success(attempt.address, attempt.name)
             return Settlement(Verdict.SUCCESS)
         block, lock = self.failures.failure(attempt.address, attempt.name)
         if not (block or lock):
-            return Settlement(Verdict.BAD_CREDENTIALS)
+            failed, _ = self.failures.count(attempt.address, attempt.name)
+            return Settlement(Verdict.BAD_CREDENTIALS, tries_left=max(1, self.max_attempts - failed))
         now = self._clock.seconds()
         until = now + self.block_time
         blocks = []
@@ -178,8 +197,10 @@ class LoginLockout:
         if lock:
             blocks.append(Block(NAME, attempt.name, until))
         for decided in blocks:
-            self._unstored[(decided.kind, decided.key)] = until
-        return Settlement(Verdict.BLOCKED if block else Verdict.LOCKED, seconds_left(until, now), tuple(blocks))
+            self._storing[(decided.kind, decided.key)] = until
+        verdict = Verdict.BLOCKED if block else Verdict.LOCKED
+        failed, _ = self.failures.count(attempt.address, attempt.name)
+        return Settlement(verdict, seconds_left(until, now), tuple(blocks), max(0, self.max_attempts - failed))
 
     def abandon(self, attempt: Attempt) -> None:
         """The attempt ends without a check (busy, a store error, refused by the store): nothing is counted."""
@@ -187,9 +208,21 @@ class LoginLockout:
 
     def stored(self, block: Block) -> None:
         """The store has ``block``: from now on the store is the truth (an admin may lift it)."""
+        self._written(block, kept=False)
+
+    def store_failed(self, block: Block) -> None:
+        """``block`` could not be stored: it is kept in memory until it runs out."""
+        self._written(block, kept=True)
+
+    def _written(self, block: Block, kept: bool) -> None:
         key = (block.kind, block.key)
-        if self._unstored.get(key) == block.until:
-            del self._unstored[key]
+        if self._storing.get(key) == block.until:
+            del self._storing[key]
+        if kept:
+            self._unstored[key] = max(block.until, self._unstored.get(key, 0.0))
+        for turn in self._waiting.pop(key, ()):
+            if not turn.called:
+                turn.callback(None)
 
     # -- inside ------------------------------------------------------------------
 

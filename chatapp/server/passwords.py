@@ -46,6 +46,11 @@ class PasswordHasher:
         self._dummy_waiting.append(d)
         return d
 
+    @property
+    def full(self) -> bool:
+        """True if new work would be refused with :class:`Busy`."""
+        return self.pending >= self.max_pending
+
     def stop(self) -> None:
         self._runner.stop()
 

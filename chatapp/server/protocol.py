@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,8 +27,10 @@ from chatapp.server.passwords import Busy
 from chatapp.server.store import ADDRESS, NAME, UserExists
 from chatapp.wire import (
     SERVER_MAX_LINE,
+    UNANSWERED,
     BadArguments,
     LineBuffer,
+    LineTooLong,
     WireError,
     decode_line,
     fields,
@@ -38,6 +39,7 @@ from chatapp.wire import (
     format_error,
     format_line,
     is_number,
+    parse_number,
     split_verb,
     strip_crlf,
     valid_password,
@@ -51,10 +53,13 @@ if TYPE_CHECKING:
 log = Logger()
 T = TypeVar("T")
 
-_TOO_LONG = object()  # queued in place of a line that was too long
 # A client that stops reading gets this much more output (events, replies
 # already due) before it is dropped: its socket buffer must not grow forever.
 MAX_UNREAD_OUTPUT = 256 * 1024
+# Lines (and bytes) a client may have waiting behind a slow command before the server stops
+# reading from it: pipelining works, and one that never stops sending holds no more than this.
+MAX_QUEUED_LINES = 16
+MAX_QUEUED_BYTES = 16 * 1024  # more than the longest line, so a line can always complete
 CLOSE_GRACE = 10.0  # seconds a closing connection has to take its last line before it is cut
 BEFORE_LOGIN = frozenset({"SIGNUP", "LOGIN", "PING", "QUIT"})
 
@@ -67,6 +72,10 @@ class _Closed(Exception):
 def _who_row(name: str, listening: bool) -> bytes:
     # WHO lists everyone online: formatting each row anew on every call was most of its cost.
     return format_line("+", "USER", name, "listening" if listening else "online")
+
+
+def _busy() -> WireError:
+    return WireError(503, "busy", "the server is busy; try again")
 
 
 def _blocked_line(seconds: int) -> bytes:
@@ -83,6 +92,31 @@ def normalize_host(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return str(address)
+
+
+def parse_passwd(args: str | None) -> tuple[str, str]:
+    """``<n> <current-password><SP><new-password…>``: ``<n>`` is the current password's length in bytes.
+
+    Both passwords may hold spaces, so the length says where the first ends.
+    """
+    (length,), rest = fields_and_rest(args, 1)
+    size = parse_number(length)
+    raw = rest.encode("utf-8")
+    if len(raw) <= size or raw[size : size + 1] != b" ":
+        raise BadArguments("PASSWD <n> <current-password> <new-password>: no space after the first <n> bytes")
+    try:
+        current = raw[:size].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadArguments("<n> ends inside a character") from None
+    new = raw[size + 1 :].decode("utf-8")  # whole characters: the cut is at an ASCII space
+    if not valid_password(current) or not valid_password(new):
+        raise WireError(400, "bad-password", "passwords are 8-72 bytes")
+    return current, new
+
+
+class _Pause(enum.Enum):
+    OUTPUT = "output"  # the client does not read: run nothing more until it does
+    INPUT = "input"  # too many lines wait behind a slow command
 
 
 class Phase(enum.Enum):
@@ -118,9 +152,10 @@ class ServerProtocol(Protocol):
         self.address = address  # the client's IP address as the server sees it
         self.user: str | None = None  # the account name as signed up, once logged in
         self.phase = Phase.GREETING
+        # Bytes received and not yet run as commands: bounded by pausing the transport (_bound_input).
         self._lines = LineBuffer(SERVER_MAX_LINE)
-        # Lines not yet run; after a too-long line, _TOO_LONG ends it and nothing more is read.
-        self._queue: deque[Any] = deque()
+        self._pauses: set[_Pause] = set()  # why the transport is not read; read again when empty
+        self._limits_logged: set[str] = set()  # limits this connection hit, logged once each
         self._running: defer.Deferred[None] | None = None  # the slow command whose reply is still due
         self._unread_output: int | None = None  # bytes written since the transport paused us; None: not paused
         self._login_timer: IDelayedCall | None = None
@@ -132,7 +167,7 @@ class ServerProtocol(Protocol):
             raise IllegalMove(f"{self.phase.value} -> {to.value}")
         self.phase = to
         if to is Phase.CLOSING or to is Phase.GONE:
-            self._queue.clear()
+            self._lines.clear()
 
     @property
     def gone(self) -> bool:
@@ -201,6 +236,12 @@ class ServerProtocol(Protocol):
         if not self._ended:
             self._send(format_line("*", *parts))
 
+    def _log_limit_once(self, limit: str, text: str, **fields: object) -> None:
+        """Log that this connection hit ``limit`` the first time only: hitting it must not fill the log."""
+        if limit not in self._limits_logged:
+            self._limits_logged.add(limit)
+            log.info(text, address=self.address, **fields)
+
     def _say_bye(self, reason: str) -> None:
         self._send(format_line("*", "BYE", reason))
         self._close()
@@ -241,46 +282,68 @@ class ServerProtocol(Protocol):
     def pauseProducing(self) -> None:
         if self._unread_output is None:
             self._unread_output = 0
-        if self.transport is not None and not self._ended:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._stop_reading(_Pause.OUTPUT)
 
     def resumeProducing(self) -> None:
         self._unread_output = None
-        if self.transport is not None and not self._ended:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
-        self._dispatch()
+        self._dispatch()  # before reading again: the queue may be full
+        self._start_reading(_Pause.OUTPUT)
 
     def stopProducing(self) -> None:
         if not self._ended:
             self._move(Phase.CLOSING)
 
+    # -- reading, paused for either of two reasons --------------------------------
+
+    def _stop_reading(self, reason: _Pause) -> None:
+        if not self._pauses and self.transport is not None and not self._ended:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._pauses.add(reason)
+
+    def _start_reading(self, reason: _Pause) -> None:
+        self._pauses.discard(reason)
+        if not self._pauses and self.transport is not None and not self._ended:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _bound_input(self) -> None:
+        """Stop reading while the lines waiting behind a slow command pass the bound; read again once they fit."""
+        lines = self._lines
+        full = lines.buffered > MAX_QUEUED_BYTES or lines.complete_lines() > MAX_QUEUED_LINES
+        if full and _Pause.INPUT not in self._pauses:
+            self._log_limit_once("input", "{address} sends commands faster than they run: reading paused")
+            self._stop_reading(_Pause.INPUT)
+        elif not full and _Pause.INPUT in self._pauses:
+            self._start_reading(_Pause.INPUT)
+
     # -- framing and dispatch -----------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._ended or (self._queue and self._queue[-1] is _TOO_LONG):
+        if self._ended:
             return
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self.factory.config.idle_timeout)
-        lines, too_long = self._lines.feed(data)
-        self._queue.extend(lines)
-        if too_long:
-            self._queue.append(_TOO_LONG)
+        self._lines.push(data)
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Run queued lines until one must wait; the one that waits calls this again when it is done."""
-        while self._queue and self._running is None and self.phase in _TALKING and self._unread_output is None:
-            item = self._queue.popleft()
-            if item is _TOO_LONG:
+        """Run waiting lines until one must wait; the one that waits calls this again when it is done."""
+        while self._running is None and self.phase in _TALKING and self._unread_output is None:
+            try:
+                raw = self._lines.next_line()
+            except LineTooLong:
                 self._send(format_error(413, "line-too-long", f"lines are at most {SERVER_MAX_LINE} bytes"))
                 self._close()
                 return
-            running = self._run_line(item)
+            if raw is None:
+                break
+            running = self._run_line(raw)
             if running is not None and not running.called:
                 self._running = running
                 running.addCallback(self._command_finished)
                 running.addErrback(self._crashed)
-                return
+                break
+        if not self._ended:
+            self._bound_input()
 
     def _command_finished(self, _: object) -> None:
         self._running = None
@@ -293,6 +356,8 @@ class ServerProtocol(Protocol):
         try:
             line = decode_line(raw)
             verb, args = split_verb(line)
+            if verb in UNANSWERED:
+                return None
             handler = self._handlers.get(verb)
             if handler is None:
                 raise WireError(400, "unknown-command", "unknown command")
@@ -386,8 +451,9 @@ class ServerProtocol(Protocol):
         try:
             return await work
         except Busy:
-            log.warn("password checks queue full: busy for {address}", address=self.address)
-            raise WireError(503, "busy", "the server is busy; try again") from None
+            if self.factory.limit_log.first("busy", self.factory.clock.seconds()):
+                log.warn("password checks queue full: answering busy (first: {address})", address=self.address)
+            raise _busy() from None
 
     def cmd_login(self, args: str | None) -> Coroutine[Any, Any, None]:
         name, password = self._check_credentials_syntax(args)
@@ -425,6 +491,7 @@ class ServerProtocol(Protocol):
             if self._ended:
                 return None
         # Read only now: a block stored after this read was decided while the attempt was admitted.
+        # (The store is read for every attempt: an admin may have added a block since.)
         try:
             now = self.factory.clock.seconds()
             address_until = await self.factory.store.block_until(ADDRESS, self.address, now)
@@ -449,9 +516,15 @@ class ServerProtocol(Protocol):
 
     async def _login_failed(self, name: str, settlement: Settlement) -> None:
         log.warn("failed login for {user} from {address}", user=strip_crlf(name), address=self.address)
+        lockout = self.factory.lockout
         for block in settlement.store:
-            await self.factory.store.set_block(block.kind, block.key, block.until)
-            self.factory.lockout.stored(block)
+            try:
+                await self.factory.store.set_block(block.kind, block.key, block.until, self.factory.clock.seconds())
+            except BaseException:
+                for unsaved in settlement.store[settlement.store.index(block) :]:
+                    lockout.store_failed(unsaved)
+                raise
+            lockout.stored(block)
             if block.kind == ADDRESS:
                 log.warn("blocked address {address} for {seconds} s", address=block.key, seconds=settlement.seconds)
             else:
@@ -462,7 +535,7 @@ class ServerProtocol(Protocol):
         elif settlement.verdict is Verdict.LOCKED:
             raise _locked(settlement.seconds)
         else:
-            raise WireError(401, "bad-credentials", "wrong user name or password")
+            raise WireError(401, "bad-credentials", f"{settlement.tries_left} wrong user name or password")
 
     def _logged_in(self, name: str) -> None:
         self.user = name
@@ -475,17 +548,35 @@ class ServerProtocol(Protocol):
             replaced.kick("replaced")
 
     def cmd_passwd(self, args: str | None) -> Coroutine[Any, Any, None]:
-        _, password = fields_and_rest(args, 0)
-        if not valid_password(password):
-            raise WireError(400, "bad-password", "passwords are 8-72 bytes")
-        return self._passwd(password)
+        current, new = parse_passwd(args)
+        return self._passwd(current, new)
 
-    async def _passwd(self, password: str) -> None:
+    async def _passwd(self, current: str, new: str) -> None:
+        """Check ``current`` exactly as a LOGIN of this name from this address would, then set ``new``."""
         assert self.user is not None
-        hashed = await self._busy_is_503(self.factory.hasher.hash(password))
-        if not await self.factory.store.set_password(self.user, hashed):
+        factory = self.factory
+        name = self.user
+        attempt = await self._admit(fold_name(name))
+        if attempt is None:
+            return
+        try:
+            account = await factory.store.get_account(name)
+            if account is None:
+                if factory.hasher.full:  # limits answer before the command's own conditions
+                    raise _busy()
+                raise WireError(404, "no-such-user", "this account no longer exists")
+            ok = await self._busy_is_503(factory.hasher.check(current, account.password_hash))
+        except BaseException:
+            factory.lockout.abandon(attempt)
+            raise
+        settlement = factory.lockout.settle(attempt, ok)
+        if settlement.verdict is not Verdict.SUCCESS:
+            await self._login_failed(name, settlement)
+            return
+        hashed = await self._busy_is_503(factory.hasher.hash(new))
+        if not await factory.store.set_password(name, hashed):
             raise WireError(404, "no-such-user", "this account no longer exists")
-        log.info("password changed for {user} from {address}", user=self.user, address=self.address)
+        log.info("password changed for {user} from {address}", user=name, address=self.address)
         self._send(format_line("OK", "PASSWD"))
 
     # -- registry -----------------------------------------------------------
@@ -528,15 +619,25 @@ class ServerProtocol(Protocol):
             raise WireError(400, "bad-username", "no such user name can exist")
         if fold_name(name) == fold_name(self.user):
             raise BadArguments("you cannot connect to yourself")
-        presence = self.factory.registry.get(name)
+        registry = self.factory.registry
+        now = self.factory.clock.seconds()
+        wait = registry.token_wait(self.user, now)
+        if wait is not None:
+            self._log_limit_once("tokens", "{address} ({user}) holds all the tokens it may", user=self.user)
+            seconds = seconds_left(now + wait, now)
+            raise WireError(429, "slow-down", f"{seconds} too many connection requests; wait for one to expire")
+        presence = registry.get(name)
         if presence is None:
             return self._connect_offline(name)
         if presence.listening is None:
             raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
         host, port = presence.listening
-        token, proof = self.factory.registry.issue(self.user, presence.name, self.factory.clock.seconds())
+        # One "* REQUEST" per burst: a requester retrying with tokens unredeemed adds no new line at the target.
+        told = registry.holds_token(self.user, presence.name, now)
+        token, proof = registry.issue(self.user, presence.name, now)
         self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof))
-        presence.connection.event("REQUEST", self.user)
+        if not told:
+            presence.connection.event("REQUEST", self.user)
         return None
 
     async def _connect_offline(self, name: str) -> None:

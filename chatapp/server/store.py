@@ -59,7 +59,9 @@ class Store(Protocol):
 
     def record_login(self, name: str, now: float) -> defer.Deferred[None]: ...
 
-    def set_block(self, kind: str, key: str, until: float) -> defer.Deferred[None]: ...
+    def set_block(self, kind: str, key: str, until: float, now: float | None = None) -> defer.Deferred[None]:
+        """Store a block or lock; with ``now``, also drop every row that expired by then."""
+        ...
 
     def block_until(self, kind: str, key: str, now: float) -> defer.Deferred[float | None]: ...
 
@@ -220,13 +222,24 @@ class SQLiteStore:
 
         return self._runner.run(_record)
 
-    def set_block(self, kind: str, key: str, until: float) -> defer.Deferred[None]:
+    def set_block(self, kind: str, key: str, until: float, now: float | None = None) -> defer.Deferred[None]:
         def _set() -> None:
-            self._conn().execute(
-                "INSERT INTO blocks (kind, key, until) VALUES (?, ?, ?) "
-                "ON CONFLICT (kind, key) DO UPDATE SET until = excluded.until",
-                (kind, key, until),
-            )
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if now is not None:
+                    # Fake names locked once would otherwise keep their rows until looked up again:
+                    # pruned here, the table holds no more than the blocks still running.
+                    db.execute("DELETE FROM blocks WHERE until <= ?", (now,))
+                db.execute(
+                    "INSERT INTO blocks (kind, key, until) VALUES (?, ?, ?) "
+                    "ON CONFLICT (kind, key) DO UPDATE SET until = excluded.until",
+                    (kind, key, until),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
         return self._runner.run(_set)
 

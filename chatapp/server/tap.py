@@ -55,6 +55,24 @@ def _positive_int(low: int, high: int | None = None):  # type: ignore[no-untyped
     return convert
 
 
+# Descriptors kept back from --max-connections' default: the database, its journal, log files,
+# the listening sockets, the threads' pipes.
+RESERVED_DESCRIPTORS = 64
+
+
+def default_max_connections() -> int:
+    """As many connections as the descriptor limit leaves room for (at least 16)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 1000
+    if soft == resource.RLIM_INFINITY or soft > 1_000_000:
+        soft = 1_000_000
+    return max(16, soft - RESERVED_DESCRIPTORS)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -88,6 +106,13 @@ class Options(usage.Options):
         ["login-timeout", None, 60.0, "seconds a connection has to log in", _seconds],
         ["idle-timeout", None, 300.0, "seconds of silence before a logged-in connection is closed", _seconds],
         ["max-connections-per-address", None, 20, "connections one address may hold", _positive_int(1)],
+        [
+            "max-connections",
+            None,
+            None,
+            "connections open at once in all (default: the descriptor limit less 64)",
+            _positive_int(1),
+        ],
         ["signups-per-hour", None, 5, "accounts one address may create per hour", _positive_int(1)],
     ]
 
@@ -116,6 +141,7 @@ class Options(usage.Options):
             login_timeout=self["login-timeout"],
             idle_timeout=self["idle-timeout"],
             max_connections_per_address=self["max-connections-per-address"],
+            max_connections=self["max-connections"] or default_max_connections(),
             signups_per_hour=self["signups-per-hour"],
             allow_advertised_hosts=bool(self["allow-advertised-hosts"]),
         )
