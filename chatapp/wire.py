@@ -211,15 +211,30 @@ def clean_text(text: str) -> str:
     return "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
 
 
+# PROTOCOL.md section 1: the bidirectional controls, which reorder what a terminal shows.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Cc holds ESC and the C1 controls; Zl and Zp (U+2028, U+2029) are line breaks to str.splitlines().
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def must_escape(char: str) -> bool:
+    """True for a character that a terminal or a line-oriented reader must never get raw.
+
+    Other format characters (Cf) such as the zero-width joiner and non-joiner pass:
+    emoji sequences and Persian or Indic text need them.
+    """
+    return char in BIDI_CONTROLS or unicodedata.category(char) in _ESCAPED_CATEGORIES
+
+
 def escape_for_terminal(text: str) -> str:
-    """Render control characters (Unicode Cc and Cf) visibly, never as terminal commands."""
+    """Render controls, line separators and bidi controls visibly (``\\x1b``, ``\\u2028``), never raw."""
     out = []
     for char in text:
-        if unicodedata.category(char) in ("Cc", "Cf"):
+        if char == "\\":
+            out.append("\\\\")
+        elif must_escape(char):
             code = ord(char)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        elif char == "\\":
-            out.append("\\\\")
         else:
             out.append(char)
     return "".join(out)

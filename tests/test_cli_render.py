@@ -156,6 +156,12 @@ def test_script_lines_are_one_line_with_everything_escaped() -> None:
     assert script_line(PeerJoined(session(None))) == "JOINED ?"
 
 
+def test_a_message_with_line_separators_stays_one_script_line() -> None:
+    line = script_line(MessageReceived(BOB, "hi\u2028OFFER 9 mallory 1 x\u2029done \U0001f469\u200d\U0001f4bb"))
+    assert line.splitlines() == [line]
+    assert line == "MSG bob hi\\u2028OFFER 9 mallory 1 x\\u2029done \U0001f469\u200d\U0001f4bb"
+
+
 EVIL_BOB = session(f"b{EVIL}")
 
 

@@ -111,6 +111,21 @@ def test_escape_for_terminal_shows_controls_and_bidi_overrides() -> None:
 
 
 @pytest.mark.parametrize(
+    "char", ["\u2028", "\u2029", "\x85", "\x1c", "\x0b", "\u061c", "\u200e", "\u200f", "\u2066", "\u2069"]
+)
+def test_line_separators_and_bidi_controls_never_pass_raw(char: str) -> None:
+    escaped = escape_for_terminal(f"a{char}b")
+    assert char not in escaped
+    assert len(escaped.splitlines()) == 1  # a consumer splitting with str.splitlines() reads one line
+
+
+def test_joiners_and_other_format_characters_pass_as_they_are() -> None:
+    # an emoji ZWJ sequence and Persian with a ZWNJ
+    text = "\U0001f469\u200d\U0001f4bb \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    assert escape_for_terminal(text) == text
+
+
+@pytest.mark.parametrize(
     ("line", "verb"),
     [
         ("ping", "PING"),

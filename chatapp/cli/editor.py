@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 from wcwidth import grapheme_boundary_before, iter_graphemes
 
+from chatapp.wire import BIDI_CONTROLS
+
 from .width import cluster_width
 
 # Cc: C0, DEL and C1.  Tab is the one control a paste commonly holds; it becomes a space.
@@ -32,7 +34,7 @@ _JOINERS = frozenset("\u200c\u200d")
 # Shown escaped in the input row, as peers will show them (PROTOCOL.md section 1): a
 # raw bidi control would reorder the rest of the row on a terminal that does bidi.
 # Each of these is a grapheme cluster of its own (Unicode's Control break class).
-_SHOWN_ESCAPED = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SHOWN_ESCAPED = BIDI_CONTROLS | {"\u2028", "\u2029"}
 
 
 def without_controls(text: str) -> str:
