@@ -9,7 +9,6 @@ console (``chatapp.cli``) and the tests are two such objects.
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any, Protocol
 
@@ -24,6 +23,16 @@ from chatapp.client import (
     ConnectionClosed,
     ServerConnection,
     WhoEntry,
+)
+from chatapp.events import (
+    ChatEvent,
+    FileOffered,
+    MessageReceived,
+    PeerJoined,
+    PeerLeft,
+    PeerNotice,
+    TransferEnded,
+    TransferProgress,
 )
 from chatapp.peer import (
     PeerFactory,
@@ -123,8 +132,6 @@ class ChatClient:
         self.port: IListeningPort | None = None
         self.user: str | None = None
         self._handles: dict[int, Transfer] = {}
-        self._handle_of: dict[int, int] = {}  # id(transfer) -> handle
-        self._numbers = itertools.count(1)
         self._dialing: dict[str, list[defer.Deferred[PeerSession]]] = {}  # callers waiting on a dial
 
     # -- life -----------------------------------------------------------------
@@ -141,7 +148,7 @@ class ChatClient:
         options: dict[str, Any] = {"max_file_size": self.max_file_size, "auto_accept": self.auto_accept}
         if self.chunk_size is not None:
             options["chunk_size"] = self.chunk_size
-        self.peers = PeerFactory(name, self._verify, self.downloads, _PeerRelay(self), self.reactor, **options)
+        self.peers = PeerFactory(name, self._verify, self.downloads, _PeerRelay(self).emit, self.reactor, **options)
         if self.listen_endpoint is not None:
             await self.set_listening(True)
         return name
@@ -284,12 +291,8 @@ class ChatClient:
         return session
 
     def _register(self, transfer: Transfer) -> int:
-        handle = self._handle_of.get(id(transfer))
-        if handle is None:
-            handle = next(self._numbers)
-            self._handle_of[id(transfer)] = handle
-            self._handles[handle] = transfer
-        return handle
+        self._handles[transfer.handle] = transfer
+        return transfer.handle
 
     def _verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
         d = self.server.verify(token)
@@ -326,28 +329,24 @@ class _ServerRelay:
 
 
 class _PeerRelay:
-    """Peer events, with transfer handles added."""
+    """Typed peer events, as calls of this client's ChatEvents (with the factory's transfer handles)."""
 
     def __init__(self, client: ChatClient) -> None:
         self.client = client
 
-    def peer_joined(self, session: PeerSession) -> None:
-        self.client.events.peer_joined(session)
-
-    def peer_left(self, session: PeerSession, reason: str) -> None:
-        self.client.events.peer_left(session, reason)
-
-    def message(self, session: PeerSession, text: str) -> None:
-        self.client.events.message(session, text)
-
-    def offer(self, session: PeerSession, transfer: Transfer) -> None:
-        self.client.events.offer(self.client.handle_of(transfer), session, transfer)
-
-    def transfer_progress(self, transfer: Transfer) -> None:
-        self.client.events.transfer_progress(self.client.handle_of(transfer), transfer)
-
-    def transfer_ended(self, transfer: Transfer) -> None:
-        self.client.events.transfer_ended(self.client.handle_of(transfer), transfer)
-
-    def notice(self, session: PeerSession, text: str) -> None:
-        self.client.events.notice(f"{session.peer_name}: {text}")
+    def emit(self, event: ChatEvent) -> None:
+        events = self.client.events
+        if isinstance(event, PeerJoined):
+            events.peer_joined(event.session)
+        elif isinstance(event, PeerLeft):
+            events.peer_left(event.session, event.reason)
+        elif isinstance(event, MessageReceived):
+            events.message(event.session, event.text)
+        elif isinstance(event, FileOffered):
+            events.offer(self.client.handle_of(event.transfer), event.session, event.transfer)
+        elif isinstance(event, TransferProgress):
+            events.transfer_progress(self.client.handle_of(event.transfer), event.transfer)
+        elif isinstance(event, TransferEnded):
+            events.transfer_ended(self.client.handle_of(event.transfer), event.transfer)
+        elif isinstance(event, PeerNotice):
+            events.notice(f"{event.session.peer_name}: {event.text}")

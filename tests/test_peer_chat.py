@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 from test_peer_harness import Pair, lose, make_peer, open_listener
@@ -147,7 +148,9 @@ def test_connection_drop_without_bye(tmp_path: Path, clock: Clock) -> None:
     assert eb.left == ["connection-lost"]
 
 
-def test_event_handler_errors_do_not_break_the_session(tmp_path: Path, clock: Clock) -> None:
+def test_an_event_handler_that_raises_is_logged_and_closes_the_session(tmp_path: Path, clock: Clock) -> None:
+    from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+
     fb, eb = make_peer(tmp_path, "bob", clock)
     session, transport = open_listener(fb)
 
@@ -155,5 +158,16 @@ def test_event_handler_errors_do_not_break_the_session(tmp_path: Path, clock: Cl
         raise RuntimeError("handler bug")
 
     eb.message = boom  # type: ignore[method-assign]
-    session.dataReceived(b"MSG one\r\nPING\r\n")
-    assert transport.value() == b"PONG\r\n"
+    logged: list[LogEvent] = []
+    observer = cast(ILogObserver, logged.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        session.dataReceived(b"MSG one\r\nPING\r\n")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    failures = [e["log_failure"] for e in logged if "log_failure" in e]
+    assert [f.type for f in failures] == [RuntimeError]
+    assert transport.value() == b"BYE\r\n"  # the PING after the bug is not answered: the session is closing
+    assert transport.disconnecting and session.state is SessionState.CLOSING
+    lose(session, transport)
+    assert eb.left == ["internal-error"] and fb.sessions == {}

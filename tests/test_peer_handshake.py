@@ -100,7 +100,7 @@ def test_welcome_name_must_be_a_user_name(tmp_path: Path, clock: Clock) -> None:
     fa, _ = make_peer(tmp_path, "alice", clock)
     session, transport = connector(fa, target="kim")
     session.dataReceived("WELCOME chatapp/1 \u212aim proof-alice\r\n".encode())  # KELVIN SIGN lower-cases to k
-    assert transport.disconnecting and session.state is SessionState.HANDSHAKING
+    assert transport.disconnecting and session.state is SessionState.CLOSING
 
 
 def test_err_from_listener_fails_connect_with_its_reason(tmp_path: Path, clock: Clock) -> None:
@@ -144,7 +144,7 @@ def test_token_of_someone_else_is_bad_token(tmp_path: Path, clock: Clock) -> Non
     session, transport = listener(fb)
     session.dataReceived(b"HELLO chatapp/1 mallory tok-alice\r\n")  # the token names alice
     assert transport.value() == b"ERR 403 bad-token\r\n"
-    assert transport.disconnecting and session.state is SessionState.HANDSHAKING
+    assert transport.disconnecting and session.state is SessionState.CLOSING
     lose(session, transport)
     assert session.state is SessionState.CLOSED and fb.sessions == {}
 
@@ -328,13 +328,29 @@ def test_stop_closes_sessions_in_every_state(tmp_path: Path, clock: Clock) -> No
     opened, opened_transport = open_listener(fb)
     done: list[object] = []
     fb.stop().addCallback(done.append)
-    assert done == [None]
     assert waiting_transport.disconnecting and calling_transport.disconnecting and opened_transport.disconnecting
     assert opened_transport.value() == b"BYE\r\n" and waiting_transport.value() == b""
     for session, transport in [(waiting, waiting_transport), (calling, calling_transport), (opened, opened_transport)]:
+        assert done == []  # not before every connection is gone
         lose(session, transport)
+    assert done == [None]
     assert eb.left == ["closed"] and fb.sessions == {}
     assert clock.getDelayedCalls() == []
+
+
+def test_stop_aborts_connections_that_do_not_close_in_time(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    stuck, stuck_transport = open_listener(fb)
+    closing, closing_transport = open_listener(fb, peer="bob", ticket="tok-bob")
+    done: list[object] = []
+    fb.stop().addCallback(done.append)
+    lose(closing, closing_transport)
+    clock.advance(fb.stop_timeout - 0.1)
+    assert done == [] and not stuck_transport.disconnected
+    clock.advance(0.1)
+    assert stuck_transport.disconnected and done == []
+    lose(stuck, stuck_transport)  # what an aborted TCP connection does at once
+    assert done == [None] and clock.getDelayedCalls() == []
 
 
 @pytest.mark.parametrize("listener_first", [True, False])
