@@ -1,4 +1,4 @@
-"""The receiver and the disk: fsync before DONE, partials opened with O_EXCL|O_NOFOLLOW, a slow disk pauses one session."""
+"""The receiver and the disk: fsync before DONE, O_EXCL|O_NOFOLLOW partials, a slow disk pauses one session."""
 
 from __future__ import annotations
 

@@ -12,37 +12,33 @@ into their calls and gives them a way to write lines and to emit events.
 from __future__ import annotations
 
 import enum
-import hmac
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatapp import PROTOCOL_VERSION
 from chatapp.events import ChatEvent, MessageReceived
-from chatapp.peer.errors import HandshakeFailed, PeerError, ProtocolError, VerifyRejected
+from chatapp.peer.deadline import Deadline
+from chatapp.peer.errors import HandshakeFailed, PeerError, ProtocolError
 from chatapp.peer.framing import TOO_LONG, Framer, Line, Raw
+from chatapp.peer.handshake import judge_token, parse_hello, read_welcome
 from chatapp.peer.receiver import IncomingTransfer, Receiver
 from chatapp.peer.sender import OutgoingTransfer, Sender
 from chatapp.peer.states import Direction, SessionState, session_move
 from chatapp.peer.transfer import Transfer
 from chatapp.wire import (
     PEER_MAX_LINE,
-    BadArguments,
     WireError,
     decode_line,
     escape_for_terminal,
     fields,
-    fold_name,
     format_error,
     format_line,
     split_verb,
-    valid_urlsafe,
-    valid_username,
 )
 
 if TYPE_CHECKING:
@@ -50,18 +46,13 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-_MSG_ROOM = PEER_MAX_LINE - len("MSG ")
 # Bytes a TCP transport reads per recv() (Twisted's default is 64 KiB). Larger reads mean fewer
 # dataReceived calls per chunk; the framer hands them on uncopied (bench/RESULTS-transfer.md).
 # It is also the transport's write high-water mark: a sender pauses after each 256 KiB chunk, as
 # before (at 1 MiB it queued four chunks and Twisted re-joined them on every write: slower).
 RECEIVE_SIZE = 256 * 1024
+_MSG_ROOM = PEER_MAX_LINE - len("MSG ")
 _LIVE = (SessionState.HANDSHAKING, SessionState.VERIFYING, SessionState.OPEN)
-
-
-class Role(enum.Enum):
-    LISTENER = "listener"  # accepted the connection; verifies the token
-    CONNECTOR = "connector"  # dialled out after OK CONNECT
 
 
 def split_message(text: str) -> list[str]:
@@ -73,6 +64,12 @@ def split_message(text: str) -> list[str]:
             pieces.append(head)
             line = line[len(head) :]
     return pieces
+
+
+
+class Role(enum.Enum):
+    LISTENER = "listener"  # accepted the connection; verifies the token
+    CONNECTOR = "connector"  # dialled out after OK CONNECT
 
 
 class PeerSession(Protocol):
@@ -99,8 +96,10 @@ class PeerSession(Protocol):
         self._token = token
         self._proof = proof
         self._framer = Framer(PEER_MAX_LINE)
-        self._timer: IDelayedCall | None = None  # the handshake deadline
-        self._data_timer: IDelayedCall | None = None  # the deadline of the DATA chunk being read
+        self._handshake_deadline = Deadline(factory.clock, factory.handshake_timeout, self._handshake_timed_out)
+        # A DATA chunk must arrive whole in time: until its bytes are in, no line can be read on this
+        # connection, so a peer trickling them would hold it (and its file) hostage for ever.
+        self._data_deadline = Deadline(factory.clock, factory.data_timeout, self._data_timed_out)
         self._open_waiters: list[defer.Deferred[PeerSession]] = []
         self._closed_waiters: list[defer.Deferred[None]] = []
 
@@ -223,7 +222,7 @@ class PeerSession(Protocol):
 
     def pause_reading(self) -> None:
         """Stop reading the socket (a received file waits for the disk); DATA deadlines wait too."""
-        self._stop_data_timer()
+        self._data_deadline.stop()
         transport: Any = self.transport
         if transport is not None and self.state in _LIVE:
             transport.pauseProducing()
@@ -233,7 +232,7 @@ class PeerSession(Protocol):
         if transport is None or self.state not in _LIVE:
             return
         if self._framer.raw_left:
-            self._start_data_timer()
+            self._data_deadline.start()
         transport.resumeProducing()
 
     def who(self) -> str:
@@ -252,7 +251,7 @@ class PeerSession(Protocol):
             log.info("too many handshakes in progress: closing a new connection")
             self._close("too-many-handshakes")
             return
-        self._timer = self.factory.clock.callLater(self.factory.handshake_timeout, self._handshake_timed_out)
+        self._handshake_deadline.start()
         if self.role is Role.CONNECTOR:
             assert self.peer_name is not None and self._token is not None
             self.send(format_line("HELLO", PROTOCOL_VERSION, self.factory.me, self._token))
@@ -262,10 +261,8 @@ class PeerSession(Protocol):
             return
         self.close_reason = self.close_reason or "connection-lost"
         self._move(SessionState.CLOSED)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._stop_data_timer()
+        self._handshake_deadline.stop()
+        self._data_deadline.stop()
         self.sender.connection_lost(self.close_reason)
         self.receiver.connection_lost(self.close_reason)
         self.factory.session_closed(self)
@@ -281,7 +278,6 @@ class PeerSession(Protocol):
         self.state = session_move(self.state, new)
 
     def _handshake_timed_out(self) -> None:
-        self._timer = None
         if self.state in (SessionState.HANDSHAKING, SessionState.VERIFYING):
             log.info("peer handshake timed out")
             self._close("handshake-timeout")
@@ -319,7 +315,7 @@ class PeerSession(Protocol):
             if isinstance(item, Raw):
                 self.receiver.on_bytes(item.data)
                 if item.last:
-                    self._stop_data_timer()
+                    self._data_deadline.stop()
             elif isinstance(item, Line):
                 self._line_received(item.data)
             elif item is TOO_LONG:
@@ -355,27 +351,10 @@ class PeerSession(Protocol):
             self._close("protocol-error")
 
     def _data(self, args: str | None) -> None:
-        """Read the next ``count`` bytes raw, within the factory's ``data_timeout``.
-
-        Until a chunk's bytes are in, no line can be read on this connection, so
-        a peer trickling them would hold it (and its file) hostage for ever.
-        """
         self._framer.expect_raw(self.receiver.on_data(args))
-        self._start_data_timer()
-
-    def _start_data_timer(self) -> None:
-        if self._data_timer is not None and self._data_timer.active():
-            self._data_timer.reset(self.factory.data_timeout)
-        else:
-            self._data_timer = self.factory.clock.callLater(self.factory.data_timeout, self._data_timed_out)
-
-    def _stop_data_timer(self) -> None:
-        if self._data_timer is not None and self._data_timer.active():
-            self._data_timer.cancel()
-        self._data_timer = None
+        self._data_deadline.start()
 
     def _data_timed_out(self) -> None:
-        self._data_timer = None
         log.info("{peer} sent a DATA chunk too slowly: closing", peer=self.who())
         self._close("data-timeout")  # a cut, not a protocol error: partial files are kept for resume
 
@@ -385,72 +364,41 @@ class PeerSession(Protocol):
         if raw.split(b" ", 1)[0].upper() in (b"OK", b"ERR", b"*"):
             self._close("not-authenticated")  # OK, ERR and * lines are never answered (section 1)
             return
-        hello = _parse_hello(raw) if self.state is SessionState.HANDSHAKING else None
+        hello = parse_hello(raw) if self.state is SessionState.HANDSHAKING else None
         if hello is None:
             self.send(format_error(403, "not-authenticated"))
             self._close("not-authenticated")
             return
         self._move(SessionState.VERIFYING)
         self.peer_name, token = hello
-        d: defer.Deferred[Any] = defer.maybeDeferred(self.factory.verify, token)
-        # the errback first: it sees only the server's answer; a bug after it closes the session
-        d.addErrback(self._verify_failed)
-        d.addCallback(self._verified)
-        d.addErrback(self.fail_inside, "verifying a peer")
+        judged = judge_token(self.factory.verify, token, self.peer_name, self.factory.me)
+        judged.addCallback(self._judged)
+        judged.addErrback(self.fail_inside, "verifying a peer")
 
-    def _verify_failed(self, failure: Failure) -> None:
+    def _judged(self, verdict: tuple[bytes, str]) -> None:
         if self.state is not SessionState.VERIFYING:
-            return
-        if failure.check(VerifyRejected):
-            self._refuse(format_error(403, "bad-token"), "bad-token")
-        else:
-            log.failure("could not verify a peer token", failure)
-            self._refuse(format_error(503, "server-unavailable"), "server-unavailable")
-
-    def _verified(self, result: tuple[str, str] | None) -> None:
-        if result is None or self.state is not SessionState.VERIFYING:
-            return  # refused already, or closed meanwhile
-        requester, proof = result
-        assert self.peer_name is not None
-        if fold_name(requester) != fold_name(self.peer_name) or not valid_urlsafe(proof):
-            log.info("token was issued to someone else than {peer}", peer=self.who())
-            self._refuse(format_error(403, "bad-token"), "bad-token")
-            return
-        self.send(format_line("WELCOME", PROTOCOL_VERSION, self.factory.me, proof))
-        self._open()
-
-    def _refuse(self, line: bytes, reason: str) -> None:
+            return  # closed meanwhile
+        line, refusal = verdict
         self.send(line)
-        self._close(reason)
+        if refusal:
+            self._close(refusal)
+        else:
+            self._open()
 
     def _connector_line(self, raw: bytes) -> None:
-        try:
-            verb, args = split_verb(decode_line(raw))
-            if verb == "ERR":
-                parts = (args or "").split(" ")
-                self._close(parts[1] if len(parts) > 1 and valid_urlsafe(parts[1], 64) else "refused")
-                return
-            if verb != "WELCOME":
-                raise BadArguments()
-            version, name, proof = fields(args, 3)
-        except WireError:
-            self._close("bad-welcome")
-            return
         assert self.peer_name is not None and self._proof is not None
-        same_name = valid_username(name) and fold_name(name) == fold_name(self.peer_name)
-        same_proof = hmac.compare_digest(proof.encode("utf-8"), self._proof.encode("utf-8"))
-        if version != PROTOCOL_VERSION or not same_name or not same_proof:
-            log.info("bad WELCOME from the peer we called {peer}", peer=self.who())
-            self._close("bad-welcome")
+        name, refusal = read_welcome(raw, self.peer_name, self._proof)
+        if name is None:
+            if refusal == "bad-welcome":
+                log.info("bad WELCOME from the peer we called {peer}", peer=self.who())
+            self._close(refusal)
             return
         self.peer_name = name
         self._open()
 
     def _open(self) -> None:
         self._move(SessionState.OPEN)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._handshake_deadline.stop()
         self._token = self._proof = None
         log.info("peer session with {peer} open ({role})", peer=self.who(), role=self.role.value)
         self.opened_at = self.factory.clock.seconds()
@@ -490,16 +438,3 @@ class PeerSession(Protocol):
         "CANCEL": lambda self, args: self.receiver.on_cancel(args),
     }
 
-
-def _parse_hello(raw: bytes) -> tuple[str, str] | None:
-    """(name, token) from a well-formed ``HELLO chatapp/1 <name> <token>``, else None."""
-    try:
-        verb, args = split_verb(decode_line(raw))
-        if verb != "HELLO":
-            return None
-        version, name, token = fields(args, 3)
-    except WireError:
-        return None
-    if version != PROTOCOL_VERSION or not valid_username(name) or not valid_urlsafe(token):
-        return None
-    return name, token
