@@ -10,7 +10,6 @@ every event arrives there as a :mod:`chatapp.events` object; the console
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any
 
@@ -27,13 +26,6 @@ from chatapp.client import (
 )
 from chatapp.events import (
     EventSink,
-    FileOffered,
-    MessageReceived,
-    PeerJoined,
-    PeerLeft,
-    PeerNotice,
-    TransferEnded,
-    TransferProgress,
     ignore,
 )
 from chatapp.peer import (
@@ -80,8 +72,6 @@ class ChatClient:
         self.max_file_size = max_file_size
         self.auto_accept = auto_accept
         self.chunk_size = chunk_size
-        # i10 merge: PeerFactory takes `emit` itself; this adapter goes
-        self._peer_adapter = _PeerAdapter(emit)
         self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay)
         self.peers: PeerFactory | None = None
         self.port: IListeningPort | None = None
@@ -102,7 +92,7 @@ class ChatClient:
         options: dict[str, Any] = {"max_file_size": self.max_file_size, "auto_accept": self.auto_accept}
         if self.chunk_size is not None:
             options["chunk_size"] = self.chunk_size
-        self.peers = PeerFactory(name, self._verify, self.downloads, self._peer_adapter, self.reactor, **options)
+        self.peers = PeerFactory(name, self._verify, self.downloads, self.emit, self.reactor, **options)
         if self.listen_endpoint is not None:
             await self.set_listening(True)
         return name
@@ -203,7 +193,6 @@ class ChatClient:
         """Offer ``path`` to ``user`` (opening the chat if needed); returns the transfer's handle."""
         session = await self.chat(user)
         transfer = session.send_file(path)
-        self._peer_adapter.number(transfer)  # i10 merge: the PeerFactory numbers it; this line goes
         return transfer.handle
 
     def transfer(self, handle: int) -> Transfer:
@@ -237,8 +226,7 @@ class ChatClient:
     # -- inside -------------------------------------------------------------------
 
     def _numbered(self) -> dict[int, Transfer]:
-        # i10 merge: `self.peers.transfers if self.peers is not None else {}`
-        return self._peer_adapter.transfers
+        return self.peers.transfers if self.peers is not None else {}
 
     def _peers(self) -> PeerFactory:
         if self.peers is None:
@@ -260,42 +248,3 @@ class ChatClient:
             return Failure(ServerUnavailable(str(failure.value)))
 
         return d.addErrback(translate)
-
-
-# -- i10 merge: the adapter below goes once the peer part calls `emit` itself --------
-
-
-class _PeerAdapter:
-    """The peer side's callbacks as :mod:`chatapp.events` objects, and the transfer numbering the factory takes over."""
-
-    def __init__(self, emit: EventSink) -> None:
-        self.emit = emit
-        self.transfers: dict[int, Transfer] = {}
-        self._numbers = itertools.count(1)
-
-    def number(self, transfer: Transfer) -> Transfer:
-        if not transfer.handle:
-            transfer.handle = next(self._numbers)
-            self.transfers[transfer.handle] = transfer
-        return transfer
-
-    def peer_joined(self, session: PeerSession) -> None:
-        self.emit(PeerJoined(session))
-
-    def peer_left(self, session: PeerSession, reason: str) -> None:
-        self.emit(PeerLeft(session, reason))
-
-    def message(self, session: PeerSession, text: str) -> None:
-        self.emit(MessageReceived(session, text))
-
-    def offer(self, session: PeerSession, transfer: Transfer) -> None:
-        self.emit(FileOffered(session, self.number(transfer)))
-
-    def transfer_progress(self, transfer: Transfer) -> None:
-        self.emit(TransferProgress(self.number(transfer)))
-
-    def transfer_ended(self, transfer: Transfer) -> None:
-        self.emit(TransferEnded(self.number(transfer)))
-
-    def notice(self, session: PeerSession, text: str) -> None:
-        self.emit(PeerNotice(session, text))

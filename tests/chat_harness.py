@@ -71,6 +71,7 @@ def cut_when_written(receiver: ChatClient, threshold: float, cut: Callable[[], N
 
     Progress events are throttled (a fast loopback transfer can finish between
     two of them), so the cut hooks the one place received bytes hit the disk.
+    That runs on a writer thread: the cut goes to the reactor thread.
     """
     assert receiver.peers is not None
     downloads = receiver.peers.downloads
@@ -78,12 +79,17 @@ def cut_when_written(receiver: ChatClient, threshold: float, cut: Callable[[], N
     written = [0]
     fired: defer.Deferred[None] = defer.Deferred()
 
+    def cut_once() -> None:
+        if not fired.called:
+            cut()
+            fired.callback(None)
+
     def write(fd: int, data: bytes | memoryview) -> None:
         real_write(fd, data)
         written[0] += len(data)
-        if written[0] >= threshold and not fired.called:
-            cut()
-            fired.callback(None)
+        if written[0] >= threshold:
+            threads: Any = reactor
+            threads.callFromThread(cut_once)
 
     downloads.write = write  # type: ignore[method-assign]
     return fired.addTimeout(TIMEOUT, reactor)

@@ -148,7 +148,7 @@ def test_connection_drop_without_bye(tmp_path: Path, clock: Clock) -> None:
     assert eb.left == ["connection-lost"]
 
 
-def test_event_handler_errors_do_not_break_the_session(
+def test_an_event_handler_that_raises_is_logged_and_closes_the_session(
     tmp_path: Path, clock: Clock, logged_errors: LoggedErrors
 ) -> None:
     fb, eb = make_peer(tmp_path, "bob", clock)
@@ -159,6 +159,9 @@ def test_event_handler_errors_do_not_break_the_session(
 
     eb.message = boom  # type: ignore[method-assign]
     session.dataReceived(b"MSG one\r\nPING\r\n")
-    assert transport.value() == b"PONG\r\n"
     [logged] = logged_errors.flush(RuntimeError)
     assert logged["log_failure"].getErrorMessage() == "handler bug"
+    assert transport.value() == b"BYE\r\n"  # the PING after the bug is not answered: the session is closing
+    assert transport.disconnecting and session.state is SessionState.CLOSING
+    lose(session, transport)
+    assert eb.left == ["internal-error"] and fb.sessions == {}

@@ -11,6 +11,7 @@ from test_peer_harness import Pair, Recorder, lose, make_peer, open_connector, o
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
 
 from chatapp.peer import HandshakeFailed, PeerFactory, PeerSession, Role, ServerUnavailable, SessionState
 
@@ -101,7 +102,7 @@ def test_welcome_name_must_be_a_user_name(tmp_path: Path, clock: Clock) -> None:
     fa, _ = make_peer(tmp_path, "alice", clock)
     session, transport = connector(fa, target="kim")
     session.dataReceived("WELCOME chatapp/1 \u212aim proof-alice\r\n".encode())  # KELVIN SIGN lower-cases to k
-    assert transport.disconnecting and session.state is SessionState.HANDSHAKING
+    assert transport.disconnecting and session.state is SessionState.CLOSING
 
 
 def test_err_from_listener_fails_connect_with_its_reason(tmp_path: Path, clock: Clock) -> None:
@@ -145,7 +146,7 @@ def test_token_of_someone_else_is_bad_token(tmp_path: Path, clock: Clock) -> Non
     session, transport = listener(fb)
     session.dataReceived(b"HELLO chatapp/1 mallory tok-alice\r\n")  # the token names alice
     assert transport.value() == b"ERR 403 bad-token\r\n"
-    assert transport.disconnecting and session.state is SessionState.HANDSHAKING
+    assert transport.disconnecting and session.state is SessionState.CLOSING
     lose(session, transport)
     assert session.state is SessionState.CLOSED and fb.sessions == {}
 
@@ -158,14 +159,16 @@ def test_hello_name_compared_case_insensitively(tmp_path: Path, clock: Clock) ->
     assert session.state is SessionState.OPEN and eb.joined == ["ALICE"]
 
 
-def test_server_unavailable(tmp_path: Path, clock: Clock, logged_errors: LoggedErrors) -> None:
-    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ServerUnavailable()))
+def test_server_unavailable(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ServerUnavailable("link down")))
     session, transport = listener(fb)
-    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    with capturedLogs() as logged:
+        session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
     assert transport.value() == b"ERR 503 server-unavailable\r\n"
     assert transport.disconnecting
-    # the operator learns why peers are turned away
-    assert len(logged_errors.flush(ServerUnavailable)) == 1
+    # the operator learns why peers are turned away, as a warning: it is no bug of ours
+    warnings = [e for e in logged if e.get("log_format", "").startswith("could not verify")]
+    assert [(e["log_level"], e["reason"]) for e in warnings] == [(LogLevel.warn, "link down")]
 
 
 def test_any_other_verify_failure_is_server_unavailable(
@@ -335,13 +338,29 @@ def test_stop_closes_sessions_in_every_state(tmp_path: Path, clock: Clock) -> No
     opened, opened_transport = open_listener(fb)
     done: list[object] = []
     fb.stop().addCallback(done.append)
-    assert done == [None]
     assert waiting_transport.disconnecting and calling_transport.disconnecting and opened_transport.disconnecting
     assert opened_transport.value() == b"BYE\r\n" and waiting_transport.value() == b""
     for session, transport in [(waiting, waiting_transport), (calling, calling_transport), (opened, opened_transport)]:
+        assert done == []  # not before every connection is gone
         lose(session, transport)
+    assert done == [None]
     assert eb.left == ["closed"] and fb.sessions == {}
     assert clock.getDelayedCalls() == []
+
+
+def test_stop_aborts_connections_that_do_not_close_in_time(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    stuck, stuck_transport = open_listener(fb)
+    closing, closing_transport = open_listener(fb, peer="bob", ticket="tok-bob")
+    done: list[object] = []
+    fb.stop().addCallback(done.append)
+    lose(closing, closing_transport)
+    clock.advance(fb.stop_timeout - 0.1)
+    assert done == [] and not stuck_transport.disconnected
+    clock.advance(0.1)
+    assert stuck_transport.disconnected and done == []
+    lose(stuck, stuck_transport)  # what an aborted TCP connection does at once
+    assert done == [None] and clock.getDelayedCalls() == []
 
 
 @pytest.mark.parametrize("listener_first", [True, False])

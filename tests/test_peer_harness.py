@@ -1,4 +1,4 @@
-"""Shared helpers for the peer tests (no tests here): a recording PeerEvents, factories, session pairs."""
+"""Shared helpers for the peer tests (no tests here): a recording event sink, factories, session pairs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,25 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connectedServerAndClient
 
-from chatapp.peer import NoEvents, PeerFactory, PeerSession, Role, SessionState, Transfer, VerifyRejected
+from chatapp.events import (
+    ChatEvent,
+    FileOffered,
+    MessageReceived,
+    PeerJoined,
+    PeerLeft,
+    PeerNotice,
+    TransferEnded,
+    TransferProgress,
+)
+from chatapp.peer import PeerFactory, PeerSession, Role, SessionState, Transfer, VerifyRejected
 from chatapp.peer.names import partial_key
+from chatapp.server.runner import InlineRunner
 
 TOKENS = {"tok-alice": ("alice", "proof-alice"), "tok-bob": ("bob", "proof-bob")}
 
 
-class Recorder(NoEvents):
-    """Remembers every event, in order."""
+class Recorder:
+    """An event sink (call it with an event) that remembers every event, in order."""
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
@@ -30,6 +41,22 @@ class Recorder(NoEvents):
         self.notices: list[str] = []
         self.left: list[str] = []
         self.joined: list[str] = []
+
+    def __call__(self, event: ChatEvent) -> None:
+        if isinstance(event, PeerJoined):
+            self.peer_joined(event.session)
+        elif isinstance(event, PeerLeft):
+            self.peer_left(event.session, event.reason)
+        elif isinstance(event, MessageReceived):
+            self.message(event.session, event.text)
+        elif isinstance(event, FileOffered):
+            self.offer(event.session, event.transfer)
+        elif isinstance(event, TransferProgress):
+            self.transfer_progress(event.transfer)
+        elif isinstance(event, TransferEnded):
+            self.transfer_ended(event.transfer)
+        elif isinstance(event, PeerNotice):
+            self.notice(event.session, event.text)
 
     def peer_joined(self, session: PeerSession) -> None:
         self.joined.append(session.peer_name or "")
@@ -68,7 +95,9 @@ def dict_verify(tokens: dict[str, tuple[str, str]]) -> Any:
 
 
 def make_peer(tmp_path: Path, me: str, clock: Any, verify: Any = None, **kw: Any) -> tuple[PeerFactory, Recorder]:
+    """A factory on ``clock`` whose disk work runs inline (deterministic), and its recorder."""
     events = Recorder()
+    kw.setdefault("runner", InlineRunner())
     factory = PeerFactory(
         me, verify or dict_verify(TOKENS), str(tmp_path / me / "downloads"), events, clock, **kw
     )
@@ -120,7 +149,7 @@ def open_connector(
     transport = StringTransport()
     session.makeConnection(transport)
     session.dataReceived(f"WELCOME chatapp/1 {target} {proof}\r\n".encode())
-    assert session.state is SessionState.OPEN
+    assert session.opened_at is not None  # the handshake is done (a crossing call may be closing already)
     transport.clear()
     return session, transport
 

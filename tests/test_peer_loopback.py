@@ -12,8 +12,10 @@ import pytest_twisted
 from test_peer_harness import TOKENS, Recorder, dict_verify
 from twisted.internet import defer, error, task
 from twisted.internet import reactor as _reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 
-from chatapp.peer import HandshakeFailed, PeerFactory, PeerSession, Transfer
+from chatapp.peer import HandshakeFailed, PeerFactory, PeerSession, ServerUnavailable, Transfer, VerifyRejected
 
 reactor: Any = _reactor
 MiB = 1024 * 1024
@@ -132,3 +134,47 @@ async def test_loopback_connection_refused(tmp_path: Path) -> None:
         )
     assert not alice.connections
 
+
+
+class _Caller(Protocol):
+    """Says one HELLO and keeps every byte the listener answers until it closes."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.received = b""
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(f"HELLO chatapp/1 alice {self.token}\r\n".encode())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(self.received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopback_listener_answers_503_when_the_server_is_down_and_403_for_a_bad_token(
+    tmp_path: Path,
+) -> None:
+    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
+        if token == "server-down":
+            return defer.fail(ServerUnavailable("our server is not there"))  # what ChatClient._verify gives
+        return defer.fail(VerifyRejected())
+
+    bob = PeerFactory("bob", verify, str(tmp_path / "bob"), Watcher(), reactor)
+    port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
+    try:
+        answers = {}
+        for token in ("server-down", "forged"):
+            caller = _Caller(token)
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port_number(port))
+            await connectProtocol(endpoint, caller).addTimeout(TIMEOUT, reactor)
+            answers[token] = await caller.closed.addTimeout(TIMEOUT, reactor)
+        assert answers == {"server-down": b"ERR 503 server-unavailable\r\n", "forged": b"ERR 403 bad-token\r\n"}
+        assert bob.sessions == {}
+    finally:
+        await bob.stop().addTimeout(TIMEOUT, reactor)
+    assert not bob.connections

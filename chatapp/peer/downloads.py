@@ -33,7 +33,8 @@ MAX_NUMBERED = 10_000
 
 
 class DownloadDir:
-    """Where received files go. ``write`` is the one place bytes hit the disk (tests may replace it).
+    """Where received files go. ``write`` is the one place bytes hit the disk and ``fsync`` the one
+    place they are made durable (tests may replace either). Both may run on a writer thread.
 
     Partials are named by ``path`` (for messages) but always reached through
     a descriptor of the partial folder, opened for each operation (so nothing
@@ -109,12 +110,18 @@ class DownloadDir:
             written = os.write(fd, view)
             view = view[written:]
 
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
     def place(self, partial: str, name: str) -> str:
         """Give the finished ``partial`` its final name, or ``name (1).ext``, ...; return the path.
 
         ``os.link`` fails if anything exists under the name, even if it
         appeared a moment ago, so nothing is ever replaced; it does not follow
-        a link at the source either.
+        a link at the source either. The download folder is fsynced before
+        the partial's name goes, so after a crash the file is under one name
+        or the other. (The caller fsyncs the file itself first.) Blocking:
+        run it off the reactor thread.
         """
         source = os.path.basename(partial)
         with self._folders() as (root, partials):
@@ -125,6 +132,7 @@ class DownloadDir:
                     os.link(source, candidate, src_dir_fd=partials, dst_dir_fd=root, follow_symlinks=False)
                 except FileExistsError:
                     continue
+                self.fsync(root)
                 os.unlink(source, dir_fd=partials)
                 return os.path.join(self.root, candidate)
         raise OSError(errno.EEXIST, "no free name", name)

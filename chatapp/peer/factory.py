@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,13 +12,13 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, 
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.downloads import DownloadDir
-from chatapp.peer.events import PeerEvents
-from chatapp.peer.receiver import IncomingTransfer
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
 from chatapp.peer.session import PeerSession, Role
 from chatapp.peer.states import SessionState
 from chatapp.peer.transfer import Transfer
+from chatapp.server.runner import Runner, ThreadRunner
 from chatapp.wire import fold_name, valid_urlsafe, valid_username
 
 log = Logger()
@@ -28,6 +29,9 @@ HANDSHAKE_TIMEOUT = 30.0
 # A DATA chunk (at most 1 MiB) must arrive whole within this time: about 17 KiB/s at the largest chunk.
 DATA_TIMEOUT = 60.0
 MAX_HANDSHAKES = 8
+# stop() waits this long for sessions to close after BYE, then aborts their connections.
+STOP_TIMEOUT = 5.0
+DISK_THREADS = 2
 GiB = 1024**3
 
 
@@ -41,6 +45,12 @@ class PeerFactory(ServerFactory):
     ``verify(token)`` asks our server ``VERIFY <token>``: it returns (or fires
     with) ``(requester_name, proof)``, or fails with ``VerifyRejected`` (the
     server said no) or anything else (the server could not be asked).
+
+    ``emit`` gets every event (:mod:`chatapp.events`) on the reactor thread;
+    if it raises, the session it was about is logged and closed. ``runner``
+    runs the blocking disk work of received files (writes, fsync, placing);
+    by default a pool of two threads of ``reactor``, stopped by :meth:`stop`.
+    Tests pass ``chatapp.server.runner.InlineRunner()``.
     """
 
     def __init__(
@@ -48,9 +58,10 @@ class PeerFactory(ServerFactory):
         me: str,
         verify: Verify,
         downloads_dir: str,
-        events: PeerEvents,
+        emit: EventSink,
         reactor: Any,
         *,
+        runner: Runner | None = None,
         max_file_size: int = 64 * GiB,
         auto_accept: bool | Callable[[Transfer], bool] = False,
         chunk_size: int = DEFAULT_CHUNK,
@@ -67,7 +78,7 @@ class PeerFactory(ServerFactory):
         self.me = me
         self.verify = verify
         self.downloads = DownloadDir(downloads_dir, max_partial_bytes)
-        self.events = events
+        self.emit = emit
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.max_file_size = max_file_size
@@ -77,6 +88,11 @@ class PeerFactory(ServerFactory):
         self.max_handshakes = max_handshakes
         self.handshake_timeout = handshake_timeout
         self.data_timeout = data_timeout
+        self.stop_timeout = STOP_TIMEOUT
+        self._runner = runner
+        self._own_runner: ThreadRunner | None = None  # made on first use when no runner was given
+        self.transfers: dict[int, Transfer] = {}  # every transfer of every session, by handle
+        self._handles = itertools.count(1)
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
         self._handshaking: set[PeerSession] = set()  # listener sessions before WELCOME
@@ -121,11 +137,51 @@ class PeerFactory(ServerFactory):
         return d
 
     def stop(self) -> defer.Deferred[None]:
-        """Stop listening and close every session (BYE to the open ones)."""
-        for session in list(self._live):
+        """Stop listening and close every session (BYE to the open ones).
+
+        Fires when every port has stopped and every connection is gone; a
+        connection still there after ``stop_timeout`` seconds is aborted.
+        """
+        sessions = list(self._live)
+        closed = [session.when_closed() for session in sessions]
+        for session in sessions:
             session.close()
         ports, self.ports = self.ports, []
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports]).addCallback(lambda _: None)
+        stopped = [defer.maybeDeferred(p.stopListening) for p in ports]
+        abort = self.clock.callLater(self.stop_timeout, self._abort, sessions) if closed else None
+
+        def all_closed(result: object) -> None:
+            if abort is not None and abort.active():
+                abort.cancel()
+            if self._own_runner is not None:
+                runner, self._own_runner = self._own_runner, None
+                runner.stop()  # waits for a write in flight: files are closed whole
+
+        waits: list[defer.Deferred[Any]] = [*stopped, *closed]
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(all_closed)
+
+    def _abort(self, sessions: list[PeerSession]) -> None:
+        for session in sessions:
+            transport: Any = session.transport  # TCP and TLS transports are ITCPTransport: they abort
+            if transport is not None and session.state is not SessionState.CLOSED:
+                log.info("a peer connection did not close in time: aborting it")
+                transport.abortConnection()
+
+    def transfer(self, handle: int) -> Transfer:
+        """The transfer numbered ``handle`` (any session, either direction); raises KeyError."""
+        return self.transfers[handle]
+
+    def new_handle(self) -> int:
+        return next(self._handles)
+
+    def disk(self) -> Runner:
+        """Where received files are written: the given runner, or our own thread pool."""
+        if self._runner is not None:
+            return self._runner
+        if self._own_runner is None:
+            self._own_runner = ThreadRunner(self.reactor, DISK_THREADS, "chatapp-peer-disk")
+            self._own_runner.start()
+        return self._own_runner
 
     @property
     def connections(self) -> frozenset[PeerSession]:
@@ -162,7 +218,6 @@ class PeerFactory(ServerFactory):
         self._handshaking.discard(session)
         assert session.peer_name is not None
         key = fold_name(session.peer_name)
-        session.opened_at = self.clock.seconds()
         old = self.sessions.get(key)
         if old is not None and old is not session and self._keep_old_on_crossing(old, session):
             log.info("both sides dialled at once: keeping the connection the other side keeps too")
@@ -173,7 +228,7 @@ class PeerFactory(ServerFactory):
             log.info("a new session replaces the one with the same peer")
             old.replace()
             return  # the chat goes on: the user sees no leave and no second join
-        self._emit("peer_joined", session)
+        session.emit(PeerJoined(session))
 
     def _keep_old_on_crossing(self, old: PeerSession, new: PeerSession) -> bool:
         """True when two users dialled each other at once and ``old`` is the one both sides keep.
@@ -193,15 +248,16 @@ class PeerFactory(ServerFactory):
 
         return dialler(old) < dialler(new)
 
-    def session_closed(self, session: PeerSession, was: SessionState) -> None:
+    def session_closed(self, session: PeerSession) -> None:
         self._handshaking.discard(session)
         self._live.discard(session)
-        if was is SessionState.OPEN:
-            assert session.peer_name is not None
-            key = fold_name(session.peer_name)
-            if self.sessions.get(key) is session:  # not one replaced by a newer session
-                del self.sessions[key]
-                self._emit("peer_left", session, session.close_reason)
+        key = fold_name(session.peer_name or "")
+        if self.sessions.get(key) is session:  # it was open, and not replaced by a newer session
+            del self.sessions[key]
+            try:
+                self.emit(PeerLeft(session, session.close_reason))
+            except Exception:
+                log.failure("the application failed on PeerLeft")
 
     def partial_in_use(self, path: str) -> bool:
         for session in self.sessions.values():
@@ -211,16 +267,5 @@ class PeerFactory(ServerFactory):
         return False
 
     def prune_partials(self) -> None:
-        in_use = {
-            t.partial
-            for s in self.sessions.values()
-            for t in s.incoming.values()
-            if isinstance(t, IncomingTransfer) and not t.finished
-        }
+        in_use = {t.partial for s in self.sessions.values() for t in s.incoming.values() if not t.finished}
         self.downloads.prune(in_use)
-
-    def _emit(self, name: str, *args: Any) -> None:
-        try:
-            getattr(self.events, name)(*args)
-        except Exception:
-            log.failure("event handler {name} failed", name=name)

@@ -1,42 +1,55 @@
-"""Sending files: the outgoing transfer (file, running hash) and the push producer that paces all of them.
+"""The sending side of one peer session: our outgoing transfers and the rules of sending them.
 
-One :class:`SendPump` is registered on a session's transport. It moves one
-chunk of one transfer per reactor turn, round robin, and stops while the
-transport says it is full, so memory stays at about one chunk per
-connection and a slow receiver slows the sender. Chat lines written between
-turns go out between chunks.
+:class:`Sender` owns every file we offer on a session: it numbers the offer,
+answers ``ACCEPT`` (checking a resume offset against the hash of our own
+prefix), feeds chunks to the session's :class:`~chatapp.peer.pump.SendPump`,
+and ends transfers on ``REJECT``, ``FAIL``, ``DONE``, ``CANCEL`` or a lost
+connection. It writes lines through its session and never touches the socket.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-from collections import deque
-from collections.abc import Callable
+import hmac
+import os
+import stat
 from typing import IO, TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from zope.interface import implementer
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from chatapp.peer.states import Direction
+from chatapp.events import TransferEnded, TransferProgress
+from chatapp.peer.hashing import hash_prefix
+from chatapp.peer.names import offer_name, shorten
+from chatapp.peer.pump import SendPump
+from chatapp.peer.states import Direction, SessionState, TransferState
 from chatapp.peer.transfer import Transfer
+from chatapp.wire import escape_for_terminal, fields, fields_and_rest, format_line, parse_number, valid_sha256
 
 if TYPE_CHECKING:
     from chatapp.peer.session import PeerSession
 
+log = Logger()
+
 MAX_CHUNK = 1024 * 1024
 DEFAULT_CHUNK = 256 * 1024
+CANCEL_REASONS = frozenset({"cancelled", "read-error", "bad-offset", "stale-partial"})
 
 
 class OutgoingTransfer(Transfer):
+    """A file we send: its open source file, the read position and the running hash."""
+
     def __init__(
-        self, session: PeerSession, transfer_id: str, name: str, source: IO[bytes], size: int, path: str
+        self, session: PeerSession, handle: int, transfer_id: str, name: str, source: IO[bytes], size: int, path: str
     ) -> None:
-        super().__init__(session, transfer_id, name, size, Direction.SEND)
+        super().__init__(session, handle, transfer_id, name, size, Direction.SEND)
         self.source: IO[bytes] | None = source
         self.path = path
         self.hasher: Any = hashlib.sha256()
         self.position = 0  # next byte to read from source
-        self.hashing: Any = None  # the Deferred of a prefix hash in progress
+        self.hashing: defer.Deferred[Any] | None = None  # hashing the prefix the receiver claims to have
 
     def read_chunk(self, chunk_size: int) -> bytes:
         """The next chunk (hashed), b"" at the end; raises OSError (or EOFError if the file shrank)."""
@@ -53,8 +66,8 @@ class OutgoingTransfer(Transfer):
 
     def close_source(self) -> None:
         if self.hashing is not None:
-            self.hashing.cancel()
-            self.hashing = None
+            hashing, self.hashing = self.hashing, None
+            hashing.cancel()
         if self.source is not None:
             try:
                 self.source.close()
@@ -62,66 +75,166 @@ class OutgoingTransfer(Transfer):
                 self.source = None
 
 
-@implementer(IPushProducer)
-class SendPump:
-    """Round-robin over transfers that have bytes to send; one ``step`` per reactor turn."""
+class Sender:
+    """Every transfer we send on one session, by the id we gave it (``transfers``)."""
 
-    def __init__(self, clock: IReactorTime, step: Callable[[OutgoingTransfer], bool]) -> None:
-        self._clock = clock
-        self._step = step  # sends one chunk (or END); returns True if the transfer has more to send
-        self._queue: deque[OutgoingTransfer] = deque()
-        self._call: IDelayedCall | None = None
-        self.paused = False
-        self.stopped = False
-        self._ticking = False  # guards against a transport resuming us from inside our own write
+    def __init__(self, session: PeerSession) -> None:
+        self.session = session
+        self.factory = session.factory
+        self.transfers: dict[str, OutgoingTransfer] = {}
+        self.pump = SendPump(self.factory.clock, self._send_step)
+        self._next_id = 1
 
-    def add(self, transfer: OutgoingTransfer) -> None:
-        if transfer not in self._queue:
-            self._queue.append(transfer)
-        self._schedule()
+    # -- asked by the user ------------------------------------------------------
 
-    def discard(self, transfer: OutgoingTransfer) -> None:
-        if transfer in self._queue:
-            self._queue.remove(transfer)
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def _schedule(self) -> None:
-        if self._call is None and self._queue and not self.paused and not self.stopped:
-            self._call = self._clock.callLater(0, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        if self.paused or self.stopped or not self._queue or self._ticking:
-            return
-        self._ticking = True
+    def offer(self, path: str, name: str | None) -> OutgoingTransfer:
+        """Open ``path`` and send OFFER; raises OSError if it cannot be opened or is not a regular file."""
+        source = open(path, "rb")  # closed when the transfer ends
         try:
-            transfer = self._queue.popleft()
-            if self._step(transfer) and not self.stopped:
-                self._queue.append(transfer)
-        finally:
-            self._ticking = False
-        self._schedule()
+            info = os.fstat(source.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+        except BaseException:
+            source.close()
+            raise
+        offered = shorten(offer_name(name if name is not None else path), 1024)
+        # ids are ours to choose; a role letter keeps them apart from the ids of a peer running this code
+        transfer_id = f"{self.session.role.value[0]}{self._next_id}"
+        self._next_id += 1
+        transfer = OutgoingTransfer(
+            self.session, self.factory.new_handle(), transfer_id, offered, source, info.st_size, path
+        )
+        self.transfers[transfer_id] = transfer
+        self.factory.transfers[transfer.handle] = transfer
+        self.session.send(format_line("OFFER", transfer_id, str(info.st_size), offered))
+        log.info("offering {id} ({size} bytes) to {peer}", id=transfer_id, size=info.st_size, peer=self.session.who())
+        return transfer
 
-    def pauseProducing(self) -> None:
-        self.paused = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+    def cancel(self, transfer: OutgoingTransfer, reason: str = "cancelled") -> None:
+        if reason not in CANCEL_REASONS:
+            raise ValueError(f"not a CANCEL reason: {reason!r}")
+        if not transfer.finished:
+            self._cancel(transfer, reason)
 
-    def resumeProducing(self) -> None:
-        """The transport drained its buffer: send the next chunk now (no idle reactor turn), then go on."""
-        self.paused = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._queue and not self.stopped and not self._ticking:
-            self._tick()
+    # -- lines from the receiver -------------------------------------------------------
+
+    def on_accept(self, args: str | None) -> None:
+        parts = fields(args, 2, 1)
+        transfer = self.transfers.get(parts[0])
+        if transfer is None or transfer.state is not TransferState.OFFERED:
+            return  # unknown or finished: crossed in flight
+        offset = parse_number(parts[1])
+        if offset > transfer.size:
+            self._cancel(transfer, "bad-offset")
+            return
+        claimed = parts[2].lower() if len(parts) == 3 else ""
+        if offset and not valid_sha256(claimed):
+            self._cancel(transfer, "stale-partial")
+            return
+        transfer.move(TransferState.ACCEPTED)
+        transfer.offset = offset
+        assert transfer.source is not None
+        hashing = transfer.hashing = hash_prefix(self.factory.clock, transfer.source, offset)
+        # the errback first: it only sees read errors; the callback's own bugs go to the session
+        hashing.addErrback(self._unreadable, transfer)
+        hashing.addCallback(self._prefix_hashed, transfer, claimed)
+        hashing.addErrback(self.session.fail_inside, "starting a send")
+
+    def _unreadable(self, failure: Failure, transfer: OutgoingTransfer) -> None:
+        transfer.hashing = None
+        if not failure.check(defer.CancelledError) and not transfer.finished:
+            log.info("cannot read {path}: {error}", path=_safe(transfer.path), error=_safe(failure.value))
+            self._cancel(transfer, "read-error")
+
+    def _prefix_hashed(self, hasher: Any, transfer: OutgoingTransfer, claimed: str) -> None:
+        transfer.hashing = None
+        if hasher is None or transfer.finished:
+            return  # unreadable (handled) or ended meanwhile
+        offset = transfer.offset
+        if offset and not hmac.compare_digest(hasher.hexdigest(), claimed):
+            self._cancel(transfer, "stale-partial")
+            return
+        transfer.hasher = hasher
+        transfer.position = transfer.bytes_done = offset
+        if offset == transfer.size:
+            self._send_end(transfer)
         else:
-            self._schedule()
+            transfer.move(TransferState.SENDING)
+            self.pump.add(transfer)
 
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self.pauseProducing()
-        self._queue.clear()
+    def on_reject(self, args: str | None) -> None:
+        (transfer_id,), reason = fields_and_rest(args, 1)
+        transfer = self._answered(transfer_id)
+        if transfer is not None:
+            self._stop(transfer, TransferState.REJECTED, reason)
+
+    def on_fail(self, args: str | None) -> None:
+        (transfer_id,), reason = fields_and_rest(args, 1)
+        transfer = self._answered(transfer_id)
+        if transfer is not None:
+            self._stop(transfer, TransferState.FAILED, reason)
+
+    def on_done(self, args: str | None) -> None:
+        (transfer_id,) = fields(args, 1)
+        transfer = self._answered(transfer_id)
+        if transfer is not None and transfer.state is TransferState.ENDED:
+            self._end(transfer, TransferState.DONE)
+
+    def connection_lost(self, reason: str) -> None:
+        """The connection is gone: every unfinished send ends as cancelled with the session's reason."""
+        self.pump.stopProducing()
+        for transfer in self.transfers.values():
+            if not transfer.finished:
+                transfer.close_source()
+                self._end(transfer, TransferState.CANCELLED, reason)
+
+    # -- inside ---------------------------------------------------------------------
+
+    def _answered(self, transfer_id: str) -> OutgoingTransfer | None:
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None or transfer.finished:
+            return None  # unknown or finished: replies cross in flight
+        return transfer
+
+    def _send_step(self, transfer: OutgoingTransfer) -> bool:
+        """Send one chunk of ``transfer`` (and END after the last); True if more is to come."""
+        if transfer.state is not TransferState.SENDING or self.session.state is not SessionState.OPEN:
+            return False
+        try:
+            data = transfer.read_chunk(self.factory.chunk_size)
+        except (OSError, EOFError) as e:
+            log.info("cannot read {path}: {error}", path=_safe(transfer.path), error=_safe(e))
+            self._cancel(transfer, "read-error")
+            return False
+        self.session.send(b"DATA %s %d\r\n" % (transfer.id.encode("ascii"), len(data)))
+        self.session.send(data)
+        if transfer.count(len(data), self.factory.clock.seconds()):
+            self.session.emit(TransferProgress(transfer))
+        if transfer.position < transfer.size:
+            return True
+        self._send_end(transfer)
+        return False
+
+    def _send_end(self, transfer: OutgoingTransfer) -> None:
+        transfer.sha256 = transfer.hasher.hexdigest()
+        self.session.send(format_line("END", transfer.id, transfer.sha256))
+        transfer.move(TransferState.ENDED)
+        transfer.close_source()
+
+    def _cancel(self, transfer: OutgoingTransfer, reason: str) -> None:
+        self.session.send(format_line("CANCEL", transfer.id, reason))
+        self._stop(transfer, TransferState.CANCELLED, reason)
+
+    def _stop(self, transfer: OutgoingTransfer, state: TransferState, reason: str) -> None:
+        self.pump.discard(transfer)
+        transfer.close_source()
+        self._end(transfer, state, reason)
+
+    def _end(self, transfer: OutgoingTransfer, state: TransferState, reason: str = "") -> None:
+        transfer.move(state, reason)
+        self.session.emit(TransferEnded(transfer))
+
+
+def _safe(value: object) -> str:
+    """Text for a log line: control characters (CR, LF, ESC...) shown escaped."""
+    return escape_for_terminal("" if value is None else str(value))

@@ -12,14 +12,17 @@ from chatapp.peer.errors import IllegalTransition
 
 
 class SessionState(enum.Enum):
-    HANDSHAKING = "handshaking"
+    HANDSHAKING = "handshaking"  # connected: the connector sent HELLO, the listener waits for it
+    VERIFYING = "verifying"  # listener only: HELLO arrived, our server is asked about its token
     OPEN = "open"
-    CLOSED = "closed"
+    CLOSING = "closing"  # we closed (BYE, refusal, error): waiting for the connection to go
+    CLOSED = "closed"  # connectionLost ran
 
 
 class TransferState(enum.Enum):
     OFFERED = "offered"
-    ACCEPTED = "accepted"
+    PREPARING = "preparing"  # receiver: we accept, but first hash the kept partial to resume from
+    ACCEPTED = "accepted"  # ACCEPT is sent; a sender hashes the prefix the receiver has before bytes move
     SENDING = "sending"
     RECEIVING = "receiving"
     ENDED = "ended"  # all bytes and END are through; waiting for (or computing) DONE / FAIL
@@ -39,8 +42,12 @@ class Direction(enum.Enum):
 
 
 _SESSION_MOVES: dict[SessionState, frozenset[SessionState]] = {
-    SessionState.HANDSHAKING: frozenset({SessionState.OPEN, SessionState.CLOSED}),
-    SessionState.OPEN: frozenset({SessionState.CLOSED}),
+    SessionState.HANDSHAKING: frozenset(
+        {SessionState.VERIFYING, SessionState.OPEN, SessionState.CLOSING, SessionState.CLOSED}
+    ),
+    SessionState.VERIFYING: frozenset({SessionState.OPEN, SessionState.CLOSING, SessionState.CLOSED}),
+    SessionState.OPEN: frozenset({SessionState.CLOSING, SessionState.CLOSED}),
+    SessionState.CLOSING: frozenset({SessionState.CLOSED}),
     SessionState.CLOSED: frozenset(),
 }
 
@@ -48,7 +55,8 @@ _FINAL = frozenset({TransferState.DONE, TransferState.FAILED, TransferState.CANC
 _STOPPED = frozenset({TransferState.FAILED, TransferState.CANCELLED, TransferState.REJECTED})
 
 _TRANSFER_MOVES: dict[TransferState, frozenset[TransferState]] = {
-    TransferState.OFFERED: frozenset({TransferState.ACCEPTED}) | _STOPPED,
+    TransferState.OFFERED: frozenset({TransferState.PREPARING, TransferState.ACCEPTED}) | _STOPPED,
+    TransferState.PREPARING: frozenset({TransferState.ACCEPTED}) | _STOPPED,
     TransferState.ACCEPTED: frozenset({TransferState.SENDING, TransferState.RECEIVING, TransferState.ENDED})
     | _STOPPED,
     TransferState.SENDING: frozenset({TransferState.ENDED}) | _STOPPED,

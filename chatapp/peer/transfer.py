@@ -18,17 +18,20 @@ PROGRESS_INTERVAL = 0.1  # seconds: at most 10 progress events a second per tran
 class Transfer:
     """One file going one way on one peer session.
 
-    ``bytes_done`` counts from byte 0 of the file (a resumed transfer starts
+    ``handle`` is a small number unique within the :class:`PeerFactory` (from 1,
+    across sessions and directions), for a person to type; ``id`` is the
+    sender's id on the wire. ``bytes_done`` counts from byte 0 of the file (a resumed transfer starts
     at ``offset``); ``reason`` says why a transfer ended (``""`` while it runs,
     e.g. ``declined``, ``disk-full``, ``hash-mismatch``, ``connection-lost``);
     ``path`` is the local file: the source for a send, the final file once a
     receive is done.
     """
 
-    handle: int = 0  # the number a person types (/accept 3): unique per client, 0 until numbered
-
-    def __init__(self, session: PeerSession, transfer_id: str, name: str, size: int, direction: Direction) -> None:
+    def __init__(
+        self, session: PeerSession, handle: int, transfer_id: str, name: str, size: int, direction: Direction
+    ) -> None:
         self.session = session
+        self.handle = handle
         self.id = transfer_id
         self.name = name
         self.size = size
@@ -45,7 +48,8 @@ class Transfer:
         self._waiters: list[defer.Deferred[Transfer]] = []
 
     def __repr__(self) -> str:
-        return f"<Transfer {self.direction.value} {self.id} {self.state.value} {self.bytes_done}/{self.size}>"
+        where = f"{self.bytes_done}/{self.size}"
+        return f"<Transfer #{self.handle} {self.direction.value} {self.id} {self.state.value} {where}>"
 
     @property
     def peer(self) -> str:

@@ -1,0 +1,217 @@
+"""Writing one received file off the reactor thread, in order, with a bound on what waits in memory.
+
+A :class:`FileWriter` keeps at most one write of its file in flight on a
+:class:`~chatapp.server.runner.Runner` (a small thread pool; inline in
+tests). Pieces that arrive meanwhile are queued and joined into the next
+write (up to :data:`MAX_WRITE`), so a fast stream makes few, large writes
+and a slow disk makes the queue grow instead of blocking the reactor. When
+more than ``high_water`` bytes wait, ``on_backlog(True)`` asks the session
+to stop reading the socket; ``on_backlog(False)`` once it fell under
+``low_water``. The SHA-256 of the bytes is computed on the same thread,
+just before they are written (``hashlib`` lets go of the GIL for it).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from chatapp.peer.downloads import DownloadDir
+    from chatapp.server.runner import Runner
+
+MiB = 1024 * 1024
+MAX_WRITE = MiB
+HIGH_WATER = 8 * MiB
+LOW_WATER = 2 * MiB
+
+
+class Stage(enum.Enum):
+    WRITING = "writing"  # taking bytes
+    FINISHING = "finishing"  # finish() called: the queue drains, then fsync and close
+    ABANDONED = "abandoned"  # the transfer stopped: nothing more is written; the file closes
+    FAILED = "failed"  # a write, the fsync or the close failed: the file is closed
+    FINISHED = "finished"  # synced and closed
+
+
+_MOVES = {
+    Stage.WRITING: {Stage.FINISHING, Stage.ABANDONED, Stage.FAILED},
+    Stage.FINISHING: {Stage.FINISHED, Stage.FAILED},
+    Stage.ABANDONED: set(),
+    Stage.FAILED: set(),
+    Stage.FINISHED: set(),
+}
+
+
+class FileWriter:
+    """The bytes of one incoming transfer on their way into its open partial file ``fd``.
+
+    ``on_error`` hears a write error while bytes still come; ``on_bug`` gets
+    the failure of a callback of ours that raised (the session logs it and closes).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        downloads: DownloadDir,
+        fd: int,
+        hasher: Any,
+        on_error: Callable[[OSError], None],
+        on_backlog: Callable[[bool], None],
+        on_bug: Callable[[Failure], None],
+        high_water: int = HIGH_WATER,
+        low_water: int = LOW_WATER,
+    ) -> None:
+        self._runner = runner
+        self._downloads = downloads
+        self._fd: int | None = fd
+        self.hasher = hasher
+        self._on_error = on_error
+        self._on_backlog = on_backlog
+        self._on_bug = on_bug
+        self._high_water = high_water
+        self._low_water = low_water
+        self.stage = Stage.WRITING
+        self._queue: deque[bytes] = deque()
+        self._queued = 0  # bytes in _queue
+        self._writing = 0  # bytes of the write in flight (0: none)
+        self.backlogged = False  # on_backlog(True) was the last call
+        self.error: OSError | None = None
+        self._finished: defer.Deferred[str] = defer.Deferred()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet on disk."""
+        return self._queued + self._writing
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Queue ``data`` (a view is copied: the caller's buffer moves on)."""
+        if self.stage is not Stage.WRITING:
+            return
+        piece = bytes(data)  # no copy when it already is bytes
+        self._queue.append(piece)
+        self._queued += len(piece)
+        if not self._writing:
+            self._write_next()
+        if not self.backlogged and self.buffered > self._high_water:
+            self.backlogged = True
+            self._on_backlog(True)
+
+    def finish(self) -> defer.Deferred[str]:
+        """Write what is queued, fsync and close the file; fires with the hex SHA-256 of all bytes.
+
+        Fails with the OSError of a write, the fsync or the close.
+        """
+        if self.error is not None:
+            return defer.fail(self.error)
+        self._move(Stage.FINISHING)
+        if not self._writing:
+            self._sync()
+        return self._finished
+
+    def abandon(self) -> None:
+        """Drop what is queued; the file is closed once no write is in flight (and kept, for a resume)."""
+        if self.stage is not Stage.WRITING:
+            return  # finishing goes on to its end; failed and finished writers are closed
+        self._move(Stage.ABANDONED)
+        self._queue.clear()
+        self._queued = 0
+        self._ease()
+        if not self._writing:
+            self._close()
+
+    # -- inside --------------------------------------------------------------------
+
+    def _move(self, new: Stage) -> None:
+        if new not in _MOVES[self.stage]:
+            raise RuntimeError(f"file writer: {self.stage.value} -> {new.value}")
+        self.stage = new
+
+    def _write_next(self) -> None:
+        batch: list[bytes] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0]) <= MAX_WRITE):
+            piece = self._queue.popleft()
+            batch.append(piece)
+            size += len(piece)
+        self._queued -= size
+        self._writing = size
+        d = self._runner.run(self._write_blocking, self._fd, batch)
+        d.addCallback(self._written)
+        d.addErrback(self._on_bug)
+
+    def _write_blocking(self, fd: int, batch: list[bytes]) -> OSError | None:
+        """On the runner's thread: hash and write ``batch``; an OSError is returned, not raised."""
+        for piece in batch:
+            self.hasher.update(piece)
+        try:
+            self._downloads.write(fd, batch[0] if len(batch) == 1 else b"".join(batch))
+        except OSError as e:
+            return e
+        return None
+
+    def _written(self, error: OSError | None) -> None:
+        self._writing = 0
+        if self.stage is Stage.ABANDONED:
+            self._close()  # an error now changes nothing: the transfer is over
+            return
+        if error is not None:
+            self._fail(error)
+            return
+        self._ease()
+        if self._queue:
+            self._write_next()
+        elif self.stage is Stage.FINISHING:
+            self._sync()
+
+    def _ease(self) -> None:
+        if self.backlogged and (self.stage is not Stage.WRITING or self.buffered <= self._low_water):
+            self.backlogged = False
+            self._on_backlog(False)
+
+    def _fail(self, error: OSError) -> None:
+        was = self.stage
+        self.error = error
+        self._move(Stage.FAILED)
+        self._queue.clear()
+        self._queued = 0
+        self._ease()
+        self._close()
+        if was is Stage.FINISHING:
+            self._finished.errback(error)
+        else:
+            self._on_error(error)
+
+    def _sync(self) -> None:
+        fd, self._fd = self._fd, None
+        d = self._runner.run(self._sync_blocking, fd)
+        d.addCallback(self._synced)
+        d.addErrback(self._on_bug)
+
+    def _sync_blocking(self, fd: int) -> OSError | None:
+        try:
+            try:
+                self._downloads.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return e
+        return None
+
+    def _synced(self, error: OSError | None) -> None:
+        if error is not None:
+            self._fail(error)
+            return
+        self._move(Stage.FINISHED)
+        self._finished.callback(self.hasher.hexdigest())
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)

@@ -1,0 +1,169 @@
+"""The receiver and the disk: fsync before DONE, O_EXCL|O_NOFOLLOW partials, a slow disk pauses one session."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from test_peer_harness import lose, make_peer, open_listener, partial_path, partials_in, sender_stream, sha
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from chatapp.peer import TransferState
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+
+class ManualRunner:
+    """A runner whose jobs wait until the test runs them: a disk as slow as the test wants."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        d: defer.Deferred[T] = defer.Deferred()
+        self.jobs.append((func, args, d))
+        return d
+
+    def run_all(self) -> int:
+        done = 0
+        while self.jobs:
+            func, args, d = self.jobs.pop(0)
+            d.callback(func(*args))
+            done += 1
+        return done
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_file_and_folder_are_fsynced_before_done(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    session, transport = open_listener(fb)
+    steps: list[str] = []
+    real_fsync, real_place = fb.downloads.fsync, fb.downloads.place
+
+    def fsync(fd: int) -> None:
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        steps.append(f"fsync {kind}" + (" after DONE" if b"DONE" in transport.value() else ""))
+        real_fsync(fd)
+
+    def place(partial: str, name: str) -> str:
+        steps.append("place")
+        return real_place(partial, name)
+
+    fb.downloads.fsync = fsync  # type: ignore[method-assign]
+    fb.downloads.place = place  # type: ignore[method-assign]
+    offer, body = sender_stream("f", b"durable bytes", "d.txt")
+    session.dataReceived(offer + body)
+    assert steps == ["fsync file", "place", "fsync folder"]
+    assert transport.value() == b"ACCEPT f 0\r\nDONE f\r\n"
+    assert eb.offers[0].state is TransferState.DONE
+    assert Path(fb.downloads.root, "d.txt").read_bytes() == b"durable bytes"
+
+
+def test_a_failed_fsync_fails_the_transfer_and_sends_no_done(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    session, transport = open_listener(fb)
+
+    def fsync(fd: int) -> None:
+        raise OSError(5, "I/O error")
+
+    fb.downloads.fsync = fsync  # type: ignore[method-assign]
+    offer, body = sender_stream("f", b"lost", "lost.txt")
+    session.dataReceived(offer + body + b"MSG still here\r\n")
+    assert transport.value() == b"ACCEPT f 0\r\nFAIL f write-error\r\n"
+    assert eb.offers[0].state is TransferState.FAILED and partials_in(fb) == []
+    assert eb.messages == ["still here"] and not os.path.exists(os.path.join(fb.downloads.root, "lost.txt"))
+
+
+def test_new_partial_is_never_a_planted_link_or_an_existing_file(tmp_path: Path, clock: Clock) -> None:
+    fb, eb = make_peer(tmp_path, "bob", clock)
+    session, transport = open_listener(fb)
+    offer, _ = sender_stream("f", b"x" * 10, "p.bin")
+    session.dataReceived(offer)
+    transfer = eb.offers[0]
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep me")
+    path = partial_path(fb, "alice", "p.bin", 10)
+    fb.downloads.remove = lambda path: None  # type: ignore[method-assign]  # as if planted after the clean-up
+    fb.downloads.kept_size = lambda path: None  # type: ignore[method-assign]
+    os.symlink(outside, path)
+    session.accept(transfer)
+    assert transport.value() == b"REJECT f write-error\r\n"  # O_EXCL: the name is taken, nothing followed
+    assert outside.read_bytes() == b"keep me" and os.path.islink(path)
+    os.unlink(path)
+    Path(path).write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        fb.downloads.open_new(path)  # its clean-up is off: O_EXCL alone refuses
+    assert Path(path).read_bytes() == b"old"
+
+
+def test_a_kept_partial_swapped_for_a_link_is_not_followed(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"abc")
+    path = partial_path(fb, "alice", "p.bin", 10)
+    os.symlink(outside, path)
+    with pytest.raises(OSError):
+        fb.downloads.open_append(path, 3)  # O_NOFOLLOW: ELOOP, not outside.txt
+    assert outside.read_bytes() == b"abc"
+
+
+def test_a_slow_disk_pauses_only_that_session_and_writes_are_coalesced(tmp_path: Path, clock: Clock) -> None:
+    disk = ManualRunner()
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=disk)
+    session, transport = open_listener(fb)
+    other, other_transport = open_listener(fb, peer="bob", ticket="tok-bob")
+    content = os.urandom(12 * MiB)
+    session.dataReceived(f"OFFER f {len(content)} big.bin\r\n".encode())
+    chunk = 256 * 1024
+    for start in range(0, len(content), chunk):
+        session.dataReceived(f"DATA f {chunk}\r\n".encode() + content[start : start + chunk])
+        if transport.producerState == "paused":
+            break
+    received = start + chunk
+    assert transport.producerState == "paused" and 8 * MiB < received <= 9 * MiB
+    assert len(disk.jobs) == 1  # one write in flight; the rest waits, to be joined
+    other.dataReceived(b"MSG the other chat goes on\r\n")
+    assert eb.messages == ["the other chat goes on"] and other_transport.producerState == "producing"
+    writes: list[int] = []
+    real_write = fb.downloads.write
+
+    def write(fd: int, data: bytes | memoryview) -> None:
+        writes.append(len(data))
+        real_write(fd, data)
+
+    fb.downloads.write = write  # type: ignore[method-assign]
+    disk.run_all()
+    assert transport.producerState == "producing"
+    assert max(writes) <= MiB and len(writes) <= received // MiB + 1
+    for start in range(received, len(content), chunk):
+        session.dataReceived(f"DATA f {chunk}\r\n".encode() + content[start : start + chunk])
+        disk.run_all()
+    session.dataReceived(f"END f {sha(content)}\r\n".encode())
+    assert b"DONE" not in transport.value()  # the fsync has not run yet
+    disk.run_all()
+    assert transport.value().endswith(b"DONE f\r\n")
+    assert Path(fb.downloads.root, "big.bin").read_bytes() == content
+
+
+def test_a_slow_write_does_not_hold_a_dropped_connection(tmp_path: Path, clock: Clock) -> None:
+    disk = ManualRunner()
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=disk)
+    session, transport = open_listener(fb)
+    offer, body = sender_stream("f", b"y" * 100, "slow.bin", chunk=50)
+    session.dataReceived(offer + body.split(b"END")[0])
+    assert len(disk.jobs) == 1
+    lose(session, transport)
+    assert eb.offers[0].state is TransferState.CANCELLED
+    disk.run_all()  # the write in flight ends; the file is closed and kept for a resume
+    assert partials_in(fb) != []
