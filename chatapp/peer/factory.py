@@ -15,10 +15,10 @@ from twisted.logger import Logger
 from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.downloads import DownloadDir
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
-from chatapp.peer.session import PeerSession, Role
-from chatapp.peer.states import SessionState
+from chatapp.peer.session import PeerSession
+from chatapp.peer.states import Role, SessionState
 from chatapp.peer.transfer import Transfer
-from chatapp.server.runner import Runner, ThreadRunner
+from chatapp.runner import Runner, ThreadRunner
 from chatapp.wire import fold_name, valid_urlsafe, valid_username
 
 log = Logger()
@@ -50,7 +50,7 @@ class PeerFactory(ServerFactory):
     if it raises, the session it was about is logged and closed. ``runner``
     runs the blocking disk work of received files (writes, fsync, placing);
     by default a pool of two threads of ``reactor``, stopped by :meth:`stop`.
-    Tests pass ``chatapp.server.runner.InlineRunner()``.
+    Tests pass ``chatapp.runner.InlineRunner()``.
     """
 
     def __init__(

@@ -134,13 +134,29 @@ class Receiver:
 
     def reject(self, transfer: IncomingTransfer, reason: str = "declined") -> None:
         """Refuse an offer, or stop a transfer under way; its partial file is deleted."""
+        self._say_no(transfer, reason, discard=True)
+
+    def cancel(self, transfer: IncomingTransfer, discard: bool = False) -> None:
+        """Stop a transfer (``REJECT <id> cancelled``); its partial stays for a later resume unless ``discard``."""
+        self._say_no(transfer, "cancelled", discard)
+
+    def find(self, transfer: str | Transfer) -> IncomingTransfer:
+        """The incoming transfer named by ``transfer`` (itself, or the sender's id); raises KeyError."""
+        transfer_id = transfer.id if isinstance(transfer, Transfer) else transfer
+        incoming = self.transfers.get(transfer_id)
+        if incoming is None or (isinstance(transfer, Transfer) and incoming is not transfer):
+            raise KeyError(transfer_id)
+        return incoming
+
+    def _say_no(self, transfer: IncomingTransfer, reason: str, discard: bool) -> None:
         if reason not in REJECT_REASONS:
             raise ValueError(f"not a REJECT reason: {reason!r}")
         if transfer.finished:
             return
         self.session.send(format_line("REJECT", transfer.id, reason))
         transfer.stop_io()
-        self.factory.downloads.remove(transfer.partial)
+        if discard:
+            self.factory.downloads.remove(transfer.partial)
         self._end(transfer, TransferState.REJECTED, reason)
 
     # -- lines from the sender ----------------------------------------------------------

@@ -110,6 +110,13 @@ class Sender:
         log.info("offering {id} ({size} bytes) to {peer}", id=transfer_id, size=info.st_size, peer=self.session.who())
         return transfer
 
+    def find(self, transfer: str | Transfer) -> OutgoingTransfer | None:
+        """Our transfer named by ``transfer`` (itself, or our id), or None if it names none of ours."""
+        if isinstance(transfer, Transfer):
+            ours = isinstance(transfer, OutgoingTransfer) and self.transfers.get(transfer.id) is transfer
+            return transfer if ours else None  # type: ignore[return-value]
+        return self.transfers.get(transfer)
+
     def cancel(self, transfer: OutgoingTransfer, reason: str = "cancelled") -> None:
         if reason not in CANCEL_REASONS:
             raise ValueError(f"not a CANCEL reason: {reason!r}")

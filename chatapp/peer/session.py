@@ -11,7 +11,6 @@ into their calls and gives them a way to write lines and to emit events.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +21,14 @@ from twisted.python.failure import Failure
 
 from chatapp import PROTOCOL_VERSION
 from chatapp.events import ChatEvent, MessageReceived
+from chatapp.peer.chat import split_message
 from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import HandshakeFailed, PeerError, ProtocolError
 from chatapp.peer.framing import TOO_LONG, Framer, Line, Raw
 from chatapp.peer.handshake import judge_token, parse_hello, read_welcome
 from chatapp.peer.receiver import IncomingTransfer, Receiver
 from chatapp.peer.sender import OutgoingTransfer, Sender
-from chatapp.peer.states import Direction, SessionState, session_move
+from chatapp.peer.states import Role, SessionState, session_move
 from chatapp.peer.transfer import Transfer
 from chatapp.wire import (
     PEER_MAX_LINE,
@@ -51,25 +51,7 @@ log = Logger()
 # It is also the transport's write high-water mark: a sender pauses after each 256 KiB chunk, as
 # before (at 1 MiB it queued four chunks and Twisted re-joined them on every write: slower).
 RECEIVE_SIZE = 256 * 1024
-_MSG_ROOM = PEER_MAX_LINE - len("MSG ")
 _LIVE = (SessionState.HANDSHAKING, SessionState.VERIFYING, SessionState.OPEN)
-
-
-def split_message(text: str) -> list[str]:
-    """Split chat text into MSG payloads: one per line, each at most one peer line long, empties dropped."""
-    pieces: list[str] = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        while line:
-            head = line.encode("utf-8")[:_MSG_ROOM].decode("utf-8", errors="ignore")
-            pieces.append(head)
-            line = line[len(head) :]
-    return pieces
-
-
-
-class Role(enum.Enum):
-    LISTENER = "listener"  # accepted the connection; verifies the token
-    CONNECTOR = "connector"  # dialled out after OK CONNECT
 
 
 class PeerSession(Protocol):
@@ -163,32 +145,27 @@ class PeerSession(Protocol):
 
     def accept(self, transfer: str | Transfer) -> None:
         """Accept an incoming offer (resuming from a kept partial copy if there is one)."""
-        incoming = self._incoming(transfer)
+        incoming = self.receiver.find(transfer)
         self._require_open()
         self.receiver.accept(incoming)
 
     def reject(self, transfer: str | Transfer, reason: str = "declined") -> None:
         """Refuse an incoming offer, or stop an incoming transfer under way; its partial file is deleted."""
-        self.receiver.reject(self._incoming(transfer), reason)
+        self.receiver.reject(self.receiver.find(transfer), reason)
 
-    def cancel(self, transfer: str | Transfer, reason: str = "cancelled") -> None:
+    def cancel(self, transfer: str | Transfer, reason: str = "cancelled", discard: bool = False) -> None:
         """Stop a transfer: ``CANCEL`` for one we send, ``REJECT <id> cancelled`` for one we receive.
 
-        Ids are chosen by each sender, so an id may name one transfer each way:
-        pass the :class:`Transfer` to be exact; a bare id means ours if we send one by that id.
+        A received file's partial copy is kept for a later resume unless ``discard``
+        (a send ignores it). Ids are chosen by each sender, so an id may name one
+        transfer each way: pass the :class:`Transfer` to be exact; a bare id means
+        ours if we send one by that id.
         """
-        if isinstance(transfer, Transfer):
-            if transfer.direction is Direction.RECEIVE:
-                self.reject(transfer, "cancelled")
-                return
-            transfer = transfer.id
-        elif transfer in self.incoming and transfer not in self.outgoing:
-            self.reject(transfer, "cancelled")
-            return
-        outgoing = self.outgoing.get(transfer)
-        if outgoing is None:
-            raise KeyError(transfer)
-        self.sender.cancel(outgoing, reason)
+        outgoing = self.sender.find(transfer)
+        if outgoing is not None:
+            self.sender.cancel(outgoing, reason)
+        else:
+            self.receiver.cancel(self.receiver.find(transfer), discard)
 
     def close(self, reason: str = "closed") -> None:
         """Say BYE (if open) and close; open transfers end as cancelled."""
@@ -293,13 +270,6 @@ class PeerSession(Protocol):
     def _require_open(self) -> None:
         if self.state is not SessionState.OPEN:
             raise PeerError("the peer session is not open")
-
-    def _incoming(self, transfer: str | Transfer) -> IncomingTransfer:
-        transfer_id = transfer.id if isinstance(transfer, Transfer) else transfer
-        incoming = self.incoming.get(transfer_id)
-        if incoming is None or (isinstance(transfer, Transfer) and incoming is not transfer):
-            raise KeyError(transfer_id)
-        return incoming
 
     # -- bytes in -------------------------------------------------------------
 
