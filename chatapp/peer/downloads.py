@@ -41,10 +41,11 @@ class DownloadDir:
     stays open, and a folder recreated meanwhile is simply used).
     """
 
-    def __init__(self, root: str, max_partial_bytes: int) -> None:
+    def __init__(self, root: str, max_partial_bytes: int, max_partials: int = 64) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.partial_root = os.path.join(self.root, PARTIAL_DIR)
         self.max_partial_bytes = max_partial_bytes
+        self.max_partials = max_partials
 
     def ensure(self) -> None:
         """Create the folders if needed; raises OSError if the partial folder is not a real folder."""
@@ -147,7 +148,7 @@ class DownloadDir:
             log.warn("cannot remove {path}: {error}", path=escape_for_terminal(path), error=escape_for_terminal(str(e)))
 
     def prune(self, in_use: set[str]) -> None:
-        """Delete the oldest kept partials (not in use) until they total at most max_partial_bytes."""
+        """Delete the oldest kept partials (not in use) until at most max_partials total at most max_partial_bytes."""
         try:
             with self._folders() as (_, partials):
                 self._prune(partials, {os.path.basename(p) for p in in_use})
@@ -166,11 +167,13 @@ class DownloadDir:
             if name not in in_use:
                 entries.append((info.st_mtime, name, info.st_size))
         entries.sort()
+        count = len(entries) + len(in_use)
         for _, name, size in entries:
-            if total <= self.max_partial_bytes:
+            if total <= self.max_partial_bytes and count <= self.max_partials:
                 break
             try:
                 os.unlink(name, dir_fd=partials)
             except OSError:
                 continue
             total -= size
+            count -= 1

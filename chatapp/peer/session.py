@@ -24,6 +24,7 @@ from chatapp.events import ChatEvent, MessageReceived
 from chatapp.peer.chat import split_message
 from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import HandshakeFailed, PeerError, ProtocolError
+from chatapp.peer.flow import OutputWatch, ReadGate
 from chatapp.peer.framing import TOO_LONG, Framer, Line, Raw
 from chatapp.peer.handshake import judge_token, parse_hello, read_welcome
 from chatapp.peer.receiver import IncomingTransfer, Receiver
@@ -51,6 +52,9 @@ log = Logger()
 # It is also the transport's write high-water mark: a sender pauses after each 256 KiB chunk, as
 # before (at 1 MiB it queued four chunks and Twisted re-joined them on every write: slower).
 RECEIVE_SIZE = 256 * 1024
+# Until the handshake is done only one short line is due: small reads then, so a stranger's bytes
+# never cost a 256 KiB buffer (issue 11 item 12: fuzzed handshakes fragmented the heap).
+HANDSHAKE_RECEIVE_SIZE = 4 * 1024
 _LIVE = (SessionState.HANDSHAKING, SessionState.VERIFYING, SessionState.OPEN)
 
 
@@ -82,6 +86,10 @@ class PeerSession(Protocol):
         # A DATA chunk must arrive whole in time: until its bytes are in, no line can be read on this
         # connection, so a peer trickling them would hold it (and its file) hostage for ever.
         self._data_deadline = Deadline(factory.clock, factory.data_timeout, self._data_timed_out)
+        self.watch = OutputWatch(self.sender.pump, factory.chunk_size, self._backed_up, self._output_over_limit)
+        self.gate = ReadGate(self._pause_transport, self._resume_transport)
+        self._draining = False
+        self.handshake_address = ""  # the source address whose handshake slot this listener holds
         self._open_waiters: list[defer.Deferred[PeerSession]] = []
         self._closed_waiters: list[defer.Deferred[None]] = []
 
@@ -183,6 +191,7 @@ class PeerSession(Protocol):
         """Write a line (or DATA bytes) unless the session is closing."""
         if self.transport is not None and self.state in _LIVE:
             self.transport.write(data)
+            self.watch.wrote(len(data))
 
     def emit(self, event: ChatEvent) -> None:
         """Give ``event`` to the application; if its handler raises (a bug), log it and close."""
@@ -197,20 +206,47 @@ class PeerSession(Protocol):
         log.failure("peer session failed while {doing}", failure, doing=doing or "handling an event")
         self.close("internal-error")
 
-    def pause_reading(self) -> None:
-        """Stop reading the socket (a received file waits for the disk); DATA deadlines wait too."""
+    def pause_reading(self, reason: str = "disk") -> None:
+        """Stop reading the socket for ``reason`` (a received file waits for the disk); DATA deadlines wait too."""
+        self.gate.close(reason)
+
+    def resume_reading(self, reason: str = "disk") -> None:
+        self.gate.release(reason)
+
+    def _pause_transport(self) -> None:
         self._data_deadline.stop()
         transport: Any = self.transport
         if transport is not None and self.state in _LIVE:
             transport.pauseProducing()
 
-    def resume_reading(self) -> None:
+    def _resume_transport(self) -> None:
         transport: Any = self.transport
         if transport is None or self.state not in _LIVE:
             return
         if self._framer.raw_left:
             self._data_deadline.start()
         transport.resumeProducing()
+        self._drain()  # what was read before the pause and not yet taken
+
+    def _backed_up(self, over: bool) -> None:
+        """Our unread output passed the pause mark (``over``) or drained: stop making replies meanwhile."""
+        if over:
+            self.pause_reading("output")
+        else:
+            self.resume_reading("output")
+
+    def _output_over_limit(self) -> None:
+        if self.state not in _LIVE:
+            return
+        self.factory.limit_hit("peer-output", "a peer does not read what we send: closing its connection")
+        self._close("output-limit", abort=True)  # a clean close would wait for it to read
+
+    def forget(self, transfer: Transfer) -> None:
+        """The factory forgot a finished transfer: so does its side."""
+        if isinstance(transfer, OutgoingTransfer):
+            self.sender.forget(transfer)
+        elif isinstance(transfer, IncomingTransfer):
+            self.receiver.forget(transfer)
 
     def who(self) -> str:
         """The peer's name for a log line (escaped)."""
@@ -221,11 +257,12 @@ class PeerSession(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport  # a TCP (or TLS) transport: also an IConsumer
         if isinstance(getattr(transport, "bufferSize", None), int):
-            transport.bufferSize = RECEIVE_SIZE  # this connection only
-        transport.registerProducer(self.sender.pump, True)
-        self.factory.session_connected(self)
-        if self.role is Role.LISTENER and not self.factory.handshake_started(self):
-            log.info("too many handshakes in progress: closing a new connection")
+            transport.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
+        transport.registerProducer(self.watch, True)
+        if not self.factory.session_connected(self):
+            self._close("too-many-sessions")
+            return
+        if self.role is Role.LISTENER and not self.factory.handshake_started(self, _host(transport)):
             self._close("too-many-handshakes")
             return
         self._handshake_deadline.start()
@@ -259,13 +296,17 @@ class PeerSession(Protocol):
             log.info("peer handshake timed out")
             self._close("handshake-timeout")
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, abort: bool = False) -> None:
         if self.state not in _LIVE:
             return
         self._move(SessionState.CLOSING)
         self.close_reason = reason
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport: Any = self.transport
+        if transport is not None:
+            if abort and hasattr(transport, "abortConnection"):
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
 
     def _require_open(self) -> None:
         if self.state is not SessionState.OPEN:
@@ -276,9 +317,22 @@ class PeerSession(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state not in _LIVE:
             return
+        self._framer.feed(data)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Take lines and DATA bytes from the framer while the gate is open (what is left waits for it)."""
+        if self._draining:
+            return  # called back from inside the loop below: it goes on by itself
+        self._draining = True
+        try:
+            self._take_items()
+        finally:
+            self._draining = False
+
+    def _take_items(self) -> None:
         framer = self._framer
-        framer.feed(data)
-        while self.state in _LIVE:
+        while self.state in _LIVE and self.gate.open:
             item = framer.next()
             if item is None:
                 return
@@ -369,6 +423,9 @@ class PeerSession(Protocol):
     def _open(self) -> None:
         self._move(SessionState.OPEN)
         self._handshake_deadline.stop()
+        transport: Any = self.transport
+        if isinstance(getattr(transport, "bufferSize", None), int):
+            transport.bufferSize = RECEIVE_SIZE
         self._token = self._proof = None
         log.info("peer session with {peer} open ({role})", peer=self.who(), role=self.role.value)
         self.opened_at = self.factory.clock.seconds()
@@ -408,3 +465,11 @@ class PeerSession(Protocol):
         "CANCEL": lambda self, args: self.receiver.on_cancel(args),
     }
 
+
+
+def _host(transport: Any) -> str:
+    """The peer's address (its host part), or "" if the transport cannot say."""
+    try:
+        return str(transport.getPeer().host)
+    except Exception:
+        return ""
