@@ -31,6 +31,15 @@ TIMEOUT = 20
 EMPTY = hashlib.sha256(b"").hexdigest()
 
 
+def producer(transport: StringTransport) -> Any:
+    assert transport.producer is not None
+    return transport.producer
+
+
+def port_of(port: Any) -> int:
+    return int(port.getHost().port)
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -41,13 +50,13 @@ def open_fds() -> int:
 def test_unread_errors_stop_reading_then_resume(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock)
     session, transport = open_listener(fb)
-    transport.producer.pauseProducing()  # what a TCP transport does once its buffer is full
+    producer(transport).pauseProducing()  # what a TCP transport does once its buffer is full
     session.dataReceived(b"X\r\n" * 100_000)  # each would cost an ERR line
     first = transport.value()
     assert len(first) <= fb.chunk_size + OUTPUT_PAUSE + 200
     assert transport.producerState == "paused" and session.state is SessionState.OPEN
     transport.clear()
-    transport.producer.resumeProducing()  # the peer read: what was left is answered, nothing lost
+    producer(transport).resumeProducing()  # the peer read: what was left is answered, nothing lost
     assert transport.producerState == "producing"
     assert first.count(b"ERR 400") + transport.value().count(b"ERR 400") == 100_000
 
@@ -55,7 +64,7 @@ def test_unread_errors_stop_reading_then_resume(tmp_path: Path, clock: Clock) ->
 def test_output_that_grows_without_input_closes(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock)
     session, transport = open_listener(fb)
-    transport.producer.pauseProducing()
+    producer(transport).pauseProducing()
     for _ in range(200):
         if session.state is not SessionState.OPEN:
             break
@@ -81,7 +90,7 @@ async def test_loopback_peer_that_never_reads_is_bounded(tmp_path: Path) -> None
                 welcomed.callback(None)
 
     rude = Rude()
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), rude)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(port)), rude)
     try:
         await welcomed.addTimeout(TIMEOUT, reactor)
         victim = next(iter(bob.connections))
@@ -108,7 +117,7 @@ async def test_loopback_idle_stranger_cannot_take_every_handshake_slot(tmp_path:
     alice = PeerFactory("alice", dict_verify(TOKENS), str(tmp_path / "a"), Recorder(), reactor)
     bob = PeerFactory("bob", dict_verify(TOKENS), str(tmp_path / "b"), Recorder(), reactor)
     port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
-    number = port.getHost().port
+    number = port_of(port)
     idle = []
     try:
         for _ in range(20):
