@@ -211,3 +211,15 @@ def test_finished_history_is_bounded(tmp_path: Path, clock: Clock) -> None:
     assert transport.value().count(b"DONE") == 500
     assert len(session.incoming) <= 50 and len(fb.transfers) <= 50
     assert all(t.state is TransferState.DONE for t in fb.transfers.values())
+
+
+def test_partials_listed_and_discarded_and_cancel_keeps_one(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    session, _transport = open_listener(fb)
+    session.dataReceived(b"OFFER k1 10 kept.bin\r\nDATA k1 4\r\nabcd")
+    session.cancel(session.incoming["k1"])  # a receiver's cancel keeps the partial for a resume
+    session.dataReceived(b"OFFER k2 10 gone.bin\r\nDATA k2 2\r\nab")
+    session.cancel(session.incoming["k2"], discard=True)
+    (partial,) = fb.partials()
+    assert (partial.peer, partial.name, partial.size, partial.kept) == ("alice", "kept.bin", 10, 4)
+    assert fb.discard_partials() == 1 and fb.partials() == []

@@ -138,14 +138,33 @@ class DownloadDir:
                 return os.path.join(self.root, candidate)
         raise OSError(errno.EEXIST, "no free name", name)
 
-    def remove(self, path: str) -> None:
+    def remove(self, path: str) -> bool:
+        """Delete the partial at ``path`` (never through a link); True if it was there and is gone."""
         try:
             with self._folders() as (_, partials):
                 os.unlink(os.path.basename(path), dir_fd=partials)
         except FileNotFoundError:
-            pass
+            return False
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=escape_for_terminal(path), error=escape_for_terminal(str(e)))
+            return False
+        return True
+
+    def listing(self) -> list[tuple[str, int, float]]:
+        """(path, size, mtime) of every plain file in the partial folder (bounded by prune: quick)."""
+        found: list[tuple[str, int, float]] = []
+        try:
+            with self._folders() as (_, partials):
+                for name in os.listdir(partials):
+                    try:
+                        info = os.stat(name, dir_fd=partials, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        found.append((os.path.join(self.partial_root, name), info.st_size, info.st_mtime))
+        except OSError:
+            return []
+        return found
 
     def prune(self, in_use: set[str]) -> None:
         """Delete the oldest kept partials (not in use) until at most max_partials total at most max_partial_bytes."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -15,6 +16,7 @@ from twisted.logger import Logger
 
 from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.downloads import DownloadDir
+from chatapp.peer.partials import Partial
 from chatapp.peer.receiver import IDLE_TIMEOUT
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
 from chatapp.peer.session import PeerSession
@@ -118,6 +120,7 @@ class PeerFactory(ServerFactory):
         self.transfers: dict[int, Transfer] = {}
         self._finished: deque[int] = deque()  # handles of finished transfers, oldest first
         self.receiving: dict[str, Transfer] = {}  # partial path -> the unfinished transfer that writes it
+        self._partial_offers: dict[str, tuple[str, str, int]] = {}  # partial path -> (peer, name, size), bounded
         self.limits_hit: dict[str, int] = {}  # limit name -> times hit (keys are ours, not an outsider's)
         self._handles = itertools.count(1)
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
@@ -333,6 +336,35 @@ class PeerFactory(ServerFactory):
 
     def partial_in_use(self, path: str) -> bool:
         return path in self.receiving
+
+    def partials(self) -> list[Partial]:
+        """The kept partial copies (not those being written now), oldest first."""
+        found = []
+        for path, kept, modified in self.downloads.listing():
+            if path in self.receiving:
+                continue
+            peer, name, size = self._partial_offers.get(path, ("", "", 0))
+            found.append(Partial(peer, name, size, kept, modified, path))
+        return sorted(found, key=lambda p: p.modified)
+
+    def discard_partials(self, which: Iterable[Partial] | None = None) -> int:
+        """Delete kept partials (``None``: all of them, those being written excepted); return how many."""
+        chosen = self.partials() if which is None else list(which)
+        removed = 0
+        for partial in chosen:
+            if partial.path in self.receiving or os.path.dirname(partial.path) != self.downloads.partial_root:
+                continue
+            if self.downloads.remove(partial.path):
+                removed += 1
+            self._partial_offers.pop(partial.path, None)
+        return removed
+
+    def remember_offer(self, path: str, peer: str, name: str, size: int) -> None:
+        """What offer a partial belongs to (its file name is a hash), for :meth:`partials`; bounded."""
+        self._partial_offers.pop(path, None)
+        self._partial_offers[path] = (peer, name, size)
+        while len(self._partial_offers) > 4 * self.downloads.max_partials + self.max_open_files:
+            del self._partial_offers[next(iter(self._partial_offers))]
 
     def prune_partials(self) -> None:
         self.downloads.prune(set(self.receiving))

@@ -209,6 +209,7 @@ class Receiver:
         self.transfers[transfer_id] = transfer
         self.unfinished.add(transfer)
         self.factory.receiving[partial] = transfer
+        self.factory.remember_offer(partial, self.session.peer_name, name, size)
         self.factory.add_transfer(transfer)
         log.info("{peer} offers {id}: {size} bytes", peer=self.session.who(), id=transfer_id, size=size)
         self.session.emit(FileOffered(self.session, transfer))
