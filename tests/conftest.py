@@ -12,9 +12,9 @@ from reactor_leaks import reactor_state
 from twisted.internet import task
 from twisted.internet.task import Clock
 
+from chatapp.runner import InlineRunner
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.runner import InlineRunner
 from chatapp.server.store import SQLiteStore
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from chatapp import admin
 from chatapp.admin import main
-from chatapp.server.runner import InlineRunner
+from chatapp.runner import InlineRunner
 from chatapp.server.store import ADDRESS, NAME, SQLiteStore
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ from test_peer_harness import Pair, lose, make_peer, open_listener
 from twisted.internet.task import Clock
 
 from chatapp.peer import PeerError, SessionState
-from chatapp.peer.session import split_message
+from chatapp.peer.chat import split_message
 from chatapp.wire import PEER_MAX_LINE
 
 

@@ -94,7 +94,7 @@ def test_new_partial_is_never_a_planted_link_or_an_existing_file(tmp_path: Path,
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"keep me")
     path = partial_path(fb, "alice", "p.bin", 10)
-    fb.downloads.remove = lambda path: None  # type: ignore[method-assign]  # as if planted after the clean-up
+    fb.downloads.remove = lambda path: False  # type: ignore[method-assign]  # as if planted after the clean-up
     fb.downloads.kept_size = lambda path: None  # type: ignore[method-assign]
     os.symlink(outside, path)
     session.accept(transfer)

@@ -9,6 +9,7 @@ import pytest
 from logged_errors import LoggedErrors
 from test_peer_harness import Pair, Recorder, lose, make_peer, open_connector, open_listener
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -16,9 +17,9 @@ from twisted.logger import LogLevel, capturedLogs
 from chatapp.peer import HandshakeFailed, PeerFactory, PeerSession, Role, ServerUnavailable, SessionState
 
 
-def listener(factory: PeerFactory) -> tuple[PeerSession, StringTransport]:
+def listener(factory: PeerFactory, host: str = "192.0.2.1") -> tuple[PeerSession, StringTransport]:
     session = factory.buildProtocol(None)
-    transport = StringTransport()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
     session.makeConnection(transport)
     return session, transport
 
@@ -272,10 +273,10 @@ def test_ninth_handshake_closed_at_once(tmp_path: Path, clock: Clock) -> None:
         return d
 
     fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
-    held = [listener(fb) for _ in range(8)]
+    held = [listener(fb, f"192.0.2.{i}") for i in range(8)]
     for session, _transport in held:
         session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
-    ninth, ninth_transport = listener(fb)
+    ninth, ninth_transport = listener(fb, "192.0.2.99")
     assert ninth_transport.disconnecting and ninth_transport.value() == b""
     ninth.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
     assert ninth_transport.value() == b"" and len(pending) == 8

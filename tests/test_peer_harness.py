@@ -24,7 +24,7 @@ from chatapp.events import (
 )
 from chatapp.peer import PeerFactory, PeerSession, Role, SessionState, Transfer, VerifyRejected
 from chatapp.peer.names import partial_key
-from chatapp.server.runner import InlineRunner
+from chatapp.runner import InlineRunner
 
 TOKENS = {"tok-alice": ("alice", "proof-alice"), "tok-bob": ("bob", "proof-bob")}
 

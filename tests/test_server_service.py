@@ -11,9 +11,9 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from chatapp.runner import InlineRunner
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.runner import InlineRunner
 from chatapp.server.store import SQLiteStore
 from chatapp.server.tap import ChatServerService, StartupError
 

@@ -85,8 +85,8 @@ from chatapp.peer.errors import (
     VerifyRejected,
 )
 from chatapp.peer.factory import PeerFactory
-from chatapp.peer.session import PeerSession, Role
-from chatapp.peer.states import Direction, SessionState, TransferState
+from chatapp.peer.session import PeerSession
+from chatapp.peer.states import Direction, Role, SessionState, TransferState
 from chatapp.peer.transfer import Transfer
 
 __all__ = [

@@ -41,10 +41,11 @@ class DownloadDir:
     stays open, and a folder recreated meanwhile is simply used).
     """
 
-    def __init__(self, root: str, max_partial_bytes: int) -> None:
+    def __init__(self, root: str, max_partial_bytes: int, max_partials: int = 64) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.partial_root = os.path.join(self.root, PARTIAL_DIR)
         self.max_partial_bytes = max_partial_bytes
+        self.max_partials = max_partials
 
     def ensure(self) -> None:
         """Create the folders if needed; raises OSError if the partial folder is not a real folder."""
@@ -137,17 +138,36 @@ class DownloadDir:
                 return os.path.join(self.root, candidate)
         raise OSError(errno.EEXIST, "no free name", name)
 
-    def remove(self, path: str) -> None:
+    def remove(self, path: str) -> bool:
+        """Delete the partial at ``path`` (never through a link); True if it was there and is gone."""
         try:
             with self._folders() as (_, partials):
                 os.unlink(os.path.basename(path), dir_fd=partials)
         except FileNotFoundError:
-            pass
+            return False
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=escape_for_terminal(path), error=escape_for_terminal(str(e)))
+            return False
+        return True
+
+    def listing(self) -> list[tuple[str, int, float]]:
+        """(path, size, mtime) of every plain file in the partial folder (bounded by prune: quick)."""
+        found: list[tuple[str, int, float]] = []
+        try:
+            with self._folders() as (_, partials):
+                for name in os.listdir(partials):
+                    try:
+                        info = os.stat(name, dir_fd=partials, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        found.append((os.path.join(self.partial_root, name), info.st_size, info.st_mtime))
+        except OSError:
+            return []
+        return found
 
     def prune(self, in_use: set[str]) -> None:
-        """Delete the oldest kept partials (not in use) until they total at most max_partial_bytes."""
+        """Delete the oldest kept partials (not in use) until at most max_partials total at most max_partial_bytes."""
         try:
             with self._folders() as (_, partials):
                 self._prune(partials, {os.path.basename(p) for p in in_use})
@@ -166,11 +186,13 @@ class DownloadDir:
             if name not in in_use:
                 entries.append((info.st_mtime, name, info.st_size))
         entries.sort()
+        count = len(entries) + len(in_use)
         for _, name, size in entries:
-            if total <= self.max_partial_bytes:
+            if total <= self.max_partial_bytes and count <= self.max_partials:
                 break
             try:
                 os.unlink(name, dir_fd=partials)
             except OSError:
                 continue
             total -= size
+            count -= 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -14,11 +16,13 @@ from twisted.logger import Logger
 
 from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.downloads import DownloadDir
+from chatapp.peer.partials import Partial
+from chatapp.peer.receiver import IDLE_TIMEOUT
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
-from chatapp.peer.session import PeerSession, Role
-from chatapp.peer.states import SessionState
+from chatapp.peer.session import PeerSession
+from chatapp.peer.states import Role, SessionState
 from chatapp.peer.transfer import Transfer
-from chatapp.server.runner import Runner, ThreadRunner
+from chatapp.runner import Runner, ThreadRunner
 from chatapp.wire import fold_name, valid_urlsafe, valid_username
 
 log = Logger()
@@ -29,6 +33,16 @@ HANDSHAKE_TIMEOUT = 30.0
 # A DATA chunk (at most 1 MiB) must arrive whole within this time: about 17 KiB/s at the largest chunk.
 DATA_TIMEOUT = 60.0
 MAX_HANDSHAKES = 8
+# handshakes in progress from one source address: one stranger cannot take every slot
+MAX_HANDSHAKES_PER_ADDRESS = 2
+# connected sessions in total (any role and state); beyond it a new connection is closed at once
+MAX_SESSIONS = 64
+# received files being written (accepted, not finished) across all sessions: each may hold a descriptor
+MAX_OPEN_FILES = 64
+# kept partial files (besides their total size): the oldest are deleted first
+MAX_PARTIALS = 64
+# finished transfers remembered (by handle, and per session by id); older ones are forgotten
+MAX_FINISHED = 256
 # stop() waits this long for sessions to close after BYE, then aborts their connections.
 STOP_TIMEOUT = 5.0
 DISK_THREADS = 2
@@ -50,7 +64,7 @@ class PeerFactory(ServerFactory):
     if it raises, the session it was about is logged and closed. ``runner``
     runs the blocking disk work of received files (writes, fsync, placing);
     by default a pool of two threads of ``reactor``, stopped by :meth:`stop`.
-    Tests pass ``chatapp.server.runner.InlineRunner()``.
+    Tests pass ``chatapp.runner.InlineRunner()``.
     """
 
     def __init__(
@@ -68,8 +82,14 @@ class PeerFactory(ServerFactory):
         max_open_offers: int = 16,
         max_partial_bytes: int = 16 * GiB,
         max_handshakes: int = MAX_HANDSHAKES,
+        max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS,
+        max_sessions: int = MAX_SESSIONS,
+        max_open_files: int = MAX_OPEN_FILES,
+        max_partials: int = MAX_PARTIALS,
+        max_finished: int = MAX_FINISHED,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         data_timeout: float = DATA_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if not valid_username(me):
             raise ValueError("not a user name")
@@ -77,7 +97,7 @@ class PeerFactory(ServerFactory):
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
         self.me = me
         self.verify = verify
-        self.downloads = DownloadDir(downloads_dir, max_partial_bytes)
+        self.downloads = DownloadDir(downloads_dir, max_partial_bytes, max_partials)
         self.emit = emit
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -86,16 +106,27 @@ class PeerFactory(ServerFactory):
         self.chunk_size = chunk_size
         self.max_open_offers = max_open_offers
         self.max_handshakes = max_handshakes
+        self.max_handshakes_per_address = max_handshakes_per_address
+        self.max_sessions = max_sessions
+        self.max_open_files = max_open_files
+        self.max_finished = max_finished
         self.handshake_timeout = handshake_timeout
         self.data_timeout = data_timeout
+        self.idle_timeout = idle_timeout
         self.stop_timeout = STOP_TIMEOUT
         self._runner = runner
         self._own_runner: ThreadRunner | None = None  # made on first use when no runner was given
-        self.transfers: dict[int, Transfer] = {}  # every transfer of every session, by handle
+        # transfers of every session by handle: all unfinished ones and the last max_finished finished
+        self.transfers: dict[int, Transfer] = {}
+        self._finished: deque[int] = deque()  # handles of finished transfers, oldest first
+        self.receiving: dict[str, Transfer] = {}  # partial path -> the unfinished transfer that writes it
+        self._partial_offers: dict[str, tuple[str, str, int]] = {}  # partial path -> (peer, name, size), bounded
+        self.limits_hit: dict[str, int] = {}  # limit name -> times hit (keys are ours, not an outsider's)
         self._handles = itertools.count(1)
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
         self._handshaking: set[PeerSession] = set()  # listener sessions before WELCOME
+        self._handshakes_from: dict[str, int] = {}  # source address -> handshakes in progress (<= max_handshakes)
         self._live: set[PeerSession] = set()  # every connected session, any role and state
 
     # -- listening and calling ------------------------------------------------
@@ -205,17 +236,61 @@ class PeerFactory(ServerFactory):
                 return False
         return bool(policy)
 
-    def session_connected(self, session: PeerSession) -> None:
-        self._live.add(session)
+    def limit_hit(self, name: str, text: str) -> None:
+        """A bound held something off: log it the first time only (an attacker must not fill the log)."""
+        count = self.limits_hit.get(name, 0)
+        self.limits_hit[name] = count + 1
+        if count == 0:
+            log.warn("limit {limit} reached: {text} (logged once; counted in limits_hit)", limit=name, text=text)
 
-    def handshake_started(self, session: PeerSession) -> bool:
-        if len(self._handshaking) >= self.max_handshakes:
+    def session_connected(self, session: PeerSession) -> bool:
+        """Count a new connection; False if there are already ``max_sessions``."""
+        if len(self._live) >= self.max_sessions:
+            self.limit_hit("peer-sessions", "too many peer connections: refusing new ones")
             return False
-        self._handshaking.add(session)
+        self._live.add(session)
         return True
 
-    def session_opened(self, session: PeerSession) -> None:
+    def handshake_started(self, session: PeerSession, address: str) -> bool:
+        """Take a handshake slot for a listener session from ``address``; False if none is free."""
+        if len(self._handshaking) >= self.max_handshakes:
+            self.limit_hit("peer-handshakes", "too many peer handshakes in progress: refusing new ones")
+            return False
+        if self._handshakes_from.get(address, 0) >= self.max_handshakes_per_address:
+            self.limit_hit("peer-handshakes-per-address", "too many handshakes from one address: refusing new ones")
+            return False
+        self._handshaking.add(session)
+        session.handshake_address = address
+        self._handshakes_from[address] = self._handshakes_from.get(address, 0) + 1
+        return True
+
+    def _handshake_ended(self, session: PeerSession) -> None:
+        if session not in self._handshaking:
+            return
         self._handshaking.discard(session)
+        address = session.handshake_address
+        left = self._handshakes_from.get(address, 0) - 1
+        if left > 0:
+            self._handshakes_from[address] = left
+        else:
+            self._handshakes_from.pop(address, None)
+
+    def add_transfer(self, transfer: Transfer) -> None:
+        self.transfers[transfer.handle] = transfer
+
+    def transfer_finished(self, transfer: Transfer) -> None:
+        """Remember the last ``max_finished`` finished transfers; forget older ones (here and in their session)."""
+        partial = getattr(transfer, "partial", None)
+        if partial is not None and self.receiving.get(partial) is transfer:
+            del self.receiving[partial]
+        self._finished.append(transfer.handle)
+        while len(self._finished) > self.max_finished:
+            old = self.transfers.pop(self._finished.popleft(), None)
+            if old is not None:
+                old.session.forget(old)
+
+    def session_opened(self, session: PeerSession) -> None:
+        self._handshake_ended(session)
         assert session.peer_name is not None
         key = fold_name(session.peer_name)
         old = self.sessions.get(key)
@@ -249,7 +324,7 @@ class PeerFactory(ServerFactory):
         return dialler(old) < dialler(new)
 
     def session_closed(self, session: PeerSession) -> None:
-        self._handshaking.discard(session)
+        self._handshake_ended(session)
         self._live.discard(session)
         key = fold_name(session.peer_name or "")
         if self.sessions.get(key) is session:  # it was open, and not replaced by a newer session
@@ -260,12 +335,36 @@ class PeerFactory(ServerFactory):
                 log.failure("the application failed on PeerLeft")
 
     def partial_in_use(self, path: str) -> bool:
-        for session in self.sessions.values():
-            for transfer in session.incoming.values():
-                if transfer.partial == path and not transfer.finished:
-                    return True
-        return False
+        return path in self.receiving
+
+    def partials(self) -> list[Partial]:
+        """The kept partial copies (not those being written now), oldest first."""
+        found = []
+        for path, kept, modified in self.downloads.listing():
+            if path in self.receiving:
+                continue
+            peer, name, size = self._partial_offers.get(path, ("", "", 0))
+            found.append(Partial(peer, name, size, kept, modified, path))
+        return sorted(found, key=lambda p: p.modified)
+
+    def discard_partials(self, which: Iterable[Partial] | None = None) -> int:
+        """Delete kept partials (``None``: all of them, those being written excepted); return how many."""
+        chosen = self.partials() if which is None else list(which)
+        removed = 0
+        for partial in chosen:
+            if partial.path in self.receiving or os.path.dirname(partial.path) != self.downloads.partial_root:
+                continue
+            if self.downloads.remove(partial.path):
+                removed += 1
+            self._partial_offers.pop(partial.path, None)
+        return removed
+
+    def remember_offer(self, path: str, peer: str, name: str, size: int) -> None:
+        """What offer a partial belongs to (its file name is a hash), for :meth:`partials`; bounded."""
+        self._partial_offers.pop(path, None)
+        self._partial_offers[path] = (peer, name, size)
+        while len(self._partial_offers) > 4 * self.downloads.max_partials + self.max_open_files:
+            del self._partial_offers[next(iter(self._partial_offers))]
 
     def prune_partials(self) -> None:
-        in_use = {t.partial for s in self.sessions.values() for t in s.incoming.values() if not t.finished}
-        self.downloads.prune(in_use)
+        self.downloads.prune(set(self.receiving))

@@ -9,6 +9,7 @@ turns go out between chunks.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,8 +17,23 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
+from chatapp.peer.errors import IllegalTransition
+
 if TYPE_CHECKING:
     from chatapp.peer.sender import OutgoingTransfer
+
+
+class PumpState(enum.Enum):
+    RUNNING = "running"  # the transport takes bytes: send a chunk per reactor turn
+    PAUSED = "paused"  # the transport's buffer is full: wait for resumeProducing
+    STOPPED = "stopped"  # the connection is gone: for good
+
+
+_PUMP_MOVES: dict[PumpState, frozenset[PumpState]] = {
+    PumpState.RUNNING: frozenset({PumpState.RUNNING, PumpState.PAUSED, PumpState.STOPPED}),
+    PumpState.PAUSED: frozenset({PumpState.PAUSED, PumpState.RUNNING, PumpState.STOPPED}),
+    PumpState.STOPPED: frozenset({PumpState.STOPPED}),
+}
 
 
 @implementer(IPushProducer)
@@ -29,8 +45,7 @@ class SendPump:
         self._step = step  # sends one chunk (or END); returns True if the transfer has more to send
         self._queue: deque[OutgoingTransfer] = deque()
         self._call: IDelayedCall | None = None
-        self.paused = False
-        self.stopped = False
+        self.state = PumpState.RUNNING
         self._ticking = False  # guards against a transport resuming us from inside our own write
 
     def add(self, transfer: OutgoingTransfer) -> None:
@@ -42,44 +57,53 @@ class SendPump:
         if transfer in self._queue:
             self._queue.remove(transfer)
 
+    def _move(self, new: PumpState) -> None:
+        if new not in _PUMP_MOVES[self.state]:
+            raise IllegalTransition(f"pump: {self.state.value} -> {new.value}")
+        self.state = new
+
     def __len__(self) -> int:
         return len(self._queue)
 
     def _schedule(self) -> None:
-        if self._call is None and self._queue and not self.paused and not self.stopped:
+        if self._call is None and self._queue and self.state is PumpState.RUNNING:
             self._call = self._clock.callLater(0, self._tick)
 
     def _tick(self) -> None:
         self._call = None
-        if self.paused or self.stopped or not self._queue or self._ticking:
+        if self.state is not PumpState.RUNNING or not self._queue or self._ticking:
             return
         self._ticking = True
         try:
             transfer = self._queue.popleft()
-            if self._step(transfer) and not self.stopped:
+            if self._step(transfer) and self.state is not PumpState.STOPPED:
                 self._queue.append(transfer)
         finally:
             self._ticking = False
         self._schedule()
 
     def pauseProducing(self) -> None:
-        self.paused = True
+        if self.state is not PumpState.STOPPED:
+            self._move(PumpState.PAUSED)
+        self._cancel_call()
+
+    def _cancel_call(self) -> None:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
 
     def resumeProducing(self) -> None:
         """The transport drained its buffer: send the next chunk now (no idle reactor turn), then go on."""
-        self.paused = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._queue and not self.stopped and not self._ticking:
+        if self.state is PumpState.STOPPED:
+            return  # a transport may resume a producer it already stopped; nothing is left to send
+        self._move(PumpState.RUNNING)
+        self._cancel_call()
+        if self._queue and not self._ticking:
             self._tick()
         else:
             self._schedule()
 
     def stopProducing(self) -> None:
-        self.stopped = True
-        self.pauseProducing()
+        self._move(PumpState.STOPPED)
+        self._cancel_call()
         self._queue.clear()

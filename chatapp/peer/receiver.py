@@ -16,6 +16,7 @@ import errno
 import hashlib
 import hmac
 import os
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatapp.events import FileOffered, PeerNotice, TransferEnded, TransferProgress
+from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import PeerError, ProtocolError
 from chatapp.peer.hashing import hash_prefix
 from chatapp.peer.names import clean_name, partial_key
@@ -49,6 +51,11 @@ if TYPE_CHECKING:
 log = Logger()
 
 MAX_ID = 32
+# refused offer ids remembered per connection (to refuse their reuse and drop their DATA in flight);
+# an older one is forgotten: its late DATA is then a protocol error, its reuse a new offer
+MAX_REFUSED_IDS = 1024
+# an accepted transfer that gets no DATA for this long is failed (FAIL <id> data-timeout; the partial stays)
+IDLE_TIMEOUT = 120.0
 REJECT_REASONS = frozenset(
     {"declined", "too-large", "bad-name", "bad-offer", "busy", "disk-full", "write-error", "cancelled"}
 )
@@ -78,6 +85,7 @@ class IncomingTransfer(Transfer):
         self.partial = partial  # path of the partial file
         self.preparing: defer.Deferred[Any] | None = None  # hashing a kept partial (state ACCEPTED)
         self.writer: FileWriter | None = None  # from ACCEPT on
+        self.idle: Deadline | None = None  # from ACCEPT on: no DATA for too long fails the transfer
 
     def stop_io(self) -> None:
         """Stop hashing or writing; the partial file stays (the caller removes it if it must go)."""
@@ -86,6 +94,8 @@ class IncomingTransfer(Transfer):
             preparing.cancel()
         if self.writer is not None:
             self.writer.abandon()
+        if self.idle is not None:
+            self.idle.stop()
 
 
 class Receiver:
@@ -95,7 +105,9 @@ class Receiver:
         self.session = session
         self.factory = session.factory
         self.transfers: dict[str, IncomingTransfer] = {}
-        self._dropped_ids: set[str] = set()  # ids refused before a transfer existed
+        self._dropped_ids: set[str] = set()  # ids refused before a transfer existed (the last MAX_REFUSED_IDS)
+        self._dropped_order: deque[str] = deque()
+        self.unfinished: set[IncomingTransfer] = set()  # offered, accepted or receiving: each may hold a file
         self._target: IncomingTransfer | None = None  # whose DATA bytes are being read (None: dropped)
         self._backlogged: set[IncomingTransfer] = set()  # their writers asked us to stop reading
 
@@ -134,13 +146,29 @@ class Receiver:
 
     def reject(self, transfer: IncomingTransfer, reason: str = "declined") -> None:
         """Refuse an offer, or stop a transfer under way; its partial file is deleted."""
+        self._say_no(transfer, reason, discard=True)
+
+    def cancel(self, transfer: IncomingTransfer, discard: bool = False) -> None:
+        """Stop a transfer (``REJECT <id> cancelled``); its partial stays for a later resume unless ``discard``."""
+        self._say_no(transfer, "cancelled", discard)
+
+    def find(self, transfer: str | Transfer) -> IncomingTransfer:
+        """The incoming transfer named by ``transfer`` (itself, or the sender's id); raises KeyError."""
+        transfer_id = transfer.id if isinstance(transfer, Transfer) else transfer
+        incoming = self.transfers.get(transfer_id)
+        if incoming is None or (isinstance(transfer, Transfer) and incoming is not transfer):
+            raise KeyError(transfer_id)
+        return incoming
+
+    def _say_no(self, transfer: IncomingTransfer, reason: str, discard: bool) -> None:
         if reason not in REJECT_REASONS:
             raise ValueError(f"not a REJECT reason: {reason!r}")
         if transfer.finished:
             return
         self.session.send(format_line("REJECT", transfer.id, reason))
         transfer.stop_io()
-        self.factory.downloads.remove(transfer.partial)
+        if discard:
+            self.factory.downloads.remove(transfer.partial)
         self._end(transfer, TransferState.REJECTED, reason)
 
     # -- lines from the sender ----------------------------------------------------------
@@ -168,15 +196,21 @@ class Receiver:
             return
         assert self.session.peer_name is not None
         partial = self.factory.downloads.partial_path(partial_key(self.session.peer_name, name, size))
-        waiting = sum(1 for t in self.transfers.values() if t.state is TransferState.OFFERED)
-        if waiting >= self.factory.max_open_offers or self.factory.partial_in_use(partial):
+        if len(self.unfinished) >= self.factory.max_open_offers or self.factory.partial_in_use(partial):
+            self._refuse(transfer_id, "busy")
+            return
+        if len(self.factory.receiving) >= self.factory.max_open_files:
+            self.factory.limit_hit("peer-open-files", "too many files being received: refusing offers (busy)")
             self._refuse(transfer_id, "busy")
             return
         transfer = IncomingTransfer(
             self.session, self.factory.new_handle(), transfer_id, offered, name, size, partial
         )
         self.transfers[transfer_id] = transfer
-        self.factory.transfers[transfer.handle] = transfer
+        self.unfinished.add(transfer)
+        self.factory.receiving[partial] = transfer
+        self.factory.remember_offer(partial, self.session.peer_name, name, size)
+        self.factory.add_transfer(transfer)
         log.info("{peer} offers {id}: {size} bytes", peer=self.session.who(), id=transfer_id, size=size)
         self.session.emit(FileOffered(self.session, transfer))
         if (
@@ -209,6 +243,8 @@ class Receiver:
             raise ProtocolError(f"DATA past the offered size of {transfer_id}", transfer_id)
         if transfer.state is TransferState.ACCEPTED:
             transfer.move(TransferState.RECEIVING)
+        if transfer.idle is not None:
+            transfer.idle.start()
         self._target = transfer
         return count
 
@@ -228,6 +264,8 @@ class Receiver:
         if transfer is None or transfer.state not in _TAKING:
             return  # unknown, dropped or finished
         transfer.move(TransferState.ENDED)
+        if transfer.idle is not None:
+            transfer.idle.stop()
         if self._target is transfer:
             self._target = None
         assert transfer.writer is not None
@@ -267,8 +305,16 @@ class Receiver:
 
     # -- inside -----------------------------------------------------------------------
 
+    def forget(self, transfer: IncomingTransfer) -> None:
+        """Drop a finished transfer from the history (the factory keeps only the last few)."""
+        if self.transfers.get(transfer.id) is transfer:
+            del self.transfers[transfer.id]
+
     def _refuse(self, transfer_id: str, reason: str) -> None:
         self._dropped_ids.add(transfer_id)
+        self._dropped_order.append(transfer_id)
+        if len(self._dropped_order) > MAX_REFUSED_IDS:
+            self._dropped_ids.discard(self._dropped_order.popleft())
         self.session.send(format_line("REJECT", transfer_id, reason))
 
     def _prefix_unreadable(self, failure: Failure) -> None:
@@ -309,7 +355,12 @@ class Receiver:
             on_bug=lambda failure: self.session.fail_inside(failure, "writing a received file"),
         )
         transfer.offset = transfer.bytes_done = offset
+        transfer.resumed = offset > 0
+        transfer.idle = Deadline(self.factory.clock, self.factory.idle_timeout, lambda: self._idle(transfer))
+        transfer.idle.start()
         transfer.move(TransferState.ACCEPTED)
+        if not offset:
+            self.factory.prune_partials()  # a new partial: keep their number bounded across reconnects
         if offset:
             self.session.send(format_line("ACCEPT", transfer.id, str(offset), hasher.hexdigest()))
         else:
@@ -335,9 +386,9 @@ class Receiver:
         else:
             self._backlogged.discard(transfer)
         if was_reading and self._backlogged:
-            self.session.pause_reading()
+            self.session.pause_reading("disk")
         elif not was_reading and not self._backlogged:
-            self.session.resume_reading()
+            self.session.resume_reading("disk")
 
     def _not_saved(self, failure: Failure, transfer: IncomingTransfer) -> Failure | None:
         """The last writes or the fsync failed: FAIL the transfer (nothing is under the final name)."""
@@ -386,11 +437,27 @@ class Receiver:
         self.session.send(format_line("FAIL", transfer.id, reason))
         self._end(transfer, TransferState.FAILED, reason)
 
+    def _idle(self, transfer: IncomingTransfer) -> None:
+        if transfer.state not in _TAKING:
+            return
+        if not self.session.gate.open:
+            assert transfer.idle is not None
+            transfer.idle.start()  # we are the ones not reading: not the sender's fault
+            return
+        self.factory.limit_hit("peer-idle-transfer", "an accepted transfer got no DATA in time: failing it")
+        self.session.send(format_line("FAIL", transfer.id, "data-timeout"))
+        transfer.stop_io()
+        self._end(transfer, TransferState.FAILED, "data-timeout")  # the partial stays for a resume
+
     def _end(self, transfer: IncomingTransfer, state: TransferState, reason: str = "") -> None:
+        if transfer.idle is not None:
+            transfer.idle.stop()
         transfer.move(state, reason)
+        self.unfinished.discard(transfer)
         if self._target is transfer:
             self._target = None
         self.session.emit(TransferEnded(transfer))
+        self.factory.transfer_finished(transfer)
 
 
 def _closing_file(result: Any, source: Any) -> Any:

@@ -105,10 +105,17 @@ class Sender:
             self.session, self.factory.new_handle(), transfer_id, offered, source, info.st_size, path
         )
         self.transfers[transfer_id] = transfer
-        self.factory.transfers[transfer.handle] = transfer
+        self.factory.add_transfer(transfer)
         self.session.send(format_line("OFFER", transfer_id, str(info.st_size), offered))
         log.info("offering {id} ({size} bytes) to {peer}", id=transfer_id, size=info.st_size, peer=self.session.who())
         return transfer
+
+    def find(self, transfer: str | Transfer) -> OutgoingTransfer | None:
+        """Our transfer named by ``transfer`` (itself, or our id), or None if it names none of ours."""
+        if isinstance(transfer, Transfer):
+            ours = isinstance(transfer, OutgoingTransfer) and self.transfers.get(transfer.id) is transfer
+            return transfer if ours else None  # type: ignore[return-value]
+        return self.transfers.get(transfer)
 
     def cancel(self, transfer: OutgoingTransfer, reason: str = "cancelled") -> None:
         if reason not in CANCEL_REASONS:
@@ -131,8 +138,9 @@ class Sender:
         if offset and not valid_sha256(claimed):
             self._cancel(transfer, "stale-partial")
             return
-        transfer.move(TransferState.ACCEPTED)
         transfer.offset = offset
+        transfer.resumed = offset > 0
+        transfer.move(TransferState.ACCEPTED)
         assert transfer.source is not None
         hashing = transfer.hashing = hash_prefix(self.factory.clock, transfer.source, offset)
         # the errback first: it only sees read errors; the callback's own bugs go to the session
@@ -233,6 +241,12 @@ class Sender:
     def _end(self, transfer: OutgoingTransfer, state: TransferState, reason: str = "") -> None:
         transfer.move(state, reason)
         self.session.emit(TransferEnded(transfer))
+        self.factory.transfer_finished(transfer)
+
+    def forget(self, transfer: OutgoingTransfer) -> None:
+        """Drop a finished transfer from the history (the factory keeps only the last few)."""
+        if self.transfers.get(transfer.id) is transfer:
+            del self.transfers[transfer.id]
 
 
 def _safe(value: object) -> str:

@@ -11,7 +11,6 @@ into their calls and gives them a way to write lines and to emit events.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +21,15 @@ from twisted.python.failure import Failure
 
 from chatapp import PROTOCOL_VERSION
 from chatapp.events import ChatEvent, MessageReceived
+from chatapp.peer.chat import split_message
 from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import HandshakeFailed, PeerError, ProtocolError
+from chatapp.peer.flow import OutputWatch, ReadGate
 from chatapp.peer.framing import TOO_LONG, Framer, Line, Raw
 from chatapp.peer.handshake import judge_token, parse_hello, read_welcome
 from chatapp.peer.receiver import IncomingTransfer, Receiver
 from chatapp.peer.sender import OutgoingTransfer, Sender
-from chatapp.peer.states import Direction, SessionState, session_move
+from chatapp.peer.states import Role, SessionState, session_move
 from chatapp.peer.transfer import Transfer
 from chatapp.wire import (
     PEER_MAX_LINE,
@@ -51,25 +52,10 @@ log = Logger()
 # It is also the transport's write high-water mark: a sender pauses after each 256 KiB chunk, as
 # before (at 1 MiB it queued four chunks and Twisted re-joined them on every write: slower).
 RECEIVE_SIZE = 256 * 1024
-_MSG_ROOM = PEER_MAX_LINE - len("MSG ")
+# Until the handshake is done only one short line is due: small reads then, so a stranger's bytes
+# never cost a 256 KiB buffer (issue 11 item 12: fuzzed handshakes fragmented the heap).
+HANDSHAKE_RECEIVE_SIZE = 4 * 1024
 _LIVE = (SessionState.HANDSHAKING, SessionState.VERIFYING, SessionState.OPEN)
-
-
-def split_message(text: str) -> list[str]:
-    """Split chat text into MSG payloads: one per line, each at most one peer line long, empties dropped."""
-    pieces: list[str] = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        while line:
-            head = line.encode("utf-8")[:_MSG_ROOM].decode("utf-8", errors="ignore")
-            pieces.append(head)
-            line = line[len(head) :]
-    return pieces
-
-
-
-class Role(enum.Enum):
-    LISTENER = "listener"  # accepted the connection; verifies the token
-    CONNECTOR = "connector"  # dialled out after OK CONNECT
 
 
 class PeerSession(Protocol):
@@ -100,6 +86,10 @@ class PeerSession(Protocol):
         # A DATA chunk must arrive whole in time: until its bytes are in, no line can be read on this
         # connection, so a peer trickling them would hold it (and its file) hostage for ever.
         self._data_deadline = Deadline(factory.clock, factory.data_timeout, self._data_timed_out)
+        self.watch = OutputWatch(self.sender.pump, factory.chunk_size, self._backed_up, self._output_over_limit)
+        self.gate = ReadGate(self._pause_transport, self._resume_transport)
+        self._draining = False
+        self.handshake_address = ""  # the source address whose handshake slot this listener holds
         self._open_waiters: list[defer.Deferred[PeerSession]] = []
         self._closed_waiters: list[defer.Deferred[None]] = []
 
@@ -163,32 +153,27 @@ class PeerSession(Protocol):
 
     def accept(self, transfer: str | Transfer) -> None:
         """Accept an incoming offer (resuming from a kept partial copy if there is one)."""
-        incoming = self._incoming(transfer)
+        incoming = self.receiver.find(transfer)
         self._require_open()
         self.receiver.accept(incoming)
 
     def reject(self, transfer: str | Transfer, reason: str = "declined") -> None:
         """Refuse an incoming offer, or stop an incoming transfer under way; its partial file is deleted."""
-        self.receiver.reject(self._incoming(transfer), reason)
+        self.receiver.reject(self.receiver.find(transfer), reason)
 
-    def cancel(self, transfer: str | Transfer, reason: str = "cancelled") -> None:
+    def cancel(self, transfer: str | Transfer, reason: str = "cancelled", discard: bool = False) -> None:
         """Stop a transfer: ``CANCEL`` for one we send, ``REJECT <id> cancelled`` for one we receive.
 
-        Ids are chosen by each sender, so an id may name one transfer each way:
-        pass the :class:`Transfer` to be exact; a bare id means ours if we send one by that id.
+        A received file's partial copy is kept for a later resume unless ``discard``
+        (a send ignores it). Ids are chosen by each sender, so an id may name one
+        transfer each way: pass the :class:`Transfer` to be exact; a bare id means
+        ours if we send one by that id.
         """
-        if isinstance(transfer, Transfer):
-            if transfer.direction is Direction.RECEIVE:
-                self.reject(transfer, "cancelled")
-                return
-            transfer = transfer.id
-        elif transfer in self.incoming and transfer not in self.outgoing:
-            self.reject(transfer, "cancelled")
-            return
-        outgoing = self.outgoing.get(transfer)
-        if outgoing is None:
-            raise KeyError(transfer)
-        self.sender.cancel(outgoing, reason)
+        outgoing = self.sender.find(transfer)
+        if outgoing is not None:
+            self.sender.cancel(outgoing, reason)
+        else:
+            self.receiver.cancel(self.receiver.find(transfer), discard)
 
     def close(self, reason: str = "closed") -> None:
         """Say BYE (if open) and close; open transfers end as cancelled."""
@@ -206,6 +191,7 @@ class PeerSession(Protocol):
         """Write a line (or DATA bytes) unless the session is closing."""
         if self.transport is not None and self.state in _LIVE:
             self.transport.write(data)
+            self.watch.wrote(len(data))
 
     def emit(self, event: ChatEvent) -> None:
         """Give ``event`` to the application; if its handler raises (a bug), log it and close."""
@@ -220,20 +206,47 @@ class PeerSession(Protocol):
         log.failure("peer session failed while {doing}", failure, doing=doing or "handling an event")
         self.close("internal-error")
 
-    def pause_reading(self) -> None:
-        """Stop reading the socket (a received file waits for the disk); DATA deadlines wait too."""
+    def pause_reading(self, reason: str = "disk") -> None:
+        """Stop reading the socket for ``reason`` (a received file waits for the disk); DATA deadlines wait too."""
+        self.gate.close(reason)
+
+    def resume_reading(self, reason: str = "disk") -> None:
+        self.gate.release(reason)
+
+    def _pause_transport(self) -> None:
         self._data_deadline.stop()
         transport: Any = self.transport
         if transport is not None and self.state in _LIVE:
             transport.pauseProducing()
 
-    def resume_reading(self) -> None:
+    def _resume_transport(self) -> None:
         transport: Any = self.transport
         if transport is None or self.state not in _LIVE:
             return
         if self._framer.raw_left:
             self._data_deadline.start()
         transport.resumeProducing()
+        self._drain()  # what was read before the pause and not yet taken
+
+    def _backed_up(self, over: bool) -> None:
+        """Our unread output passed the pause mark (``over``) or drained: stop making replies meanwhile."""
+        if over:
+            self.pause_reading("output")
+        else:
+            self.resume_reading("output")
+
+    def _output_over_limit(self) -> None:
+        if self.state not in _LIVE:
+            return
+        self.factory.limit_hit("peer-output", "a peer does not read what we send: closing its connection")
+        self._close("output-limit", abort=True)  # a clean close would wait for it to read
+
+    def forget(self, transfer: Transfer) -> None:
+        """The factory forgot a finished transfer: so does its side."""
+        if isinstance(transfer, OutgoingTransfer):
+            self.sender.forget(transfer)
+        elif isinstance(transfer, IncomingTransfer):
+            self.receiver.forget(transfer)
 
     def who(self) -> str:
         """The peer's name for a log line (escaped)."""
@@ -244,11 +257,12 @@ class PeerSession(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport  # a TCP (or TLS) transport: also an IConsumer
         if isinstance(getattr(transport, "bufferSize", None), int):
-            transport.bufferSize = RECEIVE_SIZE  # this connection only
-        transport.registerProducer(self.sender.pump, True)
-        self.factory.session_connected(self)
-        if self.role is Role.LISTENER and not self.factory.handshake_started(self):
-            log.info("too many handshakes in progress: closing a new connection")
+            transport.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
+        transport.registerProducer(self.watch, True)
+        if not self.factory.session_connected(self):
+            self._close("too-many-sessions")
+            return
+        if self.role is Role.LISTENER and not self.factory.handshake_started(self, _host(transport)):
             self._close("too-many-handshakes")
             return
         self._handshake_deadline.start()
@@ -282,33 +296,43 @@ class PeerSession(Protocol):
             log.info("peer handshake timed out")
             self._close("handshake-timeout")
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, abort: bool = False) -> None:
         if self.state not in _LIVE:
             return
         self._move(SessionState.CLOSING)
         self.close_reason = reason
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport: Any = self.transport
+        if transport is not None:
+            if abort and hasattr(transport, "abortConnection"):
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
 
     def _require_open(self) -> None:
         if self.state is not SessionState.OPEN:
             raise PeerError("the peer session is not open")
-
-    def _incoming(self, transfer: str | Transfer) -> IncomingTransfer:
-        transfer_id = transfer.id if isinstance(transfer, Transfer) else transfer
-        incoming = self.incoming.get(transfer_id)
-        if incoming is None or (isinstance(transfer, Transfer) and incoming is not transfer):
-            raise KeyError(transfer_id)
-        return incoming
 
     # -- bytes in -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self.state not in _LIVE:
             return
+        self._framer.feed(data)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Take lines and DATA bytes from the framer while the gate is open (what is left waits for it)."""
+        if self._draining:
+            return  # called back from inside the loop below: it goes on by itself
+        self._draining = True
+        try:
+            self._take_items()
+        finally:
+            self._draining = False
+
+    def _take_items(self) -> None:
         framer = self._framer
-        framer.feed(data)
-        while self.state in _LIVE:
+        while self.state in _LIVE and self.gate.open:
             item = framer.next()
             if item is None:
                 return
@@ -399,6 +423,9 @@ class PeerSession(Protocol):
     def _open(self) -> None:
         self._move(SessionState.OPEN)
         self._handshake_deadline.stop()
+        transport: Any = self.transport
+        if isinstance(getattr(transport, "bufferSize", None), int):
+            transport.bufferSize = RECEIVE_SIZE
         self._token = self._proof = None
         log.info("peer session with {peer} open ({role})", peer=self.who(), role=self.role.value)
         self.opened_at = self.factory.clock.seconds()
@@ -438,3 +465,11 @@ class PeerSession(Protocol):
         "CANCEL": lambda self, args: self.receiver.on_cancel(args),
     }
 
+
+
+def _host(transport: Any) -> str:
+    """The peer's address (its host part), or "" if the transport cannot say."""
+    try:
+        return str(transport.getPeer().host)
+    except Exception:
+        return ""

@@ -1,4 +1,4 @@
-"""The two state machines of the peer side: a session and a transfer.
+"""The two state machines of the peer side (a session and a transfer), and a session's role.
 
 Each is an enum plus one transition function that raises
 :class:`~chatapp.peer.errors.IllegalTransition` on a move the table does not allow.
@@ -9,6 +9,11 @@ from __future__ import annotations
 import enum
 
 from chatapp.peer.errors import IllegalTransition
+
+
+class Role(enum.Enum):
+    LISTENER = "listener"  # accepted the connection; verifies the token
+    CONNECTOR = "connector"  # dialled out after OK CONNECT
 
 
 class SessionState(enum.Enum):

@@ -38,7 +38,8 @@ class Transfer:
         self.direction = direction
         self.state = TransferState.OFFERED
         self.reason = ""
-        self.offset = 0
+        self.offset = 0  # where this transfer starts: the length of a kept partial when it resumes
+        self.resumed = False  # True when it resumes a kept partial (offset > 0); set before any progress
         self.bytes_done = 0
         self.path: str | None = None
         self.sha256: str | None = None

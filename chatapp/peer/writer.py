@@ -1,7 +1,7 @@
 """Writing one received file off the reactor thread, in order, with a bound on what waits in memory.
 
 A :class:`FileWriter` keeps at most one write of its file in flight on a
-:class:`~chatapp.server.runner.Runner` (a small thread pool; inline in
+:class:`~chatapp.runner.Runner` (a small thread pool; inline in
 tests). Pieces that arrive meanwhile are queued and joined into the next
 write (up to :data:`MAX_WRITE`), so a fast stream makes few, large writes
 and a slow disk makes the queue grow instead of blocking the reactor. When
@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from chatapp.peer.downloads import DownloadDir
-    from chatapp.server.runner import Runner
+    from chatapp.runner import Runner
 
 MiB = 1024 * 1024
 MAX_WRITE = MiB

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bcrypt
 from twisted.internet import defer
 
-from chatapp.server.runner import Runner
+from chatapp.runner import Runner
 
 
 class Busy(Exception):

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from twisted.internet import defer
 
-from chatapp.server.runner import Runner
+from chatapp.runner import Runner
 
 ADDRESS = "address"
 NAME = "name"

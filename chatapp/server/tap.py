@@ -17,9 +17,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from chatapp.runner import ThreadRunner
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.runner import ThreadRunner
 from chatapp.server.store import SQLiteStore
 
 log = Logger()
