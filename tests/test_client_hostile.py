@@ -81,7 +81,9 @@ async def test_disk_full_rejects_removes_the_partial_and_chat_goes_on(
     with pytest.raises(Exception):  # noqa: B017 - the Deferred fails with the transfer's own error
         await alice.transfer(handle).when_done()
     sent = alice.transfer(handle)
-    assert (sent.state, sent.reason) == (TransferState.REJECTED, "disk-full")
+    # REJECT while bytes still come, FAIL once END was already in: the writes run off the reactor
+    # thread, so which one the disk error meets depends on timing; the reason is the same.
+    assert (sent.state, sent.reason) in {(TransferState.REJECTED, "disk-full"), (TransferState.FAILED, "disk-full")}
     await b.until(lambda: any("disk" in e.text.lower() for e in b.of(PeerNotice)))
     assert [p for p in folder.rglob("*") if p.is_file()] == []  # partial removed, nothing placed
     await alice.send_message("bob", "did it fit?")

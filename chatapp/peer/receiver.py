@@ -399,7 +399,7 @@ class Receiver:
         log.warn("cannot save {id}: {error}", id=transfer.id, error=_safe(failure.value))
         if not transfer.finished:
             self.session.emit(PeerNotice(self.session, _notice(transfer, failure.value)))
-            self._fail(transfer, "write-error")
+            self._fail(transfer, "disk-full" if failure.value.errno in _DISK_FULL else "write-error")
         return None
 
     def _check_and_place(self, sha256: str | None, transfer: IncomingTransfer, digest: str) -> Any:
