@@ -17,7 +17,11 @@ turn, as a terminal delivers a paste:
   then one redraw (what the console does with bracketed paste on);
 - ``key + redraw per key``: every character is a keystroke followed by a
   redraw (what the console did before);
-- ``key, redraw per read``: every character is a keystroke, one redraw per read.
+- ``key, redraw per read``: every character is a keystroke, one redraw per read;
+- ``console, bracketed`` / ``console, unbracketed``: the real terminal path, the
+  bytes going through ``ConsoleServerProtocol`` (paste splitter, insults' key
+  decoder) into ``ConsoleProtocol`` and its redraws onto a StringTransport,
+  with and without the bracketed-paste markers around them.
 
     python bench/keystroke.py            # about 3 minutes (the old editor takes most of it)
     python bench/keystroke.py --quick
@@ -203,6 +207,52 @@ def stall(reactor: Any, mode: str, text: str, old: types.ModuleType | None = Non
     return done
 
 
+def console_stall(reactor: Any, text: str, bracketed: bool) -> defer.Deferred[float]:
+    """``stall`` through the console itself: bytes in, screen bytes out."""
+    from twisted.internet.testing import StringTransport
+
+    from chatapp.cli.terminal import PASTE_END, PASTE_START, ConsoleProtocol, ConsoleServerProtocol
+
+    lines: list[str] = []
+    console = ConsoleProtocol(lines.append, lambda: None, lambda before: [], reactor, reactor.seconds)
+    server = ConsoleServerProtocol(lambda: console)
+    server.makeConnection(StringTransport())
+    console.terminalSize(ROOM + 10, 24)
+    data = text.encode("utf-8")
+    if bracketed:
+        data = PASTE_START + data + PASTE_END
+    reads = [data[n : n + READ_SIZE] for n in range(0, len(data), READ_SIZE)]
+    ticks: list[float] = []
+    latest = [0.0]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        if latest[0]:
+            ticks.append(now - latest[0] - 0.010)
+        latest[0] = now
+
+    done: defer.Deferred[float] = defer.Deferred()
+    loop = task.LoopingCall(tick)
+    loop.clock = reactor
+
+    def feed(index: int) -> None:
+        if index == len(reads):
+            reactor.callLater(0.1, finish)
+            return
+        server.dataReceived(reads[index])
+        server.transport.clear()  # type: ignore[attr-defined]
+        reactor.callLater(0, feed, index + 1)
+
+    def finish() -> None:
+        loop.stop()
+        assert console.editor.text == text.replace("\t", " ") and not lines
+        done.callback(max(ticks))
+
+    loop.start(0.010)
+    reactor.callLater(0.1, feed, 0)
+    return done
+
+
 async def stall_table(reactor: Any, rounds: int, old: types.ModuleType) -> list[tuple[str, str, str]]:
     rows = []
     # the issue's case: an 803-character paste with the old editor, a keystroke and a redraw per character
@@ -218,6 +268,14 @@ async def stall_table(reactor: Any, rounds: int, old: types.ModuleType) -> list[
             worst = [await stall(reactor, mode, text) for _ in range(rounds if mode != "key + redraw per key" else 1)]
             cells.append(f"{statistics.median(worst) * 1000:.1f}")
         rows.append((f"new editor: paste 10,000 chars, {mode}", cells[0], cells[1]))
+    for bracketed in (True, False):
+        cells = []
+        for kind in ("ascii", "mixed"):
+            text = line_of(kind, 10_000)
+            worst = [await console_stall(reactor, text, bracketed) for _ in range(rounds)]
+            cells.append(f"{statistics.median(worst) * 1000:.1f}")
+        label = "bracketed" if bracketed else "unbracketed"
+        rows.append((f"console (terminal path): paste 10,000 chars, {label}", cells[0], cells[1]))
     return rows
 
 

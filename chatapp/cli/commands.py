@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -76,6 +76,9 @@ SPECS: dict[str, Spec] = {
         Spec("listen", "/listen [on|off]", "accept chats from others, or stop (without on/off: show)", 0, 1),
         Spec("passwd", "/passwd", "change your password"),
         Spec("quit", "/quit", "log out and exit (waits for nothing)"),
+        # -- the interactive console's windows (issue 13) --
+        Spec("win", "/win N|USER", "show window N (also Alt-1..9) or the chat with USER", 1, 1),
+        Spec("lastlog", "/lastlog TEXT", "list the lines shown so far that contain TEXT", 1, 1, rest=True),
     ]
 }
 ALIASES = {"connect": "chat", "exit": "quit", "q": "quit", "w": "who", "m": "msg", "?": "help"}
@@ -209,6 +212,7 @@ class Dispatcher:
         self.new_password = new_password
         self.quitting = False
         self.confirm_quit = False  # interactive: a /quit with transfers running asks to be repeated
+        self.views: Views | None = None  # interactive: the windows (/win, /lastlog)
         self._quit_warned = False
 
     def users(self) -> list[str]:
@@ -347,6 +351,18 @@ class Dispatcher:
         self.quitting = True
         self.emit(Quitting())
 
+    # -- the interactive console's windows (issue 13) --
+
+    async def do_win(self, target: str) -> None:
+        if self.views is None:
+            raise CommandError("windows exist only in interactive mode")
+        self.views.switch_window(target)
+
+    async def do_lastlog(self, text: str) -> None:
+        if self.views is None:
+            raise CommandError("/lastlog exists only in interactive mode")
+        self.views.lastlog(text)
+
 
 def _where(port: IListeningPort) -> tuple[str, int]:
     """Where ``port`` listens, as (host, port)."""
@@ -359,3 +375,16 @@ def _text_of(error: Exception) -> str:
     if not text:
         text = (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
     return text
+
+
+# -- the interactive console's windows (issue 13) -----------------------------------------
+
+
+class Views(Protocol):
+    """What /win and /lastlog need of the interactive console (chatapp.cli.terminal)."""
+
+    def switch_window(self, target: str) -> None:
+        """Show window ``target`` (a number or a user); raises CommandError if there is none."""
+
+    def lastlog(self, text: str) -> None:
+        """Show the lines containing ``text``."""

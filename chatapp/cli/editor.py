@@ -190,7 +190,8 @@ class LineEditor:
         if not choices:
             return []
         if len(choices) == 1:
-            self._replace_word(word, choices[0] + " ")
+            # a folder stays open for the next Tab; anything else is a finished word
+            self._replace_word(word, choices[0] if choices[0].endswith("/") else choices[0] + " ")
             return []
         prefix = common_prefix(choices)
         if len(prefix) > len(word):

@@ -52,6 +52,7 @@ class Settings:
     interactive: bool = False  # decided by main(): chat mode with a terminal on stdin and stdout
     send_to: str | None = None
     paths: list[str] = field(default_factory=list)
+    log_dir: str | None = None  # interactive: append each chat to DIR/<user>.log
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     listen = sub.add_parser("listen", help="stay logged in and print chat and transfer events until stopped",
                             description="Stay online, print events; --accept-files saves offered files.")  # fmt: skip
     _add_common(listen)
+    parser.add_argument(
+        "--log-dir", metavar="DIR", default=argparse.SUPPRESS,
+        help="interactive: append each chat to DIR/<user>.log (mode 0600; off by default)",
+    )  # fmt: skip
     return parser
 
 
@@ -164,4 +169,5 @@ def parse_args(argv: list[str]) -> Settings:
         for path in settings.paths:
             if not os.path.isfile(os.path.expanduser(path)):
                 raise UsageError(f"not a readable file: {path}")
+    settings.log_dir = given.get("log_dir")
     return settings

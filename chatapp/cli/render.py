@@ -48,6 +48,7 @@ from .events import (
     WhoListed,
     WhoRow,
 )
+from .width import fit_ellipsis
 
 
 def token(value: str) -> str:
@@ -197,7 +198,7 @@ def eta(transfer: Transfer) -> float | None:
 
 
 def status_line(transfers: Iterable[Transfer], width: int = 80) -> str:
-    """One line for the running transfers: name, direction, percent, rate, ETA; cut to ``width`` columns."""
+    """One line for the running transfers: name, direction, percent, rate, ETA; cut to ``width`` cells."""
     parts = []
     for t in transfers:
         arrow = "->" if t.direction is Direction.SEND else "<-"
@@ -205,10 +206,9 @@ def status_line(transfers: Iterable[Transfer], width: int = 80) -> str:
             f"[#{t.handle} {escape_for_terminal(t.name)} {arrow}{escape_for_terminal(t.peer)} {percent(t)}% "
             f"{human_rate(t.rate)} ETA {human_eta(eta(t))}]"
         )
-    line = " ".join(parts)
-    if len(line) > width:
-        line = line[: max(0, width - 1)] + "…"
-    return line
+    # cut by display cells, not characters: a wide file name must not wrap the row (a wrapped
+    # status row leaves a stale copy on every redraw)
+    return fit_ellipsis(" ".join(parts), width)
 
 
 _DIRECTION_WORD = {Direction.SEND: "to", Direction.RECEIVE: "from"}

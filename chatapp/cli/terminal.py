@@ -34,20 +34,37 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatapp.app import ChatClient
-from chatapp.events import FileOffered, TransferEnded, TransferProgress
+from chatapp.events import (
+    FileOffered,
+    MessageReceived,
+    PeerJoined,
+    PeerLeft,
+    PeerNotice,
+    TransferEnded,
+    TransferProgress,
+)
 from chatapp.peer import TransferState
 from chatapp.wire import escape_for_terminal
 
-from .commands import CommandError, Conversations, Dispatcher, complete, console_sink
-from .editor import LineEditor, visible
+from .chatlog import ChatLog
+from .commands import CommandError, Conversations, Dispatcher, console_sink
+from .completion import console_complete
+from .editor import LineEditor
 from .errors import EXIT_OK
-from .events import CommandSucceeded, Shown
+from .events import ActiveChat, ChatClosed, ChatOpened, CommandFailed, CommandSucceeded, MessageSent, Shown
 from .render import human_line, status_line
 from .run import Run, ready_event
+from .width import fit_ellipsis, width
+from .windows import Window, Windows
 
 log = Logger()
 
 STATUS_INTERVAL = 0.1  # at most ten status-line redraws a second
+PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+BRACKETED_PASTE_ON, BRACKETED_PASTE_OFF = b"\x1b[?2004h", b"\x1b[?2004l"
+# A paste bigger than this is cut (the rest dropped, said once on screen): it is held
+# whole until its end marker, and a terminal that never sends one must not grow it forever.
+MAX_PASTE_BYTES = 1024 * 1024
 _RUNNING = {TransferState.ACCEPTED, TransferState.SENDING, TransferState.RECEIVING, TransferState.ENDED}
 
 
@@ -79,6 +96,11 @@ _console: ConsoleProtocol | None = None
 def restore_terminal() -> None:
     """Called by main() on its way out, whatever happened (a signal may have cut the session short)."""
     if _raw is not None and _raw.saved is not None:
+        try:  # the terminal would otherwise wrap every later paste in the shell with ESC[200~
+            if os.isatty(1):
+                os.write(1, BRACKETED_PASTE_OFF)
+        except OSError:
+            pass
         _raw.restore()
         if _console is not None and not _console.cleared:
             try:  # leave the half-drawn input row (stdout may be closed by now; stderr is the same terminal)
@@ -96,8 +118,65 @@ def terminal_size(fd: int = 1) -> tuple[int, int]:
     return (cols or 80), (rows or 24)
 
 
+class PasteSplitter:
+    """Cuts a terminal's input into (bytes, inside a bracketed paste) parts; a marker may be split across reads."""
+
+    def __init__(self) -> None:
+        self.pasting = False
+        self._held = b""  # the start of a marker that the next read may complete
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
+        """The parts of ``data``; ``(b"", True)`` stands for the end of a paste."""
+        data = self._held + data
+        self._held = b""
+        parts: list[tuple[bytes, bool]] = []
+        while data:
+            marker = PASTE_END if self.pasting else PASTE_START
+            at = data.find(marker)
+            if at < 0:
+                keep = next((n for n in range(len(marker) - 1, 0, -1) if data.endswith(marker[:n])), 0)
+                if keep:
+                    data, self._held = data[:-keep], data[-keep:]
+                if data:
+                    parts.append((data, self.pasting))
+                break
+            if at:
+                parts.append((data[:at], self.pasting))
+            if self.pasting:
+                parts.append((b"", True))
+            self.pasting = not self.pasting
+            data = data[at + len(marker) :]
+        return parts
+
+
+class ConsoleServerProtocol(insults.ServerProtocol):
+    """insults' key decoder, plus one redraw per read (not per key) and bracketed paste cut out before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.splitter = PasteSplitter()
+
+    def dataReceived(self, data: bytes) -> None:
+        console = self.terminalProtocol
+        if not isinstance(console, ConsoleProtocol):
+            super().dataReceived(data)
+            return
+        console.batch_begin()
+        try:
+            for part, in_paste in self.splitter.feed(data):
+                if in_paste:
+                    console.paste_data(part)
+                else:
+                    super().dataReceived(part)
+        finally:
+            console.batch_end()
+
+
 class ConsoleProtocol(insults.TerminalProtocol):
-    """Keys in, screen out.  ``on_line`` gets each finished line; ``on_quit`` is Ctrl-D (or Ctrl-C) on an empty line."""
+    """Keys in, screen out.  ``on_line`` gets each finished line; ``on_quit`` is Ctrl-D (or Ctrl-C) on an empty line.
+
+    ``on_window`` gets N for Alt-N (switch to window N).
+    """
 
     def __init__(
         self,
@@ -106,10 +185,12 @@ class ConsoleProtocol(insults.TerminalProtocol):
         candidates: Callable[[str], list[str]],
         clock: Any,
         now: Callable[[], float],
+        on_window: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.editor = LineEditor()
         self.on_line = on_line
         self.on_quit = on_quit
+        self.on_window = on_window
         self.candidates = candidates
         self.clock = clock
         self.now = now
@@ -118,6 +199,14 @@ class ConsoleProtocol(insults.TerminalProtocol):
         self.width, self.height = 80, 24
         self._status_shown = False
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._paste_decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._paste: list[str] = []
+        self._paste_size = 0
+        self._paste_cut = False
+        self._paste_cut_told = False
+        self._confirm: list[str] | None = None  # the lines of a multi-line paste, waiting for y/n
+        self._batching = False
+        self._dirty = False
         self._secret: tuple[str, defer.Deferred[str]] | None = None
         self._status_source: Callable[[int], str] = lambda width: ""
         self._status_timer: IDelayedCall | None = None
@@ -130,6 +219,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
 
     def connectionMade(self) -> None:
         self.width, self.height = terminal_size()
+        self.terminal.write(BRACKETED_PASTE_ON)  # a paste then arrives as ESC[200~ ... ESC[201~
         self._draw()
 
     def _clear(self) -> None:
@@ -144,17 +234,20 @@ class ConsoleProtocol(insults.TerminalProtocol):
     def _draw(self) -> None:
         t = self.terminal
         if self.status:
-            t.write(self.status.encode("utf-8") + b"\n")  # insults writes LF as CR LF
+            # never wider than the screen: a row that wraps leaves a stale copy at each redraw
+            t.write(fit_ellipsis(self.status, self.width - 1).encode("utf-8") + b"\n")  # insults writes CR LF
             self._status_shown = True
         prompt = self._secret[0] if self._secret is not None else self.prompt
+        prompt = fit_ellipsis(prompt, max(self.width // 2, 1))
+        prompt_cells = width(prompt)
         if self._secret is not None:
             shown, column = "", 0
         else:
-            shown, column = visible(self.editor.chars, self.editor.cursor, self.width - len(prompt) - 1)
+            shown, column = self.editor.visible(self.width - prompt_cells - 1)
         t.write((prompt + shown).encode("utf-8"))
         t.write(b"\r")
-        if len(prompt) + column:
-            t.cursorForward(len(prompt) + column)
+        if prompt_cells + column:
+            t.cursorForward(prompt_cells + column)
 
     def redraw(self) -> None:
         if self.closed:
@@ -169,6 +262,23 @@ class ConsoleProtocol(insults.TerminalProtocol):
         self._clear()
         self.terminal.write(line.encode("utf-8") + b"\n")
         self._draw()
+
+    def repaint(self, lines: list[str]) -> None:
+        """Clear the screen and show ``lines`` (the last ones that fit) above the input: another window."""
+        if self.closed:
+            return
+        t = self.terminal
+        t.eraseDisplay()
+        t.cursorHome()
+        self._status_shown = False
+        rows = max(self.height - 2, 0)
+        for line in lines[-rows:] if rows else []:
+            t.write(line.encode("utf-8") + b"\n")
+        self._draw()
+
+    def bell(self) -> None:
+        if not self.closed:
+            self.terminal.write(b"\x07")
 
     def set_prompt(self, prompt: str) -> None:
         if prompt != self.prompt:
@@ -210,6 +320,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
             self._status_timer.cancel()
         if not self.closed:
             self._clear()
+            self.terminal.write(BRACKETED_PASTE_OFF)
             self.cleared = True
             self.closed = True
 
@@ -222,14 +333,75 @@ class ConsoleProtocol(insults.TerminalProtocol):
         self.redraw()
         return d
 
+    def batch_begin(self) -> None:
+        """A read starts: keys only mark the screen dirty, :meth:`batch_end` redraws once."""
+        self._batching = True
+        self._dirty = False
+
+    def batch_end(self) -> None:
+        self._batching = False
+        if self._dirty:
+            self._dirty = False
+            self.redraw()
+
     def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
         try:
             self._key(keyID, modifier)
         except Exception:
             log.failure("handling a key")
-        self.redraw()
+        if self._batching:
+            self._dirty = True
+        else:
+            self.redraw()
+
+    def paste_data(self, part: bytes) -> None:
+        """Bytes of a bracketed paste; ``b""`` is its end, when the whole paste goes to the editor at once."""
+        self._dirty = True
+        if part:
+            if self._paste_size + len(part) > MAX_PASTE_BYTES:
+                part = part[: max(MAX_PASTE_BYTES - self._paste_size, 0)]
+                self._paste_cut = True
+            self._paste_size += len(part)
+            if part:
+                self._paste.append(self._paste_decoder.decode(part))
+            return
+        text = "".join(self._paste) + self._paste_decoder.decode(b"", final=True)
+        cut = self._paste_cut
+        self._paste, self._paste_size, self._paste_cut = [], 0, False
+        self._paste_decoder.reset()
+        if cut and not self._paste_cut_told:  # once: a terminal that keeps pasting must not fill the screen
+            self._paste_cut_told = True
+            self.show(f"-- paste cut to its first {MAX_PASTE_BYTES} bytes")
+        if self._confirm is not None:
+            return  # still waiting for y/n about the previous paste: this one is dropped, not mixed in
+        if self._secret is not None:
+            self.editor.insert(text.splitlines()[0] if text else "")
+            return
+        self._pasted(self.editor.paste(text))
+
+    def _pasted(self, lines: list[str]) -> None:
+        if not lines:
+            return  # a paste without a line break: inserted into the line
+        # as irssi does: ask before sending several messages; the line being typed stays as it was
+        sending = [line for line in lines if line.strip()]
+        if not sending:
+            return
+        self._confirm = sending
+        self.show(f"-- paste of {len(lines)} lines: send {len(sending)} as {len(sending)} messages? (y/n)")
+
+    def _answer_paste(self, key: Any) -> None:
+        lines, self._confirm = self._confirm or [], None
+        if key in (b"y", b"Y"):
+            self.editor.submit(remember=False)
+            for line in lines:
+                self.on_line(line)
+        else:
+            self.show("-- paste not sent")
 
     def _key(self, key: Any, modifier: Any) -> None:
+        if self._confirm is not None:
+            self._answer_paste(key)
+            return
         t = self.terminal
         e = self.editor
         special: dict[Any, Callable[[], None]] = {
@@ -256,7 +428,9 @@ class ConsoleProtocol(insults.TerminalProtocol):
             return
         if not isinstance(key, bytes) or len(key) != 1:  # other function keys (insults names them b"[F1]"...)
             return
-        if modifier is not None:  # Alt-something: nothing bound
+        if modifier is not None:  # Alt-1..9: window 1..9; other Alt keys: nothing bound
+            if modifier == t.ALT and b"1" <= key <= b"9":
+                self.on_window(int(key))
             return
         if key in (b"\r", b"\n"):
             self._submit()
@@ -271,20 +445,20 @@ class ConsoleProtocol(insults.TerminalProtocol):
             self.terminal.cursorHome()
             self._status_shown = False
         elif key == b"\x03":  # Ctrl-C: clear the line; on an empty line, quit
-            if e.chars or self._secret is not None:
+            if e.text or self._secret is not None:
                 e.submit(remember=False)
                 self._cancel_secret()
             else:
                 self.on_quit()
         elif key == b"\x04":  # Ctrl-D: quit on an empty line, else delete
-            if e.chars:
+            if e.text:
                 e.delete()
             elif self._secret is None:
                 self.on_quit()
-        elif key >= b"\x80" or key >= b" ":
+        elif key >= b" ":
             text = self._decoder.decode(key)
-            if text and text.isprintable():
-                e.insert(text)
+            if text:
+                e.insert(text)  # the editor keeps Cc out; ZWJ/ZWNJ (Cf) must go in
 
     def _cancel_secret(self) -> None:
         if self._secret is not None:
@@ -315,10 +489,30 @@ class ConsoleProtocol(insults.TerminalProtocol):
 
 # what may change the status row: transfer news, and any command that succeeded (an OK line)
 _STATUS_NEWS = (TransferProgress, TransferEnded, FileOffered, *get_args(CommandSucceeded))
+# a line of these kinds marks its window in the activity list: something is waiting for you there
+_FOR_YOU = (MessageReceived, FileOffered)
+
+
+def chat_of(event: Shown) -> tuple[str | None, bool]:
+    """The peer whose window ``event`` is shown in (None: the window shown), and whether it opens that window."""
+    match event:
+        case MessageReceived(session) | PeerJoined(session):
+            return session.peer_name, True
+        case MessageSent(to):
+            return to, True
+        case ChatOpened(user):
+            return user, True
+        case PeerLeft(session) | PeerNotice(session):
+            return session.peer_name, False
+        case FileOffered(_, t) | TransferEnded(t):
+            return t.peer, False
+        case ChatClosed(user):
+            return user, False
+    return None, False
 
 
 class Interactive:
-    """Glue: client events become lines above the input; typed lines become commands."""
+    """Glue: client events become lines in their windows; typed lines become commands."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -328,6 +522,8 @@ class Interactive:
         self.done: defer.Deferred[None] = defer.Deferred()
         self.client: ChatClient | None = None
         self.chats = Conversations()
+        self.windows = Windows()
+        self.chatlog: ChatLog | None = None
 
     def show(self, event: Shown) -> None:
         if self.console is None:
@@ -336,15 +532,84 @@ class Interactive:
         if isinstance(event, _STATUS_NEWS):
             self.console.status_changed()
         line = human_line(event, self.reactor.seconds(), self.run.settings.accept_files)
+        name, opens = chat_of(event)
+        windows = self.windows
+        window = windows.current
+        created = False
+        if name:
+            count = len(windows.windows)
+            found = windows.open(name) if opens else windows.find(name)
+            created = len(windows.windows) > count
+            window = found or window
+        if created and windows.current is windows.status and len(windows.windows) == 2:
+            # the first conversation: go there, as before there were windows (the screen stays as it is)
+            self._select(window)
+        elif isinstance(event, ChatOpened) or (isinstance(event, ActiveChat) and event.user):
+            target = windows.find(event.user or "")
+            if target is not None and target is not windows.current:
+                self._switch(target)
         if line is not None:
-            self.console.show(line)
+            if windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):
+                self.console.show(line)
+            else:
+                self.console.status_changed()  # the activity list
+                if isinstance(event, MessageReceived):
+                    self.console.bell()
+            if self.chatlog is not None and name and window.name is not None:
+                self.chatlog.write(name, line)
+        self._prompt()
+
+    def _prompt(self) -> None:
+        assert self.console is not None
         active = self.chats.active
         self.console.set_prompt(f"[{escape_for_terminal(active)}] > " if active else "> ")
 
+    def _select(self, window: Window) -> None:
+        self.windows.show(window)
+        if window.name is not None:
+            self.chats.active = window.name  # plain lines go to the chat shown
+
+    def _switch(self, window: Window) -> None:
+        """Show ``window``: the screen is redrawn with its lines."""
+        assert self.console is not None
+        self._select(window)
+        self.console.repaint(list(window.lines))
+        self._prompt()
+        self.console.status_changed()
+
+    def switch_window(self, target: str) -> None:
+        try:
+            window = self.windows.switch(target)
+        except LookupError as e:
+            raise CommandError(str(e)) from None
+        self._switch(window)
+
+    def alt_window(self, number: int) -> None:
+        if number > len(self.windows.windows):
+            if self.console is not None:
+                self.console.bell()
+            return
+        self.switch_window(str(number))
+
+    def lastlog(self, text: str) -> None:
+        assert self.console is not None
+        found = self.windows.lastlog(text)
+        shown = escape_for_terminal(text)
+        self.console.show(f"-- lastlog {shown}: {len(found)} line(s)" if found else f"-- no line contains {shown}")
+        for line in found:
+            self.console.show(line)
+
     def status(self, width: int) -> str:
-        if self.client is None:
-            return ""
-        return status_line([t for t in self.client.transfers() if t.state in _RUNNING], width)
+        parts = [self.windows.activity_text(width)]
+        if self.client is not None:
+            parts.append(status_line([t for t in self.client.transfers() if t.state in _RUNNING], width))
+        return fit_ellipsis(" ".join(p for p in parts if p), width)
+
+    def candidates(self, before: str, dispatcher: Dispatcher) -> list[str]:
+        users = sorted(set(dispatcher.users()) | set(self.windows.names()))
+        transfers = self.client.transfers if self.client is not None else list
+        names = [w.name for w in self.windows.windows if w.name is not None]
+        return console_complete(before, users, transfers, names)
 
     def quit(self) -> None:
         if not self.done.called:
@@ -377,18 +642,32 @@ def _line_failed(failure: Failure, quit: Callable[[], None]) -> None:
     quit()
 
 
+def _open_chatlog(run: Run) -> tuple[ChatLog | None, str | None]:
+    """The --log-dir writer, or None and why not (shown once the screen is up)."""
+    if not run.settings.log_dir:
+        return None, None
+    chatlog = ChatLog(run.settings.log_dir, run.reactor)
+    try:
+        chatlog.open()
+    except OSError as e:
+        return None, f"--log-dir {run.settings.log_dir}: {e.strerror or e}; chats are not logged"
+    return chatlog, None
+
+
 async def run_interactive(run: Run) -> int:
     global _raw, _console
     ui = Interactive(run)
     client = await run.start(console_sink(ui.chats, ui.show))
     ui.client = client
+    ui.chatlog, chatlog_error = _open_chatlog(run)
     dispatcher = Dispatcher(client, ui.chats, ui.show, ui.new_password)
     dispatcher.confirm_quit = True
+    dispatcher.views = ui
     run.stop_on_shutdown()
 
     console = ConsoleProtocol(run_lines(dispatcher, ui.quit), ui.quit,
-                              lambda before: complete(before, dispatcher.users()), run.reactor,
-                              run.reactor.seconds)  # fmt: skip
+                              lambda before: ui.candidates(before, dispatcher), run.reactor,
+                              run.reactor.seconds, on_window=ui.alt_window)  # fmt: skip
     console.watch_status(ui.status)
     _console = console
     _raw = RawMode(sys.stdin.fileno())
@@ -396,26 +675,34 @@ async def run_interactive(run: Run) -> int:
     previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console))
     # a closed terminal window: log out cleanly like SIGTERM (the reactor only handles INT and TERM)
     previous_hup = signal.signal(signal.SIGHUP, lambda *_: run.reactor.callFromThread(run.reactor.stop))
-    stdio = StandardIO(insults.ServerProtocol(lambda: console), reactor=run.reactor)
+    stdio = StandardIO(ConsoleServerProtocol(lambda: console), reactor=run.reactor)
     try:
         ui.console = console
         for event in ui.early:
             ui.show(event)
+        if chatlog_error is not None:
+            ui.show(CommandFailed(chatlog_error))
         ui.show(await ready_event(client))
         await ui.done
         console.close()
         await run.stop()
+        if ui.chatlog is not None:
+            await _settle(ui.chatlog.stop(), run.reactor)
     finally:
         signal.signal(signal.SIGWINCH, previous)
         signal.signal(signal.SIGHUP, previous_hup)
         console.closed = True
         stdio.loseConnection()
         restore_terminal()
+    await _settle(console.lost, run.reactor)  # what is left to write has been written
+    return EXIT_OK
+
+
+async def _settle(d: defer.Deferred[None], reactor: Any) -> None:
     try:
-        await console.lost.addTimeout(2, run.reactor)  # what is left to write has been written
+        await d.addTimeout(2, reactor)
     except defer.TimeoutError:
         pass
-    return EXIT_OK
 
 
 def _resized(console: ConsoleProtocol) -> None:
