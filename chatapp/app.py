@@ -10,6 +10,7 @@ every event arrives there as a :mod:`chatapp.events` object; the console
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -29,6 +30,7 @@ from chatapp.events import (
     ignore,
 )
 from chatapp.peer import (
+    Direction,
     PeerFactory,
     PeerSession,
     ServerUnavailable,
@@ -96,6 +98,23 @@ class ChatClient:
         if self.listen_endpoint is not None:
             await self.set_listening(True)
         return name
+
+    async def relogin(self, password: str) -> tuple[str, tuple[str, int] | None]:
+        """Log in again as the same user after the server let us go (logged in elsewhere, gave up).
+
+        Chats and transfers with peers are untouched; the listening port is
+        published again.  Returns (name, where the server says we listen).
+        """
+        if self.user is None:
+            raise ChatClientError("not logged in yet")
+        if self.server.logged_in:
+            raise ChatClientError("already logged in to the server")
+        name = await self.server.login(self.user, password)
+        listening = None
+        if self.port is not None:
+            port_number: int = self.port.getHost().port  # type: ignore[attr-defined]
+            listening = await self.server.listen(port_number)
+        return name, listening
 
     def stop(self) -> defer.Deferred[None]:
         """BYE to every peer, stop listening and leave the server (QUIT); fires when all of that is done."""
@@ -215,10 +234,36 @@ class ChatClient:
         self._session_of(transfer).reject(transfer)
         return transfer
 
-    def cancel(self, handle: int) -> Transfer:
+    def cancel(self, handle: int, discard: bool = False) -> int | None:
+        """Stop transfer ``handle``; the bytes a receive keeps for a later resume (None: nothing kept).
+
+        A receive's partial file stays unless ``discard``: the same offer
+        again resumes from it.
+        """
         transfer = self.transfer(handle)
-        self._session_of(transfer).cancel(transfer)
-        return transfer
+        session = self._session_of(transfer)
+        if _cancel_keeps(session):
+            session.cancel(transfer, discard=discard)  # type: ignore[call-arg]
+        else:  # STAND-IN (issue 13) until the peer part's cancel(discard=) merges: the partial goes
+            session.cancel(transfer)
+            return None
+        if transfer.direction is Direction.RECEIVE and not discard and transfer.bytes_done > 0:
+            return transfer.bytes_done
+        return None
+
+    def partials(self) -> list[Any]:
+        """The partial files kept for a resume (:class:`chatapp.peer.Partial`), oldest first."""
+        listing = getattr(self._peers(), "partials", None)
+        if listing is None:  # STAND-IN (issue 13) until the peer part's factory.partials() merges
+            return []
+        return sorted(listing(), key=lambda p: p.modified)
+
+    def discard_partials(self) -> int:
+        """Delete every kept partial not in use; how many were deleted."""
+        discard = getattr(self._peers(), "discard_partials", None)
+        if discard is None:  # STAND-IN (issue 13) until the peer part's factory.discard_partials() merges
+            return 0
+        return int(discard())
 
     def open_transfers(self) -> list[Transfer]:
         return [t for t in self.transfers() if not t.finished]
@@ -248,3 +293,8 @@ class ChatClient:
             return Failure(ServerUnavailable(str(failure.value)))
 
         return d.addErrback(translate)
+
+
+def _cancel_keeps(session: PeerSession) -> bool:
+    """STAND-IN (issue 13): whether the peer side's ``cancel`` takes ``discard`` yet; the lead deletes this."""
+    return "discard" in inspect.signature(session.cancel).parameters

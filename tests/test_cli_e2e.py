@@ -148,14 +148,16 @@ def test_wrong_password_three_times_blocks_the_address(server: int, tmp_path: Pa
     for _ in range(4):
         p = chatapp(procs, tmp_path, server, "--user", "frank", password="not the password", stdin=subprocess.DEVNULL)
         results.append(p.finish())
-    for code, _out, err in results[:2]:
-        assert code == 4
+    assert [r[0] for r in results] == [4, 4, 5, 5]
+    assert results[0][2] == "chatapp: wrong user name or password; 2 tries left before this address is blocked\n"
+    assert results[1][2] == (
+        "chatapp: wrong user name or password; 1 try left: one more wrong password blocks this address\n"
+    )
+    for _code, _out, err in results[2:]:
         assert err == (
-            "chatapp: wrong user name or password; after a few more failures your address is blocked for a while\n"
+            "chatapp: too many failed logins: this address is blocked for 5 more minutes (no account can log in "
+            "from it); the account frank may be locked as long (from every address)\n"
         )
-    for code, _out, err in results[2:]:
-        assert code == 5
-        assert err == "chatapp: too many failed logins: your address is blocked for 5 more minutes\n"
 
 
 def test_start_errors_are_one_line_with_their_own_codes(server: int, tmp_path: Path, procs: list[Chatapp]) -> None:
