@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -133,7 +134,7 @@ def test_send_one_shot_against_listen_accept_files(server: int, tmp_path: Path, 
     offline = chatapp(procs, tmp_path, server, "send", "--user", "dave", "nobody", str(small), stdin=subprocess.DEVNULL)
     code, out, err = offline.finish()
     assert code == 1
-    assert err.startswith("chatapp: ") and err.count("\n") == 1
+    assert err.startswith(f"chatapp: {small}: not sent: ") and err.count("\n") == 1  # names the file
     # SIGTERM: BYE to peers, QUIT to the server, exit 0
     listener.signal(signal.SIGTERM)
     code, out, err = listener.finish()
@@ -182,3 +183,37 @@ def test_start_errors_are_one_line_with_their_own_codes(server: int, tmp_path: P
     procs.append(nopass)
     code, _out, err = nopass.finish()
     assert code == 2 and "CHATAPP_PASSWORD" in err
+
+
+def test_offer_timeout_and_a_login_elsewhere_end_the_one_shots(
+    server: int, tmp_path: Path, procs: list[Chatapp]
+) -> None:
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"hello")
+    for name in ("hana", "ivan"):
+        signup = chatapp(procs, tmp_path, server, "--user", name, "--signup", "--no-listen", stdin=subprocess.DEVNULL)
+        assert signup.finish()[0] == 0
+    listener = chatapp(procs, tmp_path, server, "listen", "--user", "ivan")  # answers no offer
+    listener.expect(r"^READY ivan listening")
+    sender = chatapp(procs, tmp_path, server, "send", "--user", "hana", "--offer-timeout", "1", "ivan", str(small),
+                     stdin=subprocess.DEVNULL)  # fmt: skip
+    code, out, err = sender.finish(timeout=30)
+    assert code == 1, (out, err)
+    assert re.search(r"^TIMEOUT \d+ ivan 1 small\.txt$", out, re.MULTILINE), out
+    assert "1 of 1 files not delivered" in err
+    listener.expect(r"^FAILED \d+ receive hana cancelled")
+    # ivan logs in elsewhere: the listening one-shot stops with its own code instead of running unregistered
+    again = chatapp(procs, tmp_path, server, "--user", "ivan", "--no-listen", stdin=subprocess.DEVNULL)
+    assert again.finish()[0] == 0
+    code, out, err = listener.finish(timeout=30)
+    assert code == 10, (out, err)
+    assert "you logged in elsewhere" in err and err.count("\n") == 1
+
+
+def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, procs: list[Chatapp]) -> None:
+    (tmp_path / "config" / "chatapp").mkdir(parents=True)
+    (tmp_path / "config" / "chatapp" / "config.toml").write_text('server = "x"\nsever = "typo"\n')
+    p = Chatapp("--user", "x", cwd=tmp_path, stdin=subprocess.DEVNULL)
+    procs.append(p)
+    code, _out, err = p.finish()
+    assert code == 2 and "unknown key 'sever'" in err and err.count("\n") == 1

@@ -148,7 +148,7 @@ SCRIPT_LINES: list[tuple[Shown, str]] = [
     (PeerNotice(BOB, "the disk is full"), "NOTICE bob: the disk is full"),
     (ServerLost(ConnectionClosed("gone")),
      "NOTICE lost the server connection (the server closed the connection (gone)); open chats go on"),
-    (Reconnecting(2.0, 3), "NOTICE reconnecting to the server in 2 s (attempt 3)"),
+    (Reconnecting(1.37, 3), "NOTICE reconnecting to the server in 1.4 s (attempt 3)"),
     (Reconnected("alice", ("192.0.2.7", 40123)),
      "NOTICE reconnected to the server as alice, listening on 192.0.2.7:40123"),
     (Reconnected("alice", None), "NOTICE reconnected to the server as alice"),
@@ -248,7 +248,7 @@ def test_human_lines() -> None:
         (TransferAnswered("cancel", 2), "* #2 cancelled"),
         (WhoListed(3), "* 3 online"),
         (PasswordChanged(), "* password changed"),
-        (Reconnecting(0.6, 1), "* reconnecting to the server in 1 s (attempt 1)"),
+        (Reconnecting(0.6, 1), "* reconnecting to the server in 0.6 s (attempt 1)"),
         (TransfersListed(1), None),
         (Quitting(), None),
     ]

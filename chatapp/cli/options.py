@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="chatapp alone chats: interactively on a terminal, else commands from stdin (script mode).\n"
         "exit codes: 0 done, 1 a command or transfer failed, 2 usage, 3 server unreachable,\n"
         "4 wrong user name or password, 5 address blocked, 6 account locked, 7 name taken,\n"
-        "8 bad user name or password form, 9 server busy or too many signups (try later).\n"
+        "8 bad user name or password form, 9 server busy or too many signups (try later),\n"
+        "10 logged in elsewhere (send, listen).\n"
         "Details: docs/console.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

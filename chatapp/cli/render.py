@@ -154,7 +154,8 @@ def notice_text(event: PeerNotice | ServerLost | Reconnecting | Reconnected | Ga
         case ServerLost(error):
             return f"lost the server connection ({error}); open chats go on"
         case Reconnecting(delay, attempt):
-            return f"reconnecting to the server in {delay:.0f} s (attempt {attempt})"
+            shown = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"  # the real delay, jitter included
+            return f"reconnecting to the server in {shown} s (attempt {attempt})"
         case Reconnected(user, listening):
             where = f", listening on {listening[0]}:{listening[1]}" if listening else ""
             return f"reconnected to the server as {user}{where}"
