@@ -29,6 +29,8 @@ from chatapp.events import (
     ignore,
 )
 from chatapp.peer import (
+    Direction,
+    Partial,
     PeerFactory,
     PeerSession,
     ServerUnavailable,
@@ -96,6 +98,23 @@ class ChatClient:
         if self.listen_endpoint is not None:
             await self.set_listening(True)
         return name
+
+    async def relogin(self, password: str) -> tuple[str, tuple[str, int] | None]:
+        """Log in again as the same user after the server let us go (logged in elsewhere, gave up).
+
+        Chats and transfers with peers are untouched; the listening port is
+        published again.  Returns (name, where the server says we listen).
+        """
+        if self.user is None:
+            raise ChatClientError("not logged in yet")
+        if self.server.logged_in:
+            raise ChatClientError("already logged in to the server")
+        name = await self.server.login(self.user, password)
+        listening = None
+        if self.port is not None:
+            port_number: int = self.port.getHost().port  # type: ignore[attr-defined]
+            listening = await self.server.listen(port_number)
+        return name, listening
 
     def stop(self) -> defer.Deferred[None]:
         """BYE to every peer, stop listening and leave the server (QUIT); fires when all of that is done."""
@@ -215,10 +234,26 @@ class ChatClient:
         self._session_of(transfer).reject(transfer)
         return transfer
 
-    def cancel(self, handle: int) -> Transfer:
+    def cancel(self, handle: int, discard: bool = False) -> int | None:
+        """Stop transfer ``handle``; the bytes a receive keeps for a later resume (None: nothing kept).
+
+        A receive's partial file stays unless ``discard``: the same offer
+        again resumes from it.
+        """
         transfer = self.transfer(handle)
-        self._session_of(transfer).cancel(transfer)
-        return transfer
+        session = self._session_of(transfer)
+        session.cancel(transfer, discard=discard)
+        if transfer.direction is Direction.RECEIVE and not discard and transfer.bytes_done > 0:
+            return transfer.bytes_done
+        return None
+
+    def partials(self) -> list[Partial]:
+        """The partial files kept for a resume, oldest first."""
+        return self._peers().partials()
+
+    def discard_partials(self) -> int:
+        """Delete every kept partial not in use; how many were deleted."""
+        return self._peers().discard_partials()
 
     def open_transfers(self) -> list[Transfer]:
         return [t for t in self.transfers() if not t.finished]

@@ -20,7 +20,8 @@ class Chatapp:
     """One ``chatapp`` subprocess; ``expect`` reads its stdout up to a matching line."""
 
     def __init__(self, *args: str, cwd: Path, password: str = PASSWORD, stdin: int | None = subprocess.PIPE) -> None:
-        env = dict(os.environ, CHATAPP_PASSWORD=password)
+        # no config file of the machine's user: each test's own folder (empty unless the test writes one)
+        env = dict(os.environ, CHATAPP_PASSWORD=password, XDG_CONFIG_HOME=str(cwd / "config"))
         self.process = subprocess.Popen(
             [str(CHATAPP), *args],
             cwd=cwd,

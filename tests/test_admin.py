@@ -71,7 +71,8 @@ def test_users_lists_accounts_with_times_in_utc_and_locks(capsys, store, db) -> 
     lines = out.splitlines()
     assert lines[0].split() == ["USER", "CREATED", "LAST", "LOGIN", "LOCKED"]
     assert re.fullmatch(r"Alice +2026-01-01 00:00:00 UTC +2026-01-01 01:00:00 UTC +no", lines[1])
-    assert re.fullmatch(r"bob +2026-01-01 00:01:00 UTC +never +locked, 2m 0\ds left", lines[2])
+    # bob signed up: SIGNUP logs in, so that is his last login
+    assert re.fullmatch(r"bob +2026-01-01 00:01:00 UTC +2026-01-01 00:01:00 UTC +locked, 2m 0\ds left", lines[2])
     assert lines[3] == "2 users"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -133,7 +134,7 @@ def test_send_one_shot_against_listen_accept_files(server: int, tmp_path: Path, 
     offline = chatapp(procs, tmp_path, server, "send", "--user", "dave", "nobody", str(small), stdin=subprocess.DEVNULL)
     code, out, err = offline.finish()
     assert code == 1
-    assert err.startswith("chatapp: ") and err.count("\n") == 1
+    assert err.startswith(f"chatapp: {small}: not sent: ") and err.count("\n") == 1  # names the file
     # SIGTERM: BYE to peers, QUIT to the server, exit 0
     listener.signal(signal.SIGTERM)
     code, out, err = listener.finish()
@@ -148,14 +149,16 @@ def test_wrong_password_three_times_blocks_the_address(server: int, tmp_path: Pa
     for _ in range(4):
         p = chatapp(procs, tmp_path, server, "--user", "frank", password="not the password", stdin=subprocess.DEVNULL)
         results.append(p.finish())
-    for code, _out, err in results[:2]:
-        assert code == 4
+    assert [r[0] for r in results] == [4, 4, 5, 5]
+    assert results[0][2] == "chatapp: wrong user name or password; 2 tries left before this address is blocked\n"
+    assert results[1][2] == (
+        "chatapp: wrong user name or password; 1 try left: one more wrong password blocks this address\n"
+    )
+    for _code, _out, err in results[2:]:
         assert err == (
-            "chatapp: wrong user name or password; after a few more failures your address is blocked for a while\n"
+            "chatapp: too many failed logins: this address is blocked for 5 more minutes (no account can log in "
+            "from it); the account frank may be locked as long (from every address)\n"
         )
-    for code, _out, err in results[2:]:
-        assert code == 5
-        assert err == "chatapp: too many failed logins: your address is blocked for 5 more minutes\n"
 
 
 def test_start_errors_are_one_line_with_their_own_codes(server: int, tmp_path: Path, procs: list[Chatapp]) -> None:
@@ -180,3 +183,37 @@ def test_start_errors_are_one_line_with_their_own_codes(server: int, tmp_path: P
     procs.append(nopass)
     code, _out, err = nopass.finish()
     assert code == 2 and "CHATAPP_PASSWORD" in err
+
+
+def test_offer_timeout_and_a_login_elsewhere_end_the_one_shots(
+    server: int, tmp_path: Path, procs: list[Chatapp]
+) -> None:
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"hello")
+    for name in ("hana", "ivan"):
+        signup = chatapp(procs, tmp_path, server, "--user", name, "--signup", "--no-listen", stdin=subprocess.DEVNULL)
+        assert signup.finish()[0] == 0
+    listener = chatapp(procs, tmp_path, server, "listen", "--user", "ivan")  # answers no offer
+    listener.expect(r"^READY ivan listening")
+    sender = chatapp(procs, tmp_path, server, "send", "--user", "hana", "--offer-timeout", "1", "ivan", str(small),
+                     stdin=subprocess.DEVNULL)  # fmt: skip
+    code, out, err = sender.finish(timeout=30)
+    assert code == 1, (out, err)
+    assert re.search(r"^TIMEOUT \d+ ivan 1 small\.txt$", out, re.MULTILINE), out
+    assert "1 of 1 files not delivered" in err
+    listener.expect(r"^FAILED \d+ receive hana cancelled")
+    # ivan logs in elsewhere: the listening one-shot stops with its own code instead of running unregistered
+    again = chatapp(procs, tmp_path, server, "--user", "ivan", "--no-listen", stdin=subprocess.DEVNULL)
+    assert again.finish()[0] == 0
+    code, out, err = listener.finish(timeout=30)
+    assert code == 10, (out, err)
+    assert "you logged in elsewhere" in err and err.count("\n") == 1
+
+
+def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, procs: list[Chatapp]) -> None:
+    (tmp_path / "config" / "chatapp").mkdir(parents=True)
+    (tmp_path / "config" / "chatapp" / "config.toml").write_text('server = "x"\nsever = "typo"\n')
+    p = Chatapp("--user", "x", cwd=tmp_path, stdin=subprocess.DEVNULL)
+    procs.append(p)
+    code, _out, err = p.finish()
+    assert code == 2 and "unknown key 'sever'" in err and err.count("\n") == 1

@@ -20,17 +20,28 @@ from chatapp.cli.events import (
     HelpLine,
     HelpShown,
     ListenState,
+    LoggedInAgain,
     MessageSent,
+    OfferTimedOut,
+    PartialRow,
+    PartialsCleaned,
+    PartialsListed,
     PasswordChanged,
+    Progress,
     Quitting,
     Ready,
+    SessionReplaced,
     Shown,
     TransferAnswered,
+    TransferCancelled,
+    TransferResuming,
     TransferRow,
     TransfersListed,
+    TransferStalled,
     WhoListed,
     WhoRow,
 )
+from chatapp.cli.rates import TransferSummary
 from chatapp.cli.render import clock, eta, human_eta, human_line, human_rate, percent, script_line, status_line
 from chatapp.cli.terminal import ConsoleProtocol
 from chatapp.client import ConnectionClosed
@@ -63,6 +74,12 @@ class FakeTransfer:
     handle: int = 1
     reason: str = ""
     path: str | None = None
+    offset: int = 0
+    started: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state.final
 
 
 @dataclass
@@ -131,11 +148,25 @@ SCRIPT_LINES: list[tuple[Shown, str]] = [
     (PeerNotice(BOB, "the disk is full"), "NOTICE bob: the disk is full"),
     (ServerLost(ConnectionClosed("gone")),
      "NOTICE lost the server connection (the server closed the connection (gone)); open chats go on"),
-    (Reconnecting(2.0, 3), "NOTICE reconnecting to the server in 2 s (attempt 3)"),
+    (Reconnecting(1.37, 3), "NOTICE reconnecting to the server in 1.4 s (attempt 3)"),
     (Reconnected("alice", ("192.0.2.7", 40123)),
      "NOTICE reconnected to the server as alice, listening on 192.0.2.7:40123"),
     (Reconnected("alice", None), "NOTICE reconnected to the server as alice"),
     (GaveUp(RuntimeError("logged in elsewhere")), "NOTICE gave up reconnecting to the server: logged in elsewhere"),
+    (TransferCancelled(2, 1024, False), "OK cancel 2 kept 1024"),
+    (TransferCancelled(2, None, True), "OK cancel 2 discarded"),
+    (TransferCancelled(5, None, False), "OK cancel 5"),
+    (PartialRow("bob", "big iso", 100, 400, 1767268800.5), "PARTIAL bob 100 400 1767268800 big iso"),
+    (PartialsListed(1), "OK partials 1"),
+    (PartialsCleaned(3), "OK partials clean 3"),
+    (LoggedInAgain("alice", ("192.0.2.7", 40123)), "OK reconnect alice listening 192.0.2.7 40123"),
+    (LoggedInAgain("alice", None), "OK reconnect alice online"),
+    (TransferResuming(transfer(4096, 1024, 0.0, handle=2, offset=1024)), "RESUME 2 receive bob 1024 4096"),
+    (Progress(transfer(2048, 1024, 99.7, handle=2), 512.4), "PROGRESS 2 receive bob receiving 1024 2048 512"),
+    (TransferStalled(transfer(2048, 1024, 9.0, handle=2), 12.3), "STALLED 2 receive bob 12"),
+    (TransferSummary(DONE_IN, 10, 2.0, 5.0), "SUMMARY 4 receive bob 10 2.0 5"),
+    (OfferTimedOut(OFFERED, 300.0), "TIMEOUT 3 bob 300 x.pdf"),
+    (SessionReplaced("you logged in elsewhere"), "NOTICE you logged in elsewhere"),
 ]  # fmt: skip
 
 
@@ -217,7 +248,7 @@ def test_human_lines() -> None:
         (TransferAnswered("cancel", 2), "* #2 cancelled"),
         (WhoListed(3), "* 3 online"),
         (PasswordChanged(), "* password changed"),
-        (Reconnecting(0.6, 1), "* reconnecting to the server in 1 s (attempt 1)"),
+        (Reconnecting(0.6, 1), "* reconnecting to the server in 0.6 s (attempt 1)"),
         (TransfersListed(1), None),
         (Quitting(), None),
     ]
@@ -399,3 +430,21 @@ def test_the_status_line_is_redrawn_at_most_ten_times_a_second() -> None:
     c.console.status_changed()
     out = c.output()
     assert b"\x1b[1A" in out and b"[#1" not in out  # the status row is gone
+
+
+def test_a_cancel_reads_as_a_cancel_on_both_sides() -> None:
+    theirs = transfer(10, 3, 0.0, Direction.SEND, state=TransferState.REJECTED, handle=6, reason="cancelled")
+    assert script_line(TransferEnded(theirs)) == "FAILED 6 send bob cancelled cancelled"
+    assert script_line(TransferRow(theirs)) == "TRANSFER 6 send bob cancelled 3 10 big.iso"
+    assert "cancelled 30%" in (human_line(TransferRow(theirs), 0.0) or "")
+
+
+def test_resume_and_summary_lines_for_people() -> None:
+    giant = transfer(4 * 1024**3, 1181116006, 0.0, handle=7, offset=1181116006)
+    assert human_line(TransferResuming(giant), 0.0)[6:] == "* #7 big.iso resuming at 27 % (1.1 GiB already here)"  # type: ignore[index]
+    sent = transfer(4 * 1024**3, 1181116006, 0.0, Direction.SEND, handle=8, offset=1181116006)
+    assert "(1.1 GiB already there)" in (human_line(TransferResuming(sent), 0.0) or "")
+    summary = TransferSummary(DONE_IN, 200 * 1024**2, 12.4, 200 * 1024**2 / 12.4)
+    assert human_line(summary, 0.0)[6:] == "* #4 200.0 MiB in 12 s, average 16.1 MiB/s"  # type: ignore[index]
+    kept = human_line(TransferCancelled(9, 1024**3, False), 0.0) or ""
+    assert "1.0 GiB received are kept" in kept and "/partials clean" in kept

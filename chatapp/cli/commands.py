@@ -12,13 +12,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from chatapp.app import ChatClient
-from chatapp.client import ChatClientError
-from chatapp.events import ChatEvent, ChatRequested, EventSink, MessageReceived, PeerJoined
-from chatapp.peer import Direction, PeerError, TransferState
+from chatapp.client import ChatClientError, ConnectionClosed
+from chatapp.events import (
+    ChatEvent,
+    ChatRequested,
+    EventSink,
+    GaveUp,
+    MessageReceived,
+    PeerJoined,
+    TransferEnded,
+    TransferProgress,
+)
+from chatapp.peer import Direction, PeerError, Transfer, TransferState
 from chatapp.wire import escape_for_terminal, valid_username
 
 from .events import (
@@ -31,16 +40,25 @@ from .events import (
     HelpLine,
     HelpShown,
     ListenState,
+    LoggedInAgain,
     MessageSent,
+    OfferTimedOut,
+    PartialRow,
+    PartialsCleaned,
+    PartialsListed,
     PasswordChanged,
     Quitting,
+    SessionReplaced,
     Shown,
     TransferAnswered,
+    TransferCancelled,
+    TransferResuming,
     TransferRow,
     TransfersListed,
     WhoListed,
     WhoRow,
 )
+from .rates import Rates
 
 log = Logger()
 
@@ -70,12 +88,24 @@ SPECS: dict[str, Spec] = {
         Spec("send", "/send USER PATH", "offer the file at PATH to USER", 2, 2, rest=True),
         Spec("accept", "/accept ID", "accept the file offer number ID", 1, 1),
         Spec("reject", "/reject ID", "decline the file offer number ID", 1, 1),
-        Spec("cancel", "/cancel ID", "stop transfer number ID (either direction)", 1, 1),
+        Spec(
+            "cancel",
+            "/cancel ID [discard]",
+            "stop transfer number ID (either direction); a receive keeps what came for a resume unless discard",
+            1,
+            2,
+        ),
         Spec("transfers", "/transfers", "list the transfers with their numbers and progress"),
+        Spec("partials", "/partials [clean]", "list the partly received files kept for a resume, or delete them", 0, 1),
         Spec("close", "/close USER", "close the chat with USER (BYE)", 1, 1),
         Spec("listen", "/listen [on|off]", "accept chats from others, or stop (without on/off: show)", 0, 1),
         Spec("passwd", "/passwd", "change your password"),
-        Spec("quit", "/quit", "log out and exit (waits for nothing)"),
+        Spec("reconnect", "/reconnect", "log in to the server again (after logging in elsewhere cut this session)"),
+        Spec(
+            "quit",
+            "/quit",
+            "BYE to every chat, log out and exit; transfers under way stop (interactive: asks first if any run)",
+        ),
         # -- the interactive console's windows (issue 13) --
         Spec("win", "/win N|USER", "show window N (also Alt-1..9) or the chat with USER", 1, 1),
         Spec("lastlog", "/lastlog TEXT", "list the lines shown so far that contain TEXT", 1, 1, rest=True),
@@ -123,7 +153,11 @@ def parse_command(line: str, active: str | None = None) -> Command | None:
         number = args[0].lstrip("#")
         if not number.isascii() or not number.isdigit():
             raise CommandError(f"usage: {spec.usage} (ID is the number shown by /transfers)")
-        args = (str(int(number)),)
+        if name == "cancel" and len(args) == 2 and args[1].lower() != "discard":
+            raise CommandError(f"usage: {spec.usage}")
+        args = (str(int(number)), *(a.lower() for a in args[1:]))
+    if name == "partials" and args and args[0].lower() != "clean":
+        raise CommandError(f"usage: {spec.usage}")
     if name == "listen" and args and args[0].lower() not in ("on", "off"):
         raise CommandError(f"usage: {spec.usage}")
     return Command(name, args)
@@ -180,14 +214,74 @@ class Conversations:
                     self.active = session.peer_name
 
 
-def console_sink(chats: Conversations, show: Callable[[Shown], None]) -> EventSink:
-    """The ``emit`` a console gives its :class:`ChatClient`: ``chats`` learns from each event, ``show`` renders it."""
+REPLACED_TEXT = "you logged in elsewhere: the server closed this session; /reconnect logs in here again"
+
+
+def replaced(event: ChatEvent) -> bool:
+    """Whether ``event`` says the server let us go because this user logged in elsewhere."""
+    return isinstance(event, GaveUp) and isinstance(event.error, ConnectionClosed) and event.error.bye == "replaced"
+
+
+def console_sink(chats: Conversations, show: Callable[[Shown], None], rates: Rates | None = None) -> EventSink:
+    """The ``emit`` a console gives its :class:`ChatClient`: ``chats`` learns from each event, ``show`` renders it.
+
+    With ``rates``, progress also feeds the recent-rate windows, a resumed
+    transfer is announced at its first progress, and each ended transfer is
+    followed by its summary.
+    """
 
     def hear(event: ChatEvent) -> None:
         chats.heard(event)
+        if rates is not None and isinstance(event, TransferProgress):
+            if rates.progress(event.transfer) and event.transfer.offset > 0:
+                show(TransferResuming(event.transfer))
         show(event)
+        if rates is not None and isinstance(event, TransferEnded):
+            summary = rates.ended(event.transfer)
+            if summary is not None:
+                show(summary)
+        if replaced(event):
+            show(SessionReplaced(REPLACED_TEXT))
 
     return hear
+
+
+class OfferTimers:
+    """Cancels our offers nobody answered within ``seconds`` (``--offer-timeout``), saying so.
+
+    One timer per offer we made and that is not answered yet (bounded by the
+    offers the peers let us have open); :meth:`stop` cancels those left.
+    """
+
+    def __init__(
+        self, client: ChatClient, clock: IReactorTime, seconds: float | None, emit: Callable[[ConsoleEvent], None]
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.seconds = seconds
+        self.emit = emit
+        self._timers: dict[int, IDelayedCall] = {}
+
+    def watch(self, transfer: Transfer) -> None:
+        if self.seconds is None or transfer.handle in self._timers:
+            return
+        self._timers[transfer.handle] = self.clock.callLater(self.seconds, self._due, transfer)
+
+    def _due(self, transfer: Transfer) -> None:
+        self._timers.pop(transfer.handle, None)
+        if transfer.state is not TransferState.OFFERED:
+            return  # answered meanwhile (or ended)
+        try:
+            self.client.cancel(transfer.handle)
+        except ChatClientError as e:  # the chat closed meanwhile: the offer is gone with it
+            log.info("offer {handle} timed out, but: {error}", handle=transfer.handle, error=str(e))
+        self.emit(OfferTimedOut(transfer, self.seconds or 0.0))
+
+    def stop(self) -> None:
+        timers, self._timers = self._timers, {}
+        for call in timers.values():
+            if call.active():
+                call.cancel()
 
 
 class Dispatcher:
@@ -205,8 +299,11 @@ class Dispatcher:
         chats: Conversations,
         emit: Callable[[ConsoleEvent], None],
         new_password: Callable[[], Awaitable[tuple[str, str]]] | None = None,
+        login_password: str | None = None,
     ) -> None:
         self.client = client
+        self.login_password = login_password  # kept in memory for /reconnect, for this run only
+        self.offer_timers: OfferTimers | None = None
         self.chats = chats
         self.emit = emit
         self.new_password = new_password
@@ -288,11 +385,15 @@ class Dispatcher:
 
     async def do_send(self, user: str, path: str) -> None:
         path = os.path.expanduser(path.strip())
+        if os.path.isdir(path):
+            raise CommandError(f"{escape_for_terminal(path)} is a directory: directories are not supported yet")
         if not os.path.isfile(path):
             raise CommandError(f"no such file: {escape_for_terminal(path)}")
         handle = await self.client.send_file(user, path)
         t = self.client.transfer(handle)
         self.emit(FileOfferSent(handle, t.peer or user, t.size, t.name))
+        if self.offer_timers is not None:
+            self.offer_timers.watch(t)
 
     async def do_accept(self, number: str) -> None:
         self._answer("accept", int(number))
@@ -300,10 +401,30 @@ class Dispatcher:
     async def do_reject(self, number: str) -> None:
         self._answer("reject", int(number))
 
-    async def do_cancel(self, number: str) -> None:
-        self._answer("cancel", int(number))
+    async def do_cancel(self, number: str, discard: str | None = None) -> None:
+        handle = int(number)
+        transfer = self.client.transfer(handle)
+        if transfer.finished:
+            raise CommandError(f"transfer {handle} has ended already ({transfer.state.value})")
+        kept = self.client.cancel(handle, discard=discard is not None)
+        self.emit(TransferCancelled(handle, kept, discard is not None and transfer.direction is Direction.RECEIVE))
 
-    def _answer(self, verb: Literal["accept", "reject", "cancel"], handle: int) -> None:
+    async def do_partials(self, clean: str | None = None) -> None:
+        if clean is not None:
+            self.emit(PartialsCleaned(self.client.discard_partials()))
+            return
+        kept = self.client.partials()
+        for p in kept:
+            self.emit(PartialRow(p.peer, p.name, p.kept, p.size, p.modified))
+        self.emit(PartialsListed(len(kept)))
+
+    async def do_reconnect(self) -> None:
+        if self.login_password is None:
+            raise CommandError("cannot log in again here")
+        name, listening = await self.client.relogin(self.login_password)
+        self.emit(LoggedInAgain(name, listening))
+
+    def _answer(self, verb: Literal["accept", "reject"], handle: int) -> None:
         transfer = self.client.transfer(handle)
         if transfer.finished:
             raise CommandError(f"transfer {handle} has ended already ({transfer.state.value})")
@@ -311,7 +432,7 @@ class Dispatcher:
             transfer.direction is Direction.RECEIVE and transfer.state is TransferState.OFFERED
         ):
             raise CommandError(f"transfer {handle} is not an offer waiting for you (/cancel {handle} stops it)")
-        answer = {"accept": self.client.accept, "reject": self.client.reject, "cancel": self.client.cancel}[verb]
+        answer = {"accept": self.client.accept, "reject": self.client.reject}[verb]
         answer(handle)
         self.emit(TransferAnswered(verb, handle))
 
@@ -341,6 +462,8 @@ class Dispatcher:
             raise CommandError("cannot ask for a new password here")
         current, new = await self.new_password()
         await self.client.passwd(current, new)
+        if self.login_password is not None:
+            self.login_password = new
         self.emit(PasswordChanged())
 
     async def do_quit(self) -> None:

@@ -40,6 +40,7 @@ EXIT_LOCKED = 6  # this account is locked after failed logins
 EXIT_TAKEN = 7  # --signup with a name that is taken
 EXIT_BAD_INPUT = 8  # a user name or password the server cannot take (form, length)
 EXIT_LATER = 9  # the server asks to come back later (busy, too many signups)
+EXIT_REPLACED = 10  # this user logged in elsewhere: the server closed this session (one-shots)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
@@ -52,6 +53,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_TAKEN: "the user name is taken (--signup)",
     EXIT_BAD_INPUT: "the user name or password is not acceptable (form, length)",
     EXIT_LATER: "the server is busy or refuses more signups for now; try later",
+    EXIT_REPLACED: "you logged in elsewhere and the server closed this session (send, listen)",
 }
 
 
@@ -82,10 +84,41 @@ def format_error(message: str) -> str:
 
 
 def minutes(seconds: int | None) -> str:
+    """How long, as a person says it: ``45 more seconds``, ``5 more minutes``."""
     if seconds is None:
         return "a while"
+    if seconds < 120:
+        return f"{max(1, seconds)} more second" + ("" if seconds == 1 else "s")
     m = max(1, math.ceil(seconds / 60))
     return f"{m} more minute" + ("" if m == 1 else "s")
+
+
+def blocked_text(seconds: int | None, name: str) -> str:
+    """``ERR 429 blocked`` or ``* BLOCKED``: what is blocked (this address), what may be locked (the account)."""
+    account = f"the account {name}" if name else "the account"
+    return (
+        f"too many failed logins: this address is blocked for {minutes(seconds)} (no account can log in from it); "
+        f"{account} may be locked as long (from every address)"
+    )
+
+
+def locked_text(seconds: int | None, name: str) -> str:
+    """``ERR 429 locked``: the account is locked; this address is not blocked."""
+    account = f"the account {name}" if name else "the account"
+    return (
+        f"{account} is locked for {minutes(seconds)} after failed logins (from every address); "
+        "this address is not blocked: other accounts can log in from here"
+    )
+
+
+def credentials_text(error: BadCredentials) -> str:
+    """``ERR 401 bad-credentials <tries-left>``: wrong, and how many wrong passwords this address has left."""
+    left = error.tries_left
+    if left is None:
+        return "wrong user name or password; after a few more failures your address is blocked for a while"
+    if left <= 1:
+        return "wrong user name or password; 1 try left: one more wrong password blocks this address"
+    return f"wrong user name or password; {left} tries left before this address is blocked"
 
 
 def explain(error: BaseException, settings: Settings, user: str | None = None) -> Fatal:
@@ -94,14 +127,11 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
     if isinstance(error, Fatal):
         return error
     if isinstance(error, Blocked):
-        return Fatal(EXIT_BLOCKED, f"too many failed logins: your address is blocked for {minutes(error.seconds)}")
+        return Fatal(EXIT_BLOCKED, blocked_text(error.seconds, name))
     if isinstance(error, Locked):
-        return Fatal(EXIT_LOCKED, f"the account {name} is locked after failed logins, for {minutes(error.seconds)}")
+        return Fatal(EXIT_LOCKED, locked_text(error.seconds, name))
     if isinstance(error, BadCredentials):
-        return Fatal(
-            EXIT_CREDENTIALS,
-            "wrong user name or password; after a few more failures your address is blocked for a while",
-        )
+        return Fatal(EXIT_CREDENTIALS, credentials_text(error))
     if isinstance(error, UserExists):
         return Fatal(EXIT_TAKEN, f"the name {name} is taken: pick another, or log in (leave out --signup)")
     if isinstance(error, InvalidArgument):

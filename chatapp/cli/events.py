@@ -13,6 +13,8 @@ from typing import Literal
 from chatapp.events import ChatEvent
 from chatapp.peer import Transfer
 
+from .rates import TransferSummary
+
 # -- lines of their own -------------------------------------------------------------
 
 
@@ -128,6 +130,87 @@ class Quitting:
     pass
 
 
+@dataclass(frozen=True)
+class TransferCancelled:
+    """``/cancel`` done; ``kept``: bytes of a receive's partial kept for a resume (None: nothing kept)."""
+
+    handle: int
+    kept: int | None
+    discarded: bool
+
+
+@dataclass(frozen=True)
+class PartialRow:
+    """One kept partial file of ``/partials`` (``peer``, ``name`` as offered; ``size`` the whole file's)."""
+
+    peer: str
+    name: str
+    kept: int
+    size: int
+    modified: float
+
+
+@dataclass(frozen=True)
+class PartialsListed:
+    count: int
+
+
+@dataclass(frozen=True)
+class PartialsCleaned:
+    """``/partials clean``: ``count`` partial files deleted."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class LoggedInAgain:
+    """``/reconnect`` done: logged in anew as ``user``; ``listening`` as the server published it."""
+
+    user: str
+    listening: tuple[str, int] | None
+
+
+# -- news the console adds to the library's events -------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferResuming:
+    """A transfer starts from a kept partial: ``transfer.offset`` bytes were already there."""
+
+    transfer: Transfer
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress line with the recent rate (bytes per second over the last seconds), not the average."""
+
+    transfer: Transfer
+    rate: float
+
+
+@dataclass(frozen=True)
+class TransferStalled:
+    """No byte of a running transfer moved for ``seconds`` (said once per stall)."""
+
+    transfer: Transfer
+    seconds: float
+
+
+@dataclass(frozen=True)
+class OfferTimedOut:
+    """Nobody answered our offer within ``seconds`` (``--offer-timeout``): it is cancelled."""
+
+    transfer: Transfer
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SessionReplaced:
+    """The server closed our session because we logged in elsewhere; ``/reconnect`` logs in again."""
+
+    text: str
+
+
 CommandSucceeded = (
     WhoListed
     | ChatOpened
@@ -141,6 +224,11 @@ CommandSucceeded = (
     | PasswordChanged
     | HelpShown
     | Quitting
+    | TransferCancelled
+    | PartialsListed
+    | PartialsCleaned
+    | LoggedInAgain
 )
-ConsoleEvent = Ready | CommandFailed | HelpLine | WhoRow | TransferRow | CommandSucceeded
+ConsoleNews = TransferResuming | Progress | TransferStalled | TransferSummary | OfferTimedOut | SessionReplaced
+ConsoleEvent = Ready | CommandFailed | HelpLine | WhoRow | TransferRow | PartialRow | CommandSucceeded | ConsoleNews
 Shown = ChatEvent | ConsoleEvent  # everything a console front end renders

@@ -5,10 +5,13 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chatapp.app import ChatClient
 from chatapp.client import InvalidArgument
@@ -51,9 +54,14 @@ class Terminal:
 
 
 def credentials(
-    settings: Settings, term: Terminal, environ: Mapping[str, str] = os.environ
-) -> tuple[str, str, bool]:
-    """(user, password, signup), asked on the terminal for what the command line left open."""
+    settings: Settings, term: Terminal, environ: Mapping[str, str] = os.environ, ask_later: bool = False
+) -> tuple[str, str | None, bool]:
+    """(user, password, signup), asked on the terminal for what the command line left open.
+
+    With ``ask_later`` the password is not asked here: it is None when it must
+    be asked, and :func:`login` asks it once the server said HELLO (an
+    unreachable or blocking server is reported before anyone types a password).
+    """
     on_terminal = term.interactive()
     signup = settings.signup
     if signup is None:
@@ -83,7 +91,8 @@ def credentials(
             raise UsageError(
                 "no password: set CHATAPP_PASSWORD or use --password-file PATH (never on the command line)"
             )
-        password = ask_password(term, confirm=signup)
+        if not ask_later:
+            password = ask_password(term, confirm=signup)
     return user, password, signup
 
 
@@ -128,10 +137,48 @@ def make_client(reactor: Any, settings: Settings, emit: EventSink) -> ChatClient
         raise Fatal(EXIT_USAGE, str(e)) from None
 
 
-async def login(client: ChatClient, settings: Settings, user: str, password: str, signup: bool) -> str:
-    """Start the client; every failure becomes a :class:`Fatal` (the client is stopped first)."""
+PasswordSource = Callable[[], defer.Deferred[str]]
+
+
+def asked_in_a_thread(reactor: Any, ask: Callable[[], str]) -> PasswordSource:
+    """``ask`` (a blocking prompt) run in a daemon thread, so the reactor goes on meanwhile.
+
+    A daemon thread of its own, not the reactor's pool: a Ctrl-C while the
+    prompt waits stops the reactor, and exiting must not wait for a line
+    that never comes.
+    """
+
+    def source() -> defer.Deferred[str]:
+        answer: defer.Deferred[str] = defer.Deferred()
+
+        def work() -> None:
+            try:
+                result: str | Failure = ask()
+            except BaseException:
+                result = Failure()
+            reactor.callFromThread(answer.callback if isinstance(result, str) else answer.errback, result)
+
+        threading.Thread(target=work, name="password prompt", daemon=True).start()
+        return answer
+
+    return source
+
+
+async def login(
+    client: ChatClient, settings: Settings, user: str, password: str | PasswordSource, signup: bool
+) -> tuple[str, str]:
+    """Start the client; (name as signed up, password); every failure becomes a :class:`Fatal` (client stopped).
+
+    ``password`` is the password, or where to ask it once the server greeted us.
+    """
     try:
-        return await client.start(user, password, signup=signup)
+        if not isinstance(password, str):
+            await client.server.open()  # unreachable, busy or `* BLOCKED`: said before any prompt
+            try:
+                password = await password()
+            except (EOFError, KeyboardInterrupt):
+                raise Fatal(EXIT_USAGE, "no password given") from None
+        return await client.start(user, password, signup=signup), password
     except Exception as e:
         log.failure("start failed")
         try:

@@ -17,7 +17,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .errors import EXIT_FAILED, EXIT_USAGE, Fatal, Outcome, explain, format_error
-from .login import Terminal, credentials
+from .login import Terminal, ask_password, asked_in_a_thread, credentials
 from .logs import start_logging
 from .oneshot import run_listen, run_send
 from .options import Settings, UsageError, parse_args
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     term = Terminal()
     interactive = settings.mode == "chat" and term.interactive() and sys.stdout.isatty()
     try:
-        user, password, signup = credentials(settings, term)
+        user, password, signup = credentials(settings, term, ask_later=True)
     except UsageError as e:
         _say(str(e))
         return EXIT_USAGE
@@ -77,18 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     settings.interactive = interactive
     start_logging(settings, interactive)
     outcome = Outcome()
+    saved = _terminal_state()
+
+    def start(reactor: Any) -> defer.Deferred[None]:
+        run = Run(reactor, settings, user, password or "", signup, outcome)
+        if password is None:
+            run.ask_password = asked_in_a_thread(reactor, lambda: ask_password(term, confirm=signup))
+        return defer.ensureDeferred(_main(reactor, run))
+
     try:
-        task.react(
-            lambda reactor: defer.ensureDeferred(
-                _main(reactor, Run(reactor, settings, user, password, signup, outcome))
-            )
-        )
+        task.react(start)
     except SystemExit:
         pass
     except KeyboardInterrupt:
         return EXIT_FAILED
     finally:
         restore_terminal()
+        _restore_terminal_state(saved)
         _blocking_again()
     if outcome.message:
         _say(outcome.message)
@@ -102,3 +107,24 @@ def _blocking_again() -> None:
             os.set_blocking(fd, True)
         except OSError:
             pass
+
+
+def _terminal_state() -> list[Any] | None:
+    """stdin's terminal settings, to put back if a password prompt was cut short (echo off)."""
+    try:
+        import termios
+
+        return termios.tcgetattr(0)
+    except Exception:
+        return None
+
+
+def _restore_terminal_state(saved: list[Any] | None) -> None:
+    if saved is None:
+        return
+    import termios
+
+    try:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    except (OSError, termios.error) as e:
+        log.debug("could not restore the terminal settings: {error}", error=e)

@@ -1,18 +1,30 @@
-"""The one-shot commands: ``chatapp send USER PATH...`` and ``chatapp listen``."""
+"""The one-shot commands: ``chatapp send USER PATH...`` and ``chatapp listen``.
+
+Both print script lines (docs/console.md).  Neither can type ``/reconnect``:
+when a login elsewhere ends the server session they stop with
+:data:`~chatapp.cli.errors.EXIT_REPLACED` rather than run on unregistered;
+``send`` cancels an offer nobody answered after ``--offer-timeout``.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from twisted.internet import defer
 
+from chatapp.client import NoSuchUser, NotOnline
+from chatapp.events import ChatEvent, EventSink
 from chatapp.peer import TransferState
 
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Fatal, explain
-from .events import FileOfferSent
+from .commands import Conversations, OfferTimers, console_sink, replaced
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACED, EXIT_USAGE, Fatal, explain
+from .events import FileOfferSent, SessionReplaced
 from .run import Run, ready_event
 from .script import ScriptOutput
+
+REPLACED_EXIT_TEXT = "you logged in elsewhere: the server closed this session, so this one stops"
 
 
 def _print(line: str) -> None:
@@ -23,24 +35,37 @@ def _print(line: str) -> None:
 async def run_send(run: Run) -> int:
     """Offer every file, wait until each is DONE or ended; 0 only when all arrived."""
     output = ScriptOutput(_print, run.reactor)
-    client = await run.start(output.emit)
+    gone: defer.Deferred[None] = defer.Deferred()
+    client = await run.start(_one_shot_sink(output, gone))
     run.stop_on_shutdown(EXIT_FAILED, "interrupted before every file was delivered")
     output.emit(await ready_event(client))
     to = run.settings.send_to
     if to is None:  # parse_args sets it for `send`
         raise Fatal(EXIT_USAGE, "send: no user to send to")
+    timers = OfferTimers(client, run.reactor, run.settings.offer_timeout, output.emit)
     transfers = []
+    path = ""
     try:
         for path in run.settings.paths:
             handle = await client.send_file(to, os.path.expanduser(path))
             t = client.transfer(handle)
             transfers.append(t)
             output.emit(FileOfferSent(handle, t.peer or to, t.size, t.name))
+            timers.watch(t)
     except Exception as e:
+        timers.stop()
         await run.stop()
-        raise explain(e, run.settings, run.user) from None
-    await defer.DeferredList([t.when_done() for t in transfers], consumeErrors=True)
+        fatal = explain(e, run.settings, run.user)
+        if isinstance(e, (NoSuchUser, NotOnline)):  # say which file did not go
+            raise Fatal(fatal.code, f"{path}: not sent: {fatal}") from None
+        raise fatal from None
+    all_done = defer.DeferredList([t.when_done() for t in transfers], consumeErrors=True)
+    race: list[defer.Deferred[Any]] = [all_done, gone]
+    await defer.DeferredList(race, fireOnOneCallback=True, consumeErrors=True)
+    timers.stop()
     await run.stop()
+    if gone.called and not all_done.called:
+        raise Fatal(EXIT_REPLACED, REPLACED_EXIT_TEXT)
     failed = [t for t in transfers if t.state is not TransferState.DONE]
     if failed:
         reasons = ", ".join(f"{t.name}: {t.reason}" for t in failed)
@@ -51,8 +76,27 @@ async def run_send(run: Run) -> int:
 async def run_listen(run: Run) -> int:
     """Stay logged in and print events until SIGINT or SIGTERM; then close cleanly and exit 0."""
     output = ScriptOutput(_print, run.reactor)
-    client = await run.start(output.emit)
+    gone: defer.Deferred[None] = defer.Deferred()
+    client = await run.start(_one_shot_sink(output, gone))
     run.stop_on_shutdown()
     output.emit(await ready_event(client))
-    forever: defer.Deferred[int] = defer.Deferred()
-    return await forever
+    output.watch_stalls()
+    await gone  # else runs until SIGINT or SIGTERM stop the reactor
+    output.stop()
+    await run.stop()
+    raise Fatal(EXIT_REPLACED, REPLACED_EXIT_TEXT)
+
+
+def _one_shot_sink(output: ScriptOutput, gone: defer.Deferred[None]) -> EventSink:
+    """Script lines with recent rates and summaries; ``gone`` fires when a login elsewhere ended our session."""
+    show = console_sink(Conversations(), output.emit, output.rates)
+
+    def hear(event: ChatEvent) -> None:
+        if replaced(event):
+            output.emit(SessionReplaced(REPLACED_EXIT_TEXT))
+            if not gone.called:
+                gone.callback(None)
+            return
+        show(event)
+
+    return hear

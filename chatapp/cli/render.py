@@ -9,7 +9,7 @@ the one place text becomes output (PROTOCOL.md section 1).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from chatapp.events import (
     ChatRequested,
@@ -37,17 +37,28 @@ from .events import (
     HelpLine,
     HelpShown,
     ListenState,
+    LoggedInAgain,
     MessageSent,
+    OfferTimedOut,
+    PartialRow,
+    PartialsCleaned,
+    PartialsListed,
     PasswordChanged,
+    Progress,
     Quitting,
     Ready,
+    SessionReplaced,
     Shown,
     TransferAnswered,
+    TransferCancelled,
+    TransferResuming,
     TransferRow,
     TransfersListed,
+    TransferStalled,
     WhoListed,
     WhoRow,
 )
+from .rates import Speed, TransferSummary
 from .width import fit_ellipsis
 
 
@@ -88,7 +99,7 @@ def script_parts(event: Shown) -> tuple[str, tuple[str, ...], str]:
         case TransferEnded(t) if t.state is TransferState.DONE:
             return "DONE", (str(t.handle), t.direction.value, t.peer, str(t.size)), t.path or t.name
         case TransferEnded(t):
-            return "FAILED", (str(t.handle), t.direction.value, t.peer, t.state.value), t.reason or t.state.value
+            return "FAILED", (str(t.handle), t.direction.value, t.peer, state_label(t)), t.reason or t.state.value
         case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
             return "NOTICE", (), notice_text(event)
         case CommandFailed(text):
@@ -125,12 +136,15 @@ def script_parts(event: Shown) -> tuple[str, tuple[str, ...], str]:
             return "OK", ("help",), ""
         case Quitting():
             return "OK", ("quit",), ""
+    parts = console_script_parts(event)
+    if parts is not None:
+        return parts
     raise TypeError(f"no script line for {event!r}")
 
 
 def transfer_fields(t: Transfer) -> tuple[str, ...]:
     """``<id> <send|receive> <peer> <state> <bytes-done> <size>``, shared by TRANSFER and PROGRESS."""
-    return (str(t.handle), t.direction.value, t.peer, t.state.value, str(t.bytes_done), str(t.size))
+    return (str(t.handle), t.direction.value, t.peer, state_label(t), str(t.bytes_done), str(t.size))
 
 
 def notice_text(event: PeerNotice | ServerLost | Reconnecting | Reconnected | GaveUp) -> str:
@@ -141,7 +155,8 @@ def notice_text(event: PeerNotice | ServerLost | Reconnecting | Reconnected | Ga
         case ServerLost(error):
             return f"lost the server connection ({error}); open chats go on"
         case Reconnecting(delay, attempt):
-            return f"reconnecting to the server in {delay:.0f} s (attempt {attempt})"
+            shown = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"  # the real delay, jitter included
+            return f"reconnecting to the server in {shown} s (attempt {attempt})"
         case Reconnected(user, listening):
             where = f", listening on {listening[0]}:{listening[1]}" if listening else ""
             return f"reconnected to the server as {user}{where}"
@@ -197,14 +212,16 @@ def eta(transfer: Transfer) -> float | None:
     return left / transfer.rate
 
 
-def status_line(transfers: Iterable[Transfer], width: int = 80) -> str:
+def status_line(
+    transfers: Iterable[Transfer], width: int = 80, speeds: Callable[[Transfer], Speed] | None = None
+) -> str:
     """One line for the running transfers: name, direction, percent, rate, ETA; cut to ``width`` cells."""
     parts = []
     for t in transfers:
         arrow = "->" if t.direction is Direction.SEND else "<-"
         parts.append(
             f"[#{t.handle} {escape_for_terminal(t.name)} {arrow}{escape_for_terminal(t.peer)} {percent(t)}% "
-            f"{human_rate(t.rate)} ETA {human_eta(eta(t))}]"
+            f"{speed_text(t, speeds)}]"
         )
     # cut by display cells, not characters: a wide file name must not wrap the row (a wrapped
     # status row leaves a stale copy on every redraw)
@@ -258,7 +275,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
         case TransferRow(t):
             pct = 100 if t.size == 0 else t.bytes_done * 100 // t.size
             word = _DIRECTION_WORD[t.direction]
-            return f"  #{t.handle} {e(t.name)} {word} {e(t.peer)}: {t.state.value} {pct}% of {human_size(t.size)}"
+            return f"  #{t.handle} {e(t.name)} {word} {e(t.peer)}: {state_label(t)} {pct}% of {human_size(t.size)}"
         case Ready(user, listening):
             where = "not listening (/listen on to accept chats)"
             if listening:
@@ -284,7 +301,113 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
             return "* password changed"
         case TransfersListed() | HelpShown() | Quitting() | HelpLine():
             return None
-    raise TypeError(f"no human line for {event!r}")
+    return console_human_body(event)
 
 
 _PAST = {"accept": "accepted", "reject": "rejected", "cancel": "cancelled"}
+
+
+# -- what the console adds: resumes, recent rates, stalls, summaries, partials, timeouts ---------
+
+
+def state_label(t: Transfer) -> str:
+    """The state word shown for ``t``: a stop asked for by either side reads ``cancelled``, not rejected or failed."""
+    if t.state in (TransferState.REJECTED, TransferState.FAILED) and t.reason == "cancelled":
+        return TransferState.CANCELLED.value
+    return t.state.value
+
+
+def speed_text(t: Transfer, speeds: Callable[[Transfer], Speed] | None) -> str:
+    """``11.3 MiB/s ETA 00:07`` over the recent window, ``stalled 12 s``, or the average without ``speeds``."""
+    if speeds is None:
+        return f"{human_rate(t.rate)} ETA {human_eta(eta(t))}"
+    speed = speeds(t)
+    if speed.stalled is not None:
+        return f"stalled {speed.stalled:.0f} s"
+    return f"{human_rate(speed.rate)} ETA {human_eta(speed.eta)}"
+
+
+def human_seconds(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s} s"
+    return human_eta(seconds)
+
+
+def resume_text(t: Transfer) -> str:
+    where = "here" if t.direction is Direction.RECEIVE else "there"
+    pct = t.offset * 100 // t.size if t.size else 100
+    return f"resuming at {pct} % ({human_size(t.offset)} already {where})"
+
+
+def console_script_parts(event: Shown) -> tuple[str, tuple[str, ...], str] | None:
+    """The script lines of the console's own news (:func:`script_parts` for the rest)."""
+    match event:
+        case TransferCancelled(handle, kept, discarded):
+            extra = ("kept", str(kept)) if kept is not None else ("discarded",) if discarded else ()
+            return "OK", ("cancel", str(handle), *extra), ""
+        case PartialRow(peer, name, kept, size, modified):
+            return "PARTIAL", (peer, str(kept), str(size), str(int(modified))), name
+        case PartialsListed(count):
+            return "OK", ("partials", str(count)), ""
+        case PartialsCleaned(count):
+            return "OK", ("partials", "clean", str(count)), ""
+        case LoggedInAgain(user, None):
+            return "OK", ("reconnect", user, "online"), ""
+        case LoggedInAgain(user, (host, port)):
+            return "OK", ("reconnect", user, "listening", host, str(port)), ""
+        case TransferResuming(t):
+            return "RESUME", (str(t.handle), t.direction.value, t.peer, str(t.offset), str(t.size)), ""
+        case Progress(t, rate):
+            return "PROGRESS", (*transfer_fields(t), str(int(rate))), ""
+        case TransferStalled(t, seconds):
+            return "STALLED", (str(t.handle), t.direction.value, t.peer, str(int(seconds))), ""
+        case TransferSummary(t, moved, seconds, average):
+            fields = (str(t.handle), t.direction.value, t.peer, str(moved), f"{seconds:.1f}", str(int(average)))
+            return "SUMMARY", fields, ""
+        case OfferTimedOut(t, seconds):
+            return "TIMEOUT", (str(t.handle), t.peer, str(int(seconds))), t.name
+        case SessionReplaced(text):
+            return "NOTICE", (), text
+    return None
+
+
+def console_human_body(event: Shown) -> str | None:
+    """The human lines of the console's own news (:func:`human_body` for the rest)."""
+    e = escape_for_terminal
+    match event:
+        case TransferCancelled(handle, kept, discarded):
+            if kept is not None:
+                return (
+                    f"* #{handle} cancelled; the {human_size(kept)} received are kept: the same offer again resumes"
+                    " (/partials lists them, /partials clean deletes them)"
+                )
+            if discarded:
+                return f"* #{handle} cancelled; what was received is deleted"
+            return f"* #{handle} cancelled"
+        case PartialRow(peer, name, kept, size, modified):
+            pct = kept * 100 // size if size else 100
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(modified))
+            return f"  {e(name)} from {e(peer)}: {human_size(kept)} of {human_size(size)} ({pct} %), {when}"
+        case PartialsListed(count):
+            if count == 0:
+                return "* no partial files kept"
+            return f"* {count} partial file(s) kept for a resume; /partials clean deletes them"
+        case PartialsCleaned(count):
+            return f"* deleted {count} partial file(s)"
+        case LoggedInAgain(user, listening):
+            where = f", listening on {e(listening[0])}:{listening[1]}" if listening else ""
+            return f"* logged in again as {e(user)}{where}"
+        case TransferResuming(t):
+            return f"* #{t.handle} {e(t.name)} {resume_text(t)}"
+        case Progress() | TransferStalled():
+            return None  # the status row shows them
+        case TransferSummary(t, moved, seconds, average):
+            rate = f", average {human_rate(average)}" if seconds > 0 else ""
+            return f"* #{t.handle} {human_size(moved)} in {human_seconds(seconds)}{rate}"
+        case OfferTimedOut(t, seconds):
+            what = f"the offer of {e(t.name)} to {e(t.peer)}"
+            return f"* #{t.handle} nobody answered {what} in {seconds:.0f} s: cancelled"
+        case SessionReplaced(text):
+            return f"* {e(text)}"
+    raise TypeError(f"no human line for {event!r}")

@@ -13,7 +13,7 @@ from chatapp.events import EventSink
 
 from .errors import Outcome
 from .events import Ready
-from .login import login, make_client
+from .login import PasswordSource, login, make_client
 from .options import Settings
 
 log = Logger()
@@ -28,17 +28,21 @@ class Run:
     reactor: Any
     settings: Settings
     user: str
-    password: str
+    password: str  # "" until known when it is asked after connecting (ask_password)
     signup: bool
     outcome: Outcome = field(default_factory=Outcome)  # a signal may set its exit code
     client: ChatClient | None = None
+    ask_password: PasswordSource | None = None  # asks the password once the server greeted us
     _stopping: defer.Deferred[None] | None = None
 
     async def start(self, emit: EventSink) -> ChatClient:
         """Log in (or sign up) with events going to ``emit``; failures are :class:`~chatapp.cli.errors.Fatal`."""
         client = make_client(self.reactor, self.settings, emit)
         self.client = client
-        await login(client, self.settings, self.user, self.password, self.signup)
+        password: str | PasswordSource = self.password
+        if not self.password and self.ask_password is not None:
+            password = self.ask_password
+        _, self.password = await login(client, self.settings, self.user, password, self.signup)
         return client
 
     def stop_on_shutdown(self, code_on_signal: int | None = None, message: str | None = None) -> None:

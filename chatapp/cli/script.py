@@ -12,22 +12,26 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatapp.app import ChatClient
-from chatapp.events import TransferProgress
+from chatapp.events import TransferEnded, TransferProgress
 from chatapp.peer import Direction, Transfer, TransferState
 
-from .commands import CommandError, Conversations, Dispatcher, console_sink
+from .commands import CommandError, Conversations, Dispatcher, OfferTimers, console_sink
 from .errors import EXIT_FAILED, EXIT_OK
-from .events import Shown
+from .events import Progress, Shown, TransferStalled
+from .rates import Rates
 from .render import script_line
 from .run import Run, ready_event
+
+log = Logger()
 
 PROGRESS_EVERY = 1.0  # seconds between PROGRESS lines of one transfer
 
@@ -67,22 +71,51 @@ class LineInput(Protocol):
 
 
 class ScriptOutput:
-    """Renders events as script lines through ``write``, with PROGRESS thinned to one a second per transfer."""
+    """Renders events as script lines through ``write``, with PROGRESS thinned to one a second per transfer.
+
+    PROGRESS carries the rate over the last seconds (:class:`Rates`), and a
+    transfer that stops moving gets one ``STALLED`` line per stall, checked
+    once a second while :meth:`watch_stalls` runs.
+    """
 
     def __init__(self, write: Callable[[str], None], clock: Any) -> None:
         self.write = write
         self.clock = clock
-        self._last_progress: dict[int, float] = {}  # by transfer handle
+        self.rates = Rates(clock)
+        self._last_progress: dict[int, float] = {}  # by transfer handle; dropped at the transfer's end
+        self._stalled: set[int] = set()  # handles whose current stall was said
+        self._watch: task.LoopingCall | None = None
 
     def emit(self, event: Shown) -> None:
         if isinstance(event, TransferProgress):
-            now = self.clock.seconds()
             handle = event.transfer.handle
+            self._stalled.discard(handle)
+            now = self.clock.seconds()
             last = self._last_progress.get(handle)
-            if last is not None and now - last < PROGRESS_EVERY:
+            if last is not None and now - last < PROGRESS_EVERY and event.transfer.bytes_done < event.transfer.size:
                 return
             self._last_progress[handle] = now
+            event = Progress(event.transfer, self.rates.speed(event.transfer).rate)
+        elif isinstance(event, TransferEnded):
+            self._last_progress.pop(event.transfer.handle, None)
+            self._stalled.discard(event.transfer.handle)
         self.write(script_line(event))
+
+    def watch_stalls(self) -> None:
+        """Say STALLED for a transfer that stopped moving (checked every second until :meth:`stop`)."""
+        self._watch = task.LoopingCall(self._check_stalls)
+        self._watch.clock = self.clock
+        self._watch.start(1.0, now=False).addErrback(lambda f: log.failure("watching for stalls", f))
+
+    def _check_stalls(self) -> None:
+        for transfer, seconds in self.rates.stalled():
+            if transfer.handle not in self._stalled and not transfer.finished:
+                self._stalled.add(transfer.handle)
+                self.write(script_line(TransferStalled(transfer, seconds)))
+
+    def stop(self) -> None:
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
 
 
 def waits_for(transfer: Transfer) -> bool:
@@ -181,8 +214,10 @@ async def run_script(run: Run) -> int:
 
     output = ScriptOutput(write, run.reactor)
     chats = Conversations()
-    client = await run.start(console_sink(chats, output.emit))
-    dispatcher = Dispatcher(client, chats, output.emit, env_new_password(run.password))
+    client = await run.start(console_sink(chats, output.emit, output.rates))
+    dispatcher = Dispatcher(client, chats, output.emit, env_new_password(run.password), run.password)
+    dispatcher.offer_timers = OfferTimers(client, run.reactor, run.settings.offer_timeout, output.emit)
+    output.watch_stalls()
     run.stop_on_shutdown()
     runner = ScriptRunner(client, dispatcher)
     reader = LineInput(runner.line, runner.end)
@@ -191,6 +226,8 @@ async def run_script(run: Run) -> int:
         write(line)
     output.emit(await ready_event(client))
     failures = await runner.run()
+    dispatcher.offer_timers.stop()
+    output.stop()
     await run.stop()
     stdio[0].loseConnection()
     try:

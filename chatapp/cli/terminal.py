@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, get_args
 
 from twisted.conch.insults import insults
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger
@@ -47,11 +47,12 @@ from chatapp.peer import TransferState
 from chatapp.wire import escape_for_terminal
 
 from .chatlog import ChatLog
-from .commands import CommandError, Conversations, Dispatcher, console_sink
+from .commands import CommandError, Conversations, Dispatcher, OfferTimers, console_sink
 from .completion import console_complete
 from .editor import LineEditor
 from .errors import EXIT_OK
 from .events import ActiveChat, ChatClosed, ChatOpened, CommandFailed, CommandSucceeded, MessageSent, Shown
+from .rates import Rates
 from .render import human_line, status_line
 from .run import Run, ready_event
 from .width import fit_ellipsis, width
@@ -65,7 +66,13 @@ BRACKETED_PASTE_ON, BRACKETED_PASTE_OFF = b"\x1b[?2004h", b"\x1b[?2004l"
 # A paste bigger than this is cut (the rest dropped, said once on screen): it is held
 # whole until its end marker, and a terminal that never sends one must not grow it forever.
 MAX_PASTE_BYTES = 1024 * 1024
-_RUNNING = {TransferState.ACCEPTED, TransferState.SENDING, TransferState.RECEIVING, TransferState.ENDED}
+_RUNNING = {
+    TransferState.PREPARING,
+    TransferState.ACCEPTED,
+    TransferState.SENDING,
+    TransferState.RECEIVING,
+    TransferState.ENDED,
+}
 
 
 class RawMode:
@@ -524,6 +531,7 @@ class Interactive:
         self.chats = Conversations()
         self.windows = Windows()
         self.chatlog: ChatLog | None = None
+        self.rates = Rates(run.reactor)
 
     def show(self, event: Shown) -> None:
         if self.console is None:
@@ -602,7 +610,8 @@ class Interactive:
     def status(self, width: int) -> str:
         parts = [self.windows.activity_text(width)]
         if self.client is not None:
-            parts.append(status_line([t for t in self.client.transfers() if t.state in _RUNNING], width))
+            running = [t for t in self.client.transfers() if t.state in _RUNNING]
+            parts.append(status_line(running, width, speeds=self.rates.speed))
         return fit_ellipsis(" ".join(p for p in parts if p), width)
 
     def candidates(self, before: str, dispatcher: Dispatcher) -> list[str]:
@@ -657,10 +666,11 @@ def _open_chatlog(run: Run) -> tuple[ChatLog | None, str | None]:
 async def run_interactive(run: Run) -> int:
     global _raw, _console
     ui = Interactive(run)
-    client = await run.start(console_sink(ui.chats, ui.show))
+    client = await run.start(console_sink(ui.chats, ui.show, ui.rates))
     ui.client = client
     ui.chatlog, chatlog_error = _open_chatlog(run)
-    dispatcher = Dispatcher(client, ui.chats, ui.show, ui.new_password)
+    dispatcher = Dispatcher(client, ui.chats, ui.show, ui.new_password, run.password)
+    dispatcher.offer_timers = OfferTimers(client, run.reactor, run.settings.offer_timeout, ui.show)
     dispatcher.confirm_quit = True
     dispatcher.views = ui
     run.stop_on_shutdown()
@@ -669,6 +679,10 @@ async def run_interactive(run: Run) -> int:
                               lambda before: ui.candidates(before, dispatcher), run.reactor,
                               run.reactor.seconds, on_window=ui.alt_window)  # fmt: skip
     console.watch_status(ui.status)
+    # a stall shows even when no event comes: the status row is recomputed every second
+    status_ticks = task.LoopingCall(console.status_changed)
+    status_ticks.clock = run.reactor
+    status_ticks.start(1.0, now=False)
     _console = console
     _raw = RawMode(sys.stdin.fileno())
     _raw.enter()
@@ -684,11 +698,15 @@ async def run_interactive(run: Run) -> int:
             ui.show(CommandFailed(chatlog_error))
         ui.show(await ready_event(client))
         await ui.done
+        status_ticks.stop()
         console.close()
         await run.stop()
         if ui.chatlog is not None:
             await _settle(ui.chatlog.stop(), run.reactor)
     finally:
+        if status_ticks.running:
+            status_ticks.stop()
+        dispatcher.offer_timers.stop()
         signal.signal(signal.SIGWINCH, previous)
         signal.signal(signal.SIGHUP, previous_hup)
         console.closed = True

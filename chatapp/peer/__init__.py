@@ -85,6 +85,7 @@ from chatapp.peer.errors import (
     VerifyRejected,
 )
 from chatapp.peer.factory import PeerFactory
+from chatapp.peer.partials import Partial
 from chatapp.peer.session import PeerSession
 from chatapp.peer.states import Direction, Role, SessionState, TransferState
 from chatapp.peer.transfer import Transfer
@@ -92,6 +93,7 @@ from chatapp.peer.transfer import Transfer
 __all__ = [
     "Direction",
     "HandshakeFailed",
+    "Partial",
     "PeerError",
     "PeerFactory",
     "PeerSession",

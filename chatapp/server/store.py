@@ -198,12 +198,13 @@ class SQLiteStore:
         def _create() -> Account:
             try:
                 self._conn().execute(
-                    "INSERT INTO users (name_folded, name, password_hash, created) VALUES (?, ?, ?, ?)",
-                    (name.lower(), name, password_hash, now),
+                    # SIGNUP logs the new user in: that is their first login (chatapp-admin users shows it)
+                    "INSERT INTO users (name_folded, name, password_hash, created, last_login) VALUES (?, ?, ?, ?, ?)",
+                    (name.lower(), name, password_hash, now, now),
                 )
             except sqlite3.IntegrityError:
                 raise UserExists(name) from None
-            return Account(name, password_hash, now, None)
+            return Account(name, password_hash, now, now)
 
         return self._runner.run(_create)
 
