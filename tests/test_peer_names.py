@@ -19,6 +19,7 @@ from chatapp.peer.names import clean_name, numbered_names, offer_name, partial_k
         ("nul\x00byte.bin", "nulbyte.bin"),
         ("bidi\u202etxt.exe", "biditxt.exe"),
         ("zero\u200bwidth", "zerowidth"),
+        ("line\u2028sep\u2029.txt", "linesep.txt"),  # Zl, Zp: line breaks to str.splitlines()
         ("talk slides.pdf", "talk slides.pdf"),
         (".bashrc", ".bashrc"),
     ],
@@ -27,7 +28,9 @@ def test_clean_name(offered: str, expected: str) -> None:
     assert clean_name(offered) == expected
 
 
-@pytest.mark.parametrize("offered", ["", ".", "..", "a/..", "dir/", "x\\", "\x00", "\x1b\x07", "a/.\u200b."])
+@pytest.mark.parametrize(
+    "offered", ["", ".", "..", "a/..", "dir/", "x\\", "\x00", "\x1b\x07", "a/.\u200b.", "\u2028", "\u2029"]
+)
 def test_bad_names(offered: str) -> None:
     assert clean_name(offered) is None
 

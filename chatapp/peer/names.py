@@ -39,14 +39,23 @@ def shorten(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     return _cut_utf8(stem, max_bytes - _utf8_len(ext)) + ext
 
 
+_REMOVED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _without_removed(name: str) -> str:
+    return "".join(c for c in name if unicodedata.category(c) not in _REMOVED_CATEGORIES)
+
+
 def clean_name(offered: str) -> str | None:
     """The name a received file may have in the download folder, or None (``bad-name``).
 
-    Cut to the last path component after ``/`` and ``\\``, Unicode Cc and Cf
-    characters removed, shortened to 200 bytes of UTF-8 keeping the extension.
+    Cut to the last path component after ``/`` and ``\\``, Unicode Cc, Cf, Zl
+    and Zp characters removed (PROTOCOL.md 3.3: a name must not carry a line
+    break, even one only ``str.splitlines()`` sees), shortened to 200 bytes of
+    UTF-8 keeping the extension.
     """
     base = _SEPARATORS.split(offered)[-1]
-    base = "".join(c for c in base if unicodedata.category(c) not in ("Cc", "Cf"))
+    base = _without_removed(base)
     base = shorten(base)
     if base in ("", ".", ".."):
         return None
@@ -72,6 +81,5 @@ def partial_key(sender: str, name: str, size: int) -> str:
 
 def offer_name(path: str) -> str:
     """The name to offer for a local file: its base name with control characters removed."""
-    base = os.path.basename(path)
-    base = "".join(c for c in base if unicodedata.category(c) not in ("Cc", "Cf"))
+    base = _without_removed(os.path.basename(path))
     return base or "file"
