@@ -47,7 +47,7 @@ def test_a_renewed_certificate_for_the_same_key_keeps_its_fingerprint() -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(later)
         .not_valid_after(later + datetime.timedelta(days=1))
-        .sign(identity.private_key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(identity.private_key, hashes.SHA256())
     )
     assert renewed.fingerprint(hashes.SHA256()) != identity.certificate.fingerprint(hashes.SHA256())
     assert fingerprint_of(renewed) == identity.fingerprint

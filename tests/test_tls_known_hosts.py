@@ -149,7 +149,7 @@ def test_threads_adding_at_once_all_end_up_in_the_file(tmp_path: Path) -> None:
         thread.join(timeout=60)
     snapshot = known.read()
     assert snapshot.bad_lines == ()
-    assert sorted(e.user for e in snapshot.entries) == sorted(f"user{w}-{n}" for w in range(8) for n in range(10))
+    assert sorted(str(e.user) for e in snapshot.entries) == sorted(f"user{w}-{n}" for w in range(8) for n in range(10))
 
 
 WRITER = """

@@ -30,9 +30,7 @@ def make_ca() -> Identity:
         .not_valid_before(NOW - datetime.timedelta(days=1))
         .not_valid_after(NOW + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(key, hashes.SHA256())
     )
     return Identity(certificate, (), key)
@@ -59,6 +57,6 @@ def make_leaf(
         .not_valid_after(not_after or NOW + datetime.timedelta(days=10))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(ca.private_key, hashes.SHA256())
     )
     return Identity(certificate, (ca.certificate,), key)

@@ -112,8 +112,8 @@ def identity_from_pem(data: bytes, source: str = "<pem>") -> Identity:
     if len(keys) != 1:
         raise BadIdentityFile(f"{source}: expected one private key, found {len(keys)}")
     certificate, *chain = certificates
-    key_spki = keys[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    key_spki = (
+        keys[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     cert_spki = certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
