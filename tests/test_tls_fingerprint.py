@@ -38,7 +38,7 @@ def test_pyopenssl_and_cryptography_certificates_give_the_same_fingerprint() -> 
 
 def test_a_renewed_certificate_for_the_same_key_keeps_its_fingerprint() -> None:
     identity = new_identity("first")
-    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=400)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=400)  # noqa: UP017 (3.10)
     renewed = (
         x509.CertificateBuilder()
         .subject_name(identity.certificate.subject)

@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from chatapp.tls.identity import Identity
 
-NOW = datetime.datetime.now(datetime.UTC)
+NOW = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (datetime.UTC is 3.11+)
 
 
 def _name(common_name: str) -> x509.Name:

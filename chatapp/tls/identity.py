@@ -60,7 +60,7 @@ class Identity:
 def new_identity(common_name: str = "chatapp", now: datetime.datetime | None = None) -> Identity:
     """A fresh ECDSA P-256 key and a self-signed certificate for it."""
     key = ec.generate_private_key(ec.SECP256R1())
-    start = (now or datetime.datetime.now(datetime.UTC)) - BACKDATE
+    start = (now or datetime.datetime.now(datetime.timezone.utc)) - BACKDATE  # noqa: UP017 (3.10)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64] or "chatapp")])
     certificate = (
         x509.CertificateBuilder()
