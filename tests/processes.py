@@ -7,6 +7,7 @@ import re
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -53,7 +54,8 @@ def wait_for_output(process: subprocess.Popen[bytes], pattern: re.Pattern[str], 
 
 def start_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     process = twistd(
-        "-n", "--pidfile=", "chatserver", "--listen", "tcp:0:interface=127.0.0.1", "--bcrypt-rounds", "4", *args,
+        "-n", "--pidfile=", "chatserver", "--listen", "tcp:0:interface=127.0.0.1", "--bcrypt-rounds", "4",
+        "--no-tls", *args,
         cwd=tmp_path,
     )  # fmt: skip
     try:
@@ -76,6 +78,22 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
     finally:
         if process.stdout is not None:
             process.stdout.close()
+
+
+FINGERPRINT = re.compile(r"chatserver TLS fingerprint (sha256:[0-9a-f]{64})")
+
+
+def tls_wrap(sock: socket.socket) -> ssl.SSLSocket:
+    """Speak TLS 1.3 over ``sock`` as a test client: any certificate is accepted (tests check it themselves)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context.wrap_socket(sock)
+
+
+def tls_connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> ssl.SSLSocket:
+    return tls_wrap(socket.create_connection((host, port), timeout=timeout))
 
 
 class LineSocket:

@@ -343,6 +343,7 @@ def live_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     db = tmp_path / "chatserver.sqlite3"
     log = tmp_path / "server.log"
     argv = [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log), "chatserver", "--bcrypt-rounds", "4"]
+    argv += ["--no-tls"]
     argv += ["--listen", "tcp:0:interface=127.0.0.1", "--db", str(db), "--max-attempts", "2", "--block-time", "600"]
     process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -388,13 +389,13 @@ def test_unblock_lifts_a_block_made_by_real_failed_logins(capsys, live_server) -
     port, db = live_server
     first = Client(port)
     try:
-        assert first.read() == "* HELLO chatapp/1\r\n"
+        assert first.read() == "* HELLO chatapp/2\r\n"
         assert first.ask("SIGNUP alice correct horse battery") == "OK SIGNUP alice\r\n"
     finally:
         first.close()
     bad = Client(port)
     try:
-        assert bad.read() == "* HELLO chatapp/1\r\n"
+        assert bad.read() == "* HELLO chatapp/2\r\n"
         assert bad.ask("LOGIN alice wrong password") == "ERR 401 bad-credentials 1 wrong user name or password\r\n"
         assert bad.ask("LOGIN alice wrong password").startswith("ERR 429 blocked ")
         assert bad.read() == ""  # closed
@@ -420,7 +421,7 @@ def test_unblock_lifts_a_block_made_by_real_failed_logins(capsys, live_server) -
 
     again = Client(port)
     try:
-        assert again.read() == "* HELLO chatapp/1\r\n"
+        assert again.read() == "* HELLO chatapp/2\r\n"
         assert again.ask("LOGIN alice correct horse battery") == "OK LOGIN alice\r\n"
     finally:
         again.close()

@@ -33,7 +33,7 @@ class FakeEndpoint:
         self.attempts.append((factory, d))
         return d
 
-    def accept(self, greet: bytes = b"* HELLO chatapp/1\r\n") -> Server:
+    def accept(self, greet: bytes = b"* HELLO chatapp/2\r\n") -> Server:
         factory, d = self.attempts[-1]
         protocol = factory.buildProtocol(None)
         assert isinstance(protocol, ServerClientProtocol)
@@ -176,7 +176,7 @@ def test_login_connects_waits_for_hello_and_logs_in() -> None:
     assert rig.conn.state is State.CONNECTING
     server = rig.endpoint.accept(greet=b"")
     assert server.received() == []
-    server.say("* HELLO chatapp/1")
+    server.say("* HELLO chatapp/2")
     assert server.received() == [b"LOGIN alice correct horse battery"]
     server.say("OK LOGIN Alice", "* REQUEST bob")
     assert result_of(d) == "Alice"

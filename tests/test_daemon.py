@@ -61,7 +61,7 @@ class Daemon:
         """Start ``twistd chatserver`` daemonized and wait for its pidfile."""
         argv = [str(BIN / "twistd"), "--pidfile", str(self.pidfile), *twistd_options, "chatserver"]
         argv += ["--listen", "tcp:0:interface=127.0.0.1", "--db", str(self.db), "--bcrypt-rounds", "4"]
-        argv += ["--max-attempts", "2"]
+        argv += ["--max-attempts", "2", "--no-tls"]
         starter = subprocess.run(
             argv, cwd=self.folder, capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}
         )
@@ -90,7 +90,7 @@ class Client:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.lines = self.sock.makefile("rb")
-        assert self.read() == "* HELLO chatapp/1"
+        assert self.read() == "* HELLO chatapp/2"
 
     def read(self) -> str:
         line = self.lines.readline().decode()

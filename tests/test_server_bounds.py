@@ -23,7 +23,7 @@ from chatapp.server.store import ADDRESS, NAME, SQLiteStore
 
 def greeted(factory: ServerFactory, host: str = "127.0.0.1") -> Conn:
     conn = Conn(factory, host)
-    assert conn.lines() == ["* HELLO chatapp/1"]
+    assert conn.lines() == ["* HELLO chatapp/2"]
     return conn
 
 
@@ -188,7 +188,7 @@ def test_expired_block_rows_are_pruned_when_a_block_is_set(server_factory: Serve
 @pytest.mark.parametrize("logged_in", [False, True])
 def test_ok_err_and_star_lines_are_never_answered(server_factory: ServerFactory, logged_in: bool) -> None:
     conn = signed_up(server_factory, "alice", "127.0.0.1") if logged_in else greeted(server_factory)
-    lines = ["OK", "OK PONG", "ERR 500 internal-error", "ERR", "* HELLO chatapp/1", "*", "ok x", "err 1"]
+    lines = ["OK", "OK PONG", "ERR 500 internal-error", "ERR", "* HELLO chatapp/2", "*", "ok x", "err 1"]
     assert conn.ask(*lines, "PING") == ["OK PONG"]
 
 

@@ -27,7 +27,7 @@ Connect = Callable[..., Conn]
 def connect(request: pytest.FixtureRequest, server_factory: ServerFactory) -> Connect:
     def _connect(host: str = "127.0.0.1", factory: ServerFactory | None = None) -> Conn:
         conn = Conn(factory or server_factory, host, split=request.param)
-        assert conn.lines() == ["* HELLO chatapp/1"]
+        assert conn.lines() == ["* HELLO chatapp/2"]
         return conn
 
     return _connect
@@ -189,11 +189,11 @@ def test_too_many_connections_per_address(tmp_path, clock: Clock) -> None:
     assert third.closing
     third.drop()
     other = Conn(factory, host="127.0.0.2")
-    assert other.lines() == ["* HELLO chatapp/1"]
+    assert other.lines() == ["* HELLO chatapp/2"]
     a.drop()
     fourth = Conn(factory)
-    assert fourth.lines() == ["* HELLO chatapp/1"]
-    assert b.lines() == ["* HELLO chatapp/1"]
+    assert fourth.lines() == ["* HELLO chatapp/2"]
+    assert b.lines() == ["* HELLO chatapp/2"]
 
 
 # -- signup -------------------------------------------------------------------
