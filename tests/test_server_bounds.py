@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 from conftest import make_factory
-from server_harness import PASSWORD, Conn, held_hasher
+from server_harness import PASSWORD, Conn, held_hasher, key_of
 from twisted.internet.task import Clock
 
 from chatapp.server import protocol
@@ -29,7 +29,7 @@ def greeted(factory: ServerFactory, host: str = "127.0.0.1") -> Conn:
 
 def signed_up(factory: ServerFactory, name: str, host: str) -> Conn:
     conn = greeted(factory, host)
-    assert conn.ask(f"SIGNUP {name} {PASSWORD}") == [f"OK SIGNUP {name}"]
+    assert conn.ask(f"SIGNUP {name} {PASSWORD}", f"KEY {key_of(name)}") == [f"OK SIGNUP {name}", "OK KEY"]
     return conn
 
 

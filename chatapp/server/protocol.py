@@ -25,6 +25,7 @@ from chatapp.server.limits import seconds_left
 from chatapp.server.lockout import Attempt, Refusal, Refused, Settlement, Verdict
 from chatapp.server.passwords import Busy
 from chatapp.server.store import ADDRESS, NAME, UserExists
+from chatapp.tls.fingerprint import BadFingerprint, parse_fingerprint
 from chatapp.tls.transports import inner_transport
 from chatapp.wire import (
     SERVER_MAX_LINE,
@@ -161,6 +162,7 @@ class ServerProtocol(Protocol):
         self.factory = factory
         self.address = address  # the client's IP address as the server sees it
         self.user: str | None = None  # the account name as signed up, once logged in
+        self.key: str | None = None  # the fingerprint published with KEY for this login (never stored)
         self.phase = Phase.GREETING
         # Bytes received and not yet run as commands: bounded by pausing the transport (_bound_input).
         self._lines = LineBuffer(SERVER_MAX_LINE)
@@ -623,6 +625,20 @@ class ServerProtocol(Protocol):
 
     # -- registry -----------------------------------------------------------
 
+    def cmd_key(self, args: str | None) -> None:
+        assert self.user is not None
+        (text,) = fields(args, 1)
+        try:
+            self.key = parse_fingerprint(text)
+        except BadFingerprint:
+            raise WireError(400, "bad-fingerprint", "fingerprints are sha256: and 64 hex digits") from None
+        self._send(format_line("OK", "KEY"))
+
+    def _need_key(self) -> str:
+        if self.key is None:
+            raise WireError(409, "no-key", "publish your key with KEY first")
+        return self.key
+
     def cmd_listen(self, args: str | None) -> None:
         assert self.user is not None
         parts = fields(args, 1, optional=1)
@@ -638,6 +654,7 @@ class ServerProtocol(Protocol):
             if advertised != host and not self.factory.config.allow_advertised_hosts:
                 raise WireError(400, "bad-host", f"this server only accepts your own address {host}")
             host = advertised
+        self._need_key()
         self.factory.registry.listen(self.user, host, port)
         self._send(format_line("OK", "LISTEN", host, str(port)))
 
@@ -661,6 +678,7 @@ class ServerProtocol(Protocol):
             raise WireError(400, "bad-username", "no such user name can exist")
         if fold_name(name) == fold_name(self.user):
             raise BadArguments("you cannot connect to yourself")
+        key = self._need_key()
         registry = self.factory.registry
         now = self.factory.clock.seconds()
         wait = registry.token_wait(self.user, now)
@@ -674,10 +692,13 @@ class ServerProtocol(Protocol):
         if presence.listening is None:
             raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
         host, port = presence.listening
+        target_key = presence.connection.key
+        if target_key is None:  # cannot happen: LISTEN needs a KEY and a key is never withdrawn
+            raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
         # One "* REQUEST" per burst: a requester retrying with tokens unredeemed adds no new line at the target.
         told = registry.holds_token(self.user, presence.name, now)
-        token, proof = registry.issue(self.user, presence.name, now)
-        self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof))
+        token, proof = registry.issue(self.user, presence.name, now, key)
+        self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof, target_key))
         if not told:
             presence.connection.event("REQUEST", self.user)
         return None
@@ -696,7 +717,7 @@ class ServerProtocol(Protocol):
         ticket = self.factory.registry.redeem(token, self.user, self.factory.clock.seconds())
         if ticket is None:
             raise WireError(403, "bad-token", "unknown, expired or not yours")
-        self._send(format_line("OK", "VERIFY", ticket.requester, ticket.proof))
+        self._send(format_line("OK", "VERIFY", ticket.requester, ticket.proof, ticket.fingerprint))
 
     # -- the rest -----------------------------------------------------------
 
@@ -713,6 +734,7 @@ class ServerProtocol(Protocol):
         "SIGNUP": cmd_signup,
         "LOGIN": cmd_login,
         "PASSWD": cmd_passwd,
+        "KEY": cmd_key,
         "LISTEN": cmd_listen,
         "UNLISTEN": cmd_unlisten,
         "WHO": cmd_who,
