@@ -78,7 +78,7 @@ def accept_any_tls() -> IOpenSSLClientConnectionCreator:
 
 
 async def connect_lines(
-    port: int, source: str = "127.0.0.1", greeting: str | None = "* HELLO chatapp/2", tls: bool = False
+    port: int, source: str = "127.0.0.1", greeting: str | None = "* HELLO chatapp/2", tls: bool = True
 ) -> LineClient:
     """Connect from ``source`` (any 127.0.0.0/8 address), inside TLS if asked, and read the greeting if one is given."""
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))

@@ -6,7 +6,6 @@ import io
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from processes import tls_connect
 
 from chatapp import admin
 from chatapp.admin import main
@@ -343,7 +343,6 @@ def live_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     db = tmp_path / "chatserver.sqlite3"
     log = tmp_path / "server.log"
     argv = [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log), "chatserver", "--bcrypt-rounds", "4"]
-    argv += ["--no-tls"]
     argv += ["--listen", "tcp:0:interface=127.0.0.1", "--db", str(db), "--max-attempts", "2", "--block-time", "600"]
     process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -369,7 +368,7 @@ def live_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 class Client:
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = tls_connect(port)
         self.lines = self.sock.makefile("rb")
 
     def read(self) -> str:

@@ -20,6 +20,7 @@ from chatapp.client.server import LineState, PeerTicket, ServerClientProtocol, W
 from chatapp.events import ChatEvent, ChatRequested
 
 PASSWORD = "correct horse battery"
+FP = b"sha256:" + b"ab" * 32  # a fingerprint as the server sends it
 HELLO = b"* HELLO chatapp/2\r\n"
 
 
@@ -85,10 +86,17 @@ CALLS: list[tuple[str, tuple[Any, ...], bytes, bytes, Any]] = [
         "connect",
         ("bob",),
         b"CONNECT bob",
-        b"OK CONNECT Bob 10.0.0.2 40000 tok_EN-1 pro_OF-2",
-        PeerTicket("Bob", "10.0.0.2", 40000, "tok_EN-1", "pro_OF-2"),
+        b"OK CONNECT Bob 10.0.0.2 40000 tok_EN-1 pro_OF-2 " + FP.upper().replace(b"SHA", b"sha"),
+        PeerTicket("Bob", "10.0.0.2", 40000, "tok_EN-1", "pro_OF-2", FP.decode()),
     ),
-    ("verify", ("tok_EN-1",), b"VERIFY tok_EN-1", b"OK VERIFY Alice pro_OF-2", ("Alice", "pro_OF-2")),
+    (
+        "verify",
+        ("tok_EN-1",),
+        b"VERIFY tok_EN-1",
+        b"OK VERIFY Alice pro_OF-2 " + FP,
+        ("Alice", "pro_OF-2", FP.decode()),
+    ),
+    ("key", (FP.decode(),), b"KEY " + FP, b"OK KEY", None),
     ("ping", (), b"PING", b"OK PONG", None),
     ("quit", (), b"QUIT", b"OK QUIT", None),
 ]
@@ -158,7 +166,7 @@ REPLIES = (
     b"ERR 409 not-listening bob is online but not accepting chats\r\n"
     b"* REQUEST carol\r\n"
     b"OK PONG\n"  # a bare LF is a line end too
-    b"OK CONNECT carol 127.0.0.3 40001 T0k3n Pr00f\r\n"
+    b"OK CONNECT carol 127.0.0.3 40001 T0k3n Pr00f " + FP + b"\r\n"
 )
 
 
@@ -178,7 +186,7 @@ def test_pipelined_calls_get_their_own_replies_in_order(one_byte_at_a_time: bool
     assert isinstance(error, errors.NotListening)
     assert error.text == "bob is online but not accepting chats"
     assert result_of(ping) is None
-    assert result_of(carol) == PeerTicket("carol", "127.0.0.3", 40001, "T0k3n", "Pr00f")
+    assert result_of(carol) == PeerTicket("carol", "127.0.0.3", 40001, "T0k3n", "Pr00f", FP.decode())
     assert h.proto.server_version == "chatapp/2"
     assert h.events.seen == [ChatRequested("carol")]
     assert not h.transport.disconnecting

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import tls_connect
 from twisted.logger import LogLevel, formatEvent
 
 from chatapp import logjson
@@ -61,7 +61,7 @@ class Daemon:
         """Start ``twistd chatserver`` daemonized and wait for its pidfile."""
         argv = [str(BIN / "twistd"), "--pidfile", str(self.pidfile), *twistd_options, "chatserver"]
         argv += ["--listen", "tcp:0:interface=127.0.0.1", "--db", str(self.db), "--bcrypt-rounds", "4"]
-        argv += ["--max-attempts", "2", "--no-tls"]
+        argv += ["--max-attempts", "2"]
         starter = subprocess.run(
             argv, cwd=self.folder, capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}
         )
@@ -88,7 +88,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 class Client:
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = tls_connect(port)
         self.lines = self.sock.makefile("rb")
         assert self.read() == "* HELLO chatapp/2"
 

@@ -70,10 +70,10 @@ async def test_no_tls_serves_plain_tcp_and_warns_at_start(tmp_path: Path) -> Non
 
     globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
     try:
-        service, port = await start_server(str(tmp_path / "chat.sqlite3"))  # the harness adds --no-tls
+        service, port = await start_server(str(tmp_path / "chat.sqlite3"), tls=False)  # --no-tls
     finally:
         globalLogPublisher.removeObserver(observe)  # type: ignore[arg-type]
-    client = await connect_lines(port)  # plain text: the greeting is read without TLS
+    client = await connect_lines(port, tls=False)  # plain text: the greeting is read without TLS
     await client.close()
     await service.stopService()
     assert any("--no-tls" in line and "clear text" in line for line in seen)
@@ -136,7 +136,7 @@ def test_openssl_s_client_sees_tls13_and_the_logged_fingerprint(tmp_path: Path) 
         logged = wait_for_output(process, FINGERPRINT).group(1)
         port = int(wait_for_output(process, LISTENING).group(1))
         result = _s_client(port, "-tls1_3")
-        assert "Protocol: TLSv1.3" in result.stdout or "Protocol  : TLSv1.3" in result.stdout, result.stdout
+        assert re.search(r"New, TLSv1\.3, Cipher is TLS_|Protocol\s*:\s*TLSv1\.3", result.stdout), result.stdout
         pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", result.stdout, re.DOTALL)
         assert pem is not None, result.stdout
         assert fingerprint_of(x509.load_pem_x509_certificate(pem.group(0).encode())) == logged
