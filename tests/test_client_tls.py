@@ -163,3 +163,10 @@ async def test_first_contact_accepted_pins_the_key_then_logs_in(server: Impostor
     sent = b"".join(server.received)
     assert sent.startswith(b"LOGIN alice correct horse battery\r\nKEY sha256:")
     assert conn.identity is not None and conn.identity.fingerprint.encode() in sent
+
+
+def test_a_tls_endpoint_description_is_refused_since_tls_is_added_by_itself(tmp_path: Path) -> None:
+    from chatapp.client import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="TLS is added by itself"):
+        ServerConnection(reactor, "tls:example.org:8750", known_servers=KnownServers(tmp_path / "k"))

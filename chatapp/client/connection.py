@@ -366,6 +366,9 @@ class ServerConnection:
         except Exception as e:
             raise InvalidArgument(f"not a usable server address {escape_for_terminal(address)!r}: {e}") from None
         self.tls: ServerLinkTLS | None = None
+        if not no_tls and self.description.split(":", 1)[0].lower() in ("ssl", "tls"):
+            # TLS is added (and its certificate checked) here: a tls: endpoint would wrap TLS in TLS.
+            raise InvalidArgument("give the server as HOST:PORT or a tcp: endpoint; TLS is added by itself")
         if not no_tls:
             try:
                 self.tls = ServerLinkTLS(
