@@ -217,7 +217,7 @@ def peer_session(server: Conn, requester: str, target: str = "victim") -> Conn:
     _ok, _verb, _user, host, port, token, _proof = server.until("OK CONNECT").split(" ")
     peer = Conn(int(port))
     assert host == "127.0.0.1"
-    peer.send(f"HELLO chatapp/1 {requester} {token}")
+    peer.send(f"HELLO chatapp/2 {requester} {token}")
     peer.until("WELCOME")
     return peer
 
@@ -847,7 +847,7 @@ def attack_ignored_lines(s: Settings) -> list[Row]:
         raw = greeted(victims.port)
         victims.quiet()
 
-        raw.send("OK", "ERR 500 internal-error", "* HELLO chatapp/1", "OK PONG", "PING")
+        raw.send("OK", "ERR 500 internal-error", "* HELLO chatapp/2", "OK PONG", "PING")
         answers = 0
         while (line := raw.line(10)) is not None and line != "OK PONG":
             answers += 1
@@ -896,10 +896,10 @@ def fuzz_case(rng: random.Random, noise: bytes) -> bytes:
         start = rng.randrange(len(noise))
         return noise[start : start + rng.randrange(1, 300_000)]
     if kind == 1:
-        return f"HELLO chatapp/1 user{rng.randrange(10**6)} {rng.randbytes(16).hex()}\r\n".encode()
+        return f"HELLO chatapp/2 user{rng.randrange(10**6)} {rng.randbytes(16).hex()}\r\n".encode()
     if kind == 2:
         return b"A" * rng.randrange(16_000, 40_000)
-    return rng.choice([b"MSG hi\r\n", b"WELCOME chatapp/1 x y\r\n", b"HELLO\r\n", b"\xff\xfe\r\n", b"\r\n\r\n"])
+    return rng.choice([b"MSG hi\r\n", b"WELCOME chatapp/2 x y\r\n", b"HELLO\r\n", b"\xff\xfe\r\n", b"\r\n\r\n"])
 
 
 def attack_handshake_soak(s: Settings) -> list[Row]:

@@ -1,4 +1,4 @@
 """chatapp: a Twisted chat system with a login/registry server and direct peer connections."""
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = "chatapp/1"
+PROTOCOL_VERSION = "chatapp/2"

@@ -27,6 +27,8 @@ from urllib.parse import quote
 import bcrypt
 
 from chatapp.server.store import ADDRESS, NAME, SCHEMA_VERSION
+from chatapp.tls.fingerprint import fingerprint_of
+from chatapp.tls.paths import server_certificate_path
 from chatapp.wire import escape_for_terminal, fold_name, valid_password, valid_username
 
 PROG = "chatapp-admin"
@@ -259,6 +261,27 @@ def _rounds(text: str) -> int:
     return value
 
 
+def cmd_fingerprint(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the fingerprint of the server's TLS certificate, for an operator to publish."""
+    from cryptography import x509
+
+    path = args.tls_cert if args.tls_cert is not None else server_certificate_path(args.db)
+    try:
+        data = open(path, "rb").read()
+    except FileNotFoundError:
+        if args.tls_cert is None:
+            raise AdminError(f"no certificate at {path}: the server makes it at its first start") from None
+        raise AdminError(f"no such file: {path}") from None
+    except OSError as e:
+        raise AdminError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        certificate = x509.load_pem_x509_certificate(data)  # the first certificate is the server's own
+    except ValueError:
+        raise AdminError(f"{path}: no PEM certificate in it") from None
+    out.write(f"{fingerprint_of(certificate)}\n")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -292,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     unblock = commands.add_parser("unblock", help="lift the block of an address or the lock of a user name")
     unblock.add_argument("target", metavar="ADDRESS|USER")
     unblock.set_defaults(run=cmd_unblock)
+
+    fingerprint = commands.add_parser(
+        "fingerprint", help="print the server's TLS fingerprint (of chatserver-tls.pem next to --db, or --tls-cert)"
+    )
+    fingerprint.add_argument("--tls-cert", metavar="PATH", help="the certificate the server is given with --tls-cert")
+    fingerprint.set_defaults(run=None, run_without_db=cmd_fingerprint)
     return parser
 
 
@@ -302,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    run: Callable[[sqlite3.Connection, argparse.Namespace, TextIO], int] = args.run
+    run: Callable[[sqlite3.Connection, argparse.Namespace, TextIO], int] | None = args.run
     try:
+        if run is None:  # commands that read no database
+            return int(args.run_without_db(args, sys.stdout))
         db = open_db(args.db)
         try:
             return run(db, args, sys.stdout)

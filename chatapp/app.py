@@ -37,6 +37,7 @@ from chatapp.peer import (
     Transfer,
     VerifyRejected,
 )
+from chatapp.tls.identity import Identity
 
 log = Logger()
 
@@ -66,7 +67,10 @@ class ChatClient:
         auto_accept: bool = False,
         reconnect_delay: float = 1.0,
         chunk_size: int | None = None,
+        server_options: dict[str, Any] | None = None,
     ) -> None:
+        """``server_options`` go to :class:`ServerConnection` (the server link's TLS: ``server_fingerprint``,
+        ``trust_on_first_use``, ``confirm``, ``no_tls``, ...)."""
         self.reactor = reactor
         self.emit = emit
         self.downloads = os.path.expanduser(downloads)
@@ -74,7 +78,7 @@ class ChatClient:
         self.max_file_size = max_file_size
         self.auto_accept = auto_accept
         self.chunk_size = chunk_size
-        self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay)
+        self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay, **(server_options or {}))
         self.peers: PeerFactory | None = None
         self.port: IListeningPort | None = None
         self.user: str | None = None
@@ -274,8 +278,14 @@ class ChatClient:
             raise NotChatting(f"the chat with {transfer.peer} is closed")
         return session
 
+    @property
+    def identity(self) -> Identity | None:
+        """This account's identity on this server (made at the first login), for the peer link's TLS."""
+        return self.server.identity
+
     def _verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
-        d = self.server.verify(token)
+        # i12 peer TLS: check this fingerprint (the requester's key the server vouches for)
+        d = self.server.verify(token).addCallback(lambda vouched: (vouched[0], vouched[1]))
 
         def translate(failure: Failure) -> Failure:
             if failure.check(BadToken):

@@ -20,8 +20,9 @@ class Chatapp:
     """One ``chatapp`` subprocess; ``expect`` reads its stdout up to a matching line."""
 
     def __init__(self, *args: str, cwd: Path, password: str = PASSWORD, stdin: int | None = subprocess.PIPE) -> None:
-        # no config file of the machine's user: each test's own folder (empty unless the test writes one)
-        env = dict(os.environ, CHATAPP_PASSWORD=password, XDG_CONFIG_HOME=str(cwd / "config"))
+        # XDG_CONFIG_HOME and XDG_DATA_HOME are each test's own folders (conftest): no config file or
+        # key of the machine's user, and the test server's key pinned there
+        env = dict(os.environ, CHATAPP_PASSWORD=password)
         self.process = subprocess.Popen(
             [str(CHATAPP), *args],
             cwd=cwd,

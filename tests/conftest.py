@@ -18,6 +18,17 @@ from chatapp.server.passwords import PasswordHasher
 from chatapp.server.store import SQLiteStore
 
 
+@pytest.fixture(autouse=True)
+def private_xdg_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identities, known servers and known peers go to fresh folders: a test never touches ``~``.
+
+    Set in the environment, so the ``chatapp`` and ``twistd`` processes a test starts use them too.
+    """
+    home = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+
+
 @pytest.fixture
 def clock() -> Clock:
     c = Clock()

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from chatapp.tls.contexts import PeerConnectorTLS
+from chatapp.tls.identity import new_identity
 from chatapp.wire import LineBuffer
 
 TIMEOUT = 10.0
@@ -62,9 +65,25 @@ class LineClient(Protocol):
         await self.closed
 
 
-async def connect_lines(port: int, source: str = "127.0.0.1", greeting: str | None = "* HELLO chatapp/1") -> LineClient:
-    """Connect from ``source`` (any 127.0.0.0/8 address) and read the greeting if one is given."""
+_ACCEPT_ANY: IOpenSSLClientConnectionCreator | None = None
+
+
+def accept_any_tls() -> IOpenSSLClientConnectionCreator:
+    """A TLS 1.3 client that takes any server certificate: a raw test client checks nothing (and is
+    the hostile client some tests play). Built once: its context is never changed after use."""
+    global _ACCEPT_ANY
+    if _ACCEPT_ANY is None:
+        _ACCEPT_ANY = PeerConnectorTLS(new_identity("test"))
+    return _ACCEPT_ANY
+
+
+async def connect_lines(
+    port: int, source: str = "127.0.0.1", greeting: str | None = "* HELLO chatapp/2", tls: bool = True
+) -> LineClient:
+    """Connect from ``source`` (any 127.0.0.0/8 address), inside TLS if asked, and read the greeting if one is given."""
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+    if tls:
+        endpoint = wrapClientTLS(accept_any_tls(), endpoint)  # type: ignore[assignment]
     client = await connectProtocol(endpoint, LineClient()).addTimeout(TIMEOUT, reactor)
     if greeting is not None:
         assert await client.next_line() == greeting

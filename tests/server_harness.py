@@ -18,6 +18,13 @@ from chatapp.server.protocol import ServerProtocol
 PASSWORD = "correct horse battery"
 
 
+def key_of(name: str) -> str:
+    """A stand-in fingerprint for ``name``'s identity key: distinct per name, stable across calls."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
 class Conn:
     """One client connection; ``split`` is "whole" (one segment) or "bytes" (one byte at a time)."""
 

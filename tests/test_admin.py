@@ -6,7 +6,6 @@ import io
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from processes import tls_connect
 
 from chatapp import admin
 from chatapp.admin import main
@@ -369,7 +369,7 @@ def live_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 class Client:
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = tls_connect(port)
         self.lines = self.sock.makefile("rb")
 
     def read(self) -> str:
@@ -389,13 +389,13 @@ def test_unblock_lifts_a_block_made_by_real_failed_logins(capsys, live_server) -
     port, db = live_server
     first = Client(port)
     try:
-        assert first.read() == "* HELLO chatapp/1\r\n"
+        assert first.read() == "* HELLO chatapp/2\r\n"
         assert first.ask("SIGNUP alice correct horse battery") == "OK SIGNUP alice\r\n"
     finally:
         first.close()
     bad = Client(port)
     try:
-        assert bad.read() == "* HELLO chatapp/1\r\n"
+        assert bad.read() == "* HELLO chatapp/2\r\n"
         assert bad.ask("LOGIN alice wrong password") == "ERR 401 bad-credentials 1 wrong user name or password\r\n"
         assert bad.ask("LOGIN alice wrong password").startswith("ERR 429 blocked ")
         assert bad.read() == ""  # closed
@@ -421,7 +421,7 @@ def test_unblock_lifts_a_block_made_by_real_failed_logins(capsys, live_server) -
 
     again = Client(port)
     try:
-        assert again.read() == "* HELLO chatapp/1\r\n"
+        assert again.read() == "* HELLO chatapp/2\r\n"
         assert again.ask("LOGIN alice correct horse battery") == "OK LOGIN alice\r\n"
     finally:
         again.close()

@@ -211,8 +211,9 @@ def test_offer_timeout_and_a_login_elsewhere_end_the_one_shots(
 
 
 def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, procs: list[Chatapp]) -> None:
-    (tmp_path / "config" / "chatapp").mkdir(parents=True)
-    (tmp_path / "config" / "chatapp" / "config.toml").write_text('server = "x"\nsever = "typo"\n')
+    folder = Path(os.environ["XDG_CONFIG_HOME"]) / "chatapp"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text('server = "x"\nsever = "typo"\n')
     p = Chatapp("--user", "x", cwd=tmp_path, stdin=subprocess.DEVNULL)
     procs.append(p)
     code, _out, err = p.finish()

@@ -219,3 +219,31 @@ def test_main_prints_hostile_text_escaped(tmp_path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith("chatapp: not a readable file: ") and err.count("\n") == 1
     assert err[:-1].isprintable() and "\\x1b]0;owned\\x07" in err
+
+
+# -- the server link's TLS options (issue 12) ---------------------------------------------------
+
+
+def test_tls_options_are_parsed_and_checked() -> None:
+    from chatapp.cli.options import UsageError as _UsageError
+    from chatapp.cli.options import parse_args as _parse
+
+    given = _parse(["--server-fingerprint", "SHA256:" + "AB" * 32, "--trust-on-first-use"])
+    assert given.server_fingerprint == "sha256:" + "ab" * 32 and given.trust_on_first_use and not given.no_tls
+    assert _parse(["--no-tls"]).no_tls
+    with pytest.raises(_UsageError, match="--server-fingerprint"):
+        _parse(["--server-fingerprint", "abc"])
+    with pytest.raises(_UsageError, match="--no-tls"):
+        _parse(["--no-tls", "--trust-on-first-use"])
+
+
+def test_the_trust_question_takes_only_yes_or_no() -> None:
+    import io
+
+    from chatapp.cli.trust import QUESTION, ask_on_terminal
+
+    out = io.StringIO()
+    assert ask_on_terminal("h:1", "sha256:" + "0" * 64, io.StringIO("maybe\nyes\n"), out)
+    assert "sha256:" + "0" * 64 in out.getvalue() and out.getvalue().count(QUESTION) == 2
+    assert not ask_on_terminal("h:1", "sha256:" + "0" * 64, io.StringIO("no\n"), io.StringIO())
+    assert not ask_on_terminal("h:1", "sha256:" + "0" * 64, io.StringIO(""), io.StringIO())  # end of input

@@ -129,12 +129,13 @@ def _die(client: ChatClient) -> None:
 async def _mallory(port: int) -> LineClient:
     mallory = await connect_lines(port, source="127.0.0.66")
     assert await mallory.ask(f"SIGNUP mallory {PASSWORD}") == "OK SIGNUP mallory"
+    assert await mallory.ask("KEY sha256:" + "0" * 64) == "OK KEY"
     return mallory
 
 
 async def _peer_says(port: int, hello: str) -> list[str]:
     """Open a raw peer connection, send ``hello``, return what came back until the peer closed."""
-    peer = await connect_lines(port, greeting=None)
+    peer = await connect_lines(port, greeting=None, tls=False)  # i12 peer TLS: the peer link is still plain
     peer.send(hello)
     lines: list[str] = []
     try:
@@ -163,23 +164,23 @@ async def test_impersonation_is_refused(
     mallory = await _mallory(port)
 
     # a token used once cannot be replayed
-    _, _, _, _, _, token, proof = (await mallory.ask("CONNECT alice")).split(" ")
-    assert await _peer_says(alice_port, f"HELLO chatapp/1 mallory {token}") == [f"WELCOME chatapp/1 alice {proof}"]
-    assert await _peer_says(alice_port, f"HELLO chatapp/1 mallory {token}") == ["ERR 403 bad-token"]
+    _, _, _, _, _, token, proof, _ = (await mallory.ask("CONNECT alice")).split(" ")
+    assert await _peer_says(alice_port, f"HELLO chatapp/2 mallory {token}") == [f"WELCOME chatapp/2 alice {proof}"]
+    assert await _peer_says(alice_port, f"HELLO chatapp/2 mallory {token}") == ["ERR 403 bad-token"]
 
     # a token issued for bob is worthless at alice, and stays valid for bob
-    _, _, _, _, _, bob_token, bob_proof = (await mallory.ask("CONNECT bob")).split(" ")
-    assert await _peer_says(alice_port, f"HELLO chatapp/1 mallory {bob_token}") == ["ERR 403 bad-token"]
+    _, _, _, _, _, bob_token, bob_proof, _ = (await mallory.ask("CONNECT bob")).split(" ")
+    assert await _peer_says(alice_port, f"HELLO chatapp/2 mallory {bob_token}") == ["ERR 403 bad-token"]
     bob_port = bob.port.getHost().port  # type: ignore[attr-defined]
-    assert await _peer_says(bob_port, f"HELLO chatapp/1 mallory {bob_token}") == [f"WELCOME chatapp/1 bob {bob_proof}"]
+    assert await _peer_says(bob_port, f"HELLO chatapp/2 mallory {bob_token}") == [f"WELCOME chatapp/2 bob {bob_proof}"]
 
     # a token shown under another name than its requester's
-    _, _, _, _, _, token, _ = (await mallory.ask("CONNECT alice")).split(" ")
-    assert await _peer_says(alice_port, f"HELLO chatapp/1 carol {token}") == ["ERR 403 bad-token"]
+    _, _, _, _, _, token, _, _ = (await mallory.ask("CONNECT alice")).split(" ")
+    assert await _peer_says(alice_port, f"HELLO chatapp/2 carol {token}") == ["ERR 403 bad-token"]
 
     # no token at all, or anything but HELLO first
     assert await _peer_says(alice_port, "MSG let me in") == ["ERR 403 not-authenticated"]
-    assert (await _peer_says(alice_port, "HELLO chatapp/1 mallory"))[0].startswith("ERR 403")
+    assert (await _peer_says(alice_port, "HELLO chatapp/2 mallory"))[0].startswith("ERR 403")
     await mallory.close()
     # alice's own chats still work
     await bob.send_message("alice", "all good?")

@@ -20,7 +20,8 @@ from chatapp.client.server import LineState, PeerTicket, ServerClientProtocol, W
 from chatapp.events import ChatEvent, ChatRequested
 
 PASSWORD = "correct horse battery"
-HELLO = b"* HELLO chatapp/1\r\n"
+FP = b"sha256:" + b"ab" * 32  # a fingerprint as the server sends it
+HELLO = b"* HELLO chatapp/2\r\n"
 
 
 class Recorder:
@@ -85,10 +86,17 @@ CALLS: list[tuple[str, tuple[Any, ...], bytes, bytes, Any]] = [
         "connect",
         ("bob",),
         b"CONNECT bob",
-        b"OK CONNECT Bob 10.0.0.2 40000 tok_EN-1 pro_OF-2",
-        PeerTicket("Bob", "10.0.0.2", 40000, "tok_EN-1", "pro_OF-2"),
+        b"OK CONNECT Bob 10.0.0.2 40000 tok_EN-1 pro_OF-2 " + FP.upper().replace(b"SHA", b"sha"),
+        PeerTicket("Bob", "10.0.0.2", 40000, "tok_EN-1", "pro_OF-2", FP.decode()),
     ),
-    ("verify", ("tok_EN-1",), b"VERIFY tok_EN-1", b"OK VERIFY Alice pro_OF-2", ("Alice", "pro_OF-2")),
+    (
+        "verify",
+        ("tok_EN-1",),
+        b"VERIFY tok_EN-1",
+        b"OK VERIFY Alice pro_OF-2 " + FP,
+        ("Alice", "pro_OF-2", FP.decode()),
+    ),
+    ("key", (FP.decode(),), b"KEY " + FP, b"OK KEY", None),
     ("ping", (), b"PING", b"OK PONG", None),
     ("quit", (), b"QUIT", b"OK QUIT", None),
 ]
@@ -144,7 +152,7 @@ def test_calls_before_hello_wait_and_go_out_in_order() -> None:
     h.feed(b"OK LOGIN alice\r\n+ USER alice online\r\nOK WHO 1\r\n")
     assert result_of(first) == "alice"
     assert result_of(second) == [WhoEntry("alice", "online")]
-    assert h.proto.server_version == "chatapp/1" and h.proto.state is LineState.READY
+    assert h.proto.server_version == "chatapp/2" and h.proto.state is LineState.READY
     assert h.events.seen == []
 
 
@@ -158,7 +166,7 @@ REPLIES = (
     b"ERR 409 not-listening bob is online but not accepting chats\r\n"
     b"* REQUEST carol\r\n"
     b"OK PONG\n"  # a bare LF is a line end too
-    b"OK CONNECT carol 127.0.0.3 40001 T0k3n Pr00f\r\n"
+    b"OK CONNECT carol 127.0.0.3 40001 T0k3n Pr00f " + FP + b"\r\n"
 )
 
 
@@ -178,8 +186,8 @@ def test_pipelined_calls_get_their_own_replies_in_order(one_byte_at_a_time: bool
     assert isinstance(error, errors.NotListening)
     assert error.text == "bob is online but not accepting chats"
     assert result_of(ping) is None
-    assert result_of(carol) == PeerTicket("carol", "127.0.0.3", 40001, "T0k3n", "Pr00f")
-    assert h.proto.server_version == "chatapp/1"
+    assert result_of(carol) == PeerTicket("carol", "127.0.0.3", 40001, "T0k3n", "Pr00f", FP.decode())
+    assert h.proto.server_version == "chatapp/2"
     assert h.events.seen == [ChatRequested("carol")]
     assert not h.transport.disconnecting
 
@@ -420,7 +428,7 @@ BAD_LINES = [
     b"ERR abc bad",  # code not a number
     b"ERR 429 blocked soon",  # 429 without seconds
     b"ERR 400",  # no reason
-    b"* HELLO chatapp/2",  # a second HELLO (and a version we do not speak)
+    b"* HELLO chatapp/3",  # a second HELLO (and a version we do not speak)
     b"* REQUEST",  # no user
     b"* BLOCKED -1",
     b"OK  LOGIN alice",  # empty field
@@ -549,7 +557,7 @@ def test_an_err_instead_of_the_greeting_fails_the_waiting_calls_with_it() -> Non
     h = Harness(greet=False)
     login = h.proto.login("alice", PASSWORD)
     ready = h.proto.when_ready()
-    h.feed(b"ERR 500 internal-error the server cannot serve you right now\r\n* HELLO chatapp/1\r\n")
+    h.feed(b"ERR 500 internal-error the server cannot serve you right now\r\n* HELLO chatapp/2\r\n")
     assert h.transport.disconnecting and h.transport.value() == b""  # nothing after the refusal is read
     h.lose()
     for d in (login, ready):
@@ -570,7 +578,7 @@ def test_a_reply_before_the_greeting_is_a_protocol_violation() -> None:
 # -- whatever the server sends, the client never raises ----------------------------------------
 
 _PIECES = [
-    b"* HELLO chatapp/1\r\n",
+    b"* HELLO chatapp/2\r\n",
     b"OK LOGIN alice\r\n",
     b"OK WHO 1\r\n",
     b"+ USER bob online\r\n",

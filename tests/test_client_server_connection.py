@@ -18,8 +18,10 @@ from chatapp.client import errors
 from chatapp.client.connection import ServerConnection, State, endpoint_description
 from chatapp.client.server import LineState, ServerClientProtocol, line_move
 from chatapp.events import ChatEvent, ChatRequested, GaveUp, Reconnected, Reconnecting, ServerLost
+from chatapp.tls.identity import new_identity
 
 PASSWORD = "correct horse battery"
+IDENTITY = new_identity()
 
 
 class FakeEndpoint:
@@ -33,7 +35,7 @@ class FakeEndpoint:
         self.attempts.append((factory, d))
         return d
 
-    def accept(self, greet: bytes = b"* HELLO chatapp/1\r\n") -> Server:
+    def accept(self, greet: bytes = b"* HELLO chatapp/2\r\n") -> Server:
         factory, d = self.attempts[-1]
         protocol = factory.buildProtocol(None)
         assert isinstance(protocol, ServerClientProtocol)
@@ -55,6 +57,16 @@ class Server:
         self.transport = StringTransport()
         protocol.makeConnection(self.transport)
 
+    def answer_keys(self) -> None:
+        """Say OK to every KEY the client sent (it comes right after each login)."""
+        lines = self.transport.value().split(b"\r\n")
+        keys = [line for line in lines if line.startswith(b"KEY sha256:")]
+        if keys:
+            rest = [line for line in lines if not line.startswith(b"KEY sha256:")]
+            self.transport.clear()
+            self.transport.write(b"\r\n".join(rest))
+            self.protocol.dataReceived(b"OK KEY\r\n" * len(keys))
+
     def received(self) -> list[bytes]:
         data = self.transport.value()
         self.transport.clear()
@@ -62,6 +74,7 @@ class Server:
 
     def say(self, *lines: str) -> None:
         self.protocol.dataReceived("".join(line + "\r\n" for line in lines).encode())
+        self.answer_keys()
 
     def close(self, reason: Exception | None = None) -> None:
         self.protocol.connectionLost(Failure(reason or ConnectionDone()))
@@ -94,9 +107,12 @@ class Rig:
         self.clock = Clock()
         self.events = Events()
         options.setdefault("jitter", 0.0)
+        # A fake endpoint carries no TLS (the loopback tests run the real thing); identities are not the point here.
+        options.setdefault("no_tls", True)
         self.conn = ServerConnection(
             MemoryReactorClock(), "chat.example:9000", self.events, clock=self.clock, **options
         )
+        self.conn.load_identity = lambda path: defer.succeed((IDENTITY, False))  # type: ignore[method-assign]
         self.endpoint = FakeEndpoint()
         self.conn.endpoint = self.endpoint  # type: ignore[assignment]
 
@@ -176,7 +192,7 @@ def test_login_connects_waits_for_hello_and_logs_in() -> None:
     assert rig.conn.state is State.CONNECTING
     server = rig.endpoint.accept(greet=b"")
     assert server.received() == []
-    server.say("* HELLO chatapp/1")
+    server.say("* HELLO chatapp/2")
     assert server.received() == [b"LOGIN alice correct horse battery"]
     server.say("OK LOGIN Alice", "* REQUEST bob")
     assert result_of(d) == "Alice"

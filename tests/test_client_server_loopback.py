@@ -8,16 +8,21 @@ from typing import Any
 import pytest
 import pytest_twisted
 from conftest import make_factory
+from processes import pin_server
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from chatapp.client import errors
 from chatapp.client.connection import ServerConnection, State
 from chatapp.client.server import PeerTicket
 from chatapp.events import ChatEvent, ChatRequested, GaveUp, Reconnected, Reconnecting, ServerLost
 from chatapp.server.factory import ServerConfig, ServerFactory
+from chatapp.tls.contexts import ServerLinkServerTLS
+from chatapp.tls.identity import new_identity
+from chatapp.tls.transports import inner_transport
 
 PASSWORD = "correct horse battery"
 TIMEOUT = 5
@@ -64,11 +69,14 @@ class ChatServer:
         self.factory = factory
         self.port: IListeningPort | None = None
         self.number = 0
+        self.tls = ServerLinkServerTLS(new_identity("chatserver"))  # one key, kept across restarts
 
     async def start(self, number: int = 0) -> None:
         endpoint = serverFromString(reactor, f"tcp:{number}:interface=127.0.0.1")
-        self.port = await endpoint.listen(self.factory)
+        wrapped = TLSMemoryBIOFactory(self.tls, False, self.factory)
+        self.port = await endpoint.listen(wrapped)
         self.number = self.port.getHost().port  # type: ignore[union-attr]
+        pin_server(self.number, self.tls.fingerprint)
 
     async def stop(self) -> None:
         if self.port is not None:
@@ -80,7 +88,8 @@ class ChatServer:
         """Close the server side of ``user``'s connection without a word."""
         presence = self.factory.registry.get(user)
         assert presence is not None and presence.connection.transport is not None
-        presence.connection.transport.loseConnection()
+        # Under TLS a loseConnection waits for the registered producer: cut the TCP connection itself.
+        inner_transport(presence.connection.transport).loseConnection()
 
 
 class Clients:
@@ -100,7 +109,7 @@ class Clients:
 
 @pytest_twisted.async_yield_fixture
 async def server(tmp_path) -> AsyncIterator[ChatServer]:
-    factory = make_factory(str(tmp_path / "chat.sqlite3"), reactor, ServerConfig(block_time=600))  # type: ignore[arg-type]
+    factory = make_factory(str(tmp_path / "chat.sqlite3"), reactor, ServerConfig(block_time=600, tls=True))  # type: ignore[arg-type]
     before = set(reactor.getDelayedCalls())
     chat = ChatServer(factory)
     await chat.start()
@@ -142,7 +151,9 @@ async def test_signup_listen_who_connect_and_verify_between_two_clients(clients:
     assert isinstance(ticket, PeerTicket)
     assert (ticket.user, ticket.host, ticket.port) == ("Alice", "127.0.0.1", 40123)
     assert await requested == ("request", "bob")
-    assert await wait(alice.verify(ticket.token)) == ("bob", ticket.proof)
+    assert alice.identity is not None and bob.identity is not None
+    assert ticket.fingerprint == alice.identity.fingerprint  # the target's key, as alice published it
+    assert await wait(alice.verify(ticket.token)) == ("bob", ticket.proof, bob.identity.fingerprint)
     with pytest.raises(errors.BadToken):
         await wait(alice.verify(ticket.token))  # single use
     with pytest.raises(errors.NotListening):
@@ -160,9 +171,10 @@ async def test_login_after_signup_elsewhere_and_pipelined_calls(clients: Clients
     await wait(first.close())
     second, _ = clients.new()
     protocol = await wait(second.open())
-    calls = [protocol.login("Carol", PASSWORD), protocol.listen(40000), protocol.who(), protocol.ping()]
+    key = "sha256:" + "1" * 64
+    calls = [protocol.login("Carol", PASSWORD), protocol.key(key), protocol.listen(40000), protocol.who()]
     results = await wait(defer.gatherResults(calls, consumeErrors=True))
-    assert results == ["carol", ("127.0.0.1", 40000), [("carol", "listening")], None]
+    assert results == ["carol", None, ("127.0.0.1", 40000), [("carol", "listening")]]
 
 
 @pytest_twisted.ensureDeferred

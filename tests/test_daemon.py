@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import tls_connect
 from twisted.logger import LogLevel, formatEvent
 
 from chatapp import logjson
@@ -88,9 +88,9 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 class Client:
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = tls_connect(port)
         self.lines = self.sock.makefile("rb")
-        assert self.read() == "* HELLO chatapp/1"
+        assert self.read() == "* HELLO chatapp/2"
 
     def read(self) -> str:
         line = self.lines.readline().decode()

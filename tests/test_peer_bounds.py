@@ -82,7 +82,7 @@ async def test_loopback_peer_that_never_reads_is_bounded(tmp_path: Path) -> None
 
     class Rude(Protocol):
         def connectionMade(self) -> None:
-            self.transport.write(b"HELLO chatapp/1 alice tok-alice\r\n")  # type: ignore[union-attr]
+            self.transport.write(b"HELLO chatapp/2 alice tok-alice\r\n")  # type: ignore[union-attr]
 
         def dataReceived(self, data: bytes) -> None:
             if not welcomed.called:

@@ -194,7 +194,7 @@ def open_sender(tmp_path: Path, clock: Clock, **kw: Any) -> tuple[Any, PausingTr
     session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
     transport = PausingTransport()
     session.makeConnection(transport)
-    session.dataReceived(b"WELCOME chatapp/1 bob proof-alice\r\n")
+    session.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
     transport.clear()
     return session, transport
 
@@ -675,7 +675,7 @@ def test_verify_answer_after_the_peer_left_writes_nothing(tmp_path: Path, clock:
     session: PeerSession = fb.buildProtocol(None)
     transport = StringTransport()
     session.makeConnection(transport)
-    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     lose(session, transport)
     pending.callback(("alice", "proof-alice"))
     assert transport.value() == b"" and session.state is SessionState.CLOSED
@@ -698,7 +698,7 @@ def test_pump_survives_a_transport_that_resumes_it_from_inside_write(tmp_path: P
     session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
     transport = EagerTransport()
     session.makeConnection(transport)
-    session.dataReceived(b"WELCOME chatapp/1 bob proof-alice\r\n")
+    session.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
     content = os.urandom(4500)
     sent = session.send_file(write_file(tmp_path / "f.bin", content))
     session.dataReceived(f"ACCEPT {sent.id} 0\r\n".encode())

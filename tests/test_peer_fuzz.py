@@ -17,10 +17,10 @@ from chatapp.wire import PEER_MAX_LINE
 
 VERBS = ["HELLO", "WELCOME", "MSG", "PING", "PONG", "BYE", "OFFER", "ACCEPT", "REJECT", "DATA", "END", "DONE"]
 VERBS += ["FAIL", "CANCEL", "OK", "ERR", "*", "hello", "Frob"]
-ARGS = ["chatapp/1", "alice", "tok-alice", "f1", "f2", "0", "5", "100", "1048577", "../x", "a b.txt", "", "\x1b[2J"]
+ARGS = ["chatapp/2", "alice", "tok-alice", "f1", "f2", "0", "5", "100", "1048577", "../x", "a b.txt", "", "\x1b[2J"]
 ARGS += ["e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"]
 REPLY = re.compile(
-    r"(WELCOME chatapp/1 bob \S+|PONG|MSG .*|ACCEPT \S+ \d+( [0-9a-f]{64})?|REJECT \S+ [a-z-]+|DONE \S+"
+    r"(WELCOME chatapp/2 bob \S+|PONG|MSG .*|ACCEPT \S+ \d+( [0-9a-f]{64})?|REJECT \S+ [a-z-]+|DONE \S+"
     r"|FAIL \S+ [a-z-]+|CANCEL \S+ [a-z-]+|BYE|ERR (400|403|413|503) [a-z-]+( .*)?)"
 )
 
@@ -45,7 +45,7 @@ def fresh_listener(tmp_path: Path, clock: Clock, handshake: bool) -> tuple[PeerF
     transport = StringTransport()
     session.makeConnection(transport)
     if handshake:
-        session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+        session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     return factory, session, transport
 
 

@@ -59,16 +59,16 @@ def test_pair_opens_both_ways(tmp_path: Path, clock: Clock) -> None:
 def test_connector_sends_hello_and_then_waits(tmp_path: Path, clock: Clock) -> None:
     fa, _ = make_peer(tmp_path, "alice", clock)
     session, transport = connector(fa)
-    assert transport.value() == b"HELLO chatapp/1 alice tok-alice\r\n"
+    assert transport.value() == b"HELLO chatapp/2 alice tok-alice\r\n"
     with pytest.raises(Exception, match="not open"):
         session.send_message("too early")
-    assert transport.value() == b"HELLO chatapp/1 alice tok-alice\r\n"
+    assert transport.value() == b"HELLO chatapp/2 alice tok-alice\r\n"
 
 
 def test_welcome_with_name_in_other_case_opens(tmp_path: Path, clock: Clock) -> None:
     fa, ea = make_peer(tmp_path, "alice", clock)
     session, _transport = connector(fa)
-    session.dataReceived(b"WELCOME chatapp/1 BoB proof-alice\r\n")
+    session.dataReceived(b"WELCOME chatapp/2 BoB proof-alice\r\n")
     assert session.state is SessionState.OPEN
     assert session.peer_name == "BoB"
     assert fa.session_for("bob") is session and ea.joined == ["BoB"]
@@ -77,10 +77,10 @@ def test_welcome_with_name_in_other_case_opens(tmp_path: Path, clock: Clock) -> 
 @pytest.mark.parametrize(
     "welcome",
     [
-        b"WELCOME chatapp/1 bob wrong-proof\r\n",
-        b"WELCOME chatapp/1 mallory proof-alice\r\n",
-        b"WELCOME chatapp/2 bob proof-alice\r\n",
-        b"WELCOME chatapp/1 bob\r\n",
+        b"WELCOME chatapp/2 bob wrong-proof\r\n",
+        b"WELCOME chatapp/2 mallory proof-alice\r\n",
+        b"WELCOME chatapp/3 bob proof-alice\r\n",
+        b"WELCOME chatapp/2 bob\r\n",
         b"MSG hi\r\n",
         b"\xff\xfe\r\n",
     ],
@@ -102,7 +102,7 @@ def test_bad_welcome_closes_without_a_word(tmp_path: Path, clock: Clock, welcome
 def test_welcome_name_must_be_a_user_name(tmp_path: Path, clock: Clock) -> None:
     fa, _ = make_peer(tmp_path, "alice", clock)
     session, transport = connector(fa, target="kim")
-    session.dataReceived("WELCOME chatapp/1 \u212aim proof-alice\r\n".encode())  # KELVIN SIGN lower-cases to k
+    session.dataReceived("WELCOME chatapp/2 \u212aim proof-alice\r\n".encode())  # KELVIN SIGN lower-cases to k
     assert transport.disconnecting and session.state is SessionState.CLOSING
 
 
@@ -145,7 +145,7 @@ def test_bad_token_gets_err_403_and_close_over_iosim(tmp_path: Path, clock: Cloc
 def test_token_of_someone_else_is_bad_token(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock)
     session, transport = listener(fb)
-    session.dataReceived(b"HELLO chatapp/1 mallory tok-alice\r\n")  # the token names alice
+    session.dataReceived(b"HELLO chatapp/2 mallory tok-alice\r\n")  # the token names alice
     assert transport.value() == b"ERR 403 bad-token\r\n"
     assert transport.disconnecting and session.state is SessionState.CLOSING
     lose(session, transport)
@@ -155,8 +155,8 @@ def test_token_of_someone_else_is_bad_token(tmp_path: Path, clock: Clock) -> Non
 def test_hello_name_compared_case_insensitively(tmp_path: Path, clock: Clock) -> None:
     fb, eb = make_peer(tmp_path, "bob", clock)
     session, transport = listener(fb)
-    session.dataReceived(b"HELLO chatapp/1 ALICE tok-alice\r\n")
-    assert transport.value() == b"WELCOME chatapp/1 bob proof-alice\r\n"
+    session.dataReceived(b"HELLO chatapp/2 ALICE tok-alice\r\n")
+    assert transport.value() == b"WELCOME chatapp/2 bob proof-alice\r\n"
     assert session.state is SessionState.OPEN and eb.joined == ["ALICE"]
 
 
@@ -164,7 +164,7 @@ def test_server_unavailable(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ServerUnavailable("link down")))
     session, transport = listener(fb)
     with capturedLogs() as logged:
-        session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+        session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     assert transport.value() == b"ERR 503 server-unavailable\r\n"
     assert transport.disconnecting
     # the operator learns why peers are turned away, as a warning: it is no bug of ours
@@ -177,7 +177,7 @@ def test_any_other_verify_failure_is_server_unavailable(
 ) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.fail(ConnectionError("down")))
     session, transport = listener(fb)
-    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     assert transport.value() == b"ERR 503 server-unavailable\r\n"
     [logged] = logged_errors.flush(ConnectionError)
     assert logged["log_failure"].getErrorMessage() == "down"
@@ -187,11 +187,11 @@ def test_any_other_verify_failure_is_server_unavailable(
     "first",
     [
         b"MSG hello\r\n",
-        b"HELLO chatapp/2 alice tok-alice\r\n",
-        b"HELLO chatapp/1 alice\r\n",
-        b"HELLO chatapp/1 al ice tok-alice\r\n",
-        b"HELLO chatapp/1 -alice tok-alice\r\n",
-        b"HELLO chatapp/1 alice tok/alice\r\n",
+        b"HELLO chatapp/3 alice tok-alice\r\n",
+        b"HELLO chatapp/2 alice\r\n",
+        b"HELLO chatapp/2 al ice tok-alice\r\n",
+        b"HELLO chatapp/2 -alice tok-alice\r\n",
+        b"HELLO chatapp/2 alice tok/alice\r\n",
         b"PING\r\n",
         b"\xc3\x28\r\n",
     ],
@@ -205,16 +205,16 @@ def test_not_authenticated(tmp_path: Path, clock: Clock, first: bytes) -> None:
 
     fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
     session, transport = listener(fb)
-    session.dataReceived(first + b"HELLO chatapp/1 alice tok-alice\r\n")
+    session.dataReceived(first + b"HELLO chatapp/2 alice tok-alice\r\n")
     assert transport.value() == b"ERR 403 not-authenticated\r\n"
     assert transport.disconnecting and calls == []
 
 
-@pytest.mark.parametrize("first", [b"OK HELLO", b"ERR 403 bad-token", b"* HELLO chatapp/1", b"ok"])
+@pytest.mark.parametrize("first", [b"OK HELLO", b"ERR 403 bad-token", b"* HELLO chatapp/2", b"ok"])
 def test_ok_err_star_before_hello_closes_without_answer(tmp_path: Path, clock: Clock, first: bytes) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock)
     session, transport = listener(fb)
-    session.dataReceived(first + b"\r\nHELLO chatapp/1 alice tok-alice\r\n")
+    session.dataReceived(first + b"\r\nHELLO chatapp/2 alice tok-alice\r\n")
     assert transport.value() == b"" and transport.disconnecting
 
 
@@ -222,7 +222,7 @@ def test_second_line_before_welcome_is_not_authenticated(tmp_path: Path, clock: 
     pending: defer.Deferred[tuple[str, str]] = defer.Deferred()
     fb, eb = make_peer(tmp_path, "bob", clock, verify=lambda token: pending)
     session, transport = listener(fb)
-    session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\nHELLO chatapp/1 alice tok-alice\r\n")
+    session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\nHELLO chatapp/2 alice tok-alice\r\n")
     assert transport.value() == b"ERR 403 not-authenticated\r\n"
     pending.callback(("alice", "proof-alice"))  # a late answer changes nothing
     assert transport.value() == b"ERR 403 not-authenticated\r\n"
@@ -233,8 +233,8 @@ def test_second_line_before_welcome_is_not_authenticated(tmp_path: Path, clock: 
 def test_empty_lines_before_hello_are_ignored(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock)
     session, transport = listener(fb)
-    session.dataReceived(b"\r\n\nHELLO chatapp/1 alice tok-alice\n")
-    assert transport.value() == b"WELCOME chatapp/1 bob proof-alice\r\n"
+    session.dataReceived(b"\r\n\nHELLO chatapp/2 alice tok-alice\n")
+    assert transport.value() == b"WELCOME chatapp/2 bob proof-alice\r\n"
 
 
 @pytest.mark.parametrize("role", ["listener", "connector"])
@@ -242,7 +242,7 @@ def test_handshake_times_out_after_30s(tmp_path: Path, clock: Clock, role: str) 
     fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.Deferred())
     if role == "listener":
         session, transport = listener(fb)
-        session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+        session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     else:
         session, transport = connector(fb, target="carol")
     opened = session.when_open()
@@ -275,10 +275,10 @@ def test_ninth_handshake_closed_at_once(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
     held = [listener(fb, f"192.0.2.{i}") for i in range(8)]
     for session, _transport in held:
-        session.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+        session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     ninth, ninth_transport = listener(fb, "192.0.2.99")
     assert ninth_transport.disconnecting and ninth_transport.value() == b""
-    ninth.dataReceived(b"HELLO chatapp/1 alice tok-alice\r\n")
+    ninth.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     assert ninth_transport.value() == b"" and len(pending) == 8
     lose(ninth, ninth_transport)
     assert not any(t.disconnecting for _, t in held)

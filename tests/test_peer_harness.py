@@ -135,7 +135,7 @@ def open_listener(
     session = factory.buildProtocol(None)
     transport = StringTransport()
     session.makeConnection(transport)
-    session.dataReceived(f"HELLO chatapp/1 {peer} {ticket}\r\n".encode())
+    session.dataReceived(f"HELLO chatapp/2 {peer} {ticket}\r\n".encode())
     assert session.state is SessionState.OPEN, transport.value()
     transport.clear()
     return session, transport
@@ -148,7 +148,7 @@ def open_connector(
     session = PeerSession(factory, Role.CONNECTOR, target, "tok-alice", proof)
     transport = StringTransport()
     session.makeConnection(transport)
-    session.dataReceived(f"WELCOME chatapp/1 {target} {proof}\r\n".encode())
+    session.dataReceived(f"WELCOME chatapp/2 {target} {proof}\r\n".encode())
     assert session.opened_at is not None  # the handshake is done (a crossing call may be closing already)
     transport.clear()
     return session, transport

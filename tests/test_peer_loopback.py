@@ -146,7 +146,7 @@ class _Caller(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.write(f"HELLO chatapp/1 alice {self.token}\r\n".encode())
+        self.transport.write(f"HELLO chatapp/2 alice {self.token}\r\n".encode())
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

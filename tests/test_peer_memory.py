@@ -42,7 +42,7 @@ def test_sender_memory_is_flat(tmp_path: Path, clock: Clock) -> None:
     session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
     transport = DiscardingTransport()
     session.makeConnection(transport)
-    session.dataReceived(b"WELCOME chatapp/1 bob proof-alice\r\n")
+    session.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
     tracemalloc.start()
     try:
         sent = session.send_file(str(path))

@@ -165,7 +165,7 @@ def test_logs_never_carry_raw_control_characters(tmp_path: Path, clock: Clock) -
         fa, _ = make_peer(tmp_path, "alice", clock)
         sender = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
         sender.makeConnection(type(transport)())
-        sender.dataReceived(b"WELCOME chatapp/1 bob proof-alice\r\n")
+        sender.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
         path = tmp_path / "evil\x1b]0;title\x07.bin"
         path.write_bytes(b"x" * 100)
         sent = sender.send_file(str(path))

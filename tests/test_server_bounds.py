@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 from conftest import make_factory
-from server_harness import PASSWORD, Conn, held_hasher
+from server_harness import PASSWORD, Conn, held_hasher, key_of
 from twisted.internet.task import Clock
 
 from chatapp.server import protocol
@@ -23,13 +23,13 @@ from chatapp.server.store import ADDRESS, NAME, SQLiteStore
 
 def greeted(factory: ServerFactory, host: str = "127.0.0.1") -> Conn:
     conn = Conn(factory, host)
-    assert conn.lines() == ["* HELLO chatapp/1"]
+    assert conn.lines() == ["* HELLO chatapp/2"]
     return conn
 
 
 def signed_up(factory: ServerFactory, name: str, host: str) -> Conn:
     conn = greeted(factory, host)
-    assert conn.ask(f"SIGNUP {name} {PASSWORD}") == [f"OK SIGNUP {name}"]
+    assert conn.ask(f"SIGNUP {name} {PASSWORD}", f"KEY {key_of(name)}") == [f"OK SIGNUP {name}", "OK KEY"]
     return conn
 
 
@@ -188,7 +188,7 @@ def test_expired_block_rows_are_pruned_when_a_block_is_set(server_factory: Serve
 @pytest.mark.parametrize("logged_in", [False, True])
 def test_ok_err_and_star_lines_are_never_answered(server_factory: ServerFactory, logged_in: bool) -> None:
     conn = signed_up(server_factory, "alice", "127.0.0.1") if logged_in else greeted(server_factory)
-    lines = ["OK", "OK PONG", "ERR 500 internal-error", "ERR", "* HELLO chatapp/1", "*", "ok x", "err 1"]
+    lines = ["OK", "OK PONG", "ERR 500 internal-error", "ERR", "* HELLO chatapp/2", "*", "ok x", "err 1"]
     assert conn.ask(*lines, "PING") == ["OK PONG"]
 
 

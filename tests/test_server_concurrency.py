@@ -23,7 +23,7 @@ ORDERS: dict[str, Order] = {"newest-first": lambda held: -1, "oldest-first": lam
 
 def greeted(factory: ServerFactory, host: str) -> Conn:
     conn = Conn(factory, host)
-    assert conn.lines() == ["* HELLO chatapp/1"]
+    assert conn.lines() == ["* HELLO chatapp/2"]
     return conn
 
 

@@ -103,7 +103,7 @@ async def test_500_idle_connections_from_one_address_do_not_stop_a_login_from_an
     try:
         hogs = [await connect_lines(port, source="127.0.9.9", greeting=None) for _ in range(500)]
         first_lines = [await hog.next_line() for hog in hogs]
-        assert first_lines.count("* HELLO chatapp/1") == 20
+        assert first_lines.count("* HELLO chatapp/2") == 20
         assert first_lines.count("* BYE too-many-connections") == 480
         honest = await connect_lines(port, source="127.0.9.10")
         assert await honest.ask(f"SIGNUP honest {PASSWORD}") == "OK SIGNUP honest"

@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from line_client import connect_lines
 from live_server import start_server
+from server_harness import key_of
 from twisted.internet import defer
 
 from chatapp.server.tap import ChatServerService
@@ -42,13 +43,16 @@ async def test_signup_login_who_over_loopback(server: Start) -> None:
     _, port = await server()
     alice = await connect_lines(port)
     assert await alice.ask(f"SIGNUP alice {PASSWORD}") == "OK SIGNUP alice"
+    assert await alice.ask(f"KEY {key_of('alice')}") == "OK KEY"
     assert await alice.ask("LISTEN 40123") == "OK LISTEN 127.0.0.1 40123"
     bob = await connect_lines(port, source="127.0.0.2")
     assert await bob.ask(f"SIGNUP bob {PASSWORD}") == "OK SIGNUP bob"
+    assert await bob.ask(f"KEY {key_of('bob')}") == "OK KEY"
     reply = (await bob.ask("CONNECT alice")).split(" ")
     assert reply[:5] == ["OK", "CONNECT", "alice", "127.0.0.1", "40123"]
+    assert reply[7] == key_of("alice")  # the target's key
     assert await alice.next_line() == "* REQUEST bob"
-    assert await alice.ask(f"VERIFY {reply[5]}") == f"OK VERIFY bob {reply[6]}"
+    assert await alice.ask(f"VERIFY {reply[5]}") == f"OK VERIFY bob {reply[6]} {key_of('bob')}"  # the requester's
     await alice.close()
     await bob.close()
 

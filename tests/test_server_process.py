@@ -17,7 +17,7 @@ def test_sigterm_says_bye_shutdown(tmp_path) -> None:
     process, port = start_server(tmp_path)
     try:
         client = LineSocket(port)
-        assert client.line() == "* HELLO chatapp/1"
+        assert client.line() == "* HELLO chatapp/2"
         assert client.ask(f"SIGNUP alice {PASSWORD}") == "OK SIGNUP alice"
         process.send_signal(signal.SIGTERM)
         assert client.line() == "* BYE shutdown"

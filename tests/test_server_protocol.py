@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 from conftest import make_factory
 from logged_errors import LoggedErrors
-from server_harness import PASSWORD, Conn, HeldRunner
+from server_harness import PASSWORD, Conn, HeldRunner, key_of
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
@@ -27,7 +27,7 @@ Connect = Callable[..., Conn]
 def connect(request: pytest.FixtureRequest, server_factory: ServerFactory) -> Connect:
     def _connect(host: str = "127.0.0.1", factory: ServerFactory | None = None) -> Conn:
         conn = Conn(factory or server_factory, host, split=request.param)
-        assert conn.lines() == ["* HELLO chatapp/1"]
+        assert conn.lines() == ["* HELLO chatapp/2"]
         return conn
 
     return _connect
@@ -35,7 +35,7 @@ def connect(request: pytest.FixtureRequest, server_factory: ServerFactory) -> Co
 
 def signed_up(connect: Connect, name: str = "alice", host: str = "127.0.0.1") -> Conn:
     conn = connect(host)
-    assert conn.ask(f"SIGNUP {name} {PASSWORD}") == [f"OK SIGNUP {name}"]
+    assert conn.ask(f"SIGNUP {name} {PASSWORD}", f"KEY {key_of(name)}") == [f"OK SIGNUP {name}", "OK KEY"]
     return conn
 
 
@@ -189,11 +189,11 @@ def test_too_many_connections_per_address(tmp_path, clock: Clock) -> None:
     assert third.closing
     third.drop()
     other = Conn(factory, host="127.0.0.2")
-    assert other.lines() == ["* HELLO chatapp/1"]
+    assert other.lines() == ["* HELLO chatapp/2"]
     a.drop()
     fourth = Conn(factory)
-    assert fourth.lines() == ["* HELLO chatapp/1"]
-    assert b.lines() == ["* HELLO chatapp/1"]
+    assert fourth.lines() == ["* HELLO chatapp/2"]
+    assert b.lines() == ["* HELLO chatapp/2"]
 
 
 # -- signup -------------------------------------------------------------------
@@ -432,7 +432,7 @@ def test_advertised_hosts_when_allowed(tmp_path, clock: Clock) -> None:
     factory = make_factory(str(tmp_path / "db"), clock, ServerConfig(allow_advertised_hosts=True))
     conn = Conn(factory)
     conn.lines()
-    conn.ask(f"SIGNUP alice {PASSWORD}")
+    conn.ask(f"SIGNUP alice {PASSWORD}", f"KEY {key_of('alice')}")
     assert conn.ask("LISTEN 4000 10.1.2.3") == ["OK LISTEN 10.1.2.3 4000"]
 
 
@@ -444,12 +444,13 @@ def test_connect_and_verify(connect: Connect, clock: Clock) -> None:
     bob = signed_up(connect, "Bob", "127.0.0.2")
     bob.ask("LISTEN 40000")
     reply = alice.ask("CONNECT bob")
-    ok, verb, name, host, port, token, proof = reply[0].split(" ")
+    ok, verb, name, host, port, token, proof, fingerprint = reply[0].split(" ")
     assert (ok, verb, name, host, port) == ("OK", "CONNECT", "Bob", "127.0.0.2", "40000")
+    assert fingerprint == key_of("Bob")  # the target's published key
     assert len(token) >= 22 and len(proof) >= 22 and token != proof
     assert bob.lines() == ["* REQUEST Alice"]
     assert alice.ask(f"VERIFY {token}") == ["ERR 403 bad-token unknown, expired or not yours"]
-    assert bob.ask(f"VERIFY {token}") == [f"OK VERIFY Alice {proof}"]
+    assert bob.ask(f"VERIFY {token}") == [f"OK VERIFY Alice {proof} {key_of('Alice')}"]
     assert bob.ask(f"VERIFY {token}") == ["ERR 403 bad-token unknown, expired or not yours"]
 
 
@@ -464,7 +465,7 @@ def test_tokens_expire_after_60_seconds_and_belong_to_names(connect: Connect, cl
     bob.drop()
     bob2 = connect("127.0.0.2")
     bob2.ask(f"LOGIN bob {PASSWORD}")
-    assert bob2.ask(f"VERIFY {token1}")[0].startswith("OK VERIFY alice ")
+    assert bob2.ask(f"VERIFY {token1}")[0].startswith("OK VERIFY alice ")  # VERIFY needs no KEY
     clock.advance(30)
     assert bob2.ask(f"VERIFY {token2}") == ["ERR 403 bad-token unknown, expired or not yours"]
 
@@ -485,16 +486,78 @@ def test_verify_rejects_malformed_tokens(connect: Connect) -> None:
     assert conn.ask("VERIFY a+b")[0].startswith("ERR 400 bad-arguments")
 
 
+# -- KEY (protocol version 2) ---------------------------------------------------------------
+
+
+def test_key_is_for_logged_in_clients_and_checked(connect: Connect) -> None:
+    conn = connect()
+    assert conn.ask(f"KEY {key_of('x')}") == ["ERR 403 not-logged-in log in first"]
+    assert conn.ask(f"SIGNUP alice {PASSWORD}") == ["OK SIGNUP alice"]
+    bad = ["ERR 400 bad-fingerprint fingerprints are sha256: and 64 hex digits"]
+    for wrong in ["sha256:abc", "md5:" + "a" * 64, "a" * 64, "sha256:" + "g" * 64, "sha256:" + "a" * 65]:
+        assert conn.ask(f"KEY {wrong}") == bad, wrong
+    assert conn.ask("KEY")[0].startswith("ERR 400 bad-arguments")
+    assert conn.ask(f"KEY {key_of('x')} extra")[0].startswith("ERR 400 bad-arguments")
+    assert conn.proto.key is None  # nothing bad was kept
+
+
+def test_key_upper_case_is_kept_lower_and_a_later_key_replaces(connect: Connect) -> None:
+    alice = signed_up(connect, "alice")
+    bob = connect("127.0.0.2")
+    no_key = "ERR 409 no-key publish your key with KEY first"
+    assert bob.ask(f"SIGNUP bob {PASSWORD}", "LISTEN 40000") == ["OK SIGNUP bob", no_key]
+    shouted = "SHA256:" + key_of("bob")[len("sha256:") :].upper()
+    assert bob.ask(f"KEY {shouted}", "LISTEN 40000") == ["OK KEY", "OK LISTEN 127.0.0.2 40000"]
+    assert alice.ask("CONNECT bob")[0].split(" ")[-1] == key_of("bob")
+    assert bob.ask(f"KEY {key_of('bob2')}") == ["* REQUEST alice", "OK KEY"]
+    bob.lines()
+    assert alice.ask("CONNECT bob")[0].split(" ")[-1] == key_of("bob2")
+
+
+def test_connect_needs_a_key_in_the_which_error_wins_order(connect: Connect) -> None:
+    conn = connect()
+    assert conn.ask(f"SIGNUP alice {PASSWORD}") == ["OK SIGNUP alice"]
+    signed_up(connect, "bob", "127.0.0.2").ask("LISTEN 40000")
+    # arguments first, then no-key, then the command's own conditions
+    assert conn.ask("CONNECT ../x") == ["ERR 400 bad-username no such user name can exist"]
+    assert conn.ask("CONNECT alice") == ["ERR 400 bad-arguments you cannot connect to yourself"]
+    assert conn.ask("LISTEN 80") == ["ERR 400 bad-port ports are 1024-65535"]
+    assert conn.ask("CONNECT nobody") == ["ERR 409 no-key publish your key with KEY first"]
+    assert conn.ask("CONNECT bob") == ["ERR 409 no-key publish your key with KEY first"]
+    assert conn.ask(f"KEY {key_of('alice')}", "CONNECT nobody") == [
+        "OK KEY",
+        "ERR 404 no-such-user there is no such user",
+    ]
+
+
+def test_the_key_is_forgotten_at_logout_and_verify_keeps_the_one_of_connect_time(connect: Connect) -> None:
+    alice = signed_up(connect, "alice")
+    bob = signed_up(connect, "bob", "127.0.0.2")
+    bob.ask("LISTEN 40000")
+    token = alice.ask("CONNECT bob")[0].split(" ")[5]
+    assert alice.ask(f"KEY {key_of('alice-new')}") == ["OK KEY"]  # published after CONNECT: not vouched
+    assert bob.ask(f"VERIFY {token}")[-1].split(" ")[-1] == key_of("alice")
+    alice.drop()
+    again = connect()
+    assert again.ask(f"LOGIN alice {PASSWORD}", "LISTEN 40001") == [
+        "OK LOGIN alice",
+        "ERR 409 no-key publish your key with KEY first",
+    ]
+
+
 # -- ordering and robustness ----------------------------------------------------------
 
 
 def test_pipelined_replies_come_in_order(connect: Connect) -> None:
     conn = connect()
-    commands = [f"SIGNUP alice {PASSWORD}", "WHO", "LISTEN 5000", "PING", "CONNECT alice", "FOO", "UNLISTEN"]
+    commands = [f"SIGNUP alice {PASSWORD}", "WHO", "LISTEN 5000", f"KEY {key_of('alice')}", "LISTEN 5000"]
+    commands += ["PING", "CONNECT alice", "FOO", "UNLISTEN"]
     assert conn.ask(*commands, "QUIT", "PING") == [
         "OK SIGNUP alice",
         "+ USER alice online",
         "OK WHO 1",
+        "ERR 409 no-key publish your key with KEY first",
+        "OK KEY",
         "OK LISTEN 127.0.0.1 5000",
         "OK PONG",
         "ERR 400 bad-arguments you cannot connect to yourself",

@@ -22,9 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from processes import tls_wrap
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 INSTALLED_TWISTD = "/opt/chatapp/venv/bin/twistd"
+# systemd-socket-activate clears the environment: without PYTHONPATH, twistd would run the chatapp
+# installed in the venv instead of the code under test.
+PASS_ENV = [f"--setenv=PYTHONPATH={os.environ['PYTHONPATH']}"] if os.environ.get("PYTHONPATH") else []
 TWISTD = Path(sys.executable).parent / "twistd"
 SERVICE = "chatserver.service"
 SOCKET = "chatserver.socket"
@@ -151,7 +155,7 @@ def activated_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
             # --fdname: systemd always sets LISTEN_FDNAMES (the socket unit's name), and Twisted's
             # systemd: endpoint ignores inherited sockets without it; the tool only sets it when asked.
             process = subprocess.Popen(
-                ["systemd-socket-activate", f"--fdname={SOCKET}", "-l", str(port), *argv],
+                ["systemd-socket-activate", *PASS_ENV, f"--fdname={SOCKET}", "-l", str(port), *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=tmp_path,
@@ -189,8 +193,8 @@ def test_socket_activated_server_serves_and_says_bye(
 ) -> None:
     process, port, log = activated_server
     # The twistd process only starts on this first connection, which then waits in the backlog.
-    with connect(port) as conn, conn.makefile("rb") as lines:
-        assert lines.readline() == b"* HELLO chatapp/1\r\n", log.read_text()
+    with tls_wrap(connect(port)) as conn, conn.makefile("rb") as lines:
+        assert lines.readline() == b"* HELLO chatapp/2\r\n", log.read_text()
         conn.sendall(b"SIGNUP alice correct horse battery\r\n")
         assert lines.readline() == b"OK SIGNUP alice\r\n"
         # exec in place: the pid systemd-socket-activate started as is now twistd.
@@ -213,7 +217,7 @@ def test_a_socket_adopted_with_the_wrong_domain_is_a_usage_error(tmp_path: Path)
     argv = [str(TWISTD), "--nodaemon", "--pidfile=", "chatserver", "--listen", "systemd:domain=INET6:index=0"]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["systemd-socket-activate", f"--fdname={SOCKET}", "-l", f"127.0.0.1:{port}", *argv],
+            ["systemd-socket-activate", *PASS_ENV, f"--fdname={SOCKET}", "-l", f"127.0.0.1:{port}", *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,

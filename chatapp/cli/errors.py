@@ -26,6 +26,7 @@ from chatapp.client import (
     SlowDown,
     UserExists,
 )
+from chatapp.client.errors import ServerNotTrusted
 from chatapp.wire import escape_for_terminal
 
 from .options import Settings
@@ -41,6 +42,7 @@ EXIT_TAKEN = 7  # --signup with a name that is taken
 EXIT_BAD_INPUT = 8  # a user name or password the server cannot take (form, length)
 EXIT_LATER = 9  # the server asks to come back later (busy, too many signups)
 EXIT_REPLACED = 10  # this user logged in elsewhere: the server closed this session (one-shots)
+EXIT_UNTRUSTED = 11  # the server's TLS key is unknown and was not confirmed, or it changed (issue 12)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
@@ -54,6 +56,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_BAD_INPUT: "the user name or password is not acceptable (form, length)",
     EXIT_LATER: "the server is busy or refuses more signups for now; try later",
     EXIT_REPLACED: "you logged in elsewhere and the server closed this session (send, listen)",
+    EXIT_UNTRUSTED: "the server's key is not trusted: unknown and not confirmed, or changed since it was pinned",
 }
 
 
@@ -147,6 +150,8 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
         return Fatal(EXIT_LATER, f"too many new accounts from your address; try again in {minutes(error.seconds)}")
     if isinstance(error, Busy):
         return Fatal(EXIT_LATER, "the server is busy; try again in a moment")
+    if isinstance(error, ServerNotTrusted):  # before ConnectionClosed: the refusal says it all
+        return Fatal(EXIT_UNTRUSTED, str(error))
     if isinstance(error, (NotConnected, ConnectionClosed)):
         text = str(error)
         if settings.server not in text:

@@ -20,6 +20,7 @@ from chatapp.wire import valid_password, valid_username
 
 from .errors import EXIT_BAD_INPUT, EXIT_USAGE, Fatal, explain
 from .options import Settings, UsageError
+from .trust import server_options
 
 log = Logger()
 
@@ -132,6 +133,7 @@ def make_client(reactor: Any, settings: Settings, emit: EventSink) -> ChatClient
             listen=settings.listen,
             max_file_size=settings.max_file_size,
             auto_accept=settings.accept_files,
+            server_options=server_options(reactor, settings),  # issue 12: the server link's TLS
         )
     except InvalidArgument as e:
         raise Fatal(EXIT_USAGE, str(e)) from None

@@ -65,6 +65,10 @@ class Settings:
     offer_timeout: float | None = None  # seconds an offer we make waits for an answer; None: forever
     log_dir: str | None = None  # chat logs on disk (the interactive console's --log-dir); None: off
     config: str | None = None  # the config file read, if any
+    # The server link's TLS (issue 12): how a first contact is trusted; --no-tls for a --no-tls server.
+    server_fingerprint: str | None = None
+    trust_on_first_use: bool = False
+    no_tls: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,6 +136,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="the config file (default $XDG_CONFIG_HOME/chatapp/config.toml, else ~/.config/chatapp/config.toml)",
     )
+    # -- the server link's TLS (issue 12) --
+    parser.add_argument(
+        "--server-fingerprint",
+        metavar="sha256:HEX",
+        default=s,
+        help="the server's key as its operator publishes it (chatapp-admin fingerprint); checked, then remembered",
+    )
+    parser.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        default=s,
+        help="trust and remember an unknown server's key without asking (a changed key is still refused)",
+    )
+    parser.add_argument(
+        "--no-tls", action="store_true", default=s, help="plain TCP, only to a server run with --no-tls"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         "exit codes: 0 done, 1 a command or transfer failed, 2 usage, 3 server unreachable,\n"
         "4 wrong user name or password, 5 address blocked, 6 account locked, 7 name taken,\n"
         "8 bad user name or password form, 9 server busy or too many signups (try later),\n"
-        "10 logged in elsewhere (send, listen).\n"
+        "10 logged in elsewhere (send, listen),\n"
+        "11 the server's key is not trusted (unknown and unconfirmed, or changed).\n"
         "Details: docs/console.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -296,6 +317,18 @@ def parse_args(argv: list[str], environ: Mapping[str, str] = os.environ) -> Sett
     settings.password_file = given.get("password_file")
     settings.debug_log = given.get("debug_log")
     settings.debug = bool(given.get("debug")) or settings.debug_log is not None
+    # -- the server link's TLS (issue 12) --
+    if given.get("server_fingerprint") is not None:
+        from chatapp.tls.fingerprint import BadFingerprint, parse_fingerprint
+
+        try:
+            settings.server_fingerprint = parse_fingerprint(given["server_fingerprint"])
+        except BadFingerprint:
+            raise UsageError("--server-fingerprint: expected sha256: and 64 hex digits") from None
+    settings.trust_on_first_use = bool(given.get("trust_on_first_use"))
+    settings.no_tls = bool(given.get("no_tls"))
+    if settings.no_tls and (settings.server_fingerprint or settings.trust_on_first_use):
+        raise UsageError("--no-tls checks no key: leave out --server-fingerprint and --trust-on-first-use")
     if settings.mode == "send":
         settings.send_to = given["to"]
         settings.paths = list(given["paths"])

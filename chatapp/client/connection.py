@@ -38,11 +38,12 @@ from __future__ import annotations
 import enum
 import random as _random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.internet import defer, threads
+from twisted.internet.endpoints import clientFromString, quoteStringArgument, wrapClientTLS
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -72,7 +73,12 @@ from chatapp.client.server import (
     check_token,
     check_username,
 )
+from chatapp.client.trust import Confirm, ServerLinkTLS
 from chatapp.events import ChatEvent, EventSink, GaveUp, Reconnected, Reconnecting, ServerLost, ignore
+from chatapp.tls.fingerprint import BadFingerprint
+from chatapp.tls.identity import Identity, load_or_create_identity
+from chatapp.tls.known_hosts import KnownServers
+from chatapp.tls.paths import identity_path
 from chatapp.wire import escape_for_terminal
 
 log = Logger()
@@ -114,6 +120,25 @@ def endpoint_description(address: str, timeout: int = 10) -> str:
     if not host:
         raise InvalidArgument("the server address has no host")
     return f"tcp:host={quoteStringArgument(host)}:port={port}:timeout={timeout}"
+
+
+def server_host_port(description: str) -> tuple[str, int]:
+    """The ``host`` and ``port`` of a client endpoint description: what pins and identities are filed under."""
+    values: dict[str, str] = {}
+    kind, _, rest = description.partition(":")
+    positional: list[str] = []
+    for part in rest.split(":"):
+        name, equals, value = part.partition("=")
+        if equals:
+            values[name] = value
+        else:
+            positional.append(part)
+    host = values.get("host") or (positional[0] if positional else "")
+    port_text = values.get("port") or (positional[1] if len(positional) > 1 else "")
+    if kind == "unix":
+        return values.get("path") or host or "localhost", 0
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else DEFAULT_PORT
+    return host.replace("\\", ""), port
 
 
 class State(enum.Enum):
@@ -204,6 +229,7 @@ class _Session:
                 raise ConnectFailed(f"the chat server at {where} did not greet us") from None
             if self.credentials is not None:
                 await protocol.login(*self.credentials)
+                await link._publish_key(protocol)
                 self.published = None
                 if self.listening is not None:
                     try:
@@ -319,13 +345,48 @@ class ServerConnection:
         close_timeout: float = 5.0,
         ping_interval: float = PING_INTERVAL,
         random: Callable[[], float] = _random.random,
+        no_tls: bool = False,
+        server_fingerprint: str | None = None,
+        trust_on_first_use: bool = False,
+        confirm: Confirm | None = None,
+        known_servers: KnownServers | None = None,
+        trust_roots: Any = None,
     ) -> None:
+        """TLS (PROTOCOL.md 4.1): ``server_fingerprint`` must match on first contact; ``confirm(where,
+        fingerprint)`` asks the user then (a Deferred[bool]); ``trust_on_first_use`` pins without asking;
+        with none of them an unknown server is refused. ``no_tls`` speaks plain TCP (only to a
+        ``--no-tls`` server: nothing falls back to it by itself). ``known_servers`` and ``trust_roots``
+        replace the user's file and the system roots (tests)."""
+        self.reactor = reactor
         self.address = address
         self.description = endpoint_description(address)
+        self.host, self.port = server_host_port(self.description)
         try:
-            self.endpoint: IStreamClientEndpoint = clientFromString(reactor, self.description)
+            endpoint: IStreamClientEndpoint = clientFromString(reactor, self.description)
         except Exception as e:
             raise InvalidArgument(f"not a usable server address {escape_for_terminal(address)!r}: {e}") from None
+        self.tls: ServerLinkTLS | None = None
+        if not no_tls and self.description.split(":", 1)[0].lower() in ("ssl", "tls"):
+            # TLS is added (and its certificate checked) here: a tls: endpoint would wrap TLS in TLS.
+            raise InvalidArgument("give the server as HOST:PORT or a tcp: endpoint; TLS is added by itself")
+        if not no_tls:
+            try:
+                self.tls = ServerLinkTLS(
+                    reactor,
+                    self.host,
+                    self.port,
+                    server_fingerprint=server_fingerprint,
+                    trust_on_first_use=trust_on_first_use,
+                    confirm=confirm,
+                    known_servers=known_servers,
+                    trust_roots=trust_roots,
+                )
+            except BadFingerprint as e:
+                raise InvalidArgument(str(e)) from None
+            endpoint = wrapClientTLS(self.tls.creator, endpoint)
+        self.endpoint = endpoint
+        self.identity: Identity | None = None  # this account's identity on this server, once logged in
+        self._identity_of: str | None = None  # the (case-folded) account self.identity belongs to
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.emit = emit
         self.max_delay = max_delay
@@ -336,7 +397,8 @@ class ServerConnection:
         self._random = random
         # Twisted's policy gives initial * factor**n; ours starts at the initial delay for try 1
         self._backoff = backoffPolicy(initial_delay / factor, max_delay, factor, jitter=lambda: 0.0)
-        self.factory = ServerClientFactory(self.clock, self._emit, ping_interval)
+        gate = self.tls.accept if self.tls is not None else None
+        self.factory = ServerClientFactory(self.clock, self._emit, ping_interval, gate)
         self.state = State.IDLE
         self._session: _Session | None = None
         self._protocol: ServerClientProtocol | None = None
@@ -500,9 +562,30 @@ class ServerConnection:
         return self._on_open(lambda p: p.login(user, password))
 
     def _on_open(self, call: Callable[[ServerClientProtocol], defer.Deferred[str]]) -> defer.Deferred[str]:
+        async def logged_in(protocol: ServerClientProtocol) -> str:
+            name = await call(protocol)
+            await self._publish_key(protocol)
+            return name
+
         d: defer.Deferred[Any] = self.open()
-        d.addCallback(call)
+        d.addCallback(lambda protocol: defer.ensureDeferred(logged_in(protocol)))
         return d
+
+    def load_identity(self, path: Path) -> defer.Deferred[tuple[Identity, bool]]:
+        """Load or make the identity file ``path`` in a thread (key generation, fsync); True if made."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), load_or_create_identity, path)
+
+    async def _publish_key(self, protocol: ServerClientProtocol) -> None:
+        """Right after a login: load (or make, at the first login) this account's identity, then send KEY."""
+        user = protocol.user
+        assert user is not None
+        if self.identity is None or self._identity_of != user.casefold():
+            path = identity_path(self.host, self.port, user)
+            identity, made = await self.load_identity(path)
+            if made:
+                log.info("made a new identity key for {user}: {path}", user=user, path=str(path))
+            self.identity, self._identity_of = identity, user.casefold()
+        await protocol.key(self.identity.fingerprint)
 
     def listen(self, port: int, host: str | None = None) -> defer.Deferred[tuple[str, int]]:
         """Publish where we accept peers (re-published after a reconnection); fires with (host, port)."""
@@ -525,7 +608,7 @@ class ServerConnection:
         p = self._current()
         return p.connect(user) if p is not None else defer.fail(self._not_connected())
 
-    def verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
+    def verify(self, token: str) -> defer.Deferred[tuple[str, str, str]]:
         check_token(token)
         p = self._current()
         return p.verify(token) if p is not None else defer.fail(self._not_connected())

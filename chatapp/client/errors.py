@@ -47,6 +47,30 @@ class ConnectFailed(NotConnected):
     """Could not reach the chat server."""
 
 
+class ServerNotTrusted(ClientError):
+    """The server's TLS certificate was not accepted; nothing was sent to it (PROTOCOL.md 4.1)."""
+
+
+class ServerKeyChanged(ServerNotTrusted):
+    """The server offered another key than the one pinned (or given): someone may be intercepting.
+
+    Never asked about: the message names both fingerprints and the line to remove if the change is expected.
+    """
+
+    def __init__(self, message: str, expected: str, offered: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.offered = offered
+
+
+class ServerKeyUnknown(ServerNotTrusted):
+    """First contact with a server whose key nobody confirmed (no terminal, no --server-fingerprint)."""
+
+    def __init__(self, message: str, offered: str) -> None:
+        super().__init__(message)
+        self.offered = offered
+
+
 _BYE_TEXT = {
     "replaced": "you logged in from somewhere else, so the server closed this connection",
     "shutdown": "the server is shutting down",

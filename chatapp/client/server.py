@@ -21,17 +21,18 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chatapp import PROTOCOL_VERSION
 from chatapp.client.errors import (
@@ -45,6 +46,8 @@ from chatapp.client.errors import (
     server_error,
 )
 from chatapp.events import ChatRequested, EventSink, ignore
+from chatapp.tls.fingerprint import parse_fingerprint
+from chatapp.tls.transports import inner_transport
 from chatapp.wire import (
     SERVER_MAX_LINE,
     LineBuffer,
@@ -86,6 +89,7 @@ class PeerTicket:
     port: int
     token: str
     proof: str = field(repr=False)
+    fingerprint: str = ""  # the target's key as the server vouches for it (PROTOCOL.md 4.2)
 
 
 # -- connection states ------------------------------------------------------------
@@ -230,13 +234,15 @@ def _parse_who(f: list[str], rows: list[WhoEntry]) -> list[WhoEntry]:
 
 
 def _parse_connect(f: list[str], rows: list[WhoEntry]) -> PeerTicket:
-    user, host, port, token, proof = f
-    return PeerTicket(_user(user), host, _number(port, 1, 65535), _secret(token), _secret(proof))
+    user, host, port, token, proof, fingerprint = f
+    return PeerTicket(
+        _user(user), host, _number(port, 1, 65535), _secret(token), _secret(proof), parse_fingerprint(fingerprint)
+    )
 
 
-def _parse_verify(f: list[str], rows: list[WhoEntry]) -> tuple[str, str]:
-    requester, proof = f
-    return _user(requester), _secret(proof)
+def _parse_verify(f: list[str], rows: list[WhoEntry]) -> tuple[str, str, str]:
+    requester, proof, fingerprint = f
+    return _user(requester), _secret(proof), parse_fingerprint(fingerprint)
 
 
 _Parser = Callable[[list[str], list[WhoEntry]], Any]
@@ -255,6 +261,12 @@ class _Call:
 # -- the protocol -----------------------------------------------------------------
 
 
+# Decides, after the TLS handshake, whether this server is trusted: fires with its fingerprint, or fails
+# with a ChatClientError that every waiting call then reports.
+Gate = Callable[[Any], Coroutine[Any, Any, str]]
+
+
+@implementer(IHandshakeListener)
 class ServerClientProtocol(TwistedProtocol):
     """One connection to the chat server.
 
@@ -262,10 +274,25 @@ class ServerClientProtocol(TwistedProtocol):
     :class:`~chatapp.events.ChatRequested` for each ``* REQUEST``.  After the
     connection ends, every call fails at once with
     :class:`~chatapp.client.errors.ConnectionClosed`.
+
+    Inside TLS, ``gate`` decides about the server's certificate in ``handshakeCompleted``; until it
+    has accepted it nothing is read (not even ``* HELLO``), so nothing is written either: a password
+    never reaches a server that was not trusted.
     """
 
-    def __init__(self, clock: IReactorTime, emit: EventSink = ignore, ping_interval: float = PING_INTERVAL):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        emit: EventSink = ignore,
+        ping_interval: float = PING_INTERVAL,
+        gate: Gate | None = None,
+    ):
         self.clock = clock
+        self._gate = gate
+        self._held: bytes | None = None if gate is None else b""  # bytes read before the server was trusted
+        self.server_fingerprint: str | None = None  # the server's key, once trusted
+        self._deciding = False  # the gate is deciding about the server's certificate
+        self._lost_while_deciding: Failure | None = None  # the end, told once the decision is made
         self.emit = emit
         self.ping_interval = ping_interval
         self.state = LineState.GREETING
@@ -287,6 +314,49 @@ class ServerClientProtocol(TwistedProtocol):
 
     def _move(self, new: LineState) -> None:
         self.state = line_move(self.state, new)
+
+    # -- TLS ----------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        tcp = inner_transport(self.transport)
+        if ITCPTransport.providedBy(tcp):
+            tcp.setTcpNoDelay(True)  # small request/reply lines: no delayed-ACK stalls
+
+    def handshakeCompleted(self) -> None:
+        if self._gate is None or self.state not in _LIVE:
+            return
+        self._deciding = True
+        deciding: defer.Deferred[str] = defer.ensureDeferred(self._gate(self.transport))
+        deciding.addCallbacks(self._trusted, self._not_trusted)
+        deciding.addErrback(self._bug_in_gate)
+        deciding.addBoth(self._decided)
+
+    def _decided(self, _: object) -> None:
+        # A server that said its line (* BLOCKED, say) and closed while we decided: read the line first.
+        self._deciding = False
+        lost, self._lost_while_deciding = self._lost_while_deciding, None
+        if lost is not None:
+            self.connectionLost(lost)
+
+    def _trusted(self, fingerprint: str) -> None:
+        self.server_fingerprint = fingerprint
+        held, self._held = self._held, None
+        if held:
+            self.dataReceived(held)
+
+    def _not_trusted(self, failure: Failure) -> None:
+        if self.state not in _LIVE:
+            return
+        error = failure.value
+        if not isinstance(error, ChatClientError):
+            failure.raiseException()
+        self._refusal = error
+        self._hang_up(ConnectionClosed(None, str(error)))
+
+    def _bug_in_gate(self, failure: Failure) -> None:
+        log.failure("deciding whether to trust the chat server failed", failure)
+        self._refusal = ConnectionClosed(None, "could not decide whether to trust the server")
+        self._hang_up(self._refusal)
 
     # -- connection life ----------------------------------------------------------
 
@@ -319,6 +389,9 @@ class ServerClientProtocol(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self.closed is not None:
+            return
+        if self._deciding:
+            self._lost_while_deciding = reason
             return
         self._stop_pinging()
         if self._end_reason is not None:
@@ -361,6 +434,12 @@ class ServerClientProtocol(TwistedProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.state not in _LIVE or self._end_reason is not None:
+            return
+        if self._held is not None:
+            # Not trusted yet: keep (a bounded amount of) what came, read it once the decision is made.
+            self._held += data
+            if len(self._held) > 2 * SERVER_MAX_LINE:
+                self._protocol_violation(b"", "the server sent too much before it was trusted")
             return
         lines, too_long = self._lines.feed(data)
         for raw in lines:
@@ -553,8 +632,12 @@ class ServerClientProtocol(TwistedProtocol):
         """Ask for a ticket to chat with ``user``; the target gets ``* REQUEST``."""
         return self._call(command_line("CONNECT", check_username(user)), "CONNECT", _parse_connect)
 
-    def verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
-        """Redeem a token a peer showed us; fires with (requester, proof)."""
+    def key(self, fingerprint: str) -> defer.Deferred[None]:
+        """Publish our identity key for this login (PROTOCOL.md 4.2)."""
+        return self._call(command_line("KEY", parse_fingerprint(fingerprint)), "KEY", _parse_nothing)
+
+    def verify(self, token: str) -> defer.Deferred[tuple[str, str, str]]:
+        """Redeem a token a peer showed us; fires with (requester, proof, requester's fingerprint)."""
         return self._call(command_line("VERIFY", check_token(token)), "VERIFY", _parse_verify)
 
     def ping(self) -> defer.Deferred[None]:
@@ -620,12 +703,19 @@ def _describe(reason: Failure) -> str:
 class ServerClientFactory(Factory):
     """Builds :class:`ServerClientProtocol` instances sharing one clock and one ``emit``."""
 
-    def __init__(self, clock: IReactorTime, emit: EventSink = ignore, ping_interval: float = PING_INTERVAL):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        emit: EventSink = ignore,
+        ping_interval: float = PING_INTERVAL,
+        gate: Gate | None = None,
+    ):
         self.clock = clock
         self.emit = emit
         self.ping_interval = ping_interval
+        self.gate = gate
 
     def buildProtocol(self, addr: object) -> ServerClientProtocol:
-        protocol = ServerClientProtocol(self.clock, self.emit, self.ping_interval)
+        protocol = ServerClientProtocol(self.clock, self.emit, self.ping_interval, self.gate)
         protocol.factory = self
         return protocol

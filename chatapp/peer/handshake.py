@@ -29,7 +29,7 @@ log = Logger()
 
 
 def parse_hello(raw: bytes) -> tuple[str, str] | None:
-    """(name, token) from a well-formed ``HELLO chatapp/1 <name> <token>``, else None."""
+    """(name, token) from a well-formed ``HELLO chatapp/<version> <name> <token>``, else None."""
     try:
         verb, args = split_verb(decode_line(raw))
         if verb != "HELLO":

@@ -29,6 +29,8 @@ class ServerConfig:
     max_connections: int = 1000  # in all; twistd's default is sized to the descriptor limit (tap.py)
     signups_per_hour: int = 5
     allow_advertised_hosts: bool = False
+    # Connections arrive inside TLS (tap.py wraps the factory): greet only once the handshake is done.
+    tls: bool = False
 
 
 def address_of(peer: IAddress) -> str:

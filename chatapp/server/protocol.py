@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +25,8 @@ from chatapp.server.limits import seconds_left
 from chatapp.server.lockout import Attempt, Refusal, Refused, Settlement, Verdict
 from chatapp.server.passwords import Busy
 from chatapp.server.store import ADDRESS, NAME, UserExists
+from chatapp.tls.fingerprint import BadFingerprint, parse_fingerprint
+from chatapp.tls.transports import inner_transport
 from chatapp.wire import (
     SERVER_MAX_LINE,
     UNANSWERED,
@@ -141,9 +143,18 @@ class IllegalMove(Exception):
     """A bug: the connection was asked to move between phases that do not follow each other."""
 
 
-@implementer(IPushProducer)
+_NOT_READ = object()  # the block list has not been read yet
+
+
+@implementer(IPushProducer, IHandshakeListener)
 class ServerProtocol(Protocol):
-    """Also the producer of its own replies: while the client does not read, no command runs."""
+    """Also the producer of its own replies: while the client does not read, no command runs.
+
+    Inside TLS (``config.tls``) ``connectionMade`` comes with the TCP connection, before the handshake:
+    the login timeout starts there, and the greeting waits for ``handshakeCompleted``. So does the
+    producer registration: TLS pauses a registered producer while it holds writes made before the
+    handshake, and pausing stops reading the socket, which would stall the handshake for good.
+    """
 
     factory: ServerFactory
 
@@ -151,6 +162,7 @@ class ServerProtocol(Protocol):
         self.factory = factory
         self.address = address  # the client's IP address as the server sees it
         self.user: str | None = None  # the account name as signed up, once logged in
+        self.key: str | None = None  # the fingerprint published with KEY for this login (never stored)
         self.phase = Phase.GREETING
         # Bytes received and not yet run as commands: bounded by pausing the transport (_bound_input).
         self._lines = LineBuffer(SERVER_MAX_LINE)
@@ -161,6 +173,9 @@ class ServerProtocol(Protocol):
         self._login_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
+        self._handshake_done = not factory.config.tls
+        self._producing = False  # registered as the transport's producer
+        self._block_read: object = _NOT_READ  # what the block list said, until both it and TLS are ready
 
     def _move(self, to: Phase) -> None:
         if to not in _MOVES[self.phase]:
@@ -181,16 +196,38 @@ class ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        tcp = inner_transport(self.transport)
+        if ITCPTransport.providedBy(tcp):
+            tcp.setTcpNoDelay(True)  # replies are small: never wait for a delayed ACK
+        if self._handshake_done:
+            self._register_producer()
         if not self.factory.connection_opened(self):
             self._say_bye("too-many-connections")
             return
         clock = self.factory.clock
         self._login_timer = clock.callLater(self.factory.config.login_timeout, self._login_timed_out)
         d = self.factory.store.block_until(ADDRESS, self.address, clock.seconds())
-        d.addCallback(self._greet)
+        d.addCallback(self._block_list_read)
         d.addErrback(self._greet_failed)
         d.addErrback(self._crashed)
+
+    def _register_producer(self) -> None:
+        if not self._producing and self.transport is not None and not self._ended:
+            self._producing = True
+            self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+    def handshakeCompleted(self) -> None:
+        self._handshake_done = True
+        if self._ended:
+            return
+        self._register_producer()
+        if self._block_read is not _NOT_READ:
+            self._greet(self._block_read)  # type: ignore[arg-type]
+
+    def _block_list_read(self, until: float | None) -> None:
+        self._block_read = until
+        if self._handshake_done:
+            self._greet(until)
 
     def _greet(self, until: float | None) -> None:
         if self._ended:
@@ -220,7 +257,10 @@ class ServerProtocol(Protocol):
         self.factory.connection_closed(self)
 
     def _login_timed_out(self) -> None:
-        if self.phase is Phase.GREETING or self.phase is Phase.ANONYMOUS:
+        if not self._handshake_done:
+            # A TLS handshake that never ended: no line could reach the client anyway.
+            self._abort()
+        elif self.phase is Phase.GREETING or self.phase is Phase.ANONYMOUS:
             self._say_bye("login-timeout")
 
     def _idle_timed_out(self) -> None:
@@ -262,6 +302,10 @@ class ServerProtocol(Protocol):
             return
         self._move(Phase.CLOSING)
         if self.transport is not None:
+            if self._producing:
+                # TLS shuts down (and so sends the last line) only once no producer is registered.
+                self._producing = False
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
             self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self._abort)
 
@@ -581,6 +625,20 @@ class ServerProtocol(Protocol):
 
     # -- registry -----------------------------------------------------------
 
+    def cmd_key(self, args: str | None) -> None:
+        assert self.user is not None
+        (text,) = fields(args, 1)
+        try:
+            self.key = parse_fingerprint(text)
+        except BadFingerprint:
+            raise WireError(400, "bad-fingerprint", "fingerprints are sha256: and 64 hex digits") from None
+        self._send(format_line("OK", "KEY"))
+
+    def _need_key(self) -> str:
+        if self.key is None:
+            raise WireError(409, "no-key", "publish your key with KEY first")
+        return self.key
+
     def cmd_listen(self, args: str | None) -> None:
         assert self.user is not None
         parts = fields(args, 1, optional=1)
@@ -596,6 +654,7 @@ class ServerProtocol(Protocol):
             if advertised != host and not self.factory.config.allow_advertised_hosts:
                 raise WireError(400, "bad-host", f"this server only accepts your own address {host}")
             host = advertised
+        self._need_key()
         self.factory.registry.listen(self.user, host, port)
         self._send(format_line("OK", "LISTEN", host, str(port)))
 
@@ -619,6 +678,7 @@ class ServerProtocol(Protocol):
             raise WireError(400, "bad-username", "no such user name can exist")
         if fold_name(name) == fold_name(self.user):
             raise BadArguments("you cannot connect to yourself")
+        key = self._need_key()
         registry = self.factory.registry
         now = self.factory.clock.seconds()
         wait = registry.token_wait(self.user, now)
@@ -632,10 +692,13 @@ class ServerProtocol(Protocol):
         if presence.listening is None:
             raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
         host, port = presence.listening
+        target_key = presence.connection.key
+        if target_key is None:  # cannot happen: LISTEN needs a KEY and a key is never withdrawn
+            raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
         # One "* REQUEST" per burst: a requester retrying with tokens unredeemed adds no new line at the target.
         told = registry.holds_token(self.user, presence.name, now)
-        token, proof = registry.issue(self.user, presence.name, now)
-        self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof))
+        token, proof = registry.issue(self.user, presence.name, now, key)
+        self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof, target_key))
         if not told:
             presence.connection.event("REQUEST", self.user)
         return None
@@ -654,7 +717,7 @@ class ServerProtocol(Protocol):
         ticket = self.factory.registry.redeem(token, self.user, self.factory.clock.seconds())
         if ticket is None:
             raise WireError(403, "bad-token", "unknown, expired or not yours")
-        self._send(format_line("OK", "VERIFY", ticket.requester, ticket.proof))
+        self._send(format_line("OK", "VERIFY", ticket.requester, ticket.proof, ticket.fingerprint))
 
     # -- the rest -----------------------------------------------------------
 
@@ -671,6 +734,7 @@ class ServerProtocol(Protocol):
         "SIGNUP": cmd_signup,
         "LOGIN": cmd_login,
         "PASSWD": cmd_passwd,
+        "KEY": cmd_key,
         "LISTEN": cmd_listen,
         "UNLISTEN": cmd_unlisten,
         "WHO": cmd_who,

@@ -33,6 +33,7 @@ class Ticket:
     target: str
     proof: str
     expires: float
+    fingerprint: str = ""  # the key the requester had published when it asked CONNECT (PROTOCOL.md 4.2)
 
 
 class Registry(Protocol[C]):
@@ -52,7 +53,7 @@ class Registry(Protocol[C]):
 
     def holds_token(self, requester: str, target: str, now: float) -> bool: ...
 
-    def issue(self, requester: str, target: str, now: float) -> tuple[str, str]: ...
+    def issue(self, requester: str, target: str, now: float, fingerprint: str = "") -> tuple[str, str]: ...
 
     def redeem(self, token: str, asker: str, now: float) -> Ticket | None: ...
 
@@ -114,8 +115,10 @@ class MemoryRegistry(Generic[C]):
         self._expire(now)
         return (requester.lower(), target.lower()) in self._pairs
 
-    def issue(self, requester: str, target: str, now: float) -> tuple[str, str]:
+    def issue(self, requester: str, target: str, now: float, fingerprint: str = "") -> tuple[str, str]:
         """A fresh (token, proof) pair bound to (requester, target), valid for 60 s.
+
+        ``fingerprint`` is the requester's published key, kept with the token for ``VERIFY``.
 
         The caller asks :meth:`token_wait` first; issuing past a limit is a bug.
         """
@@ -124,7 +127,7 @@ class MemoryRegistry(Generic[C]):
         token = secrets.token_urlsafe(16)
         proof = secrets.token_urlsafe(16)
         expires = now + TOKEN_LIFETIME
-        self._tickets[token] = Ticket(requester, target, proof, expires)
+        self._tickets[token] = Ticket(requester, target, proof, expires, fingerprint)
         self._expiries.append((expires, token))
         self._by_requester.setdefault(requester.lower(), deque()).append((expires, token))
         pair = (requester.lower(), target.lower())

@@ -7,13 +7,15 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -21,6 +23,9 @@ from chatapp.runner import ThreadRunner
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
 from chatapp.server.store import SQLiteStore
+from chatapp.tls.contexts import ServerLinkServerTLS
+from chatapp.tls.identity import BadIdentityFile, Identity, load_identity, load_or_create_identity
+from chatapp.tls.paths import server_certificate_path
 
 log = Logger()
 
@@ -90,9 +95,10 @@ class Options(usage.Options):
     )
     optFlags = [
         ["allow-advertised-hosts", None, "let LISTEN name a host other than the client's own address"],
+        ["no-tls", None, "serve plain TCP (behind a TLS-terminating proxy, or for debugging by hand)"],
     ]
     optParameters: list[list[Any]] = [
-        ["listen", None, "tcp:8750", "Twisted server endpoint to listen on (tcp:, ssl:, unix:, systemd:)"],
+        ["listen", None, "tcp:8750", "Twisted server endpoint to listen on (tcp:, unix:, systemd:); TLS is added"],
         ["db", None, "chatserver.sqlite3", "SQLite database file (created on first start)"],
         [
             "max-attempts",
@@ -114,11 +120,26 @@ class Options(usage.Options):
             _positive_int(1),
         ],
         ["signups-per-hour", None, 5, "accounts one address may create per hour", _positive_int(1)],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM file: certificate, chain, private key (default: chatserver-tls.pem next to --db, made on first start)",
+        ],
     ]
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
 
+        if self["listen"].split(":", 1)[0].strip().lower() in ("ssl", "tls"):
+            raise usage.UsageError(
+                f"--listen {self['listen']}: give a plain endpoint (tcp:, unix:, systemd:); the server adds "
+                "TLS itself, with the certificate of --tls-cert PATH"
+            )
+        if self["tls-cert"] is not None and self["no-tls"]:
+            raise usage.UsageError("--tls-cert and --no-tls contradict each other")
+        if self["tls-cert"] is not None and not os.path.isfile(self["tls-cert"]):
+            raise usage.UsageError(f"--tls-cert {self['tls-cert']}: no such file")
         try:
             endpoint = serverFromString(reactor, self["listen"])
         except IndexError:
@@ -142,6 +163,7 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             max_connections_per_address=self["max-connections-per-address"],
             max_connections=self["max-connections"] or default_max_connections(),
+            tls=not self["no-tls"],
             signups_per_hour=self["signups-per-hour"],
             allow_advertised_hosts=bool(self["allow-advertised-hosts"]),
         )
@@ -164,6 +186,26 @@ def _check_adopted_family(endpoint: object, description: str) -> None:
         raise usage.UsageError(f"--listen {description}: the inherited socket is {wanted}; say domain={wanted}")
 
 
+class ServerCertificate:
+    """Where the server's TLS identity comes from: ``--tls-cert`` (read only) or its own file (made once)."""
+
+    def __init__(self, path: str | os.PathLike[str], given: bool) -> None:
+        self.path = path
+        self.given = given
+
+    def load(self) -> Identity:
+        """Blocking file I/O (and key generation on first start): before the reactor runs, or in a thread."""
+        try:
+            if self.given:
+                return load_identity(self.path)
+            identity, made = load_or_create_identity(Path(self.path), "chatserver")
+        except (OSError, BadIdentityFile) as e:
+            raise StartupError(f"chatserver: TLS certificate {os.fspath(self.path)}: {e}") from None
+        if made:
+            log.info("chatserver made a new TLS certificate in {path}", path=os.fspath(self.path))
+        return identity
+
+
 class ChatServerService(Service):
     """Listens on an endpoint with a :class:`ServerFactory`; owns the store and the bcrypt pool.
 
@@ -180,8 +222,12 @@ class ChatServerService(Service):
         factory: ServerFactory,
         reactor: Any,
         on_failed_start: Callable[[str], None] | None = None,
+        certificate: ServerCertificate | None = None,
     ) -> None:
+        """``certificate`` None serves plain TCP (``--no-tls``); otherwise every connection is TLS 1.3."""
         self.endpoint = endpoint
+        self.certificate = certificate
+        self.fingerprint: str | None = None  # of the TLS certificate, once loaded
         self.description = description
         self.factory = factory
         self.reactor = reactor
@@ -195,7 +241,16 @@ class ChatServerService(Service):
     def privilegedStartService(self) -> None:
         # Bind first (a privileged port may need root); the store opens in startService.
         super().privilegedStartService()
-        self._listening = self.endpoint.listen(self.factory)
+        if self.certificate is None:
+            self._listening = self.endpoint.listen(self.factory)
+        elif not getattr(self.reactor, "running", False):
+            # twistd starts services before its reactor runs: blocking file I/O here delays nobody.
+            self._listening = self._listen_tls(self.certificate.load())
+        else:
+            # Started inside a running reactor (tests, embedding): read or make the file in a thread,
+            # and listen only once it is there, so no connection ever waits for a certificate.
+            loading = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.certificate.load)
+            self._listening = loading.addCallback(self._listen_tls)
         self._listening.addErrback(self._listen_failed)
         if self._listening.called:
             failed_now: list[Failure] = []
@@ -205,11 +260,19 @@ class ChatServerService(Service):
                 # daemonizing twistd shows the line before it reports a start.
                 failed_now[0].raiseException()
 
+    def _listen_tls(self, identity: Identity) -> defer.Deferred[IListeningPort]:
+        # Wrapping the factory, not choosing an ssl: endpoint, gives systemd: and unix: sockets TLS too.
+        creator = ServerLinkServerTLS(identity)
+        self.fingerprint = creator.fingerprint
+        wrapped = TLSMemoryBIOFactory(creator, False, self.factory)
+        wrapped.noisy = False
+        return self.endpoint.listen(wrapped)
+
     def _listen_failure_line(self, failure: Failure) -> str:
         return f"chatserver: {failure.getErrorMessage()} (--listen {self.description})"
 
     def _listen_failed(self, failure: Failure) -> Failure:
-        if failure.check(defer.CancelledError):  # stopped while listening: nothing to tell
+        if failure.check(defer.CancelledError, StartupError):  # stopped while listening / said already
             return failure
         return Failure(StartupError(self._listen_failure_line(failure)))
 
@@ -232,6 +295,10 @@ class ChatServerService(Service):
             raise
         await opening
         await self.factory.hasher.start()
+        if self.fingerprint is not None:
+            log.info("chatserver TLS fingerprint {fingerprint}", fingerprint=self.fingerprint)
+        else:
+            log.warn("chatserver serves plain TCP (--no-tls): passwords cross the network in clear text")
         # Said only now: whoever waits for this line may connect and be served.
         log.info("chatserver listening on {address}", address=self.port.getHost())
         self._conclude_start(None)
@@ -318,7 +385,16 @@ def build_service(
     store = SQLiteStore(options["db"], ThreadRunner(reactor, 1, "chatapp-sqlite"))
     factory = ServerFactory(options.config(), store, hasher, reactor)
     endpoint = serverFromString(reactor, options["listen"])
-    return ChatServerService(endpoint, options["listen"], factory, reactor, on_failed_start)
+    return ChatServerService(endpoint, options["listen"], factory, reactor, on_failed_start, certificate_of(options))
+
+
+def certificate_of(options: Options) -> ServerCertificate | None:
+    """The certificate ``options`` ask for: None with ``--no-tls``."""
+    if options["no-tls"]:
+        return None
+    if options["tls-cert"] is not None:
+        return ServerCertificate(options["tls-cert"], given=True)
+    return ServerCertificate(server_certificate_path(options["db"]), given=False)
 
 
 def makeService(options: Options) -> ChatServerService:
