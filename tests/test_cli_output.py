@@ -103,6 +103,7 @@ def test_output_that_comes_anyway_ends_the_run_at_the_hard_bound(tmp_path: Path,
 
     def failed(failure: Failure) -> None:
         failure.trap(OutputOverflow)
+        assert isinstance(failure.value, OutputOverflow)
         failures.append(failure.value)
 
     run.addErrback(failed)
