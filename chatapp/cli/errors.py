@@ -43,6 +43,7 @@ EXIT_BAD_INPUT = 8  # a user name or password the server cannot take (form, leng
 EXIT_LATER = 9  # the server asks to come back later (busy, too many signups)
 EXIT_REPLACED = 10  # this user logged in elsewhere: the server closed this session (one-shots)
 EXIT_UNTRUSTED = 11  # the server's TLS key is unknown and was not confirmed, or it changed (issue 12)
+EXIT_OUTPUT = 12  # stdout was not read: more output waited than chatapp holds (script mode, send, listen)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
@@ -57,6 +58,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_LATER: "the server is busy or refuses more signups for now; try later",
     EXIT_REPLACED: "you logged in elsewhere and the server closed this session (send, listen)",
     EXIT_UNTRUSTED: "the server's key is not trusted: unknown and not confirmed, or changed since it was pinned",
+    EXIT_OUTPUT: "stdout was not read and too much output waited (script mode, send, listen)",
 }
 
 

@@ -1,6 +1,8 @@
 """The one-shot commands: ``chatapp send USER PATH...`` and ``chatapp listen``.
 
-Both print script lines (docs/console.md).  Neither can type ``/reconnect``:
+Both print script lines (docs/console.md) on a bounded, non-blocking stdout
+(:mod:`~chatapp.cli.output`): a reader that stops reading pauses the peers
+that talk, never the reactor.  Neither can type ``/reconnect``:
 when a login elsewhere ends the server session they stop with
 :data:`~chatapp.cli.errors.EXIT_REPLACED` rather than run on unregistered;
 ``send`` cancels an offer nobody answered after ``--offer-timeout``.
@@ -9,11 +11,11 @@ when a login elsewhere ends the server session they stop with
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from twisted.internet import defer
 
+from chatapp.app import ChatClient
 from chatapp.client import NoSuchUser, NotOnline
 from chatapp.events import ChatEvent, EventSink
 from chatapp.peer import TransferState
@@ -21,22 +23,34 @@ from chatapp.peer import TransferState
 from .commands import Conversations, OfferTimers, console_sink, replaced
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACED, EXIT_USAGE, Fatal, explain
 from .events import FileOfferSent, SessionReplaced
+from .output import BoundedOutput, OutputOverflow, PeerThrottle, StdoutWriter
 from .run import Run, ready_event
 from .script import ScriptOutput
 
 REPLACED_EXIT_TEXT = "you logged in elsewhere: the server closed this session, so this one stops"
 
 
-def _print(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def _stdout(run: Run) -> tuple[BoundedOutput, ScriptOutput, PeerThrottle]:
+    """Script lines for a bounded, non-blocking stdout (never a blocking write on the reactor thread).
+
+    fd 1 is attached after the login (:func:`_logged_in`): until then a
+    terminal may be asked to confirm the server's key, with blocking writes.
+    """
+    bounded = BoundedOutput()
+    return bounded, ScriptOutput(bounded.write, run.reactor), PeerThrottle(bounded)
+
+
+def _logged_in(run: Run, bounded: BoundedOutput, throttle: PeerThrottle, client: ChatClient) -> None:
+    throttle.client = client
+    bounded.attach(StdoutWriter(run.reactor))
 
 
 async def run_send(run: Run) -> int:
     """Offer every file, wait until each is DONE or ended; 0 only when all arrived."""
-    output = ScriptOutput(_print, run.reactor)
+    bounded, output, throttle = _stdout(run)
     gone: defer.Deferred[None] = defer.Deferred()
-    client = await run.start(_one_shot_sink(output, gone))
+    client = await run.start(throttle.sink(_one_shot_sink(output, gone)))
+    _logged_in(run, bounded, throttle, client)
     run.stop_on_shutdown(EXIT_FAILED, "interrupted before every file was delivered")
     output.emit(await ready_event(client))
     to = run.settings.send_to
@@ -61,7 +75,12 @@ async def run_send(run: Run) -> int:
         raise fatal from None
     all_done = defer.DeferredList([t.when_done() for t in transfers], consumeErrors=True)
     race: list[defer.Deferred[Any]] = [all_done, gone]
-    await defer.DeferredList(race, fireOnOneCallback=True, consumeErrors=True)
+    try:
+        await bounded.guard(defer.DeferredList(race, fireOnOneCallback=True, consumeErrors=True))
+    except OutputOverflow:
+        timers.stop()
+        await run.stop()
+        raise
     timers.stop()
     await run.stop()
     if gone.called and not all_done.called:
@@ -75,13 +94,19 @@ async def run_send(run: Run) -> int:
 
 async def run_listen(run: Run) -> int:
     """Stay logged in and print events until SIGINT or SIGTERM; then close cleanly and exit 0."""
-    output = ScriptOutput(_print, run.reactor)
+    bounded, output, throttle = _stdout(run)
     gone: defer.Deferred[None] = defer.Deferred()
-    client = await run.start(_one_shot_sink(output, gone))
+    client = await run.start(throttle.sink(_one_shot_sink(output, gone)))
+    _logged_in(run, bounded, throttle, client)
     run.stop_on_shutdown()
     output.emit(await ready_event(client))
     output.watch_stalls()
-    await gone  # else runs until SIGINT or SIGTERM stop the reactor
+    try:
+        await bounded.guard(gone)  # else runs until SIGINT or SIGTERM stop the reactor
+    except OutputOverflow:
+        output.stop()
+        await run.stop()
+        raise
     output.stop()
     await run.stop()
     raise Fatal(EXIT_REPLACED, REPLACED_EXIT_TEXT)

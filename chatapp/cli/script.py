@@ -3,7 +3,7 @@
 Every line of output is ``WORD field... [text]`` (see docs/console.md), so a
 script can ``grep`` or parse it.  Reading and writing go through Twisted's
 ``StandardIO``: stdin is non-blocking then, and output is written by the
-reactor in order, whatever its size.
+reactor in order, bounded by :mod:`chatapp.cli.output` when nobody reads it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from chatapp.peer import Direction, Transfer, TransferState
 from .commands import CommandError, Conversations, Dispatcher, OfferTimers, console_sink
 from .errors import EXIT_FAILED, EXIT_OK
 from .events import Progress, Shown, TransferStalled
+from .output import BoundedOutput, OutputOverflow, PeerThrottle
 from .rates import Rates
 from .render import script_line
 from .run import Run, ready_event
@@ -202,34 +203,40 @@ def env_new_password(login_password: str) -> Callable[[], Awaitable[tuple[str, s
 
 
 async def run_script(run: Run) -> int:
-    """Commands from stdin in order, events on stdout; exit at /quit or EOF after open transfers."""
-    early: list[str] = []
-    stdio: list[StandardIO] = []
+    """Commands from stdin in order, events on stdout; exit at /quit or EOF after open transfers.
 
-    def write(line: str) -> None:
-        if stdio:
-            stdio[0].write(line.encode("utf-8") + b"\n")
-        else:
-            early.append(line)
-
-    output = ScriptOutput(write, run.reactor)
+    stdout is a :class:`~chatapp.cli.output.BoundedOutput`: while it is backed
+    up, stdin and the peers that produce output are not read; past its hard
+    bound the run ends with :data:`~chatapp.cli.errors.EXIT_OUTPUT`.
+    """
+    bounded = BoundedOutput()
+    output = ScriptOutput(bounded.write, run.reactor)
     chats = Conversations()
-    client = await run.start(console_sink(chats, output.emit, output.rates))
+    throttle = PeerThrottle(bounded)
+    client = await run.start(throttle.sink(console_sink(chats, output.emit, output.rates)))
+    throttle.client = client
     dispatcher = Dispatcher(client, chats, output.emit, env_new_password(run.password), run.password)
     dispatcher.offer_timers = OfferTimers(client, run.reactor, run.settings.offer_timeout, output.emit)
     output.watch_stalls()
     run.stop_on_shutdown()
     runner = ScriptRunner(client, dispatcher)
     reader = LineInput(runner.line, runner.end)
-    stdio.append(StandardIO(reader, reactor=run.reactor))
-    for line in early:
-        write(line)
-    output.emit(await ready_event(client))
-    failures = await runner.run()
+    stdio = StandardIO(reader, reactor=run.reactor)
+    bounded.attach(stdio)
+    # our own commands' replies count too: no more of them while stdout is backed up
+    bounded.listeners.append(lambda backed_up: stdio.pauseProducing() if backed_up else stdio.resumeProducing())
+    try:
+        output.emit(await bounded.guard(defer.ensureDeferred(ready_event(client))))
+        failures = await bounded.guard(defer.ensureDeferred(runner.run()))
+    except OutputOverflow:
+        dispatcher.offer_timers.stop()
+        output.stop()
+        await run.stop()
+        raise
     dispatcher.offer_timers.stop()
     output.stop()
     await run.stop()
-    stdio[0].loseConnection()
+    stdio.loseConnection()
     try:
         await reader.closed.addTimeout(5, run.reactor)
     except defer.TimeoutError:
