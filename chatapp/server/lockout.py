@@ -110,6 +110,7 @@ class Attempt:
     address: str
     name: str  # case-folded
     open: bool = True
+    ref: str = ""  # what a shared lockout knows this attempt by (chatapp.server.registry.redis)
 
 
 class Verdict(enum.Enum):
