@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from conftest import make_factory
+from deferreds import result_of
 from processes import pin_server
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
@@ -86,7 +87,7 @@ class ChatServer:
 
     def kick_transport(self, user: str) -> None:
         """Close the server side of ``user``'s connection without a word."""
-        presence = self.factory.registry.get(user)
+        presence = result_of(self.factory.registry.get(user))
         assert presence is not None and presence.connection.transport is not None
         # Under TLS a loseConnection waits for the registered producer: cut the TCP connection itself.
         inner_transport(presence.connection.transport).loseConnection()

@@ -11,13 +11,14 @@ from typing import cast
 
 import pytest
 from conftest import make_factory
+from deferreds import result_of
 from server_harness import PASSWORD, Conn, held_hasher, key_of
 from twisted.internet.task import Clock
 
 from chatapp.server import protocol
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.limits import SignupLimiter
-from chatapp.server.registry import TOKENS_PER_REQUESTER, MemoryRegistry
+from chatapp.server.registry import TOKENS_PER_REQUESTER, TokenBook
 from chatapp.server.store import ADDRESS, NAME, SQLiteStore
 
 
@@ -150,7 +151,7 @@ def test_the_token_limit_answers_before_the_target_is_looked_up(server_factory: 
 
 
 def test_tokens_in_all_are_bounded_and_redeemed_ones_leave_no_trace() -> None:
-    registry: MemoryRegistry[object] = MemoryRegistry(per_requester=16, max_tokens=100)
+    registry = TokenBook(per_requester=16, max_tokens=100)
     for i in range(100):
         assert registry.token_wait(f"user{i}", 0.0) is None
         registry.issue(f"user{i}", "bob", 0.0)
@@ -194,10 +195,11 @@ def test_ok_err_and_star_lines_are_never_answered(server_factory: ServerFactory,
 
 def test_non_ascii_verbs_are_unknown(server_factory: ServerFactory) -> None:
     conn = greeted(server_factory)
-    assert conn.ask("p\u0131ng", f"\u017fignup longs {PASSWORD}", "\u0440ing") == [
-        "ERR 400 unknown-command unknown command"
-    ] * 3
-    assert server_factory.registry.get("longs") is None
+    assert (
+        conn.ask("p\u0131ng", f"\u017fignup longs {PASSWORD}", "\u0440ing")
+        == ["ERR 400 unknown-command unknown command"] * 3
+    )
+    assert result_of(server_factory.registry.get("longs")) is None
 
 
 # -- connections and outsider-keyed tables ---------------------------------------------------------------

@@ -9,8 +9,8 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from chatapp.server.limits import ConnectionCap, LimitLog, SignupLimiter
-from chatapp.server.lockout import LoginLockout
+from chatapp.server.limits import ConnectionCap, LimitLog, MemorySignups, SignupLimiter, Signups
+from chatapp.server.lockout import Lockout, LoginLockout, MemoryLockout
 from chatapp.server.passwords import PasswordHasher
 from chatapp.server.protocol import ServerProtocol, normalize_host
 from chatapp.server.registry import TOKENS_PER_REQUESTER, MemoryRegistry, Registry
@@ -55,7 +55,11 @@ class ServerFactory(Factory):
         hasher: PasswordHasher,
         clock: IReactorTime,
         registry: Registry[ServerProtocol] | None = None,
+        lockout: Lockout | None = None,
+        signups: Signups | None = None,
     ) -> None:
+        """``registry``, ``lockout`` and ``signups`` default to this process's memory; pass the Redis
+        ones (chatapp.server.registry.redis) to share them with other server processes."""
         self.config = config
         self.store = store
         self.hasher = hasher
@@ -64,8 +68,8 @@ class ServerFactory(Factory):
             # Tokens outlive their requester's login: bounded in all by what the connections could hold.
             registry = MemoryRegistry(TOKENS_PER_REQUESTER, TOKENS_PER_REQUESTER * config.max_connections)
         self.registry: Registry[ServerProtocol] = registry
-        self.lockout = LoginLockout(clock, config.max_attempts, config.block_time)
-        self.signups = SignupLimiter(config.signups_per_hour)
+        self.lockout: Lockout = lockout or MemoryLockout(LoginLockout(clock, config.max_attempts, config.block_time))
+        self.signups: Signups = signups or MemorySignups(SignupLimiter(config.signups_per_hour))
         self.connection_cap = ConnectionCap(config.max_connections_per_address)
         self.limit_log = LimitLog()
         self.connections: set[ServerProtocol] = set()
@@ -93,7 +97,8 @@ class ServerFactory(Factory):
             self.connections.discard(connection)
             self.connection_cap.give_back(connection.address)
         if connection.user is not None:
-            self.registry.logout(connection.user, connection)
+            leaving = self.registry.logout(connection.user, connection)
+            leaving.addErrback(lambda failure: log.failure("logging out {user} failed", failure, user=connection.user))
         if not self.connections:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Protocol
+
+from twisted.internet import defer
 
 HOUR = 3600.0
 
@@ -87,6 +90,34 @@ class SignupLimiter:
             if times and times[-1] + HOUR > now:
                 break
             del self._times[address]  # the newest stamp of the first is over an hour old, or it has none
+
+
+class Signups(Protocol):
+    """Signup windows behind Deferreds, so that they can be shared by server processes (Redis)."""
+
+    def reserve(self, address: str, now: float) -> defer.Deferred[tuple[str | None, float]]:
+        """Take a slot: (its id, 0), or (None, seconds until the oldest slot of the hour frees)."""
+
+    def release(self, address: str, slot: str) -> defer.Deferred[None]:
+        """Give back a slot whose signup did not create an account."""
+
+
+class MemorySignups:
+    """One process's signup windows: :class:`SignupLimiter` behind :class:`Signups`."""
+
+    def __init__(self, limiter: SignupLimiter) -> None:
+        self.limiter = limiter
+
+    def reserve(self, address: str, now: float) -> defer.Deferred[tuple[str | None, float]]:
+        stamp = self.limiter.reserve(address, now)
+        if stamp is None:
+            return defer.succeed((None, self.limiter.wait(address, now)))
+        # Slots of one address with equal stamps are interchangeable: the stamp is the id.
+        return defer.succeed((repr(stamp), 0.0))
+
+    def release(self, address: str, slot: str) -> defer.Deferred[None]:
+        self.limiter.release(address, float(slot))
+        return defer.succeed(None)
 
 
 class ConnectionCap:

@@ -25,12 +25,18 @@ decided block is being written, LOGINs it covers wait; then they read it
 from the store, which is the truth from then on (``chatapp-admin unblock``
 takes effect at once), so no reply announces a block before it is stored.
 Only a block whose write failed is kept here, in memory, until it runs out.
+
+The protocol talks to a :class:`Lockout`: the same steps, each returning a
+Deferred, so that the counters can live in Redis and be exact across server
+processes (``chatapp.server.registry.redis``). :class:`MemoryLockout` is the
+default: :class:`LoginLockout` itself, every Deferred already fired.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -104,6 +110,7 @@ class Attempt:
     address: str
     name: str  # case-folded
     open: bool = True
+    ref: str = ""  # what a shared lockout knows this attempt by (chatapp.server.registry.redis)
 
 
 class Verdict(enum.Enum):
@@ -271,3 +278,55 @@ class LoginLockout:
             for turn in self._waiting.pop(key, ()):
                 if not turn.called:
                     turn.callback(None)
+
+
+class Lockout(Protocol):
+    """The steps of :class:`LoginLockout`, each a Deferred (see the module docstring for the order)."""
+
+    def address_refusal(self, address: str, stored_until: float | None) -> defer.Deferred[Refused | None]: ...
+
+    def admit(self, address: str, name: str) -> defer.Deferred[Refused | Wait | Attempt]: ...
+
+    def check_stored(
+        self, attempt: Attempt, address_until: float | None, name_until: float | None
+    ) -> defer.Deferred[Refused | None]: ...
+
+    def settle(self, attempt: Attempt, password_ok: bool) -> defer.Deferred[Settlement]: ...
+
+    def abandon(self, attempt: Attempt) -> defer.Deferred[None]: ...
+
+    def stored(self, block: Block) -> defer.Deferred[None]: ...
+
+    def store_failed(self, block: Block) -> defer.Deferred[None]: ...
+
+
+class MemoryLockout:
+    """One process's lockout: :class:`LoginLockout` behind the :class:`Lockout` interface."""
+
+    def __init__(self, rule: LoginLockout) -> None:
+        self.rule = rule
+
+    def address_refusal(self, address: str, stored_until: float | None) -> defer.Deferred[Refused | None]:
+        return defer.succeed(self.rule.address_refusal(address, stored_until))
+
+    def admit(self, address: str, name: str) -> defer.Deferred[Refused | Wait | Attempt]:
+        return defer.succeed(self.rule.admit(address, name))
+
+    def check_stored(
+        self, attempt: Attempt, address_until: float | None, name_until: float | None
+    ) -> defer.Deferred[Refused | None]:
+        return defer.succeed(self.rule.check_stored(attempt, address_until, name_until))
+
+    def settle(self, attempt: Attempt, password_ok: bool) -> defer.Deferred[Settlement]:
+        return defer.execute(self.rule.settle, attempt, password_ok)
+
+    def abandon(self, attempt: Attempt) -> defer.Deferred[None]:
+        return defer.execute(self.rule.abandon, attempt)
+
+    def stored(self, block: Block) -> defer.Deferred[None]:
+        self.rule.stored(block)
+        return defer.succeed(None)
+
+    def store_failed(self, block: Block) -> defer.Deferred[None]:
+        self.rule.store_failed(block)
+        return defer.succeed(None)

@@ -24,6 +24,7 @@ from chatapp import PROTOCOL_VERSION
 from chatapp.server.limits import seconds_left
 from chatapp.server.lockout import Attempt, Refusal, Refused, Settlement, Verdict
 from chatapp.server.passwords import Busy
+from chatapp.server.registry import TokenWait
 from chatapp.server.store import ADDRESS, NAME, UserExists
 from chatapp.tls.fingerprint import BadFingerprint, parse_fingerprint
 from chatapp.tls.transports import inner_transport
@@ -206,7 +207,7 @@ class ServerProtocol(Protocol):
             return
         clock = self.factory.clock
         self._login_timer = clock.callLater(self.factory.config.login_timeout, self._login_timed_out)
-        d = self.factory.store.block_until(ADDRESS, self.address, clock.seconds())
+        d = defer.ensureDeferred(self._read_block_list())
         d.addCallback(self._block_list_read)
         d.addErrback(self._greet_failed)
         d.addErrback(self._crashed)
@@ -224,15 +225,18 @@ class ServerProtocol(Protocol):
         if self._block_read is not _NOT_READ:
             self._greet(self._block_read)  # type: ignore[arg-type]
 
-    def _block_list_read(self, until: float | None) -> None:
-        self._block_read = until
-        if self._handshake_done:
-            self._greet(until)
+    async def _read_block_list(self) -> Refused | None:
+        until = await self.factory.store.block_until(ADDRESS, self.address, self.factory.clock.seconds())
+        return await self.factory.lockout.address_refusal(self.address, until)
 
-    def _greet(self, until: float | None) -> None:
+    def _block_list_read(self, refused: Refused | None) -> None:
+        self._block_read = refused
+        if self._handshake_done:
+            self._greet(refused)
+
+    def _greet(self, refused: Refused | None) -> None:
         if self._ended:
             return
-        refused = self.factory.lockout.address_refusal(self.address, until)
         if refused is not None:
             log.info("refused connection from blocked address {address}", address=self.address)
             self._send(format_line("*", "BLOCKED", str(refused.seconds)))
@@ -455,7 +459,7 @@ class ServerProtocol(Protocol):
 
     async def _refuse_if_address_blocked(self) -> None:
         until = await self.factory.store.block_until(ADDRESS, self.address, self.factory.clock.seconds())
-        refused = self.factory.lockout.address_refusal(self.address, until)
+        refused = await self.factory.lockout.address_refusal(self.address, until)
         if refused is not None:
             raise self._refuse(refused, "")
 
@@ -467,9 +471,9 @@ class ServerProtocol(Protocol):
         factory = self.factory
         await self._refuse_if_address_blocked()
         now = factory.clock.seconds()
-        stamp = factory.signups.reserve(self.address, now)
-        if stamp is None:
-            wait = seconds_left(now + factory.signups.wait(self.address, now), now)
+        slot, wait_for = await factory.signups.reserve(self.address, now)
+        if slot is None:
+            wait = seconds_left(now + wait_for, now)
             log.info("refused a signup from {address}: too many this hour", address=self.address)
             raise WireError(429, "slow-down", f"{wait} too many new accounts from your address; try later")
         created = False
@@ -484,11 +488,11 @@ class ServerProtocol(Protocol):
             created = True
         finally:
             if not created:
-                factory.signups.release(self.address, stamp)
+                self._background(factory.signups.release(self.address, slot), "giving back a signup slot")
         log.info("signup {user} from {address}", user=account.name, address=self.address)
         if self._ended:
             return
-        self._logged_in(account.name)
+        await self._logged_in(account.name)
         self._send(format_line("OK", "SIGNUP", account.name))
 
     async def _busy_is_503(self, work: defer.Deferred[T]) -> T:
@@ -513,9 +517,9 @@ class ServerProtocol(Protocol):
             account = await factory.store.get_account(name)
             ok = await self._busy_is_503(factory.hasher.check(password, account.password_hash if account else None))
         except BaseException:
-            factory.lockout.abandon(attempt)
+            self._background(factory.lockout.abandon(attempt), "abandoning a login attempt")
             raise
-        settlement = factory.lockout.settle(attempt, account is not None and ok)
+        settlement = await factory.lockout.settle(attempt, account is not None and ok)
         if settlement.verdict is Verdict.SUCCESS:
             assert account is not None
             await self._logged_in_after_check(account.name)
@@ -526,7 +530,7 @@ class ServerProtocol(Protocol):
         """Reserve a login attempt, waiting while the limits are taken by checks in flight; None if we left."""
         lockout = self.factory.lockout
         while True:
-            decision = lockout.admit(self.address, folded)
+            decision = await lockout.admit(self.address, folded)
             if isinstance(decision, Refused):
                 raise self._refuse(decision, folded)
             if isinstance(decision, Attempt):
@@ -541,9 +545,9 @@ class ServerProtocol(Protocol):
             address_until = await self.factory.store.block_until(ADDRESS, self.address, now)
             name_until = await self.factory.store.block_until(NAME, folded, now)
         except BaseException:
-            lockout.abandon(decision)
+            self._background(lockout.abandon(decision), "abandoning a login attempt")
             raise
-        refused = lockout.check_stored(decision, address_until, name_until)
+        refused = await lockout.check_stored(decision, address_until, name_until)
         if refused is not None:
             raise self._refuse(refused, folded)
         return decision
@@ -555,7 +559,7 @@ class ServerProtocol(Protocol):
         if self._ended:
             return
         log.info("login {user} from {address}", user=name, address=self.address)
-        self._logged_in(name)
+        await self._logged_in(name)
         self._send(format_line("OK", "LOGIN", name))
 
     async def _login_failed(self, name: str, settlement: Settlement) -> None:
@@ -566,9 +570,9 @@ class ServerProtocol(Protocol):
                 await self.factory.store.set_block(block.kind, block.key, block.until, self.factory.clock.seconds())
             except BaseException:
                 for unsaved in settlement.store[settlement.store.index(block) :]:
-                    lockout.store_failed(unsaved)
+                    self._background(lockout.store_failed(unsaved), "keeping a block that was not stored")
                 raise
-            lockout.stored(block)
+            await lockout.stored(block)
             if block.kind == ADDRESS:
                 log.warn("blocked address {address} for {seconds} s", address=block.key, seconds=settlement.seconds)
             else:
@@ -581,15 +585,23 @@ class ServerProtocol(Protocol):
         else:
             raise WireError(401, "bad-credentials", f"{settlement.tries_left} wrong user name or password")
 
-    def _logged_in(self, name: str) -> None:
-        self.user = name
+    async def _logged_in(self, name: str) -> None:
+        self.user = name  # set first: a connection lost from here on logs out (factory.connection_closed)
         self._move(Phase.LOGGED_IN)
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._idle_timer = self.factory.clock.callLater(self.factory.config.idle_timeout, self._idle_timed_out)
-        replaced = self.factory.registry.login(name, self)
-        if replaced is not None:
-            replaced.kick("replaced")
+        registry = self.factory.registry
+        await registry.login(name, self)  # an older login of the name, anywhere, gets "* BYE replaced"
+        if self.gone:
+            # Lost while the login was being registered: the logout may have run first.
+            await registry.logout(name, self)
+
+    def _background(self, work: defer.Deferred[None], what: str) -> None:
+        """Let ``work`` finish on its own (the command is already ending); log it if it fails."""
+        work.addErrback(
+            lambda failure: log.failure("{what} failed ({address})", failure, what=what, address=self.address)
+        )
 
     def cmd_passwd(self, args: str | None) -> Coroutine[Any, Any, None]:
         current, new = parse_passwd(args)
@@ -611,9 +623,9 @@ class ServerProtocol(Protocol):
                 raise WireError(404, "no-such-user", "this account no longer exists")
             ok = await self._busy_is_503(factory.hasher.check(current, account.password_hash))
         except BaseException:
-            factory.lockout.abandon(attempt)
+            self._background(factory.lockout.abandon(attempt), "abandoning a login attempt")
             raise
-        settlement = factory.lockout.settle(attempt, ok)
+        settlement = await factory.lockout.settle(attempt, ok)
         if settlement.verdict is not Verdict.SUCCESS:
             await self._login_failed(name, settlement)
             return
@@ -625,13 +637,18 @@ class ServerProtocol(Protocol):
 
     # -- registry -----------------------------------------------------------
 
-    def cmd_key(self, args: str | None) -> None:
+    def cmd_key(self, args: str | None) -> Coroutine[Any, Any, None]:
         assert self.user is not None
         (text,) = fields(args, 1)
         try:
-            self.key = parse_fingerprint(text)
+            key = parse_fingerprint(text)
         except BadFingerprint:
             raise WireError(400, "bad-fingerprint", "fingerprints are sha256: and 64 hex digits") from None
+        return self._key(self.user, key)
+
+    async def _key(self, user: str, key: str) -> None:
+        self.key = key
+        await self.factory.registry.set_key(user, self, key)
         self._send(format_line("OK", "KEY"))
 
     def _need_key(self) -> str:
@@ -639,7 +656,7 @@ class ServerProtocol(Protocol):
             raise WireError(409, "no-key", "publish your key with KEY first")
         return self.key
 
-    def cmd_listen(self, args: str | None) -> None:
+    def cmd_listen(self, args: str | None) -> Coroutine[Any, Any, None]:
         assert self.user is not None
         parts = fields(args, 1, optional=1)
         if not is_number(parts[0]) or not 1024 <= int(parts[0]) <= 65535:
@@ -655,23 +672,32 @@ class ServerProtocol(Protocol):
                 raise WireError(400, "bad-host", f"this server only accepts your own address {host}")
             host = advertised
         self._need_key()
-        self.factory.registry.listen(self.user, host, port)
+        return self._listen(self.user, host, port)
+
+    async def _listen(self, user: str, host: str, port: int) -> None:
+        await self.factory.registry.listen(user, self, host, port)
         self._send(format_line("OK", "LISTEN", host, str(port)))
 
-    def cmd_unlisten(self, args: str | None) -> None:
+    def cmd_unlisten(self, args: str | None) -> Coroutine[Any, Any, None]:
         assert self.user is not None
         fields(args, 0)
-        self.factory.registry.unlisten(self.user)
+        return self._unlisten(self.user)
+
+    async def _unlisten(self, user: str) -> None:
+        await self.factory.registry.unlisten(user, self)
         self._send(format_line("OK", "UNLISTEN"))
 
-    def cmd_who(self, args: str | None) -> None:
+    def cmd_who(self, args: str | None) -> Coroutine[Any, Any, None]:
         fields(args, 0)
-        rows = self.factory.registry.online()
+        return self._who()
+
+    async def _who(self) -> None:
+        rows = await self.factory.registry.online()
         out = [_who_row(p.name, p.listening is not None) for p in rows]
         out.append(format_line("OK", "WHO", str(len(rows))))
         self._send(b"".join(out))
 
-    def cmd_connect(self, args: str | None) -> Coroutine[Any, Any, None] | None:
+    def cmd_connect(self, args: str | None) -> Coroutine[Any, Any, None]:
         assert self.user is not None
         (name,) = fields(args, 1)
         if not valid_username(name):
@@ -679,29 +705,34 @@ class ServerProtocol(Protocol):
         if fold_name(name) == fold_name(self.user):
             raise BadArguments("you cannot connect to yourself")
         key = self._need_key()
+        return self._connect(self.user, name, key)
+
+    def _slow_down(self, user: str, wait: float, now: float) -> WireError:
+        self._log_limit_once("tokens", "{address} ({user}) holds all the tokens it may", user=user)
+        seconds = seconds_left(now + wait, now)
+        return WireError(429, "slow-down", f"{seconds} too many connection requests; wait for one to expire")
+
+    async def _connect(self, user: str, name: str, key: str) -> None:
         registry = self.factory.registry
         now = self.factory.clock.seconds()
-        wait = registry.token_wait(self.user, now)
+        # Limits answer before the command's own conditions; issue() below checks again, atomically.
+        wait = await registry.token_wait(user, now)
         if wait is not None:
-            self._log_limit_once("tokens", "{address} ({user}) holds all the tokens it may", user=self.user)
-            seconds = seconds_left(now + wait, now)
-            raise WireError(429, "slow-down", f"{seconds} too many connection requests; wait for one to expire")
-        presence = registry.get(name)
+            raise self._slow_down(user, wait, now)
+        presence = await registry.get(name)
         if presence is None:
-            return self._connect_offline(name)
-        if presence.listening is None:
+            await self._connect_offline(name)
+            return
+        if presence.listening is None or presence.key is None:  # LISTEN needs a KEY: listening has a key
             raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
         host, port = presence.listening
-        target_key = presence.connection.key
-        if target_key is None:  # cannot happen: LISTEN needs a KEY and a key is never withdrawn
-            raise WireError(409, "not-listening", f"{presence.name} is online but not accepting chats")
-        # One "* REQUEST" per burst: a requester retrying with tokens unredeemed adds no new line at the target.
-        told = registry.holds_token(self.user, presence.name, now)
-        token, proof = registry.issue(self.user, presence.name, now, key)
-        self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof, target_key))
-        if not told:
-            presence.connection.event("REQUEST", self.user)
-        return None
+        issued = await registry.issue(user, presence.name, now, key)
+        if isinstance(issued, TokenWait):
+            raise self._slow_down(user, issued.seconds, now)
+        token, proof = issued.token, issued.proof
+        self._send(format_line("OK", "CONNECT", presence.name, host, str(port), token, proof, presence.key))
+        if issued.first:  # one "* REQUEST" per burst of CONNECTs
+            await registry.tell(presence.name, "REQUEST", user)
 
     async def _connect_offline(self, name: str) -> None:
         account = await self.factory.store.get_account(name)
@@ -709,12 +740,15 @@ class ServerProtocol(Protocol):
             raise WireError(404, "no-such-user", "there is no such user")
         raise WireError(409, "not-online", f"{account.name} is not online")
 
-    def cmd_verify(self, args: str | None) -> None:
+    def cmd_verify(self, args: str | None) -> Coroutine[Any, Any, None]:
         assert self.user is not None
         (token,) = fields(args, 1)
         if not valid_urlsafe(token):
             raise BadArguments("tokens are URL-safe text")
-        ticket = self.factory.registry.redeem(token, self.user, self.factory.clock.seconds())
+        return self._verify(self.user, token)
+
+    async def _verify(self, user: str, token: str) -> None:
+        ticket = await self.factory.registry.redeem(token, user, self.factory.clock.seconds())
         if ticket is None:
             raise WireError(403, "bad-token", "unknown, expired or not yours")
         self._send(format_line("OK", "VERIFY", ticket.requester, ticket.proof, ticket.fingerprint))

@@ -101,6 +101,13 @@ class Options(usage.Options):
         ["listen", None, "tcp:8750", "Twisted server endpoint to listen on (tcp:, unix:, systemd:); TLS is added"],
         ["db", None, "chatserver.sqlite3", "SQLite database file (created on first start)"],
         [
+            "registry",
+            None,
+            None,
+            "redis://host:port/N: presence, tokens and lockout counters shared with other server processes "
+            "(default: this process's memory)",
+        ],
+        [
             "max-attempts",
             None,
             3,
@@ -149,6 +156,13 @@ class Options(usage.Options):
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError(f"--listen {self['listen']}: not a valid server endpoint ({e})") from None
         _check_adopted_family(endpoint, self["listen"])
+        if self["registry"] is not None:
+            from chatapp.server.registry.redis import BadRedisURL, parse_redis_url
+
+            try:
+                parse_redis_url(self["registry"])
+            except BadRedisURL as e:
+                raise usage.UsageError(f"--registry {e}") from None
         # Checked here as well as when the store opens: a daemonizing twistd reports only
         # errors raised before it forks, and a missing folder is the usual typo.
         folder = os.path.dirname(os.path.abspath(self["db"]))
@@ -294,6 +308,12 @@ class ChatServerService(Service):
             opening.addErrback(lambda _: None)  # the listen's reason is the one to tell
             raise
         await opening
+        try:
+            await self.factory.registry.open()
+        except StartupError:
+            raise
+        except Exception as e:
+            raise StartupError(f"chatserver: registry: {e}") from None
         await self.factory.hasher.start()
         if self.fingerprint is not None:
             log.info("chatserver TLS fingerprint {fingerprint}", fingerprint=self.fingerprint)
@@ -353,6 +373,7 @@ class ChatServerService(Service):
             if cut.active():
                 cut.cancel()
         self.factory.hasher.stop()
+        await self.factory.registry.close()
         await self.factory.store.close()
         log.info("chatserver stopped")
 
@@ -383,9 +404,27 @@ def build_service(
     # Enough queue for a burst of logins (about 8 s of work at the default cost), bounded all the same.
     hasher = PasswordHasher(ThreadRunner(reactor, threads, "chatapp-bcrypt"), options["bcrypt-rounds"], threads * 32)
     store = SQLiteStore(options["db"], ThreadRunner(reactor, 1, "chatapp-sqlite"))
-    factory = ServerFactory(options.config(), store, hasher, reactor)
+    factory = _factory(options, store, hasher, reactor)
     endpoint = serverFromString(reactor, options["listen"])
     return ChatServerService(endpoint, options["listen"], factory, reactor, on_failed_start, certificate_of(options))
+
+
+def _factory(options: Options, store: SQLiteStore, hasher: PasswordHasher, reactor: Any) -> ServerFactory:
+    config = options.config()
+    if options["registry"] is None:
+        return ServerFactory(config, store, hasher, reactor)
+    from chatapp.server.registry.redis import RedisLink, RedisLockout, RedisRegistry, RedisSignups, parse_redis_url
+
+    link = RedisLink(parse_redis_url(options["registry"]), reactor, reactor)
+    return ServerFactory(
+        config,
+        store,
+        hasher,
+        reactor,
+        RedisRegistry(link),
+        RedisLockout(link, config.max_attempts, config.block_time),
+        RedisSignups(link, config.signups_per_hour),
+    )
 
 
 def certificate_of(options: Options) -> ServerCertificate | None:

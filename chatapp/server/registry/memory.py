@@ -1,71 +1,37 @@
-"""Who is online, where each one listens, and the single-use tokens that broker peer connections.
+"""The default registry: everything in this process's memory, which ends with the process.
 
-The registry lives in memory: it describes live connections, which end with
-the process.  :class:`Registry` is the interface the protocol uses, so a
-shared registry (for several server processes) could replace it.
+:class:`TokenBook` keeps the tokens with plain methods (the rule, no I/O);
+:class:`MemoryRegistry` is the :class:`~chatapp.server.registry.base.Registry`
+interface over it, every Deferred already fired.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import deque
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 
-TOKEN_LIFETIME = 60.0
-# Unexpired, unredeemed tokens one requester account may hold (PROTOCOL.md 2.3, CONNECT): each
-# costs memory for a minute and sends the target a "* REQUEST", so CONNECT cannot be a flood.
-TOKENS_PER_REQUESTER = 16
+from twisted.internet import defer
 
-C = TypeVar("C")
-
-
-@dataclass
-class Presence(Generic[C]):
-    name: str  # as signed up
-    connection: C
-    listening: tuple[str, int] | None = None
+from chatapp.server.registry.base import (
+    TOKEN_LIFETIME,
+    TOKENS_PER_REQUESTER,
+    C,
+    Connection,
+    Issued,
+    Presence,
+    Ticket,
+    TokenWait,
+)
 
 
-@dataclass(frozen=True)
-class Ticket:
-    requester: str  # names as signed up
-    target: str
-    proof: str
-    expires: float
-    fingerprint: str = ""  # the key the requester had published when it asked CONNECT (PROTOCOL.md 4.2)
-
-
-class Registry(Protocol[C]):
-    def login(self, name: str, connection: C) -> C | None: ...
-
-    def logout(self, name: str, connection: C) -> None: ...
-
-    def get(self, name: str) -> Presence[C] | None: ...
-
-    def listen(self, name: str, host: str, port: int) -> None: ...
-
-    def unlisten(self, name: str) -> None: ...
-
-    def online(self) -> list[Presence[C]]: ...
-
-    def token_wait(self, requester: str, now: float) -> float | None: ...
-
-    def holds_token(self, requester: str, target: str, now: float) -> bool: ...
-
-    def issue(self, requester: str, target: str, now: float, fingerprint: str = "") -> tuple[str, str]: ...
-
-    def redeem(self, token: str, asker: str, now: float) -> Ticket | None: ...
-
-
-class MemoryRegistry(Generic[C]):
+class TokenBook:
     """``max_tokens`` bounds the tokens held by all requesters together (each one holds at most
     ``per_requester``); tokens outlive their requester's login, so the accounts online alone do not."""
 
     def __init__(self, per_requester: int = TOKENS_PER_REQUESTER, max_tokens: int = 16 * 4096) -> None:
         self.per_requester = per_requester
         self.max_tokens = max_tokens
-        self._presence: dict[str, Presence[C]] = {}
         self._tickets: dict[str, Ticket] = {}
         # Every ticket lives equally long, so they expire in the order issued: a queue
         # finds the stale ones without scanning all of them on every CONNECT and VERIFY.
@@ -74,31 +40,6 @@ class MemoryRegistry(Generic[C]):
         # each (requester, target) pair holds, so a target hears one "* REQUEST" per burst.
         self._by_requester: dict[str, deque[tuple[float, str]]] = {}
         self._pairs: dict[tuple[str, str], int] = {}
-
-    def login(self, name: str, connection: C) -> C | None:
-        """Register ``connection`` for ``name``; return the connection it replaces, if any."""
-        old = self._presence.get(name.lower())
-        self._presence[name.lower()] = Presence(name, connection)
-        return old.connection if old is not None and old.connection is not connection else None
-
-    def logout(self, name: str, connection: C) -> None:
-        current = self._presence.get(name.lower())
-        if current is not None and current.connection is connection:
-            del self._presence[name.lower()]
-
-    def get(self, name: str) -> Presence[C] | None:
-        return self._presence.get(name.lower())
-
-    def listen(self, name: str, host: str, port: int) -> None:
-        self._presence[name.lower()].listening = (host, port)
-
-    def unlisten(self, name: str) -> None:
-        presence = self._presence.get(name.lower())
-        if presence is not None:
-            presence.listening = None
-
-    def online(self) -> list[Presence[C]]:
-        return list(self._presence.values())
 
     def token_wait(self, requester: str, now: float) -> float | None:
         """Seconds until ``requester`` may be issued a token, or None if it may now."""
@@ -170,3 +111,85 @@ class MemoryRegistry(Generic[C]):
             held.popleft()  # a requester's tokens expire in the order issued, too
             if not held:
                 del self._by_requester[ticket.requester.lower()]
+
+
+class MemoryRegistry(Generic[C]):
+    """Presence and tokens of one process. ``max_tokens`` bounds the tokens of all requesters together."""
+
+    def __init__(self, per_requester: int = TOKENS_PER_REQUESTER, max_tokens: int = 16 * 4096) -> None:
+        self.tokens = TokenBook(per_requester, max_tokens)
+        self._presence: dict[str, Presence[C]] = {}
+
+    def login(self, name: str, connection: C) -> defer.Deferred[None]:
+        old = self._presence.get(name.lower())
+        self._presence[name.lower()] = Presence(name, connection)
+        if old is not None and old.connection is not connection and old.connection is not None:
+            _as_connection(old.connection).kick("replaced")
+        return defer.succeed(None)
+
+    def logout(self, name: str, connection: C) -> defer.Deferred[None]:
+        current = self._presence.get(name.lower())
+        if current is not None and current.connection is connection:
+            del self._presence[name.lower()]
+        return defer.succeed(None)
+
+    def get(self, name: str) -> defer.Deferred[Presence[C] | None]:
+        return defer.succeed(self._presence.get(name.lower()))
+
+    def _current(self, name: str, connection: C) -> Presence[C] | None:
+        presence = self._presence.get(name.lower())
+        return presence if presence is not None and presence.connection is connection else None
+
+    def set_key(self, name: str, connection: C, key: str) -> defer.Deferred[None]:
+        presence = self._current(name, connection)
+        if presence is not None:
+            presence.key = key
+        return defer.succeed(None)
+
+    def listen(self, name: str, connection: C, host: str, port: int) -> defer.Deferred[None]:
+        presence = self._current(name, connection)
+        if presence is not None:
+            presence.listening = (host, port)
+        return defer.succeed(None)
+
+    def unlisten(self, name: str, connection: C) -> defer.Deferred[None]:
+        presence = self._current(name, connection)
+        if presence is not None:
+            presence.listening = None
+        return defer.succeed(None)
+
+    def online(self) -> defer.Deferred[list[Presence[C]]]:
+        return defer.succeed(list(self._presence.values()))
+
+    def token_wait(self, requester: str, now: float) -> defer.Deferred[float | None]:
+        return defer.succeed(self.tokens.token_wait(requester, now))
+
+    def issue(
+        self, requester: str, target: str, now: float, fingerprint: str = ""
+    ) -> defer.Deferred[Issued | TokenWait]:
+        wait = self.tokens.token_wait(requester, now)
+        if wait is not None:
+            return defer.succeed(TokenWait(wait))
+        first = not self.tokens.holds_token(requester, target, now)
+        token, proof = self.tokens.issue(requester, target, now, fingerprint)
+        return defer.succeed(Issued(token, proof, first))
+
+    def redeem(self, token: str, asker: str, now: float) -> defer.Deferred[Ticket | None]:
+        return defer.succeed(self.tokens.redeem(token, asker, now))
+
+    def tell(self, name: str, *event: str) -> defer.Deferred[None]:
+        presence = self._presence.get(name.lower())
+        if presence is not None and presence.connection is not None:
+            _as_connection(presence.connection).event(*event)
+        return defer.succeed(None)
+
+    def open(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+def _as_connection(connection: object) -> Connection:
+    # The registry is generic in what it keeps; what the server keeps is a ServerProtocol.
+    return connection  # type: ignore[return-value]
