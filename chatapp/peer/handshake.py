@@ -1,17 +1,20 @@
-"""The peer handshake's rules, apart from the connection: reading HELLO and WELCOME, judging a token."""
+"""The peer handshake (PROTOCOL.md 3.1): reading HELLO and WELCOME, judging a token, and the
+:class:`Handshake` of one session, which turns its lines before the chat opens into an open or a close."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatapp import PROTOCOL_VERSION
+from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import ServerUnavailable, VerifyRejected
+from chatapp.peer.states import Role, SessionState
 from chatapp.wire import (
     BadArguments,
     WireError,
@@ -24,6 +27,9 @@ from chatapp.wire import (
     valid_urlsafe,
     valid_username,
 )
+
+if TYPE_CHECKING:
+    from chatapp.peer.session import PeerSession
 
 log = Logger()
 
@@ -92,3 +98,80 @@ def judge_token(verify: Callable[[str], Any], token: str, name: str, me: str) ->
     d: defer.Deferred[Any] = defer.maybeDeferred(verify, token)
     d.addErrback(failed)  # first, so that it sees only what verify did
     return d.addCallback(answered)
+
+
+class Handshake:
+    """One session's way to OPEN: the connector's HELLO and its reading of WELCOME, the listener's
+    reading of HELLO and its verdict, and the 30 s deadline over all of it."""
+
+    def __init__(self, session: PeerSession, token: str | None, proof: str | None) -> None:
+        self._session = session
+        self._token = token
+        self._proof = proof
+        factory = session.factory
+        self.deadline = Deadline(factory.clock, factory.handshake_timeout, self._timed_out)
+
+    def start(self) -> None:
+        """The connection is up: start the clock, and as connector say HELLO."""
+        session = self._session
+        self.deadline.start()
+        if session.role is Role.CONNECTOR:
+            assert self._token is not None
+            session.send(format_line("HELLO", PROTOCOL_VERSION, session.factory.me, self._token))
+
+    def done(self) -> None:
+        """The session opened or is gone: stop the clock and forget the secrets."""
+        self.deadline.stop()
+        self._token = self._proof = None
+
+    def line(self, raw: bytes) -> None:
+        """A line that arrived before the session opened."""
+        if self._session.role is Role.LISTENER:
+            self._listener_line(raw)
+        else:
+            self._connector_line(raw)
+
+    def _timed_out(self) -> None:
+        session = self._session
+        if session.state in (SessionState.HANDSHAKING, SessionState.VERIFYING):
+            log.info("peer handshake timed out")
+            session.lose("handshake-timeout")
+
+    def _listener_line(self, raw: bytes) -> None:
+        session = self._session
+        if raw.split(b" ", 1)[0].upper() in (b"OK", b"ERR", b"*"):
+            session.lose("not-authenticated")  # OK, ERR and * lines are never answered (section 1)
+            return
+        hello = parse_hello(raw) if session.state is SessionState.HANDSHAKING else None
+        if hello is None:
+            session.send(format_error(403, "not-authenticated"))
+            session.lose("not-authenticated")
+            return
+        session.move(SessionState.VERIFYING)
+        session.peer_name, token = hello
+        judged = judge_token(session.factory.verify, token, session.peer_name, session.factory.me)
+        judged.addCallback(self._judged)
+        judged.addErrback(session.fail_inside, "verifying a peer")
+
+    def _judged(self, verdict: tuple[bytes, str]) -> None:
+        session = self._session
+        if session.state is not SessionState.VERIFYING:
+            return  # closed meanwhile
+        line, refusal = verdict
+        session.send(line)
+        if refusal:
+            session.lose(refusal)
+        else:
+            session.opened()
+
+    def _connector_line(self, raw: bytes) -> None:
+        session = self._session
+        assert session.peer_name is not None and self._proof is not None
+        name, refusal = read_welcome(raw, session.peer_name, self._proof)
+        if name is None:
+            if refusal == "bad-welcome":
+                log.info("bad WELCOME from the peer we called {peer}", peer=session.who())
+            session.lose(refusal)
+            return
+        session.peer_name = name
+        session.opened()
