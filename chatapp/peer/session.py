@@ -19,8 +19,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+import chatapp.peer.chat as chat
 from chatapp.events import ChatEvent
-from chatapp.peer import chat
 from chatapp.peer.chat import split_message
 from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import HandshakeFailed, ProtocolError
