@@ -11,6 +11,7 @@ every event arrives there as a :mod:`chatapp.events` object; the console
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.internet import defer
@@ -24,6 +25,7 @@ from chatapp.client import (
     ServerConnection,
     WhoEntry,
 )
+from chatapp.client.connection import DEFAULT_PORT
 from chatapp.events import (
     EventSink,
     ignore,
@@ -37,6 +39,11 @@ from chatapp.peer import (
     Transfer,
     VerifyRejected,
 )
+from chatapp.peer.contacts import Contacts
+from chatapp.runner import ThreadRunner
+from chatapp.tls.identity import Identity, load_or_create_identity
+from chatapp.tls.known_hosts import KnownPeers
+from chatapp.tls.paths import identity_path, known_peers_path
 
 log = Logger()
 
@@ -66,6 +73,7 @@ class ChatClient:
         auto_accept: bool = False,
         reconnect_delay: float = 1.0,
         chunk_size: int | None = None,
+        accept_changed_keys: bool = False,
     ) -> None:
         self.reactor = reactor
         self.emit = emit
@@ -74,6 +82,10 @@ class ChatClient:
         self.max_file_size = max_file_size
         self.auto_accept = auto_accept
         self.chunk_size = chunk_size
+        self.accept_changed_keys = accept_changed_keys
+        self.identity: Identity | None = None
+        self.contacts: Contacts | None = None
+        self._keys_runner: ThreadRunner | None = None  # key files: flock, rewrite, fsync off the reactor
         self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay)
         self.peers: PeerFactory | None = None
         self.port: IListeningPort | None = None
@@ -91,10 +103,29 @@ class ChatClient:
             name = await self.server.login(user, password)
         self.user = name
         os.makedirs(self.downloads, exist_ok=True)
+        host, port = _server_key(self.server.description)
+        runner = self._keys_runner = ThreadRunner(self.reactor, 1, "chatapp-keys")
+        runner.start()
+        # i12 merge: the server-link branch loads the identity at login (ServerConnection.identity) and sends KEY.
+        identity, _ = await runner.run(load_or_create_identity, identity_path(host, port, name))
+        self.identity = identity
+        known = KnownPeers(known_peers_path())
+        self.contacts = Contacts(known, host, port, runner, accept_changed=self.accept_changed_keys)
+        await self.contacts.load()
         options: dict[str, Any] = {"max_file_size": self.max_file_size, "auto_accept": self.auto_accept}
         if self.chunk_size is not None:
             options["chunk_size"] = self.chunk_size
-        self.peers = PeerFactory(name, self._verify, self.downloads, self.emit, self.reactor, **options)
+        self.peers = PeerFactory(
+            name,
+            self._verify,
+            self.downloads,
+            self.emit,
+            self.reactor,
+            identity=identity,
+            contacts=self.contacts,
+            vouched_keys=False,  # i12 merge: True (the default) once OK CONNECT / OK VERIFY carry fingerprints
+            **options,
+        )
         if self.listen_endpoint is not None:
             await self.set_listening(True)
         return name
@@ -129,6 +160,9 @@ class ChatClient:
                 await self.server.close()
             except ChatClientError:
                 pass
+        if self._keys_runner is not None:
+            runner, self._keys_runner = self._keys_runner, None
+            runner.stop()  # waits for a key file being written: it is whole
 
     @property
     def listening(self) -> bool:
@@ -193,7 +227,8 @@ class ChatClient:
 
     async def _dial(self, peers: PeerFactory, user: str) -> PeerSession:
         ticket = await self.server.connect(user)
-        return await peers.connect(ticket.user, ticket.host, ticket.port, ticket.token, ticket.proof)
+        fingerprint: str | None = getattr(ticket, "fingerprint", None)  # i12 merge: ticket.fingerprint
+        return await peers.connect(ticket.user, ticket.host, ticket.port, ticket.token, ticket.proof, fingerprint)
 
     async def send_message(self, user: str, text: str) -> PeerSession:
         session = await self.chat(user)
@@ -205,6 +240,27 @@ class ChatClient:
         if session is None:
             raise NotChatting(f"no open chat with {user}")
         session.close()
+
+    # -- keys -------------------------------------------------------------------
+
+    def fingerprint(self, user: str | None = None) -> str | None:
+        """Our own fingerprint (``user`` None), or the key remembered for contact ``user`` (None if none)."""
+        if user is None:
+            return self.identity.fingerprint if self.identity is not None else None
+        return self.contacts.remembered(user) if self.contacts is not None else None
+
+    def changed_key(self, user: str) -> tuple[str, str] | None:
+        """``(remembered, offered)`` of the changed key last refused for ``user`` in this run, if any."""
+        return self.contacts.refused(user) if self.contacts is not None else None
+
+    async def trust(self, user: str) -> str:
+        """Accept the changed key last refused for ``user`` (after the user compared it); returns it.
+
+        Raises ``NothingToTrust`` (a ChatClientError) if no changed key of ``user`` was refused in this run.
+        """
+        if self.contacts is None:
+            raise ChatClientError("not logged in yet")
+        return await self.contacts.trust(user)
 
     # -- files ------------------------------------------------------------------
 
@@ -274,8 +330,12 @@ class ChatClient:
             raise NotChatting(f"the chat with {transfer.peer} is closed")
         return session
 
-    def _verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
-        d = self.server.verify(token)
+    def _verify(self, token: str) -> defer.Deferred[tuple[str, str, str | None]]:
+        # i12 merge: the server-link branch's verify() fires with (requester, proof, fingerprint).
+        def with_key(answer: tuple[str, ...]) -> tuple[str, str, str | None]:
+            return answer[0], answer[1], answer[2] if len(answer) > 2 else None
+
+        d = self.server.verify(token).addCallback(with_key)
 
         def translate(failure: Failure) -> Failure:
             if failure.check(BadToken):
@@ -283,3 +343,13 @@ class ChatClient:
             return Failure(ServerUnavailable(str(failure.value)))
 
         return d.addErrback(translate)
+
+
+def _server_key(description: str) -> tuple[str, int]:
+    """The server's (host, port) from its endpoint description, naming its identity and contacts.
+
+    i12 merge: the server-link branch knows the host and port of the link (ServerConnection); use those.
+    """
+    host = re.search(r"(?:^|:)host=([^:]+)", description)
+    port = re.search(r"(?:^|:)port=(\d+)", description)
+    return (host.group(1) if host else "localhost"), (int(port.group(1)) if port else DEFAULT_PORT)

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 import chatapp.peer.chat as chat
 from chatapp.events import ChatEvent
@@ -31,6 +33,7 @@ from chatapp.peer.handshake import Handshake
 from chatapp.peer.receiver import Receiver
 from chatapp.peer.sender import Sender
 from chatapp.peer.states import Role, SessionState, session_move
+from chatapp.tls.transports import inner_transport
 from chatapp.wire import (
     PEER_MAX_LINE,
     WireError,
@@ -57,6 +60,7 @@ HANDSHAKE_RECEIVE_SIZE = 4 * 1024
 _LIVE = (SessionState.HANDSHAKING, SessionState.VERIFYING, SessionState.OPEN)
 
 
+@implementer(IHandshakeListener)
 class PeerSession(FileCommands, Protocol):
     """One peer connection. Use the public methods from the reactor thread only."""
 
@@ -69,6 +73,7 @@ class PeerSession(FileCommands, Protocol):
         target: str | None = None,
         token: str | None = None,
         proof: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self.factory = factory
         self.role = role
@@ -79,7 +84,8 @@ class PeerSession(FileCommands, Protocol):
         self.sender = Sender(self)
         self.receiver = Receiver(self)
         self.framer = Framer(PEER_MAX_LINE)
-        self.handshake = Handshake(self, token, proof)
+        self.handshake = Handshake(self, token, proof, fingerprint)
+        self.refused_keys: tuple[str, str] | tuple[()] = ()  # (expected, offered) of a key refusal
         # A DATA chunk must arrive whole in time: until its bytes are in, no line can be read on this
         # connection, so a peer trickling them would hold it (and its file) hostage for ever.
         self.data_deadline = Deadline(factory.clock, factory.data_timeout, self._data_timed_out)
@@ -175,9 +181,12 @@ class PeerSession(FileCommands, Protocol):
     # -- connection life ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        transport: Any = self.transport  # a TCP (or TLS) transport: also an IConsumer
-        if isinstance(getattr(transport, "bufferSize", None), int):
-            transport.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
+        transport: Any = self.transport  # the TLS transport (a TCP one in unit tests): also an IConsumer
+        socket: Any = inner_transport(transport)
+        if hasattr(socket, "setTcpNoDelay"):
+            socket.setTcpNoDelay(True)  # small lines both ways: no waiting for delayed ACKs
+        if isinstance(getattr(socket, "bufferSize", None), int):
+            socket.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
         transport.registerProducer(self.watch, True)
         if not self.factory.session_connected(self):
             self.lose("too-many-sessions")
@@ -186,6 +195,10 @@ class PeerSession(FileCommands, Protocol):
             self.lose("too-many-handshakes")
             return
         self.handshake.start()
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done (``IHandshakeListener``): the connector may check the key and say HELLO."""
+        self.handshake.secured()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.state is SessionState.CLOSED:
@@ -199,7 +212,7 @@ class PeerSession(FileCommands, Protocol):
         self.factory.session_closed(self)
         waiters, self._open_waiters = self._open_waiters, []
         for d in waiters:
-            d.errback(HandshakeFailed(self.close_reason))
+            d.errback(HandshakeFailed(self.close_reason, *self.refused_keys))
         self.factory.prune_partials()
         closed, self._closed_waiters = self._closed_waiters, []
         for waiter in closed:
@@ -219,6 +232,7 @@ class PeerSession(FileCommands, Protocol):
             if abort and hasattr(transport, "abortConnection"):
                 transport.abortConnection()
             else:
+                transport.unregisterProducer()  # TLS sends its close alert only once no producer is registered
                 transport.loseConnection()
 
     # -- bytes in -------------------------------------------------------------
@@ -292,11 +306,14 @@ class PeerSession(FileCommands, Protocol):
         """The handshake succeeded: the chat is open."""
         self.move(SessionState.OPEN)
         self.handshake.done()
-        transport: Any = self.transport
-        if isinstance(getattr(transport, "bufferSize", None), int):
-            transport.bufferSize = RECEIVE_SIZE
+        socket: Any = inner_transport(self.transport)
+        if isinstance(getattr(socket, "bufferSize", None), int):
+            socket.bufferSize = RECEIVE_SIZE
         log.info("peer session with {peer} open ({role})", peer=self.who(), role=self.role.value)
         self.opened_at = self.factory.clock.seconds()
+        contacts, key = self.factory.contacts, self.handshake.key
+        if contacts is not None and key is not None and self.peer_name is not None:
+            contacts.seen(self.peer_name, key)
         self.factory.session_opened(self)
         waiters, self._open_waiters = self._open_waiters, []
         for d in waiters:
