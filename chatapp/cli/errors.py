@@ -26,6 +26,7 @@ from chatapp.client import (
     SlowDown,
     UserExists,
 )
+from chatapp.peer.errors import HandshakeFailed
 from chatapp.wire import escape_for_terminal
 
 from .options import Settings
@@ -41,6 +42,7 @@ EXIT_TAKEN = 7  # --signup with a name that is taken
 EXIT_BAD_INPUT = 8  # a user name or password the server cannot take (form, length)
 EXIT_LATER = 9  # the server asks to come back later (busy, too many signups)
 EXIT_REPLACED = 10  # this user logged in elsewhere: the server closed this session (one-shots)
+EXIT_KEY_CHANGED = 11  # send: the recipient's key is not the one remembered (--accept-changed-keys)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
@@ -54,6 +56,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_BAD_INPUT: "the user name or password is not acceptable (form, length)",
     EXIT_LATER: "the server is busy or refuses more signups for now; try later",
     EXIT_REPLACED: "you logged in elsewhere and the server closed this session (send, listen)",
+    EXIT_KEY_CHANGED: "the recipient's key changed since the last chat (send; --accept-changed-keys)",
 }
 
 
@@ -126,6 +129,9 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
     name = user or settings.user or ""
     if isinstance(error, Fatal):
         return error
+    if isinstance(error, HandshakeFailed) and error.reason in ("key-changed", "bad-key"):
+        hint = " (if the contact confirms the new key: --accept-changed-keys)" if error.reason == "key-changed" else ""
+        return Fatal(EXIT_KEY_CHANGED, f"refused: {error}{hint}")
     if isinstance(error, Blocked):
         return Fatal(EXIT_BLOCKED, blocked_text(error.seconds, name))
     if isinstance(error, Locked):

@@ -132,6 +132,7 @@ def make_client(reactor: Any, settings: Settings, emit: EventSink) -> ChatClient
             listen=settings.listen,
             max_file_size=settings.max_file_size,
             auto_accept=settings.accept_files,
+            accept_changed_keys=settings.accept_changed_keys,
         )
     except InvalidArgument as e:
         raise Fatal(EXIT_USAGE, str(e)) from None
