@@ -167,3 +167,52 @@ def test_a_slow_write_does_not_hold_a_dropped_connection(tmp_path: Path, clock: 
     assert eb.offers[0].state is TransferState.CANCELLED
     disk.run_all()  # the write in flight ends; the file is closed and kept for a resume
     assert partials_in(fb) != []
+
+
+def test_writer_finished_from_inside_its_backlog_callback_writes_every_byte(tmp_path: Path) -> None:
+    """Easing the backlog resumes reading; over TLS the transport then delivers what it holds at once,
+    so the last bytes and END (finish) can arrive inside the callback, while a write is due."""
+    import hashlib
+    import os
+
+    from twisted.internet import defer
+
+    from chatapp.peer.downloads import DownloadDir
+    from chatapp.peer.writer import FileWriter
+    from chatapp.runner import Runner
+
+    class Deferring:
+        """Runs each call when the test says, like a thread pool that answers later."""
+
+        def __init__(self) -> None:
+            self.due: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def run(self, func: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.due.append((func, args, d))
+            return d
+
+        def start(self) -> None: ...
+        def stop(self) -> None: ...
+
+    runner = Deferring()
+    path = tmp_path / "out.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    downloads = DownloadDir(str(tmp_path), 2**30, 10)
+    finished: list[str] = []
+    writer: FileWriter
+
+    def backlog(on: bool) -> None:
+        if not on:  # the reader resumes: the rest and END come in at once
+            writer.write(b"c" * 10)
+            writer.finish().addCallback(finished.append)
+
+    r: Runner = runner
+    writer = FileWriter(r, downloads, fd, hashlib.sha256(), lambda e: None, backlog, lambda f: None, 15, 5)
+    writer.write(b"a" * 10)
+    writer.write(b"b" * 10)  # over the high water: backlogged
+    while runner.due:
+        func, args, d = runner.due.pop(0)
+        d.callback(func(*args))
+    assert path.read_bytes() == b"a" * 10 + b"b" * 10 + b"c" * 10
+    assert finished == [hashlib.sha256(path.read_bytes()).hexdigest()]

@@ -112,7 +112,10 @@ class FileWriter:
             return defer.fail(self.error)
         self._move(Stage.FINISHING)
         if not self._writing:
-            self._sync()
+            if self._queue:
+                self._write_next()  # _written syncs after the last write
+            else:
+                self._sync()
         return self._finished
 
     def abandon(self) -> None:
@@ -164,11 +167,13 @@ class FileWriter:
         if error is not None:
             self._fail(error)
             return
-        self._ease()
+        # The next write starts before _ease: easing resumes reading, and a TLS transport then
+        # delivers what it holds at once, so END (and finish()) can run inside _ease.
         if self._queue:
             self._write_next()
         elif self.stage is Stage.FINISHING:
             self._sync()
+        self._ease()
 
     def _ease(self) -> None:
         if self.backlogged and (self.stage is not Stage.WRITING or self.buffered <= self._low_water):
