@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,12 +42,12 @@ from chatapp.peer import (
     VerifyRejected,
 )
 from chatapp.peer.contacts import Contacts
-from chatapp.runner import ThreadRunner
 from chatapp.tls.identity import Identity, load_or_create_identity
 from chatapp.tls.known_hosts import KnownPeers
 from chatapp.tls.paths import identity_path, known_peers_path
 
 log = Logger()
+T = TypeVar("T")
 
 GiB = 1024**3
 
@@ -85,7 +87,6 @@ class ChatClient:
         self.accept_changed_keys = accept_changed_keys
         self.identity: Identity | None = None
         self.contacts: Contacts | None = None
-        self._keys_runner: ThreadRunner | None = None  # key files: flock, rewrite, fsync off the reactor
         self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay)
         self.peers: PeerFactory | None = None
         self.port: IListeningPort | None = None
@@ -104,8 +105,9 @@ class ChatClient:
         self.user = name
         os.makedirs(self.downloads, exist_ok=True)
         host, port = _server_key(self.server.description)
-        runner = self._keys_runner = ThreadRunner(self.reactor, 1, "chatapp-keys")
-        runner.start()
+        # Key files (flock, rewrite, fsync) go to the reactor's own thread pool: it stops with the
+        # reactor, so a client nobody stopped never keeps the process alive.
+        runner = ReactorPool(self.reactor)
         # i12 merge: the server-link branch loads the identity at login (ServerConnection.identity) and sends KEY.
         identity, _ = await runner.run(load_or_create_identity, identity_path(host, port, name))
         self.identity = identity
@@ -160,9 +162,6 @@ class ChatClient:
                 await self.server.close()
             except ChatClientError:
                 pass
-        if self._keys_runner is not None:
-            runner, self._keys_runner = self._keys_runner, None
-            runner.stop()  # waits for a key file being written: it is whole
 
     @property
     def listening(self) -> bool:
@@ -343,6 +342,22 @@ class ChatClient:
             return Failure(ServerUnavailable(str(failure.value)))
 
         return d.addErrback(translate)
+
+
+class ReactorPool:
+    """A :class:`chatapp.runner.Runner` on the reactor's thread pool (started and stopped with the reactor)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), func, *args)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 def _server_key(description: str) -> tuple[str, int]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -62,9 +63,16 @@ class LineClient(Protocol):
         await self.closed
 
 
-async def connect_lines(port: int, source: str = "127.0.0.1", greeting: str | None = "* HELLO chatapp/1") -> LineClient:
-    """Connect from ``source`` (any 127.0.0.0/8 address) and read the greeting if one is given."""
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+async def connect_lines(
+    port: int, source: str = "127.0.0.1", greeting: str | None = "* HELLO chatapp/1", tls: Any = None
+) -> LineClient:
+    """Connect from ``source`` (any 127.0.0.0/8 address) and read the greeting if one is given.
+
+    ``tls``: a connection creator to speak TLS with (a peer link: ``PeerConnectorTLS(identity)``).
+    """
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
     client = await connectProtocol(endpoint, LineClient()).addTimeout(TIMEOUT, reactor)
     if greeting is not None:
         assert await client.next_line() == greeting

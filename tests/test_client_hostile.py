@@ -19,6 +19,8 @@ from chatapp.app import ChatClient
 from chatapp.events import PeerLeft, PeerNotice
 from chatapp.peer import TransferState
 from chatapp.server.tap import ChatServerService
+from chatapp.tls.contexts import PeerConnectorTLS
+from chatapp.tls.identity import new_identity
 
 MiB = 1024 * 1024
 
@@ -134,7 +136,8 @@ async def _mallory(port: int) -> LineClient:
 
 async def _peer_says(port: int, hello: str) -> list[str]:
     """Open a raw peer connection, send ``hello``, return what came back until the peer closed."""
-    peer = await connect_lines(port, greeting=None)
+    # mallory speaks TLS with a key of her own (on this branch the server vouches for no key yet)
+    peer = await connect_lines(port, greeting=None, tls=PeerConnectorTLS(new_identity("mallory")))
     peer.send(hello)
     lines: list[str] = []
     try:
