@@ -11,10 +11,12 @@ every event arrives there as a :mod:`chatapp.events` object; the console
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -37,9 +39,13 @@ from chatapp.peer import (
     Transfer,
     VerifyRejected,
 )
+from chatapp.peer.contacts import Contacts
 from chatapp.tls.identity import Identity
+from chatapp.tls.known_hosts import KnownPeers
+from chatapp.tls.paths import known_peers_path
 
 log = Logger()
+T = TypeVar("T")
 
 GiB = 1024**3
 
@@ -67,6 +73,7 @@ class ChatClient:
         auto_accept: bool = False,
         reconnect_delay: float = 1.0,
         chunk_size: int | None = None,
+        accept_changed_keys: bool = False,
         server_options: dict[str, Any] | None = None,
     ) -> None:
         """``server_options`` go to :class:`ServerConnection` (the server link's TLS: ``server_fingerprint``,
@@ -78,6 +85,8 @@ class ChatClient:
         self.max_file_size = max_file_size
         self.auto_accept = auto_accept
         self.chunk_size = chunk_size
+        self.accept_changed_keys = accept_changed_keys
+        self.contacts: Contacts | None = None
         self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay, **(server_options or {}))
         self.peers: PeerFactory | None = None
         self.port: IListeningPort | None = None
@@ -95,10 +104,29 @@ class ChatClient:
             name = await self.server.login(user, password)
         self.user = name
         os.makedirs(self.downloads, exist_ok=True)
+        identity = self.server.identity
+        assert identity is not None  # the server link made or loaded it at login, before KEY
+        # The known-peers file (flock, rewrite, fsync) goes to the reactor's own thread pool: it
+        # stops with the reactor, so a client nobody stopped never keeps the process alive.
+        runner = ReactorPool(self.reactor)
+        known = KnownPeers(known_peers_path())
+        self.contacts = Contacts(
+            known, self.server.host, self.server.port, runner, accept_changed=self.accept_changed_keys
+        )
+        await self.contacts.load()
         options: dict[str, Any] = {"max_file_size": self.max_file_size, "auto_accept": self.auto_accept}
         if self.chunk_size is not None:
             options["chunk_size"] = self.chunk_size
-        self.peers = PeerFactory(name, self._verify, self.downloads, self.emit, self.reactor, **options)
+        self.peers = PeerFactory(
+            name,
+            self._verify,
+            self.downloads,
+            self.emit,
+            self.reactor,
+            identity=identity,
+            contacts=self.contacts,
+            **options,
+        )
         if self.listen_endpoint is not None:
             await self.set_listening(True)
         return name
@@ -197,7 +225,8 @@ class ChatClient:
 
     async def _dial(self, peers: PeerFactory, user: str) -> PeerSession:
         ticket = await self.server.connect(user)
-        return await peers.connect(ticket.user, ticket.host, ticket.port, ticket.token, ticket.proof)
+        t = ticket
+        return await peers.connect(t.user, t.host, t.port, t.token, t.proof, t.fingerprint)
 
     async def send_message(self, user: str, text: str) -> PeerSession:
         session = await self.chat(user)
@@ -209,6 +238,32 @@ class ChatClient:
         if session is None:
             raise NotChatting(f"no open chat with {user}")
         session.close()
+
+    # -- keys -------------------------------------------------------------------
+
+    @property
+    def identity(self) -> Identity | None:
+        """This account's identity on this server (made at the first login), for the peer link's TLS."""
+        return self.server.identity
+
+    def fingerprint(self, user: str | None = None) -> str | None:
+        """Our own fingerprint (``user`` None), or the key remembered for contact ``user`` (None if none)."""
+        if user is None:
+            return self.identity.fingerprint if self.identity is not None else None
+        return self.contacts.remembered(user) if self.contacts is not None else None
+
+    def changed_key(self, user: str) -> tuple[str, str] | None:
+        """``(remembered, offered)`` of the changed key last refused for ``user`` in this run, if any."""
+        return self.contacts.refused(user) if self.contacts is not None else None
+
+    async def trust(self, user: str) -> str:
+        """Accept the changed key last refused for ``user`` (after the user compared it); returns it.
+
+        Raises ``NothingToTrust`` (a ChatClientError) if no changed key of ``user`` was refused in this run.
+        """
+        if self.contacts is None:
+            raise ChatClientError("not logged in yet")
+        return await self.contacts.trust(user)
 
     # -- files ------------------------------------------------------------------
 
@@ -278,14 +333,8 @@ class ChatClient:
             raise NotChatting(f"the chat with {transfer.peer} is closed")
         return session
 
-    @property
-    def identity(self) -> Identity | None:
-        """This account's identity on this server (made at the first login), for the peer link's TLS."""
-        return self.server.identity
-
-    def _verify(self, token: str) -> defer.Deferred[tuple[str, str]]:
-        # i12 peer TLS: check this fingerprint (the requester's key the server vouches for)
-        d = self.server.verify(token).addCallback(lambda vouched: (vouched[0], vouched[1]))
+    def _verify(self, token: str) -> defer.Deferred[tuple[str, str, str]]:
+        d = self.server.verify(token)
 
         def translate(failure: Failure) -> Failure:
             if failure.check(BadToken):
@@ -293,3 +342,19 @@ class ChatClient:
             return Failure(ServerUnavailable(str(failure.value)))
 
         return d.addErrback(translate)
+
+
+class ReactorPool:
+    """A :class:`chatapp.runner.Runner` on the reactor's thread pool (started and stopped with the reactor)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), func, *args)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

@@ -78,6 +78,20 @@ class PeerNotice:
     text: str
 
 
+@dataclass(frozen=True)
+class KeyChanged:
+    """The server vouched for a key of ``user`` that is not the one remembered from earlier chats.
+
+    The chat was not opened. The contact may have a new device or installation, or someone may be
+    intercepting: the user compares ``offered`` with the contact by another channel and, if it is
+    theirs, accepts it (``ChatClient.trust(user)``, the console's ``/trust``).
+    """
+
+    user: str
+    remembered: str
+    offered: str
+
+
 # -- the server link --------------------------------------------------------------------
 
 
@@ -121,7 +135,9 @@ class GaveUp:
     error: Exception
 
 
-PeerEvent = PeerJoined | PeerLeft | MessageReceived | FileOffered | TransferProgress | TransferEnded | PeerNotice
+PeerEvent = (
+    PeerJoined | PeerLeft | MessageReceived | FileOffered | TransferProgress | TransferEnded | PeerNotice | KeyChanged
+)
 ServerEvent = ChatRequested | ServerLost | Reconnecting | Reconnected | GaveUp
 ChatEvent = PeerEvent | ServerEvent
 

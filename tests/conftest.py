@@ -103,6 +103,13 @@ _REACTOR_TURNS = 5
 
 
 @pytest.fixture(autouse=True)
+def private_key_files(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identities and known-peers files of every test (and its subprocesses) go to a temporary folder,
+    never to the user's own ~/.local/share."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
+@pytest.fixture(autouse=True)
 def logged_errors() -> Iterator[LoggedErrors]:
     """Fail a test after which an error was logged that the test did not flush.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
@@ -78,12 +79,21 @@ def accept_any_tls() -> IOpenSSLClientConnectionCreator:
 
 
 async def connect_lines(
-    port: int, source: str = "127.0.0.1", greeting: str | None = "* HELLO chatapp/2", tls: bool = True
+    port: int,
+    source: str = "127.0.0.1",
+    greeting: str | None = "* HELLO chatapp/2",
+    tls: bool | IOpenSSLClientConnectionCreator = True,
 ) -> LineClient:
-    """Connect from ``source`` (any 127.0.0.0/8 address), inside TLS if asked, and read the greeting if one is given."""
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
-    if tls:
-        endpoint = wrapClientTLS(accept_any_tls(), endpoint)  # type: ignore[assignment]
+    """Connect from ``source`` (any 127.0.0.0/8 address) and read the greeting if one is given.
+
+    ``tls``: True speaks TLS and takes any certificate, False plain TCP, or a connection creator
+    to speak TLS with (a peer link: ``PeerConnectorTLS(identity)``, which presents that identity).
+    """
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+    if tls is True:
+        endpoint = wrapClientTLS(accept_any_tls(), endpoint)
+    elif tls is not False:
+        endpoint = wrapClientTLS(tls, endpoint)
     client = await connectProtocol(endpoint, LineClient()).addTimeout(TIMEOUT, reactor)
     if greeting is not None:
         assert await client.next_line() == greeting

@@ -17,8 +17,10 @@ from chatapp.cli.events import (
     ChatOpened,
     CommandFailed,
     FileOfferSent,
+    FingerprintShown,
     HelpLine,
     HelpShown,
+    KeyTrusted,
     ListenState,
     LoggedInAgain,
     MessageSent,
@@ -49,6 +51,7 @@ from chatapp.events import (
     ChatRequested,
     FileOffered,
     GaveUp,
+    KeyChanged,
     MessageReceived,
     PeerJoined,
     PeerLeft,
@@ -167,6 +170,13 @@ SCRIPT_LINES: list[tuple[Shown, str]] = [
     (TransferSummary(DONE_IN, 10, 2.0, 5.0), "SUMMARY 4 receive bob 10 2.0 5"),
     (OfferTimedOut(OFFERED, 300.0), "TIMEOUT 3 bob 300 x.pdf"),
     (SessionReplaced("you logged in elsewhere"), "NOTICE you logged in elsewhere"),
+    (
+        KeyChanged("bob", "sha256:" + "a" * 64, "sha256:" + "b" * 64),
+        f"KEYCHANGED bob sha256:{'a' * 64} sha256:{'b' * 64}",
+    ),
+    (KeyTrusted("bob", "sha256:" + "a" * 64, "sha256:" + "b" * 64), f"OK trust bob sha256:{'b' * 64}"),
+    (FingerprintShown(None, "sha256:" + "c" * 64), f"OK fingerprint sha256:{'c' * 64}"),
+    (FingerprintShown("bob", None), "OK fingerprint bob none"),
 ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 from cli_processes import CHATAPP, PASSWORD
 from processes import LineSocket, start_server, stop
+
+from chatapp.tls.identity import identity_to_pem, new_identity
 
 pytestmark = pytest.mark.slow
 
@@ -58,26 +61,41 @@ def read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
     return data
 
 
-def logged_in(port: int, name: str) -> LineSocket:
-    conn = LineSocket(port)
-    assert conn.line().startswith("* HELLO")
-    assert conn.ask(f"SIGNUP {name} {PASSWORD}") == f"OK SIGNUP {name}"
-    assert conn.ask("KEY sha256:" + "0" * 64) == "OK KEY"
-    return conn
+class RawPeer:
+    """A raw client with an identity: it publishes its key on the server link and shows it to peers."""
+
+    def __init__(self, port: int, name: str, folder: Path) -> None:
+        self.name = name
+        identity = new_identity(name)
+        self.pem = folder / f"{name}.pem"
+        self.pem.write_bytes(identity_to_pem(identity))
+        self.server = LineSocket(port)
+        assert self.server.line().startswith("* HELLO")
+        assert self.server.ask(f"SIGNUP {name} {PASSWORD}") == f"OK SIGNUP {name}"
+        assert self.server.ask(f"KEY {identity.fingerprint}") == "OK KEY"
+
+    def close(self) -> None:
+        self.server.close()
 
 
-def peer(server: LineSocket, name: str, timeout: float = 5.0) -> socket.socket:
-    """A finished peer handshake with the victim, as ``name``."""
-    reply = server.ask("CONNECT victim").split(" ")
+def peer(raw: RawPeer, timeout: float = 5.0) -> ssl.SSLSocket:
+    """A finished peer handshake with the victim, as ``raw`` (TLS with its published key)."""
+    reply = raw.server.ask("CONNECT victim").split(" ")
     assert reply[:2] == ["OK", "CONNECT"], reply
     host, port, token = reply[3], int(reply[4]), reply[5]
-    sock = socket.create_connection((host, port), timeout=timeout)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # this test checks the victim's behaviour, not its key
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(str(raw.pem))
+    sock = context.wrap_socket(socket.create_connection((host, port), timeout=timeout))
+    name = raw.name
     sock.sendall(f"HELLO chatapp/2 {name} {token}\r\n".encode())
     assert sock.makefile("rb").readline().startswith(b"WELCOME "), f"{name}: no WELCOME"
     return sock
 
 
-def flood(sock: socket.socket) -> int:
+def flood(sock: ssl.SSLSocket) -> int:
     """Send MSG lines without reading until FLOOD_BYTES or FLOOD_SECONDS; the bytes the kernel took."""
     stream = LINE * (MiB // len(LINE) + 1)
     sent = 0
@@ -91,7 +109,7 @@ def flood(sock: socket.socket) -> int:
             offset = sent % len(LINE)
             try:
                 sent += sock.send(stream[offset:])
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 continue
     sock.setblocking(True)
     return sent
@@ -109,8 +127,8 @@ def test_listen_with_an_unread_stdout_stays_bounded_and_serves_others(server: in
         assert victim.stdout is not None
         out = victim.stdout.fileno()
         head = read_until(out, b"READY victim listening")
-        mallory_server, bob_server, carol_server = (logged_in(server, n) for n in ("mallory", "bob", "carol"))
-        mallory, bob = peer(mallory_server, "mallory"), peer(bob_server, "bob")
+        raws = [RawPeer(server, n, tmp_path) for n in ("mallory", "bob", "carol")]
+        mallory, bob = peer(raws[0]), peer(raws[1])
         baseline = status_kib(victim.pid, "VmRSS")
 
         sent = flood(mallory)  # from here on, the victim's stdout is not read
@@ -119,7 +137,7 @@ def test_listen_with_an_unread_stdout_stays_bounded_and_serves_others(server: in
         bob.settimeout(1.0)
         bob.sendall(b"PING\r\n")
         assert bob.makefile("rb").readline() == b"PONG\r\n"  # the reactor is not blocked
-        carol = peer(carol_server, "carol")  # nor are new peers kept out
+        carol = peer(raws[2])  # nor are new peers kept out
         growth_mib = (status_kib(victim.pid, "VmHWM") - baseline) / 1024
         assert growth_mib < RSS_GROWTH_MIB, f"the victim grew {growth_mib:.0f} MiB"
         assert victim.poll() is None, (tmp_path / "victim.err").read_text()
@@ -139,6 +157,8 @@ def test_listen_with_an_unread_stdout_stays_bounded_and_serves_others(server: in
         finish.join(10)
         for sock in (mallory, bob, carol):
             sock.close()
+        for raw in raws:
+            raw.close()
         victim.send_signal(signal.SIGTERM)
         rest_out, _ = victim.communicate(timeout=20)
         assert victim.returncode == 0, (tmp_path / "victim.err").read_text()

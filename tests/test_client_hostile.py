@@ -19,6 +19,8 @@ from chatapp.app import ChatClient
 from chatapp.events import PeerLeft, PeerNotice
 from chatapp.peer import TransferState
 from chatapp.server.tap import ChatServerService
+from chatapp.tls.contexts import PeerConnectorTLS
+from chatapp.tls.identity import Identity, new_identity
 
 MiB = 1024 * 1024
 
@@ -126,16 +128,28 @@ def _die(client: ChatClient) -> None:
     client.server.protocol.transport.abortConnection()  # type: ignore[union-attr]
 
 
+_MALLORY: Identity | None = None
+
+
+def _mallory_identity() -> Identity:
+    global _MALLORY
+    if _MALLORY is None:
+        _MALLORY = new_identity("mallory")
+    return _MALLORY
+
+
 async def _mallory(port: int) -> LineClient:
+    """A raw client with an account and a published key: she can get real tokens."""
     mallory = await connect_lines(port, source="127.0.0.66")
     assert await mallory.ask(f"SIGNUP mallory {PASSWORD}") == "OK SIGNUP mallory"
-    assert await mallory.ask("KEY sha256:" + "0" * 64) == "OK KEY"
+    assert await mallory.ask(f"KEY {_mallory_identity().fingerprint}") == "OK KEY"
     return mallory
 
 
 async def _peer_says(port: int, hello: str) -> list[str]:
     """Open a raw peer connection, send ``hello``, return what came back until the peer closed."""
-    peer = await connect_lines(port, greeting=None, tls=False)  # i12 peer TLS: the peer link is still plain
+    # mallory speaks TLS with the key she published: the peer checks tokens, not only keys
+    peer = await connect_lines(port, greeting=None, tls=PeerConnectorTLS(_mallory_identity()))
     peer.send(hello)
     lines: list[str] = []
     try:

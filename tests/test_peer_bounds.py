@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from test_peer_harness import TOKENS, Recorder, dict_verify, make_peer, open_listener
+from test_peer_harness import TOKENS, Recorder, dict_verify, identity_of, key_of, make_peer, open_listener, tls
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
@@ -25,6 +25,7 @@ from twisted.internet.testing import StringTransport
 from chatapp.peer import PeerFactory, SessionState, TransferState
 from chatapp.peer.flow import OUTPUT_LIMIT, OUTPUT_PAUSE
 from chatapp.peer.receiver import MAX_REFUSED_IDS
+from chatapp.tls.transports import inner_transport
 
 reactor: Any = _reactor
 TIMEOUT = 20
@@ -76,7 +77,9 @@ def test_output_that_grows_without_input_closes(tmp_path: Path, clock: Clock) ->
 
 @pytest_twisted.ensureDeferred
 async def test_loopback_peer_that_never_reads_is_bounded(tmp_path: Path) -> None:
-    bob = PeerFactory("bob", dict_verify(TOKENS), str(tmp_path / "bob"), Recorder(), reactor)
+    bob = PeerFactory(
+        "bob", dict_verify(TOKENS), str(tmp_path / "bob"), Recorder(), reactor, identity=identity_of("bob")
+    )
     port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
     welcomed: defer.Deferred[None] = defer.Deferred()
 
@@ -90,7 +93,7 @@ async def test_loopback_peer_that_never_reads_is_bounded(tmp_path: Path) -> None
                 welcomed.callback(None)
 
     rude = Rude()
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(port)), rude)
+    await connectProtocol(tls(TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(port))), rude)
     try:
         await welcomed.addTimeout(TIMEOUT, reactor)
         victim = next(iter(bob.connections))
@@ -100,7 +103,7 @@ async def test_loopback_peer_that_never_reads_is_bounded(tmp_path: Path) -> None
             if "output" in victim.gate.reasons or victim.state is not SessionState.OPEN:
                 break
             await task.deferLater(reactor, 0.01)
-        transport: Any = victim.transport
+        transport: Any = inner_transport(victim.transport)  # the TCP connection under TLS
         unsent = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         assert unsent <= bob.chunk_size + OUTPUT_LIMIT + transport.bufferSize
         assert "output" in victim.gate.reasons or victim.close_reason == "output-limit"
@@ -114,8 +117,10 @@ async def test_loopback_peer_that_never_reads_is_bounded(tmp_path: Path) -> None
 
 @pytest_twisted.ensureDeferred
 async def test_loopback_idle_stranger_cannot_take_every_handshake_slot(tmp_path: Path) -> None:
-    alice = PeerFactory("alice", dict_verify(TOKENS), str(tmp_path / "a"), Recorder(), reactor)
-    bob = PeerFactory("bob", dict_verify(TOKENS), str(tmp_path / "b"), Recorder(), reactor)
+    alice = PeerFactory(
+        "alice", dict_verify(TOKENS), str(tmp_path / "a"), Recorder(), reactor, identity=identity_of("alice")
+    )
+    bob = PeerFactory("bob", dict_verify(TOKENS), str(tmp_path / "b"), Recorder(), reactor, identity=identity_of("bob"))
     port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
     number = port_of(port)
     idle = []
@@ -130,7 +135,9 @@ async def test_loopback_idle_stranger_cannot_take_every_handshake_slot(tmp_path:
         strangers = [s for s in bob.connections if s.handshake_address == "127.0.0.3"]
         assert len(strangers) <= bob.max_handshakes_per_address
         friend = TCP4ClientEndpoint(reactor, "127.0.0.1", number, bindAddress=("127.0.0.2", 0))
-        session = await alice.connect_endpoint(friend, "bob", "tok-alice", "proof-alice").addTimeout(TIMEOUT, reactor)
+        session = await alice.connect_endpoint(friend, "bob", "tok-alice", "proof-alice", key_of("bob")).addTimeout(
+            TIMEOUT, reactor
+        )
         assert session.state is SessionState.OPEN
     finally:
         for protocol in idle:

@@ -13,12 +13,14 @@ import pytest
 from test_peer_harness import (
     Pair,
     files_in,
+    key_of,
     lose,
     make_peer,
     open_connector,
     open_listener,
     partial_path,
     partials_in,
+    secure,
     sender_stream,
     sha,
     write_file,
@@ -191,9 +193,10 @@ def open_sender(tmp_path: Path, clock: Clock, **kw: Any) -> tuple[Any, PausingTr
     from chatapp.peer import PeerSession, Role
 
     fa, _ = make_peer(tmp_path, "alice", clock, **kw)
-    session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+    session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice", key_of("bob"))
     transport = PausingTransport()
     session.makeConnection(transport)
+    secure(session)
     session.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
     transport.clear()
     return session, transport
@@ -670,14 +673,14 @@ def test_verify_answer_after_the_peer_left_writes_nothing(tmp_path: Path, clock:
 
     from chatapp.peer import PeerSession, SessionState
 
-    pending: defer.Deferred[tuple[str, str]] = defer.Deferred()
+    pending: defer.Deferred[tuple[str, str, str]] = defer.Deferred()
     fb, eb = make_peer(tmp_path, "bob", clock, verify=lambda token: pending)
     session: PeerSession = fb.buildProtocol(None)
     transport = StringTransport()
     session.makeConnection(transport)
     session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
     lose(session, transport)
-    pending.callback(("alice", "proof-alice"))
+    pending.callback(("alice", "proof-alice", key_of("alice")))
     assert transport.value() == b"" and session.state is SessionState.CLOSED
     assert fb.sessions == {} and eb.joined == [] and not fb.connections
 
@@ -695,9 +698,10 @@ def test_pump_survives_a_transport_that_resumes_it_from_inside_write(tmp_path: P
     from chatapp.peer import PeerSession, Role
 
     fa, _ = make_peer(tmp_path, "alice", clock, chunk_size=1000)
-    session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+    session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice", key_of("bob"))
     transport = EagerTransport()
     session.makeConnection(transport)
+    secure(session)
     session.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
     content = os.urandom(4500)
     sent = session.send_file(write_file(tmp_path / "f.bin", content))

@@ -69,7 +69,7 @@ def test_fuzzed_peer_input_never_raises_and_stays_in_the_download_folder(
         session.dataReceived(data[position : position + size])  # must never raise
         position += size
         i += 1
-        assert len(session._framer._buffer) - session._framer._pos <= PEER_MAX_LINE + 2 + 50
+        assert len(session.framer._buffer) - session.framer._pos <= PEER_MAX_LINE + 2 + 50
     clock.advance(120)  # every deadline passes: handshake, DATA chunk
     output = transport.value().decode("utf-8")
     for line in output.split("\r\n")[:-1]:

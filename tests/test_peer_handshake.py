@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 from logged_errors import LoggedErrors
-from test_peer_harness import Pair, Recorder, lose, make_peer, open_connector, open_listener
+from test_peer_harness import (
+    Pair,
+    Recorder,
+    identity_of,
+    key_of,
+    lose,
+    make_peer,
+    open_connector,
+    open_listener,
+    secure,
+)
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -27,9 +37,10 @@ def listener(factory: PeerFactory, host: str = "192.0.2.1") -> tuple[PeerSession
 def connector(
     factory: PeerFactory, target: str = "bob", proof: str = "proof-alice"
 ) -> tuple[PeerSession, StringTransport]:
-    session = PeerSession(factory, Role.CONNECTOR, target, "tok-alice", proof)
+    session = PeerSession(factory, Role.CONNECTOR, target, "tok-alice", proof, key_of(target))
     transport = StringTransport()
     session.makeConnection(transport)
+    secure(session)
     return session, transport
 
 
@@ -123,7 +134,7 @@ def test_bad_token_gets_err_403_and_close_over_iosim(tmp_path: Path, clock: Cloc
 
     fa, ea = make_peer(tmp_path, "alice", clock)
     fb, eb = make_peer(tmp_path, "bob", clock)
-    a = PeerSession(fa, Role.CONNECTOR, "bob", "not-a-token", "proof-alice")
+    a = PeerSession(fa, Role.CONNECTOR, "bob", "not-a-token", "proof-alice", key_of("bob"))
     b = fb.buildProtocol(None)
     received: list[bytes] = []
     original = a.dataReceived
@@ -134,7 +145,9 @@ def test_bad_token_gets_err_403_and_close_over_iosim(tmp_path: Path, clock: Cloc
 
     a.dataReceived = spy  # type: ignore[method-assign]
     opened = a.when_open()
-    connectedServerAndClient(lambda: b, lambda: a, clock=clock)
+    _, _, pump = connectedServerAndClient(lambda: b, lambda: a, clock=clock)
+    secure(a)
+    pump.flush()
     assert b"".join(received) == b"ERR 403 bad-token\r\n"
     assert a.state is SessionState.CLOSED and b.state is SessionState.CLOSED
     error = failure_of(opened)
@@ -187,7 +200,6 @@ def test_any_other_verify_failure_is_server_unavailable(
     "first",
     [
         b"MSG hello\r\n",
-        b"HELLO chatapp/3 alice tok-alice\r\n",
         b"HELLO chatapp/2 alice\r\n",
         b"HELLO chatapp/2 al ice tok-alice\r\n",
         b"HELLO chatapp/2 -alice tok-alice\r\n",
@@ -199,14 +211,29 @@ def test_any_other_verify_failure_is_server_unavailable(
 def test_not_authenticated(tmp_path: Path, clock: Clock, first: bytes) -> None:
     calls: list[str] = []
 
-    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
+    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
         calls.append(token)
-        return defer.succeed(("alice", "proof-alice"))
+        return defer.succeed(("alice", "proof-alice", key_of("alice")))
 
     fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
     session, transport = listener(fb)
     session.dataReceived(first + b"HELLO chatapp/2 alice tok-alice\r\n")
     assert transport.value() == b"ERR 403 not-authenticated\r\n"
+    assert transport.disconnecting and calls == []
+
+
+@pytest.mark.parametrize("version", [b"chatapp/1", b"chatapp/3"])
+def test_another_version_is_unsupported_and_never_verified(tmp_path: Path, clock: Clock, version: bytes) -> None:
+    calls: list[str] = []
+
+    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
+        calls.append(token)
+        return defer.succeed(("alice", "proof-alice", key_of("alice")))
+
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
+    session, transport = listener(fb)
+    session.dataReceived(b"HELLO " + version + b" alice tok-alice\r\n")
+    assert transport.value() == b"ERR 400 unsupported-version this peer speaks chatapp/2\r\n"
     assert transport.disconnecting and calls == []
 
 
@@ -219,12 +246,12 @@ def test_ok_err_star_before_hello_closes_without_answer(tmp_path: Path, clock: C
 
 
 def test_second_line_before_welcome_is_not_authenticated(tmp_path: Path, clock: Clock) -> None:
-    pending: defer.Deferred[tuple[str, str]] = defer.Deferred()
+    pending: defer.Deferred[tuple[str, str, str]] = defer.Deferred()
     fb, eb = make_peer(tmp_path, "bob", clock, verify=lambda token: pending)
     session, transport = listener(fb)
     session.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\nHELLO chatapp/2 alice tok-alice\r\n")
     assert transport.value() == b"ERR 403 not-authenticated\r\n"
-    pending.callback(("alice", "proof-alice"))  # a late answer changes nothing
+    pending.callback(("alice", "proof-alice", key_of("alice")))  # a late answer changes nothing
     assert transport.value() == b"ERR 403 not-authenticated\r\n"
     lose(session, transport)
     assert eb.joined == []
@@ -265,10 +292,10 @@ def test_timer_cancelled_once_open(tmp_path: Path, clock: Clock) -> None:
 
 
 def test_ninth_handshake_closed_at_once(tmp_path: Path, clock: Clock) -> None:
-    pending: list[defer.Deferred[tuple[str, str]]] = []
+    pending: list[defer.Deferred[tuple[str, str, str]]] = []
 
-    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
-        d: defer.Deferred[tuple[str, str]] = defer.Deferred()
+    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
+        d: defer.Deferred[tuple[str, str, str]] = defer.Deferred()
         pending.append(d)
         return d
 
@@ -283,7 +310,7 @@ def test_ninth_handshake_closed_at_once(tmp_path: Path, clock: Clock) -> None:
     lose(ninth, ninth_transport)
     assert not any(t.disconnecting for _, t in held)
     # one handshake finishes: there is room again
-    pending[0].callback(("alice", "proof-alice"))
+    pending[0].callback(("alice", "proof-alice", key_of("alice")))
     assert held[0][0].state is SessionState.OPEN
     _tenth, tenth_transport = listener(fb)
     assert not tenth_transport.disconnecting
@@ -308,7 +335,7 @@ def test_second_session_with_same_user_replaces_the_first(tmp_path: Path, clock:
 
 
 def test_sessions_with_different_users(tmp_path: Path, clock: Clock) -> None:
-    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.succeed((token, "p")))
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.succeed((token, "p", key_of(token))))
     alice, _ = open_listener(fb, peer="alice", ticket="alice")
     carol, _ = open_listener(fb, peer="carol", ticket="carol")
     assert fb.sessions == {"alice": alice, "carol": carol}
@@ -317,25 +344,49 @@ def test_sessions_with_different_users(tmp_path: Path, clock: Clock) -> None:
 def test_connect_validates_arguments(tmp_path: Path, clock: Clock) -> None:
     fa, _ = make_peer(tmp_path, "alice", clock)
     with pytest.raises(ValueError):
-        fa.connect_endpoint(object(), "bob", "tok en", "proof")  # type: ignore[arg-type]
+        fa.connect_endpoint(object(), "bob", "tok en", "proof", None)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        fa.connect_endpoint(object(), "bo b", "tok", "proof")  # type: ignore[arg-type]
+        fa.connect_endpoint(object(), "bo b", "tok", "proof", None)  # type: ignore[arg-type]
 
 
 def test_factory_rejects_bad_settings(tmp_path: Path, clock: Clock) -> None:
+    me = identity_of("alice")
     with pytest.raises(ValueError):
-        PeerFactory("alice", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock, chunk_size=0)
+        PeerFactory(
+            "alice",
+            lambda t: defer.fail(Exception()),
+            str(tmp_path),
+            Recorder(),
+            clock,
+            identity=me,
+            chunk_size=0,
+        )
     with pytest.raises(ValueError):
-        PeerFactory("alice", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock, chunk_size=2**20 + 1)
+        PeerFactory(
+            "alice",
+            lambda t: defer.fail(Exception()),
+            str(tmp_path),
+            Recorder(),
+            clock,
+            identity=me,
+            chunk_size=2**20 + 1,
+        )
     with pytest.raises(ValueError):
-        PeerFactory("not a name", lambda t: defer.fail(Exception()), str(tmp_path), Recorder(), clock)
+        PeerFactory(
+            "not a name",
+            lambda t: defer.fail(Exception()),
+            str(tmp_path),
+            Recorder(),
+            clock,
+            identity=me,
+        )
 
 
 def test_stop_closes_sessions_in_every_state(tmp_path: Path, clock: Clock) -> None:
     fb, eb = make_peer(tmp_path, "bob", clock, verify=lambda token: defer.Deferred())
     waiting, waiting_transport = listener(fb)
     calling, calling_transport = connector(fb, target="carol")
-    fb.verify = lambda token: defer.succeed(("alice", "p"))
+    fb.verify = lambda token: defer.succeed(("alice", "p", key_of("alice")))
     opened, opened_transport = open_listener(fb)
     done: list[object] = []
     fb.stop().addCallback(done.append)

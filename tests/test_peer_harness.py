@@ -25,6 +25,22 @@ from chatapp.events import (
 from chatapp.peer import PeerFactory, PeerSession, Role, SessionState, Transfer, VerifyRejected
 from chatapp.peer.names import partial_key
 from chatapp.runner import InlineRunner
+from chatapp.tls.identity import Identity, new_identity
+
+_IDENTITIES: dict[str, Identity] = {}
+
+
+def identity_of(name: str) -> Identity:
+    """A TLS identity per user name, made once per test run (key generation costs a millisecond)."""
+    key = name.lower()
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = new_identity(key)
+    return _IDENTITIES[key]
+
+
+def key_of(name: str) -> str:
+    return identity_of(name).fingerprint
+
 
 TOKENS = {"tok-alice": ("alice", "proof-alice"), "tok-bob": ("bob", "proof-bob")}
 
@@ -86,22 +102,42 @@ class Recorder:
 
 
 def dict_verify(tokens: dict[str, tuple[str, str]]) -> Any:
-    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
+    """VERIFY against ``tokens`` (token -> (requester, proof)); the server vouches for ``key_of(requester)``."""
+
+    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
         if token in tokens:
-            return defer.succeed(tokens[token])
+            requester, proof = tokens[token]
+            return defer.succeed((requester, proof, key_of(requester)))
         return defer.fail(VerifyRejected())
 
     return verify
 
 
 def make_peer(tmp_path: Path, me: str, clock: Any, verify: Any = None, **kw: Any) -> tuple[PeerFactory, Recorder]:
-    """A factory on ``clock`` whose disk work runs inline (deterministic), and its recorder."""
+    """A factory on ``clock`` whose disk work runs inline (deterministic), and its recorder.
+
+    For the line-protocol tests without TLS the peer's key is taken to be ``key_of`` its name.
+    """
     events = Recorder()
     kw.setdefault("runner", InlineRunner())
+    kw.setdefault("identity", identity_of(me))
     factory = PeerFactory(
         me, verify or dict_verify(TOKENS), str(tmp_path / me / "downloads"), events, clock, **kw
     )
+    factory.peer_key = lambda session: key_of(session.peer_name or "")
     return factory, events
+
+
+def connector(
+    factory: PeerFactory, target: str = "bob", token: str = "tok-alice", proof: str = "proof-alice"
+) -> PeerSession:
+    """A connector session calling ``target`` with a ticket that vouches for ``key_of(target)``."""
+    return PeerSession(factory, Role.CONNECTOR, target, token, proof, key_of(target))
+
+
+def secure(session: PeerSession) -> None:
+    """What the TLS layer does once its handshake is through (no TLS in the line-protocol tests)."""
+    session.handshakeCompleted()
 
 
 class Pair:
@@ -111,9 +147,11 @@ class Pair:
         self.clock = clock
         self.fa, self.ea = make_peer(tmp_path, "alice", clock, **(alice_kw or {}))
         self.fb, self.eb = make_peer(tmp_path, "bob", clock, **(bob_kw or {}))
-        a = PeerSession(self.fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+        a = connector(self.fa)
         b = self.fb.buildProtocol(None)
         self.a, self.b, self.pump = connectedServerAndClient(lambda: b, lambda: a, clock=clock)
+        secure(self.a)
+        self.pump.flush()
         assert self.a.state is SessionState.OPEN and self.b.state is SessionState.OPEN
 
     def flush(self) -> None:
@@ -145,9 +183,10 @@ def open_connector(
     factory: PeerFactory, target: str = "bob", proof: str = "proof-alice"
 ) -> tuple[PeerSession, StringTransport]:
     """alice's side of a call to ``target`` on a StringTransport, handshake done, transport cleared."""
-    session = PeerSession(factory, Role.CONNECTOR, target, "tok-alice", proof)
+    session = connector(factory, target, proof=proof)
     transport = StringTransport()
     session.makeConnection(transport)
+    secure(session)
     session.dataReceived(f"WELCOME chatapp/2 {target} {proof}\r\n".encode())
     assert session.opened_at is not None  # the handshake is done (a crossing call may be closing already)
     transport.clear()
@@ -198,3 +237,12 @@ def partials_in(factory: PeerFactory) -> list[str]:
 def write_file(path: Path, data: bytes) -> str:
     path.write_bytes(data)
     return str(path)
+
+
+def tls(endpoint: Any, name: str = "alice") -> Any:
+    """``endpoint`` with TLS as a peer connector presenting ``identity_of(name)`` (for hostile test clients)."""
+    from twisted.internet.endpoints import wrapClientTLS
+
+    from chatapp.tls.contexts import PeerConnectorTLS
+
+    return wrapClientTLS(PeerConnectorTLS(identity_of(name)), endpoint)

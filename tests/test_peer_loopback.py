@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_peer_harness import TOKENS, Recorder, dict_verify
+from test_peer_harness import TOKENS, Recorder, dict_verify, identity_of, key_of, tls
 from twisted.internet import defer, error, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -57,7 +57,9 @@ def port_number(port: Any) -> int:
 
 
 def factory(tmp_path: Path, me: str, events: Recorder, **kw: Any) -> PeerFactory:
-    return PeerFactory(me, dict_verify(TOKENS), str(tmp_path / me), events, reactor, auto_accept=True, **kw)
+    return PeerFactory(
+        me, dict_verify(TOKENS), str(tmp_path / me), events, reactor, identity=identity_of(me), auto_accept=True, **kw
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -67,9 +69,9 @@ async def test_loopback_five_mib_each_way_with_chat(tmp_path: Path) -> None:
     bob = factory(tmp_path, "bob", eb, chunk_size=64 * 1024)
     port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
     try:
-        session = await alice.connect("bob", "127.0.0.1", port_number(port), "tok-alice", "proof-alice").addTimeout(
-            TIMEOUT, reactor
-        )
+        session = await alice.connect(
+            "bob", "127.0.0.1", port_number(port), "tok-alice", "proof-alice", key_of("bob")
+        ).addTimeout(TIMEOUT, reactor)
         bob_side = bob.session_for("alice")
         assert bob_side is not None and session.peer_name == "bob" and bob_side.peer_name == "alice"
 
@@ -110,9 +112,9 @@ async def test_loopback_bad_token_fails_connect(tmp_path: Path) -> None:
     port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
     try:
         with pytest.raises(HandshakeFailed) as info:
-            await alice.connect("bob", "127.0.0.1", port_number(port), "forged", "proof-alice").addTimeout(
-                TIMEOUT, reactor
-            )
+            await alice.connect(
+                "bob", "127.0.0.1", port_number(port), "forged", "proof-alice", key_of("bob")
+            ).addTimeout(TIMEOUT, reactor)
         assert info.value.reason == "bad-token"
         assert bob.sessions == {} and eb.joined == []
     finally:
@@ -129,11 +131,10 @@ async def test_loopback_connection_refused(tmp_path: Path) -> None:
     number = port_number(port)
     await bob.stop()
     with pytest.raises(error.ConnectError):
-        await alice.connect("bob", "127.0.0.1", number, "tok-alice", "proof-alice", timeout=5).addTimeout(
-            TIMEOUT, reactor
-        )
+        await alice.connect(
+            "bob", "127.0.0.1", number, "tok-alice", "proof-alice", key_of("bob"), timeout=5
+        ).addTimeout(TIMEOUT, reactor)
     assert not alice.connections
-
 
 
 class _Caller(Protocol):
@@ -159,19 +160,19 @@ class _Caller(Protocol):
 async def test_loopback_listener_answers_503_when_the_server_is_down_and_403_for_a_bad_token(
     tmp_path: Path,
 ) -> None:
-    def verify(token: str) -> defer.Deferred[tuple[str, str]]:
+    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
         if token == "server-down":
             return defer.fail(ServerUnavailable("our server is not there"))  # what ChatClient._verify gives
         return defer.fail(VerifyRejected())
 
-    bob = PeerFactory("bob", verify, str(tmp_path / "bob"), Watcher(), reactor)
+    bob = PeerFactory("bob", verify, str(tmp_path / "bob"), Watcher(), reactor, identity=identity_of("bob"))
     port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
     try:
         answers = {}
         for token in ("server-down", "forged"):
             caller = _Caller(token)
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port_number(port))
-            await connectProtocol(endpoint, caller).addTimeout(TIMEOUT, reactor)
+            await connectProtocol(tls(endpoint), caller).addTimeout(TIMEOUT, reactor)
             answers[token] = await caller.closed.addTimeout(TIMEOUT, reactor)
         assert answers == {"server-down": b"ERR 503 server-unavailable\r\n", "forged": b"ERR 403 bad-token\r\n"}
         assert bob.sessions == {}

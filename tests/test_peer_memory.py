@@ -7,7 +7,7 @@ import os
 import tracemalloc
 from pathlib import Path
 
-from test_peer_harness import make_peer, open_listener, sha
+from test_peer_harness import key_of, make_peer, open_listener, secure, sha
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -39,9 +39,10 @@ def test_sender_memory_is_flat(tmp_path: Path, clock: Clock) -> None:
     with open(path, "wb") as f:
         f.truncate(SIZE)  # sparse: reads as zeros, costs no disk
     fa, _ = make_peer(tmp_path, "alice", clock, chunk_size=CHUNK)
-    session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+    session = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice", key_of("bob"))
     transport = DiscardingTransport()
     session.makeConnection(transport)
+    secure(session)
     session.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
     tracemalloc.start()
     try:

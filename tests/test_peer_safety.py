@@ -6,7 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
-from test_peer_harness import files_in, lose, make_peer, open_listener, partial_path, partials_in, sender_stream
+from test_peer_harness import (
+    files_in,
+    key_of,
+    lose,
+    make_peer,
+    open_listener,
+    partial_path,
+    partials_in,
+    secure,
+    sender_stream,
+)
 from twisted.internet.task import Clock
 
 from chatapp.peer import PeerFactory, TransferState
@@ -163,8 +173,9 @@ def test_logs_never_carry_raw_control_characters(tmp_path: Path, clock: Clock) -
         session, transport = open_listener(fb)
         session.dataReceived(b"ERR 400 evil\x1b[2J\x07 text\r\n")
         fa, _ = make_peer(tmp_path, "alice", clock)
-        sender = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice")
+        sender = PeerSession(fa, Role.CONNECTOR, "bob", "tok-alice", "proof-alice", key_of("bob"))
         sender.makeConnection(type(transport)())
+        secure(sender)
         sender.dataReceived(b"WELCOME chatapp/2 bob proof-alice\r\n")
         path = tmp_path / "evil\x1b]0;title\x07.bin"
         path.write_bytes(b"x" * 100)

@@ -37,8 +37,10 @@ from .events import (
     CommandFailed,
     ConsoleEvent,
     FileOfferSent,
+    FingerprintShown,
     HelpLine,
     HelpShown,
+    KeyTrusted,
     ListenState,
     LoggedInAgain,
     MessageSent,
@@ -100,6 +102,8 @@ SPECS: dict[str, Spec] = {
         Spec("close", "/close USER", "close the chat with USER (BYE)", 1, 1),
         Spec("listen", "/listen [on|off]", "accept chats from others, or stop (without on/off: show)", 0, 1),
         Spec("passwd", "/passwd", "change your password"),
+        Spec("fingerprint", "/fingerprint [USER]", "show your key's fingerprint, or the one remembered for USER", 0, 1),
+        Spec("trust", "/trust USER", "accept the changed key of USER (compare it with them first)", 1, 1),
         Spec("reconnect", "/reconnect", "log in to the server again (after logging in elsewhere cut this session)"),
         Spec(
             "quit",
@@ -417,6 +421,17 @@ class Dispatcher:
         for p in kept:
             self.emit(PartialRow(p.peer, p.name, p.kept, p.size, p.modified))
         self.emit(PartialsListed(len(kept)))
+
+    async def do_fingerprint(self, user: str | None = None) -> None:
+        self.emit(FingerprintShown(user, self.client.fingerprint(user)))
+
+    async def do_trust(self, user: str) -> None:
+        changed = self.client.changed_key(user)
+        if changed is None:
+            raise CommandError(f"no changed key of {user} was refused in this run: nothing to accept")
+        remembered, offered = changed
+        await self.client.trust(user)
+        self.emit(KeyTrusted(user, remembered, offered))
 
     async def do_reconnect(self) -> None:
         if self.login_password is None:

@@ -27,6 +27,7 @@ from chatapp.client import (
     UserExists,
 )
 from chatapp.client.errors import ServerNotTrusted
+from chatapp.peer.errors import HandshakeFailed
 from chatapp.wire import escape_for_terminal
 
 from .options import Settings
@@ -44,6 +45,7 @@ EXIT_LATER = 9  # the server asks to come back later (busy, too many signups)
 EXIT_REPLACED = 10  # this user logged in elsewhere: the server closed this session (one-shots)
 EXIT_UNTRUSTED = 11  # the server's TLS key is unknown and was not confirmed, or it changed (issue 12)
 EXIT_OUTPUT = 12  # stdout was not read: more output waited than chatapp holds (script mode, send, listen)
+EXIT_KEY_CHANGED = 13  # send: the recipient's key is not the one remembered (--accept-changed-keys)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
@@ -59,6 +61,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_REPLACED: "you logged in elsewhere and the server closed this session (send, listen)",
     EXIT_UNTRUSTED: "the server's key is not trusted: unknown and not confirmed, or changed since it was pinned",
     EXIT_OUTPUT: "stdout was not read and too much output waited (script mode, send, listen)",
+    EXIT_KEY_CHANGED: "the recipient's key changed since the last chat (send; --accept-changed-keys)",
 }
 
 
@@ -131,6 +134,9 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
     name = user or settings.user or ""
     if isinstance(error, Fatal):
         return error
+    if isinstance(error, HandshakeFailed) and error.reason in ("key-changed", "bad-key"):
+        hint = " (if the contact confirms the new key: --accept-changed-keys)" if error.reason == "key-changed" else ""
+        return Fatal(EXIT_KEY_CHANGED, f"refused: {error}{hint}")
     if isinstance(error, Blocked):
         return Fatal(EXIT_BLOCKED, blocked_text(error.seconds, name))
     if isinstance(error, Locked):

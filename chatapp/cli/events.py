@@ -211,6 +211,23 @@ class SessionReplaced:
     text: str
 
 
+@dataclass(frozen=True)
+class FingerprintShown:
+    """``/fingerprint [USER]``: our own key (``user`` None), or the key remembered for USER (None: none yet)."""
+
+    user: str | None
+    fingerprint: str | None
+
+
+@dataclass(frozen=True)
+class KeyTrusted:
+    """``/trust USER``: the changed key ``offered`` replaces ``remembered`` for USER."""
+
+    user: str
+    remembered: str
+    offered: str
+
+
 CommandSucceeded = (
     WhoListed
     | ChatOpened
@@ -228,6 +245,8 @@ CommandSucceeded = (
     | PartialsListed
     | PartialsCleaned
     | LoggedInAgain
+    | FingerprintShown
+    | KeyTrusted
 )
 ConsoleNews = TransferResuming | Progress | TransferStalled | TransferSummary | OfferTimedOut | SessionReplaced
 ConsoleEvent = Ready | CommandFailed | HelpLine | WhoRow | TransferRow | PartialRow | CommandSucceeded | ConsoleNews

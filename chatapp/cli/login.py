@@ -134,6 +134,7 @@ def make_client(reactor: Any, settings: Settings, emit: EventSink) -> ChatClient
             max_file_size=settings.max_file_size,
             auto_accept=settings.accept_files,
             server_options=server_options(reactor, settings),  # issue 12: the server link's TLS
+            accept_changed_keys=settings.accept_changed_keys,
         )
     except InvalidArgument as e:
         raise Fatal(EXIT_USAGE, str(e)) from None

@@ -56,6 +56,7 @@ class Settings:
     downloads: str = DEFAULT_DOWNLOADS
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     accept_files: bool = False
+    accept_changed_keys: bool = False  # send/listen: take a contact's changed key instead of refusing the chat
     password_file: str | None = None
     debug: bool = False
     debug_log: str | None = None  # None: stderr, or chatapp-debug.log in interactive mode
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen = sub.add_parser("listen", help="stay logged in and print chat and transfer events until stopped",
                             description="Stay online, print events; --accept-files saves offered files.")  # fmt: skip
     _add_common(listen)
+    for one_shot in (send, listen):
+        one_shot.add_argument(
+            "--accept-changed-keys", action="store_true", default=argparse.SUPPRESS,
+            help="a contact whose key changed since the last chat is accepted (and remembered) instead of refused",
+        )  # fmt: skip
     parser.add_argument(
         "--log-dir", metavar="DIR", default=argparse.SUPPRESS,
         help="interactive: append each chat to DIR/<user>.log (mode 0600; off by default)",
@@ -310,6 +316,8 @@ def parse_args(argv: list[str], environ: Mapping[str, str] = os.environ) -> Sett
         settings.max_file_size = parse_size(given["max_file_size"])
     if given.get("accept_files"):
         settings.accept_files = True
+    if given.get("accept_changed_keys"):
+        settings.accept_changed_keys = True
     if "offer_timeout" in given:
         settings.offer_timeout = parse_seconds(given["offer_timeout"])
     elif settings.mode == "send" and (from_file is None or "offer_timeout" not in from_file):

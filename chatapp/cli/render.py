@@ -15,6 +15,7 @@ from chatapp.events import (
     ChatRequested,
     FileOffered,
     GaveUp,
+    KeyChanged,
     MessageReceived,
     PeerJoined,
     PeerLeft,
@@ -34,8 +35,10 @@ from .events import (
     ChatOpened,
     CommandFailed,
     FileOfferSent,
+    FingerprintShown,
     HelpLine,
     HelpShown,
+    KeyTrusted,
     ListenState,
     LoggedInAgain,
     MessageSent,
@@ -369,6 +372,14 @@ def console_script_parts(event: Shown) -> tuple[str, tuple[str, ...], str] | Non
             return "TIMEOUT", (str(t.handle), t.peer, str(int(seconds))), t.name
         case SessionReplaced(text):
             return "NOTICE", (), text
+        case KeyChanged(user, remembered, offered):
+            return "KEYCHANGED", (user, remembered, offered), ""
+        case FingerprintShown(None, fingerprint):
+            return "OK", ("fingerprint", fingerprint or "none"), ""
+        case FingerprintShown(user, fingerprint):
+            return "OK", ("fingerprint", user or "", fingerprint or "none"), ""
+        case KeyTrusted(user, _, offered):
+            return "OK", ("trust", user, offered), ""
     return None
 
 
@@ -410,4 +421,18 @@ def console_human_body(event: Shown) -> str | None:
             return f"* #{t.handle} nobody answered {what} in {seconds:.0f} s: cancelled"
         case SessionReplaced(text):
             return f"* {e(text)}"
+        case KeyChanged(user, remembered, offered):
+            return (
+                f"! the key of {e(user)} changed: the chat was refused. Remembered {remembered}, now {offered}."
+                f" Someone may be intercepting, or {e(user)} has a new device: compare the new key with"
+                f" {e(user)} in person or by voice, and if it is theirs, /trust {e(user)}"
+            )
+        case FingerprintShown(None, fingerprint):
+            return f"* your key on this server: {fingerprint or '(none yet)'}"
+        case FingerprintShown(user, None):
+            return f"* no key remembered for {e(user or '')} yet (one is at the first chat)"
+        case FingerprintShown(user, fingerprint):
+            return f"* the key remembered for {e(user or '')}: {fingerprint}"
+        case KeyTrusted(user, remembered, offered):
+            return f"* the key of {e(user)} is now {offered} (it was {remembered}); chats with {e(user)} open again"
     raise TypeError(f"no human line for {event!r}")

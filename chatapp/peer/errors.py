@@ -21,11 +21,31 @@ class ServerUnavailable(PeerError):
 
 
 class HandshakeFailed(PeerError):
-    """The peer connection could not be opened."""
+    """The peer connection could not be opened.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    ``reason`` is a short word (``bad-token``, ``handshake-timeout``...). For the two key refusals
+    ``expected`` and ``offered`` are both fingerprints: ``bad-key`` (the peer's TLS key is not the
+    one the server vouched for: ``expected`` is the vouched key) and ``key-changed`` (the server
+    vouched for a key that is not the one remembered for this contact: ``expected`` is the
+    remembered one).
+    """
+
+    def __init__(self, reason: str, expected: str | None = None, offered: str | None = None) -> None:
+        super().__init__(_explain(reason, expected, offered))
         self.reason = reason
+        self.expected = expected
+        self.offered = offered
+
+
+def _explain(reason: str, expected: str | None, offered: str | None) -> str:
+    if reason == "bad-key" and expected and offered:
+        return (
+            "the peer's key is not the one the server vouched for: someone may be intercepting"
+            f" (vouched {expected}, offered {offered})"
+        )
+    if reason == "key-changed" and expected and offered:
+        return f"the contact's key changed (remembered {expected}, now {offered})"
+    return reason
 
 
 class IllegalTransition(PeerError):

@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, serverFromString
+from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from chatapp.events import EventSink, PeerJoined, PeerLeft
+from chatapp.peer.contacts import Contacts
 from chatapp.peer.downloads import DownloadDir
 from chatapp.peer.partials import Partial
 from chatapp.peer.receiver import IDLE_TIMEOUT
@@ -23,11 +25,15 @@ from chatapp.peer.session import PeerSession
 from chatapp.peer.states import Role, SessionState
 from chatapp.peer.transfer import Transfer
 from chatapp.runner import Runner, ThreadRunner
+from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
+from chatapp.tls.identity import Identity
+from chatapp.tls.transports import peer_fingerprint
 from chatapp.wire import fold_name, valid_urlsafe, valid_username
 
 log = Logger()
 
-Verify = Callable[[str], "defer.Deferred[tuple[str, str]] | tuple[str, str]"]
+# verify(token) -> (requester, proof, the requester's fingerprint as the server vouched for it)
+Verify = Callable[[str], "defer.Deferred[tuple[str, str, str]] | tuple[str, str, str]"]
 
 HANDSHAKE_TIMEOUT = 30.0
 # A DATA chunk (at most 1 MiB) must arrive whole within this time: about 17 KiB/s at the largest chunk.
@@ -56,8 +62,13 @@ class PeerFactory(ServerFactory):
     ``session.accept`` / ``session.reject``), ``True`` (scripts), or a function
     of the offered :class:`Transfer` returning whether to accept it at once.
 
+    Every peer link is TLS 1.3 (PROTOCOL.md 4.3): ``identity`` is our key and
+    certificate for this server and account; ``contacts`` remembers the keys of
+    the users we chatted with (None: remember nothing, as in tests of other
+    things).
+
     ``verify(token)`` asks our server ``VERIFY <token>``: it returns (or fires
-    with) ``(requester_name, proof)``, or fails with ``VerifyRejected`` (the
+    with) ``(requester_name, proof, fingerprint)``, or fails with ``VerifyRejected`` (the
     server said no) or anything else (the server could not be asked).
 
     ``emit`` gets every event (:mod:`chatapp.events`) on the reactor thread;
@@ -75,6 +86,8 @@ class PeerFactory(ServerFactory):
         emit: EventSink,
         reactor: Any,
         *,
+        identity: Identity,
+        contacts: Contacts | None = None,
         runner: Runner | None = None,
         max_file_size: int = 64 * GiB,
         auto_accept: bool | Callable[[Transfer], bool] = False,
@@ -97,6 +110,13 @@ class PeerFactory(ServerFactory):
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
         self.me = me
         self.verify = verify
+        self.identity = identity
+        self.contacts = contacts
+        # Both OpenSSL contexts are built once here and never changed (pyOpenSSL refuses changes after use).
+        self._listener_tls = PeerListenerTLS(identity)
+        self._connector_tls = PeerConnectorTLS(identity)
+        # The peer's key after the TLS handshake; unit tests of the line protocol without TLS replace it.
+        self.peer_key: Callable[[PeerSession], str] = _tls_peer_key
         self.downloads = DownloadDir(downloads_dir, max_partial_bytes, max_partials)
         self.emit = emit
         self.reactor = reactor
@@ -135,8 +155,13 @@ class PeerFactory(ServerFactory):
         return PeerSession(self, Role.LISTENER)
 
     def listen(self, endpoint: str = "tcp:0") -> defer.Deferred[IListeningPort]:
-        """Listen for peers on a server endpoint string (default: any free TCP port, all interfaces)."""
-        d: defer.Deferred[IListeningPort] = serverFromString(self.reactor, endpoint).listen(self)
+        """Listen for peers on a plain server endpoint string (default: any free TCP port, all interfaces).
+
+        Every connection is TLS from its first byte, a client certificate required: the endpoint's
+        factory is wrapped, so any endpoint kind works.
+        """
+        tls = TLSMemoryBIOFactory(self._listener_tls, False, self, self.reactor)
+        d: defer.Deferred[IListeningPort] = serverFromString(self.reactor, endpoint).listen(tls)
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.ports.append(port)
@@ -146,26 +171,35 @@ class PeerFactory(ServerFactory):
         return d
 
     def connect(
-        self, target: str, host: str, port: int, token: str, proof: str, timeout: float = HANDSHAKE_TIMEOUT
+        self,
+        target: str,
+        host: str,
+        port: int,
+        token: str,
+        proof: str,
+        fingerprint: str | None,
+        timeout: float = HANDSHAKE_TIMEOUT,
     ) -> defer.Deferred[PeerSession]:
-        """Call ``target`` at host:port with the token and proof of ``OK CONNECT``.
+        """Call ``target`` at host:port with the token, proof and fingerprint of ``OK CONNECT``.
 
         Fires with the open session, or fails with ``HandshakeFailed`` (the
-        peer refused or did not prove to be ``target``) or a connection error.
+        peer refused, did not prove to be ``target``, or showed another key
+        than ``fingerprint``: ``bad-key``, or than the one remembered:
+        ``key-changed``) or a connection error.
         """
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
-        return self.connect_endpoint(endpoint, target, token, proof)
+        return self.connect_endpoint(endpoint, target, token, proof, fingerprint)
 
     def connect_endpoint(
-        self, endpoint: IStreamClientEndpoint, target: str, token: str, proof: str
+        self, endpoint: IStreamClientEndpoint, target: str, token: str, proof: str, fingerprint: str | None
     ) -> defer.Deferred[PeerSession]:
-        """Like :meth:`connect` over any client endpoint (e.g. ``clientFromString``, TLS, or a test double)."""
+        """Like :meth:`connect` over any plain client endpoint; TLS is added here."""
         if not valid_username(target) or not valid_urlsafe(token) or not valid_urlsafe(proof):
             raise ValueError("target, token or proof is malformed")
-        session = PeerSession(self, Role.CONNECTOR, target, token, proof)
-        d = connectProtocol(endpoint, session)
-        d.addCallback(lambda _: session.when_open())
-        return d
+        session = PeerSession(self, Role.CONNECTOR, target, token, proof, fingerprint)
+        tls = TLSMemoryBIOFactory(self._connector_tls, True, _Only(session), self.reactor)
+        connected: defer.Deferred[Any] = endpoint.connect(tls)
+        return connected.addCallback(lambda _: session.when_open())
 
     def stop(self) -> defer.Deferred[None]:
         """Stop listening and close every session (BYE to the open ones).
@@ -368,3 +402,17 @@ class PeerFactory(ServerFactory):
 
     def prune_partials(self) -> None:
         self.downloads.prune(set(self.receiving))
+
+
+class _Only(Factory):
+    """The factory of one connection we make: it builds the session made for that call."""
+
+    def __init__(self, session: PeerSession) -> None:
+        self.session = session
+
+    def buildProtocol(self, addr: IAddress) -> PeerSession:  # type: ignore[override]
+        return self.session
+
+
+def _tls_peer_key(session: PeerSession) -> str:
+    return peer_fingerprint(session.transport)

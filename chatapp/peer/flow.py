@@ -20,11 +20,15 @@ reading.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from chatapp.peer.pump import SendPump
+
+if TYPE_CHECKING:
+    from chatapp.peer.session import PeerSession
 
 MiB = 1024 * 1024
 # unread output beyond a DATA chunk in flight, while the transport is full: stop reading the peer...
@@ -106,3 +110,43 @@ class ReadGate:
         self.reasons.discard(reason)
         if not self.reasons:
             self._resume()
+
+
+class SessionFlow:
+    """The watch and the gate of one session, wired to its transport, its DATA deadline and its limits."""
+
+    def __init__(self, session: PeerSession, chunk_size: int) -> None:
+        self._session = session
+        self.watch = OutputWatch(session.sender.pump, chunk_size, self._backed_up, self._over_limit)
+        self.gate = ReadGate(self._pause_transport, self._resume_transport)
+
+    def _pause_transport(self) -> None:
+        session = self._session
+        session.data_deadline.stop()
+        transport: Any = session.transport
+        if transport is not None and session.live:
+            transport.pauseProducing()
+
+    def _resume_transport(self) -> None:
+        session = self._session
+        transport: Any = session.transport
+        if transport is None or not session.live:
+            return
+        if session.framer.raw_left:
+            session.data_deadline.start()
+        transport.resumeProducing()
+        session.drain()  # what was read before the pause and not yet taken
+
+    def _backed_up(self, over: bool) -> None:
+        """Our unread output passed the pause mark (``over``) or drained: stop making replies meanwhile."""
+        if over:
+            self.gate.close("output")
+        else:
+            self.gate.release("output")
+
+    def _over_limit(self) -> None:
+        session = self._session
+        if not session.live:
+            return
+        session.factory.limit_hit("peer-output", "a peer does not read what we send: closing its connection")
+        session.lose("output-limit", abort=True)  # a clean close would wait for it to read
