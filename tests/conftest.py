@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from logged_errors import LoggedErrors
 from reactor_leaks import reactor_state
+from services import Postgres, Redis, ServiceError
 from twisted.internet import task
 from twisted.internet.task import Clock
 
@@ -39,6 +40,44 @@ def server_factory(tmp_path, clock) -> Iterator[ServerFactory]:
     factory = make_factory(str(tmp_path / "chat.sqlite3"), clock, ServerConfig(login_timeout=86400))
     yield factory
     factory.store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_service() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the whole run, started the first time a test asks for it."""
+    service = Postgres()
+    try:
+        service.start()
+    except ServiceError as e:
+        service.stop()
+        pytest.fail(f"PostgreSQL could not be started for the tests: {e}", pytrace=False)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_service: Postgres) -> str:
+    """The URL of a fresh, empty PostgreSQL database of this test's own."""
+    return postgres_service.create_database()
+
+
+@pytest.fixture(scope="session")
+def redis_service() -> Iterator[Redis]:
+    """One redis-server for the whole run, started the first time a test asks for it."""
+    service = Redis()
+    try:
+        service.start()
+    except ServiceError as e:
+        pytest.fail(f"Redis could not be started for the tests: {e}", pytrace=False)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def redis_url(redis_service: Redis) -> str:
+    """The URL of an empty Redis (flushed before each test that asks for it)."""
+    redis_service.flush()
+    return redis_service.url()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from chatapp.runner import ThreadRunner
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.store import SQLiteStore
+from chatapp.server.store import is_postgres_url, store_for
 
 log = Logger()
 
@@ -93,7 +93,12 @@ class Options(usage.Options):
     ]
     optParameters: list[list[Any]] = [
         ["listen", None, "tcp:8750", "Twisted server endpoint to listen on (tcp:, ssl:, unix:, systemd:)"],
-        ["db", None, "chatserver.sqlite3", "SQLite database file (created on first start)"],
+        [
+            "db",
+            None,
+            "chatserver.sqlite3",
+            "SQLite database file (created on first start), or a postgresql:// URL (schema created at start)",
+        ],
         [
             "max-attempts",
             None,
@@ -130,6 +135,8 @@ class Options(usage.Options):
         _check_adopted_family(endpoint, self["listen"])
         # Checked here as well as when the store opens: a daemonizing twistd reports only
         # errors raised before it forks, and a missing folder is the usual typo.
+        if is_postgres_url(self["db"]):
+            return  # reachable or not is known only when the store opens: one line then
         folder = os.path.dirname(os.path.abspath(self["db"]))
         if not os.path.isdir(folder):
             raise usage.UsageError(f"--db {self['db']}: directory {folder} does not exist")
@@ -315,7 +322,7 @@ def build_service(
     threads = max(1, os.cpu_count() or 1)
     # Enough queue for a burst of logins (about 8 s of work at the default cost), bounded all the same.
     hasher = PasswordHasher(ThreadRunner(reactor, threads, "chatapp-bcrypt"), options["bcrypt-rounds"], threads * 32)
-    store = SQLiteStore(options["db"], ThreadRunner(reactor, 1, "chatapp-sqlite"))
+    store = store_for(options["db"], reactor)
     factory = ServerFactory(options.config(), store, hasher, reactor)
     endpoint = serverFromString(reactor, options["listen"])
     return ChatServerService(endpoint, options["listen"], factory, reactor, on_failed_start)

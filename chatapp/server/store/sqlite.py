@@ -1,10 +1,8 @@
-"""Durable state of the server: accounts, and the blocks and locks of the lockout rules.
+"""The default store: one SQLite file.
 
-:class:`Store` is the whole interface the protocol code sees; every method
-returns a Deferred, so a networked database could replace SQLite without
-touching the protocol.  :class:`SQLiteStore` keeps one connection, used only
-from one thread of its runner (WAL journal; each write is committed before
-its Deferred fires, so a reply sent after it survives ``kill -9``).
+:class:`SQLiteStore` keeps one connection, used only from one thread of its
+runner (WAL journal; each write is committed before its Deferred fires, so a
+reply sent after it survives ``kill -9``).
 """
 
 from __future__ import annotations
@@ -12,58 +10,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from twisted.internet import defer
 
 from chatapp.runner import Runner
-
-ADDRESS = "address"
-NAME = "name"
-
-
-@dataclass(frozen=True)
-class Account:
-    name: str
-    password_hash: bytes
-    created: float
-    last_login: float | None
-
-
-@dataclass(frozen=True)
-class Block:
-    kind: str  # ADDRESS or NAME
-    key: str  # an IP address, or a case-folded user name
-    until: float
-
-
-class UserExists(Exception):
-    """An account with this name (case-insensitively) exists already."""
-
-
-class StoreError(Exception):
-    """The database cannot be opened or used; the message is one readable line."""
-
-
-class Store(Protocol):
-    def open(self) -> defer.Deferred[None]: ...
-
-    def close(self) -> defer.Deferred[None]: ...
-
-    def get_account(self, name: str) -> defer.Deferred[Account | None]: ...
-
-    def create_account(self, name: str, password_hash: bytes, now: float) -> defer.Deferred[Account]: ...
-
-    def set_password(self, name: str, password_hash: bytes) -> defer.Deferred[bool]: ...
-
-    def record_login(self, name: str, now: float) -> defer.Deferred[None]: ...
-
-    def set_block(self, kind: str, key: str, until: float, now: float | None = None) -> defer.Deferred[None]:
-        """Store a block or lock; with ``now``, also drop every row that expired by then."""
-        ...
-
-    def block_until(self, kind: str, key: str, now: float) -> defer.Deferred[float | None]: ...
+from chatapp.server.store.base import SCHEMA_VERSION, Account, StoreError, UserExists
 
 
 def _migrate_to_1(db: sqlite3.Connection) -> None:
@@ -93,7 +44,7 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
 
 # MIGRATIONS[n] takes a database at version n to version n + 1.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
-SCHEMA_VERSION = len(MIGRATIONS)
+assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def connect(path: str, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
