@@ -55,7 +55,9 @@ class Backend:
         self.stores: list[Store] = []
 
     def new(self, **kwargs: Any) -> Store:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as _reactor
+
+        reactor: Any = _reactor
 
         store: Store
         if self.kind == "sqlite":
