@@ -518,7 +518,7 @@ def test_copy_moves_accounts_and_running_blocks_into_an_empty_postgres(capsys, f
         postgres_url, "SELECT until FROM blocks"
     )
     # The server opens what copy made, and the copied password logs in there.
-    store = InlinePostgresStore(postgres_url)
+    store: Any = InlinePostgresStore(postgres_url)
     store.open()
     assert bcrypt.checkpw(b"correct horse battery", store.get_account("ALICE").result.password_hash)
     assert store.block_until(NAME, "bob", time.time()).result is not None
