@@ -1,12 +1,15 @@
 """``chatapp-admin``: look after the server's database — accounts, passwords, blocks and locks.
 
-Safe while the server runs: the database is in WAL mode, every command is one
-short transaction, and a busy database is waited for (``busy_timeout``) rather
-than failed at once. The server reads blocks from the database on every
-connection and login, so an ``unblock`` takes effect at once.
+``--db`` is what the server was given: a SQLite file or a ``postgresql://``
+URL; every command works the same on both. Safe while the servers run: every
+command is one short transaction (a busy SQLite file is waited for, with
+``busy_timeout``), and the servers read blocks from the database on every
+connection and login, so an ``unblock`` takes effect at once on all of them.
 
-It never creates or migrates a database: a missing file, a file that is not a
-chatapp database, or one of another schema version is a one-line error.
+It never creates or migrates a database: a missing file, a database that is
+not a chatapp database, or one of another schema version is a one-line error.
+``copy`` is the exception: it moves a server's accounts and blocks into
+another database, creating the schema there if the target is empty.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import quote
 
 import bcrypt
 
-from chatapp.server.store import ADDRESS, NAME, SCHEMA_VERSION
+from chatapp.server.store import ADDRESS, NAME, SCHEMA_VERSION, StoreError, is_postgres_url
+from chatapp.server.store import postgres as postgres_store
+from chatapp.server.store import sqlite as sqlite_store
 from chatapp.tls.fingerprint import fingerprint_of
 from chatapp.tls.paths import server_certificate_path
 from chatapp.wire import escape_for_terminal, fold_name, valid_password, valid_username
@@ -34,6 +40,7 @@ from chatapp.wire import escape_for_terminal, fold_name, valid_password, valid_u
 PROG = "chatapp-admin"
 DEFAULT_DB = "chatserver.sqlite3"  # the server's default --db
 BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT = 10  # seconds to wait for a PostgreSQL server that does not answer
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command could not be done (no such user, nothing to unblock, bad database)
@@ -48,8 +55,61 @@ class AdminError(Exception):
 # -- the database ------------------------------------------------------------
 
 
-def open_db(path: str) -> sqlite3.Connection:
-    """Open an existing chatapp database for reading and writing; never create one."""
+class Database:
+    """One connection, SQLite or PostgreSQL, behind the few calls the commands make.
+
+    Statements are written once with ``?`` placeholders and the SQL both
+    databases share; outside :meth:`transaction` each statement commits alone.
+    """
+
+    def __init__(self, conn: Any, where: str, postgres: bool) -> None:
+        self.conn = conn
+        self.where = where
+        self.postgres = postgres
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.postgres:
+            return self.conn.execute(sql.replace("?", "%s"), params)
+        return self.conn.execute(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.postgres:
+            with self.conn.transaction():
+                yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """The driver errors a command may meet: each is one line for the user."""
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+def open_db(where: str) -> Database:
+    """Open an existing chatapp database (a file or a URL) for reading and writing; never create one."""
+    if is_postgres_url(where):
+        return _open_postgres(where, create=False)
+    return Database(_open_sqlite(where), where, postgres=False)
+
+
+def _open_sqlite(path: str) -> sqlite3.Connection:
     if not os.path.exists(path):
         raise AdminError(f"no database at {path!r} (give the server's --db file)")
     if not os.path.isfile(path):
@@ -75,6 +135,56 @@ def open_db(path: str) -> sqlite3.Connection:
             f"database {path!r} has schema version {version}; this chatapp-admin knows version {SCHEMA_VERSION}"
         )
     return db
+
+
+def _open_postgres(url: str, create: bool) -> Database:
+    """Connect; check the schema (or, with ``create``, create or migrate it as the server would)."""
+    where = postgres_store.redacted(url)
+    try:
+        import psycopg
+    except ImportError:
+        raise AdminError("PostgreSQL needs psycopg: pip install 'chatapp[postgres]'") from None
+    try:
+        options = postgres_store.connect_options(url)
+        options["application_name"] = PROG
+        conn = psycopg.connect(url, autocommit=True, **options)
+    except psycopg.Error as e:
+        raise AdminError(f"cannot open database {where}: {' '.join(str(e).split())}") from None
+    try:
+        if create:
+            with conn.transaction():
+                postgres_store.migrate(conn.cursor(), where)
+            return Database(conn, where, postgres=True)
+        found: Any = conn.execute(
+            "SELECT to_regclass('chatapp_schema') IS NOT NULL,"
+            " to_regclass('users') IS NOT NULL AND to_regclass('blocks') IS NOT NULL"
+        ).fetchone()
+        has_schema, tables = found
+        versions = [row[0] for row in conn.execute("SELECT version FROM chatapp_schema")] if has_schema else []
+        if len(versions) != 1 or not tables:
+            raise AdminError(f"{where} is not a chatapp database (no chatapp_schema, users and blocks tables)")
+        if versions[0] != SCHEMA_VERSION:
+            raise AdminError(
+                f"database {where} has schema version {versions[0]}; this chatapp-admin knows version {SCHEMA_VERSION}"
+            )
+    except StoreError as e:
+        conn.close()
+        raise AdminError(str(e)) from None
+    except BaseException:
+        conn.close()
+        raise
+    return Database(conn, where, postgres=True)
+
+
+def open_target(where: str) -> Database:
+    """The database ``copy`` writes to: created (SQLite) and given the schema if it has none."""
+    if is_postgres_url(where):
+        return _open_postgres(where, create=True)
+    try:
+        conn = sqlite_store.connect(where, BUSY_TIMEOUT_MS)
+    except StoreError as e:
+        raise AdminError(str(e)) from None
+    return Database(conn, where, postgres=False)
 
 
 def normalize_address(text: str) -> str | None:
@@ -127,7 +237,7 @@ def shown(text: str) -> str:
 # -- the commands --------------------------------------------------------------
 
 
-def cmd_users(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_users(db: Database, args: argparse.Namespace, out: TextIO) -> int:
     now = time.time()
     locks = {
         key: until
@@ -148,14 +258,14 @@ def cmd_users(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> 
     return EXIT_OK
 
 
-def _existing_name(db: sqlite3.Connection, user: str) -> str:
+def _existing_name(db: Database, user: str) -> str:
     row = db.execute("SELECT name FROM users WHERE name_folded = ?", (fold_name(user),)).fetchone()
     if row is None:
         raise AdminError(f"no such user: {shown(user)}")
     return str(row[0])
 
 
-def cmd_delete(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_delete(db: Database, args: argparse.Namespace, out: TextIO) -> int:
     name = _existing_name(db, args.user)
     cursor = db.execute("DELETE FROM users WHERE name_folded = ?", (fold_name(args.user),))
     if cursor.rowcount != 1:
@@ -189,7 +299,7 @@ def read_new_password(stdin: TextIO) -> str:
     return line
 
 
-def cmd_reset_password(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_reset_password(db: Database, args: argparse.Namespace, out: TextIO) -> int:
     name = _existing_name(db, args.user)
     password = read_new_password(sys.stdin)
     if not valid_password(password):
@@ -202,7 +312,7 @@ def cmd_reset_password(db: sqlite3.Connection, args: argparse.Namespace, out: Te
     return EXIT_OK
 
 
-def cmd_blocks(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_blocks(db: Database, args: argparse.Namespace, out: TextIO) -> int:
     now = time.time()
     rows = []
     for kind, key, until in db.execute(
@@ -217,7 +327,7 @@ def cmd_blocks(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) ->
     return EXIT_OK
 
 
-def cmd_unblock(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_unblock(db: Database, args: argparse.Namespace, out: TextIO) -> int:
     target: str = args.target
     now = time.time()
     candidates: list[tuple[str, str, str]] = []
@@ -229,22 +339,68 @@ def cmd_unblock(db: sqlite3.Connection, args: argparse.Namespace, out: TextIO) -
     if not candidates:
         raise AdminError(f"{shown(target)} is neither an IP address nor a user name")
     lifted = []
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with db.transaction():
         for kind, key, message in candidates:
             cursor = db.execute("DELETE FROM blocks WHERE kind = ? AND key = ? AND until > ?", (kind, key, now))
             # An expired row blocks nothing; tidy it away without calling it an unblock.
             db.execute("DELETE FROM blocks WHERE kind = ? AND key = ? AND until <= ?", (kind, key, now))
             if cursor.rowcount:
                 lifted.append(message)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     if not lifted:
         raise AdminError(f"nothing to unblock: {shown(target)} is not blocked")
     for message in lifted:
         out.write(message + "\n")
+    return EXIT_OK
+
+
+def cmd_copy(args: argparse.Namespace, out: TextIO) -> int:
+    """Copy in one transaction on the target: either everything is there afterwards, or nothing changed."""
+    source = open_db(args.source)
+    try:
+        now = time.time()
+        users = [
+            tuple(row)
+            for row in source.execute("SELECT name_folded, name, password_hash, created, last_login FROM users")
+        ]
+        blocks = [
+            tuple(row) for row in source.execute("SELECT kind, key, until FROM blocks WHERE until > ?", (now,))
+        ]
+    finally:
+        source.close()
+    target = open_target(args.target)
+    try:
+        with target.transaction():
+            present = {row[0] for row in target.execute("SELECT name_folded FROM users")}
+            clashes = sorted(present & {row[0] for row in users})
+            if clashes and not args.replace:
+                named = ", ".join(shown(name) for name in clashes[:5]) + (", …" if len(clashes) > 5 else "")
+                raise AdminError(
+                    f"{len(clashes)} of the accounts exist in {target.where} already ({named}); "
+                    "nothing copied (--replace overwrites them)"
+                )
+            for name_folded, name, password_hash, created, last_login in users:
+                if name_folded in present:
+                    target.execute("DELETE FROM users WHERE name_folded = ?", (name_folded,))
+                target.execute(
+                    "INSERT INTO users (name_folded, name, password_hash, created, last_login) VALUES (?, ?, ?, ?, ?)",
+                    (name_folded, name, bytes(password_hash), created, last_login),
+                )
+            for kind, key, until in blocks:
+                row = target.execute("SELECT until FROM blocks WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+                # A block the target holds already stays at least as long as it was.
+                longest = max(until, row[0]) if row is not None else until
+                target.execute(
+                    "INSERT INTO blocks (kind, key, until) VALUES (?, ?, ?) "
+                    "ON CONFLICT (kind, key) DO UPDATE SET until = excluded.until",
+                    (kind, key, longest),
+                )
+    finally:
+        target.close()
+    replaced = f" ({len(clashes)} replaced)" if clashes else ""
+    out.write(
+        f"copied {len(users)} account{'s' if len(users) != 1 else ''}{replaced} and {len(blocks)} "
+        f"running block{'s' if len(blocks) != 1 else ''} from {shown(source.where)} to {shown(target.where)}\n"
+    )
     return EXIT_OK
 
 
@@ -265,7 +421,12 @@ def cmd_fingerprint(args: argparse.Namespace, out: TextIO) -> int:
     """Print the fingerprint of the server's TLS certificate, for an operator to publish."""
     from cryptography import x509
 
-    path = args.tls_cert if args.tls_cert is not None else server_certificate_path(args.db)
+    if args.tls_cert is not None:
+        path = args.tls_cert
+    elif is_postgres_url(args.db):  # the server keeps it in its working directory then
+        path = server_certificate_path(os.path.join(os.getcwd(), "-"))
+    else:
+        path = server_certificate_path(args.db)
     try:
         data = open(path, "rb").read()
     except FileNotFoundError:
@@ -288,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Look after a chatapp server's database. Safe while the server runs.",
     )
     parser.add_argument(
-        "--db", default=DEFAULT_DB, metavar="PATH", help=f"the server's database file (default: {DEFAULT_DB})"
+        "--db",
+        default=DEFAULT_DB,
+        metavar="PATH|URL",
+        help=f"the server's --db: a SQLite file or a postgresql:// URL (default: {DEFAULT_DB})",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -321,6 +485,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fingerprint.add_argument("--tls-cert", metavar="PATH", help="the certificate the server is given with --tls-cert")
     fingerprint.set_defaults(run=None, run_without_db=cmd_fingerprint)
+    copy = commands.add_parser(
+        "copy",
+        help="copy every account and running block from one database to another, all or nothing "
+        "(e.g. from the SQLite file to PostgreSQL); the target gets the schema if it has none",
+    )
+    copy.add_argument("--from", dest="source", required=True, metavar="PATH|URL", help="the database to copy")
+    copy.add_argument("--to", dest="target", required=True, metavar="PATH|URL", help="the database to copy into")
+    copy.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite accounts the target has already (without it, any such account stops the copy)",
+    )
+    copy.set_defaults(run=None, run_without_db=cmd_copy)
     return parser
 
 
@@ -331,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    run: Callable[[sqlite3.Connection, argparse.Namespace, TextIO], int] | None = args.run
+    run: Callable[[Database, argparse.Namespace, TextIO], int] | None = args.run
     try:
-        if run is None:  # commands that read no database
+        if run is None:  # commands that open their databases themselves, or none
             return int(args.run_without_db(args, sys.stdout))
         db = open_db(args.db)
         try:
@@ -343,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     except AdminError as e:
         sys.stderr.write(f"{PROG}: {e}\n")
         return EXIT_ERROR
-    except sqlite3.Error as e:
-        sys.stderr.write(f"{PROG}: database error: {e}\n")
+    except database_errors() as e:
+        sys.stderr.write(f"{PROG}: database error: {' '.join(str(e).split())}\n")
         return EXIT_ERROR
     except (KeyboardInterrupt, EOFError):
         sys.stderr.write(f"\n{PROG}: interrupted; nothing changed\n")

@@ -13,33 +13,69 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import bcrypt
+import psycopg
 import pytest
+from inline_postgres import InlinePostgresStore
 from processes import tls_connect
 
 from chatapp import admin
 from chatapp.admin import main
 from chatapp.runner import InlineRunner
-from chatapp.server.store import ADDRESS, NAME, SQLiteStore
+from chatapp.server.store import ADDRESS, NAME, SQLiteStore, is_postgres_url
 
 BIN = Path(sys.executable).parent
 HASH = bcrypt.hashpw(b"correct horse battery", bcrypt.gensalt(4))
 JAN_2026 = 1767225600.0  # 2026-01-01 00:00:00 UTC
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    """The server's own store, open on the file while the admin tool works on it."""
-    s = SQLiteStore(str(tmp_path / "chat.sqlite3"), InlineRunner())
+def where(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The server's --db: a SQLite file's path or a fresh PostgreSQL database's URL."""
+    if backend == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "chat.sqlite3")
+
+
+@pytest.fixture
+def store(where: str) -> Iterator[Any]:
+    """The server's own store, open on the database while the admin tool works on it."""
+    s: Any = InlinePostgresStore(where) if is_postgres_url(where) else SQLiteStore(where, InlineRunner())
     s.open()
     yield s
     s.close()
 
 
 @pytest.fixture
-def db(store: SQLiteStore) -> str:
-    return store.path
+def db(store: Any, where: str) -> str:
+    """The --db of a chatapp database (made by the server's store)."""
+    return where
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[str]:
+    """A SQLite database with the server's store open on it (for what only a file can show)."""
+    s = SQLiteStore(str(tmp_path / "chat.sqlite3"), InlineRunner())
+    s.open()
+    yield s.path
+    s.close()
+
+
+def sql(db: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run SQL (``?`` placeholders) on the database behind the tool's back, committed."""
+    if is_postgres_url(db):
+        with psycopg.connect(db, autocommit=True) as conn:
+            cursor = conn.execute(statement.replace("?", "%s"), params)
+            return list(cursor.fetchall()) if cursor.description else []
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute(statement, params).fetchall())
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -53,9 +89,8 @@ def stdin_bytes(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
 
 
-def stored_hash(path: str, name: str) -> bytes:
-    with sqlite3.connect(path) as conn:
-        return bytes(conn.execute("SELECT password_hash FROM users WHERE name_folded = ?", (name,)).fetchone()[0])
+def stored_hash(db: str, name: str) -> bytes:
+    return bytes(sql(db, "SELECT password_hash FROM users WHERE name_folded = ?", name)[0][0])
 
 
 # -- users ---------------------------------------------------------------------
@@ -81,8 +116,8 @@ def test_users_on_an_empty_database(capsys, db) -> None:
 
 
 def test_names_from_the_database_are_escaped(capsys, db) -> None:
-    with sqlite3.connect(db) as conn:  # not possible through the protocol, but the file is not trusted
-        conn.execute("INSERT INTO users VALUES ('x\x1b[2j', 'x\x1b[2J', ?, 0, NULL)", (HASH,))
+    # not possible through the protocol, but the database is not trusted
+    sql(db, "INSERT INTO users VALUES ('x\x1b[2j', 'x\x1b[2J', ?, 0, NULL)", HASH)
     code, out, _ = run(capsys, "--db", db, "users")
     assert code == 0
     assert "\x1b" not in out and "x\\x1b[2J" in out
@@ -269,9 +304,11 @@ def test_someone_elses_sqlite_database_is_left_alone(capsys, tmp_path: Path) -> 
         assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master")} == {"things"}
 
 
-def test_newer_schema_is_refused(capsys, db) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA user_version = 99")
+def test_newer_schema_is_refused(capsys, store, db) -> None:
+    if is_postgres_url(db):
+        sql(db, "UPDATE chatapp_schema SET version = 99")
+    else:
+        sql(db, "PRAGMA user_version = 99")
     code, _, err = run(capsys, "--db", db, "users")
     assert code == 1 and "schema version 99" in err
 
@@ -296,9 +333,10 @@ def test_no_command_is_a_usage_error(capsys, db) -> None:
     assert code == 2 and "usage: chatapp-admin" in err
 
 
-def test_waits_for_a_writer_instead_of_failing(capsys, store, db) -> None:
+def test_waits_for_a_writer_instead_of_failing(capsys, sqlite_db) -> None:
     """The server holds a write transaction for a moment: the admin tool waits (busy_timeout)."""
-    store.set_block(NAME, "alice", time.time() + 300)
+    db = sqlite_db
+    sql(db, "INSERT INTO blocks VALUES (?, ?, ?)", NAME, "alice", time.time() + 300)
     writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     writer.execute("BEGIN IMMEDIATE")
     release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
@@ -339,9 +377,8 @@ def test_installed_script(tmp_path: Path, store, db) -> None:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """``twistd -n chatserver`` on a free port of 127.0.0.1; yields (port, database path)."""
-    db = tmp_path / "chatserver.sqlite3"
+def live_server(tmp_path: Path, db: str) -> Iterator[tuple[int, str]]:
+    """``twistd -n chatserver`` on a free port of 127.0.0.1; yields (port, its --db)."""
     log = tmp_path / "server.log"
     argv = [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log), "chatserver", "--bcrypt-rounds", "4"]
     argv += ["--listen", "tcp:0:interface=127.0.0.1", "--db", str(db), "--max-attempts", "2", "--block-time", "600"]
@@ -427,4 +464,100 @@ def test_unblock_lifts_a_block_made_by_real_failed_logins(capsys, live_server) -
         again.close()
     code, out, _ = run(capsys, "--db", str(db), "users")
     assert re.search(r"^alice +\S+ \S+ UTC +\d{4}-\S+ \S+ UTC +no$", out, re.M), out
-    assert os.path.exists(db)
+    assert is_postgres_url(db) or os.path.exists(db)
+
+
+# -- PostgreSQL: what only a server can show -----------------------------------------------------------------
+
+
+def test_an_empty_postgres_database_is_not_a_chatapp_database_and_stays_empty(capsys, postgres_url: str) -> None:
+    code, out, err = run(capsys, "--db", postgres_url, "users")
+    assert (code, out) == (1, "")
+    reason = "no chatapp_schema, users and blocks tables"
+    assert err == f"chatapp-admin: {postgres_url} is not a chatapp database ({reason})\n"
+    assert sql(postgres_url, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_an_unreachable_postgres_is_one_line_without_the_password(capsys, postgres_service: Any) -> None:
+    from services import free_port
+
+    url = f"postgresql://admin:s3cret@127.0.0.1:{free_port()}/chat"
+    code, out, err = run(capsys, "--db", url, "users")
+    assert (code, out) == (1, "")
+    assert err.startswith("chatapp-admin: cannot open database postgresql://admin:***@127.0.0.1:")
+    assert err.count("\n") == 1 and "s3cret" not in err
+
+
+# -- copy ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled_sqlite(sqlite_db: str) -> str:
+    """A server's SQLite file: two accounts (one never logged in again), a running lock, an expired block."""
+    source = SQLiteStore(sqlite_db, InlineRunner())
+    source.open()
+    source.create_account("Alice", HASH, JAN_2026)
+    source.record_login("alice", JAN_2026 + 3600)
+    source.create_account("bob", b"bob-hash", JAN_2026 + 60)
+    source.set_block(NAME, "bob", time.time() + 600)
+    source.set_block(ADDRESS, "192.0.2.1", time.time() - 1)
+    source.close()
+    return sqlite_db
+
+
+def test_copy_moves_accounts_and_running_blocks_into_an_empty_postgres(capsys, filled_sqlite, postgres_url) -> None:
+    code, out, err = run(capsys, "copy", "--from", filled_sqlite, "--to", postgres_url)
+    assert (code, err) == (0, "")
+    assert out == f"copied 2 accounts and 1 running block from {filled_sqlite} to {postgres_url}\n"
+    rows = sql(postgres_url, "SELECT name_folded, name, password_hash, created, last_login FROM users ORDER BY 1")
+    assert [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows] == [
+        ("alice", "Alice", HASH, JAN_2026, JAN_2026 + 3600),
+        ("bob", "bob", b"bob-hash", JAN_2026 + 60, JAN_2026 + 60),
+    ]
+    assert sql(filled_sqlite, "SELECT until FROM blocks WHERE kind = 'name'") == sql(
+        postgres_url, "SELECT until FROM blocks"
+    )
+    # The server opens what copy made, and the copied password logs in there.
+    store: Any = InlinePostgresStore(postgres_url)
+    store.open()
+    assert bcrypt.checkpw(b"correct horse battery", store.get_account("ALICE").result.password_hash)
+    assert store.block_until(NAME, "bob", time.time()).result is not None
+    store.close()
+    code, out, _ = run(capsys, "--db", postgres_url, "users")
+    assert code == 0 and re.search(r"^bob .* locked, ", out, re.M)
+
+
+def test_copy_refuses_accounts_the_target_has_and_changes_nothing(capsys, filled_sqlite, postgres_url) -> None:
+    target = InlinePostgresStore(postgres_url)
+    target.open()
+    target.create_account("BOB", b"their-bob", JAN_2026)
+    target.close()
+    code, out, err = run(capsys, "copy", "--from", filled_sqlite, "--to", postgres_url)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"chatapp-admin: 1 of the accounts exist in {postgres_url} already (bob); nothing copied "
+        "(--replace overwrites them)\n"
+    )
+    assert sql(postgres_url, "SELECT name, password_hash FROM users") == [("BOB", b"their-bob")]
+    assert sql(postgres_url, "SELECT COUNT(*) FROM blocks") == [(0,)]
+    code, out, err = run(capsys, "copy", "--from", filled_sqlite, "--to", postgres_url, "--replace")
+    assert (code, err) == (0, "")
+    assert out.startswith("copied 2 accounts (1 replaced) and 1 running block ")
+    assert sql(postgres_url, "SELECT name, password_hash FROM users ORDER BY 1") == [
+        ("Alice", HASH),
+        ("bob", b"bob-hash"),
+    ]
+
+
+def test_copy_back_from_postgres_to_a_new_sqlite_file(capsys, filled_sqlite, postgres_url, tmp_path) -> None:
+    assert run(capsys, "copy", "--from", filled_sqlite, "--to", postgres_url)[0] == 0
+    back = str(tmp_path / "back.sqlite3")
+    assert run(capsys, "copy", "--from", postgres_url, "--to", back)[0] == 0
+    query = "SELECT name_folded, name, password_hash, created, last_login FROM users ORDER BY 1"
+    assert sql(back, query) == sql(filled_sqlite, query)
+
+
+def test_copy_from_a_missing_file_creates_nothing(capsys, tmp_path, postgres_url) -> None:
+    code, _, err = run(capsys, "copy", "--from", str(tmp_path / "nope.sqlite3"), "--to", postgres_url)
+    assert code == 1 and "no database at" in err
+    assert sql(postgres_url, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]

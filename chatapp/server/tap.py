@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from chatapp.runner import ThreadRunner
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.store import SQLiteStore
+from chatapp.server.store import Store, is_postgres_url, store_for
 from chatapp.tls.contexts import ServerLinkServerTLS
 from chatapp.tls.identity import BadIdentityFile, Identity, load_identity, load_or_create_identity
 from chatapp.tls.paths import server_certificate_path
@@ -99,7 +99,12 @@ class Options(usage.Options):
     ]
     optParameters: list[list[Any]] = [
         ["listen", None, "tcp:8750", "Twisted server endpoint to listen on (tcp:, unix:, systemd:); TLS is added"],
-        ["db", None, "chatserver.sqlite3", "SQLite database file (created on first start)"],
+        [
+            "db",
+            None,
+            "chatserver.sqlite3",
+            "SQLite database file (created on first start), or a postgresql:// URL (schema created at start)",
+        ],
         [
             "registry",
             None,
@@ -165,6 +170,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--registry {e}") from None
         # Checked here as well as when the store opens: a daemonizing twistd reports only
         # errors raised before it forks, and a missing folder is the usual typo.
+        if is_postgres_url(self["db"]):
+            return  # reachable or not is known only when the store opens: one line then
         folder = os.path.dirname(os.path.abspath(self["db"]))
         if not os.path.isdir(folder):
             raise usage.UsageError(f"--db {self['db']}: directory {folder} does not exist")
@@ -403,13 +410,13 @@ def build_service(
     threads = max(1, os.cpu_count() or 1)
     # Enough queue for a burst of logins (about 8 s of work at the default cost), bounded all the same.
     hasher = PasswordHasher(ThreadRunner(reactor, threads, "chatapp-bcrypt"), options["bcrypt-rounds"], threads * 32)
-    store = SQLiteStore(options["db"], ThreadRunner(reactor, 1, "chatapp-sqlite"))
+    store = store_for(options["db"], reactor)
     factory = _factory(options, store, hasher, reactor)
     endpoint = serverFromString(reactor, options["listen"])
     return ChatServerService(endpoint, options["listen"], factory, reactor, on_failed_start, certificate_of(options))
 
 
-def _factory(options: Options, store: SQLiteStore, hasher: PasswordHasher, reactor: Any) -> ServerFactory:
+def _factory(options: Options, store: Store, hasher: PasswordHasher, reactor: Any) -> ServerFactory:
     config = options.config()
     if options["registry"] is None:
         return ServerFactory(config, store, hasher, reactor)
@@ -433,6 +440,10 @@ def certificate_of(options: Options) -> ServerCertificate | None:
         return None
     if options["tls-cert"] is not None:
         return ServerCertificate(options["tls-cert"], given=True)
+    if is_postgres_url(options["db"]):
+        # no database file to sit beside: the working directory (several processes share one
+        # database, so they should share one certificate too: --tls-cert)
+        return ServerCertificate(server_certificate_path(os.path.join(os.getcwd(), "-")), given=False)
     return ServerCertificate(server_certificate_path(options["db"]), given=False)
 
 

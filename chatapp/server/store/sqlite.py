@@ -1,10 +1,8 @@
-"""Durable state of the server: accounts, and the blocks and locks of the lockout rules.
+"""The default store: one SQLite file.
 
-:class:`Store` is the whole interface the protocol code sees; every method
-returns a Deferred, so a networked database could replace SQLite without
-touching the protocol.  :class:`SQLiteStore` keeps one connection, used only
-from one thread of its runner (WAL journal; each write is committed before
-its Deferred fires, so a reply sent after it survives ``kill -9``).
+:class:`SQLiteStore` keeps one connection, used only from one thread of its
+runner (WAL journal; each write is committed before its Deferred fires, so a
+reply sent after it survives ``kill -9``).
 """
 
 from __future__ import annotations
@@ -12,58 +10,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import TypeVar
 
 from twisted.internet import defer
 
 from chatapp.runner import Runner
+from chatapp.server.store.base import SCHEMA_VERSION, Account, StoreError, UserExists
 
-ADDRESS = "address"
-NAME = "name"
-
-
-@dataclass(frozen=True)
-class Account:
-    name: str
-    password_hash: bytes
-    created: float
-    last_login: float | None
-
-
-@dataclass(frozen=True)
-class Block:
-    kind: str  # ADDRESS or NAME
-    key: str  # an IP address, or a case-folded user name
-    until: float
-
-
-class UserExists(Exception):
-    """An account with this name (case-insensitively) exists already."""
-
-
-class StoreError(Exception):
-    """The database cannot be opened or used; the message is one readable line."""
-
-
-class Store(Protocol):
-    def open(self) -> defer.Deferred[None]: ...
-
-    def close(self) -> defer.Deferred[None]: ...
-
-    def get_account(self, name: str) -> defer.Deferred[Account | None]: ...
-
-    def create_account(self, name: str, password_hash: bytes, now: float) -> defer.Deferred[Account]: ...
-
-    def set_password(self, name: str, password_hash: bytes) -> defer.Deferred[bool]: ...
-
-    def record_login(self, name: str, now: float) -> defer.Deferred[None]: ...
-
-    def set_block(self, kind: str, key: str, until: float, now: float | None = None) -> defer.Deferred[None]:
-        """Store a block or lock; with ``now``, also drop every row that expired by then."""
-        ...
-
-    def block_until(self, kind: str, key: str, now: float) -> defer.Deferred[float | None]: ...
+T = TypeVar("T")
 
 
 def _migrate_to_1(db: sqlite3.Connection) -> None:
@@ -93,7 +47,7 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
 
 # MIGRATIONS[n] takes a database at version n to version n + 1.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
-SCHEMA_VERSION = len(MIGRATIONS)
+assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def connect(path: str, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -152,6 +106,7 @@ class SQLiteStore:
         self.path = path
         self._runner = runner
         self._db: sqlite3.Connection | None = None
+        self._closed = False
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -159,6 +114,7 @@ class SQLiteStore:
         return self._db
 
     def open(self) -> defer.Deferred[None]:
+        self._closed = False
         self._runner.start()
 
         def _open() -> None:
@@ -167,6 +123,11 @@ class SQLiteStore:
         return self._runner.run(_open)
 
     def close(self) -> defer.Deferred[None]:
+        """Fires once the connection is closed and the runner stopped; closing again does nothing."""
+        if self._closed:
+            return defer.succeed(None)
+        self._closed = True
+
         def _close() -> None:
             if self._db is not None:
                 self._db.close()
@@ -180,6 +141,12 @@ class SQLiteStore:
         d.addBoth(_stop)
         return d
 
+    def _run(self, func: Callable[[], T]) -> defer.Deferred[T]:
+        # A stopped thread pool would queue the call for ever: fail it now instead.
+        if self._closed:
+            return defer.fail(StoreError("database is closed"))
+        return self._runner.run(func)
+
     def get_account(self, name: str) -> defer.Deferred[Account | None]:
         def _get() -> Account | None:
             row = (
@@ -192,7 +159,7 @@ class SQLiteStore:
             )
             return Account(row[0], bytes(row[1]), row[2], row[3]) if row else None
 
-        return self._runner.run(_get)
+        return self._run(_get)
 
     def create_account(self, name: str, password_hash: bytes, now: float) -> defer.Deferred[Account]:
         def _create() -> Account:
@@ -206,7 +173,7 @@ class SQLiteStore:
                 raise UserExists(name) from None
             return Account(name, password_hash, now, now)
 
-        return self._runner.run(_create)
+        return self._run(_create)
 
     def set_password(self, name: str, password_hash: bytes) -> defer.Deferred[bool]:
         def _set() -> bool:
@@ -215,13 +182,13 @@ class SQLiteStore:
             )
             return cursor.rowcount == 1
 
-        return self._runner.run(_set)
+        return self._run(_set)
 
     def record_login(self, name: str, now: float) -> defer.Deferred[None]:
         def _record() -> None:
             self._conn().execute("UPDATE users SET last_login = ? WHERE name_folded = ?", (now, name.lower()))
 
-        return self._runner.run(_record)
+        return self._run(_record)
 
     def set_block(self, kind: str, key: str, until: float, now: float | None = None) -> defer.Deferred[None]:
         def _set() -> None:
@@ -242,7 +209,7 @@ class SQLiteStore:
                 db.execute("ROLLBACK")
                 raise
 
-        return self._runner.run(_set)
+        return self._run(_set)
 
     def block_until(self, kind: str, key: str, now: float) -> defer.Deferred[float | None]:
         def _get() -> float | None:
@@ -255,4 +222,4 @@ class SQLiteStore:
                 return None
             return float(row[0])
 
-        return self._runner.run(_get)
+        return self._run(_get)
