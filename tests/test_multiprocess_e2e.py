@@ -25,18 +25,20 @@ from chatapp.server.registry.redis import HEARTBEAT_EVERY, HEARTBEAT_TTL
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path, redis_url: str) -> None:
+    def __init__(self, tmp_path: Path, redis_url: str, postgres_url: str) -> None:
         self.tmp_path = tmp_path
         self.redis_url = redis_url
+        self.postgres_url = postgres_url
         self.processes: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
 
     def start(self, count: int) -> None:
         for _ in range(count):
-            # One database, so one certificate next to it: clients see one fingerprint behind any process.
+            # One working directory, so one certificate (chatserver-tls.pem, made by the first):
+            # clients see one fingerprint behind any process.
             process = twistd(
                 "-n", "--pidfile=", "chatserver", "--listen", "tcp:0:interface=127.0.0.1", "--bcrypt-rounds", "4",
-                "--db", str(self.tmp_path / "shared.sqlite3"), "--registry", self.redis_url,
+                "--db", self.postgres_url, "--registry", self.redis_url,
                 cwd=self.tmp_path,
             )  # fmt: skip
             self.processes.append(process)
@@ -51,8 +53,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, redis_url: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, redis_url)
+def cluster(tmp_path: Path, redis_url: str, postgres_url: str) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, redis_url, postgres_url)
     try:
         c.start(3)
         yield c
