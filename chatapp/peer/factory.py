@@ -36,6 +36,8 @@ log = Logger()
 Verify = Callable[[str], "defer.Deferred[tuple[str, str, str]] | tuple[str, str, str]"]
 
 HANDSHAKE_TIMEOUT = 30.0
+# A listener's peer must complete TLS and send HELLO within this: a silent connection frees its slot soon.
+HELLO_TIMEOUT = 10.0
 # A DATA chunk (at most 1 MiB) must arrive whole within this time: about 17 KiB/s at the largest chunk.
 DATA_TIMEOUT = 60.0
 MAX_HANDSHAKES = 8
@@ -101,6 +103,7 @@ class PeerFactory(ServerFactory):
         max_partials: int = MAX_PARTIALS,
         max_finished: int = MAX_FINISHED,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        hello_timeout: float = HELLO_TIMEOUT,
         data_timeout: float = DATA_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
@@ -131,6 +134,7 @@ class PeerFactory(ServerFactory):
         self.max_open_files = max_open_files
         self.max_finished = max_finished
         self.handshake_timeout = handshake_timeout
+        self.hello_timeout = hello_timeout
         self.data_timeout = data_timeout
         self.idle_timeout = idle_timeout
         self.stop_timeout = STOP_TIMEOUT
@@ -145,7 +149,8 @@ class PeerFactory(ServerFactory):
         self._handles = itertools.count(1)
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
-        self._handshaking: set[PeerSession] = set()  # listener sessions before WELCOME
+        # listener sessions before WELCOME, oldest first (a dict keeps the order: the oldest is displaced first)
+        self._handshaking: dict[PeerSession, None] = {}
         self._handshakes_from: dict[str, int] = {}  # source address -> handshakes in progress (<= max_handshakes)
         self._live: set[PeerSession] = set()  # every connected session, any role and state
 
@@ -286,22 +291,38 @@ class PeerFactory(ServerFactory):
         return True
 
     def handshake_started(self, session: PeerSession, address: str) -> bool:
-        """Take a handshake slot for a listener session from ``address``; False if none is free."""
-        if len(self._handshaking) >= self.max_handshakes:
+        """Take a handshake slot for a listener session from ``address``; False if none can be had.
+
+        When the slots (in total, or of this address) are full, the oldest connection that has not
+        sent HELLO yet (TLS unfinished, or silent) is displaced: idle sockets cannot hold the slots
+        against a real peer. One already waiting for our server's VERIFY answer is never displaced.
+        """
+        if self._handshakes_from.get(address, 0) >= self.max_handshakes_per_address:
+            if not self._displace_handshake(address):
+                self.limit_hit("peer-handshakes-per-address", "too many handshakes from one address: refusing new ones")
+                return False
+        if len(self._handshaking) >= self.max_handshakes and not self._displace_handshake(None):
             self.limit_hit("peer-handshakes", "too many peer handshakes in progress: refusing new ones")
             return False
-        if self._handshakes_from.get(address, 0) >= self.max_handshakes_per_address:
-            self.limit_hit("peer-handshakes-per-address", "too many handshakes from one address: refusing new ones")
-            return False
-        self._handshaking.add(session)
+        self._handshaking[session] = None
         session.handshake_address = address
         self._handshakes_from[address] = self._handshakes_from.get(address, 0) + 1
         return True
 
+    def _displace_handshake(self, address: str | None) -> bool:
+        """Close the oldest listener handshake before HELLO (from ``address``, or any); False if none."""
+        for old in self._handshaking:
+            if old.state is SessionState.HANDSHAKING and (address is None or old.handshake_address == address):
+                self.limit_hit("peer-handshakes-displaced", "handshake slots full: the oldest silent one is displaced")
+                old.lose("displaced", abort=True)
+                self._handshake_ended(old)  # its slot is free now, whenever its connectionLost comes
+                return True
+        return False
+
     def _handshake_ended(self, session: PeerSession) -> None:
         if session not in self._handshaking:
             return
-        self._handshaking.discard(session)
+        del self._handshaking[session]
         address = session.handshake_address
         left = self._handshakes_from.get(address, 0) - 1
         if left > 0:
