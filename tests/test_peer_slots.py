@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from test_peer_harness import TOKENS, Recorder, dict_verify, identity_of, key_of, make_peer, open_listener
-from twisted.internet import task
+from test_peer_harness import TOKENS, Recorder, dict_verify, identity_of, key_of, make_peer
 from twisted.internet import reactor as _reactor
+from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -93,13 +93,13 @@ def test_a_full_table_displaces_the_oldest_silent_handshake_never_one_being_veri
     waiting.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")  # now waiting for our server
     assert waiting.state is SessionState.VERIFYING
     clock.advance(1)
-    first, first_t = stranger(fb, "192.0.2.2")
+    _first, first_t = stranger(fb, "192.0.2.2")
     clock.advance(1)
-    second, second_t = stranger(fb, "192.0.2.3")
-    third, third_t = stranger(fb, "192.0.2.4")  # the table is full: the oldest silent one goes
+    _second, second_t = stranger(fb, "192.0.2.3")
+    _third, third_t = stranger(fb, "192.0.2.4")  # the table is full: the oldest silent one goes
     assert first_t.disconnecting and not second_t.disconnecting and not third_t.disconnecting
     assert waiting.state is SessionState.VERIFYING
-    fourth, fourth_t = stranger(fb, "192.0.2.5")
+    _fourth, fourth_t = stranger(fb, "192.0.2.5")
     assert second_t.disconnecting and not fourth_t.disconnecting
     assert len(fb._handshaking) == 3
     assert waiting in fb._handshaking
