@@ -85,7 +85,9 @@ def test_accept_is_the_users_decision(tmp_path: Path, clock: Clock) -> None:
     offer = pair.eb.offers[0]
     assert offer.state is TransferState.OFFERED and sent.state is TransferState.OFFERED
     assert offer.peer == "alice" and offer.id == sent.id
-    clock.advance(3600)
+    for _ in range(12):  # an hour: offers wait for the user (the sessions keep alive with PING/PONG)
+        clock.advance(300)
+        pair.flush()
     assert files_in(pair.b_out) == []
     pair.b.accept(offer.id)
     pair.flush()
@@ -636,7 +638,7 @@ def test_receiver_reject_mid_send_stops_the_sender(tmp_path: Path, clock: Clock)
     assert data_lines(transport.value()) == [(sent.id, 1000)]
     assert b"END" not in transport.value()
     assert sent.state is TransferState.REJECTED and sent.reason == "disk-full"
-    assert clock.getDelayedCalls() == []
+    assert clock.getDelayedCalls() == [session.keepalive._call]  # only the open session's keep-alive
 
 
 def test_bye_with_open_transfers_cancels_them_and_keeps_partials(tmp_path: Path, clock: Clock) -> None:

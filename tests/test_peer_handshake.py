@@ -286,7 +286,7 @@ def test_handshake_times_out_after_30s(tmp_path: Path, clock: Clock, role: str) 
 def test_timer_cancelled_once_open(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock)
     session, transport = open_listener(fb)
-    assert clock.getDelayedCalls() == []
+    assert clock.getDelayedCalls() == [session.keepalive._call]  # the handshake clocks are gone
     clock.advance(100)
     assert not transport.disconnecting and session.state is SessionState.OPEN
 

@@ -113,3 +113,75 @@ def test_a_silent_connection_is_closed_after_the_hello_deadline(tmp_path: Path, 
     clock.advance(1)
     assert transport.disconnecting
     assert fb.hello_timeout < fb.handshake_timeout
+
+
+# -- sessions (item 2) ----------------------------------------------------------------------
+
+
+def open_from(factory: PeerFactory, peer: str, host: str) -> tuple[Any, StringTransport]:
+    session, transport = stranger(factory, host)
+    session.dataReceived(f"HELLO chatapp/2 {peer} tok-{peer}\r\n".encode())
+    assert session.state is SessionState.OPEN, transport.value()
+    transport.clear()
+    return session, transport
+
+
+def accounts(count: int) -> dict[str, tuple[str, str]]:
+    return {f"tok-u{i}": (f"u{i}", f"proof-u{i}") for i in range(count)}
+
+
+def test_sessions_are_bounded_per_address_and_our_calls_are_not_counted(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(20)), max_sessions=6, max_outgoing=2)
+    held = [open_from(fb, f"u{i}", "192.0.2.1") for i in range(4)]
+    _fifth, fifth_t = stranger(fb, "192.0.2.1")  # a fifth account from the same address
+    assert fifth_t.disconnecting and fifth_t.value() == b""
+    others = [open_from(fb, f"u{i}", "192.0.2.2") for i in range(4, 6)]
+    assert len([s for s in fb.connections if s.live]) == 6
+    # incoming is full (and nobody idle long enough): a seventh is refused, but we can still call out
+    _seventh, seventh_t = stranger(fb, "192.0.2.3")
+    assert seventh_t.disconnecting
+    from test_peer_harness import connector
+
+    ours = connector(fb, "carol")
+    ours.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.50", 1)))
+    assert ours.live and ours in fb.connections
+    assert not any(t.disconnecting for _, t in held + others)
+
+
+def test_a_full_table_displaces_the_session_idle_the_longest_only_after_the_idle_time(
+    tmp_path: Path, clock: Clock
+) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(10)), max_sessions=3)
+    first = open_from(fb, "u0", "192.0.2.1")
+    clock.advance(10)
+    second = open_from(fb, "u1", "192.0.2.2")
+    third = open_from(fb, "u2", "192.0.2.3")
+    clock.advance(fb.idle_displace - 20)
+    first[0].dataReceived(b"PING\r\n")  # a keep-alive is not activity: first stays the idlest
+    second[0].dataReceived(b"MSG hi\r\n")  # chat is
+    _early, early_t = stranger(fb, "192.0.2.9")
+    assert early_t.disconnecting  # nobody idle for idle_displace yet
+    clock.advance(30)
+    _late, late_t = stranger(fb, "192.0.2.9")
+    assert not late_t.disconnecting
+    assert first[1].disconnecting and first[1].value().endswith(b"BYE\r\n")
+    assert not second[1].disconnecting and not third[1].disconnecting
+
+
+def test_an_open_session_pings_a_quiet_peer_and_closes_a_silent_one(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    session, transport = open_from(fb, "alice", "192.0.2.1")
+    clock.advance(fb.keepalive_interval)
+    assert transport.value() == b"PING\r\n"
+    session.dataReceived(b"PONG\r\n")  # a live peer answers: the session stays, however long
+    for _ in range(int(fb.session_idle_timeout / fb.keepalive_interval) * 2):
+        clock.advance(fb.keepalive_interval)
+        session.dataReceived(b"PONG\r\n")
+    assert not transport.disconnecting
+    transport.clear()
+    ticks = 0
+    while not transport.disconnecting:  # now it answers nothing
+        clock.advance(fb.keepalive_interval)
+        ticks += 1
+    assert ticks * fb.keepalive_interval <= fb.session_idle_timeout + fb.keepalive_interval
+    assert transport.value().endswith(b"BYE\r\n") and session.close_reason == "idle-timeout"

@@ -43,8 +43,18 @@ DATA_TIMEOUT = 60.0
 MAX_HANDSHAKES = 8
 # handshakes in progress from one source address: one stranger cannot take every slot
 MAX_HANDSHAKES_PER_ADDRESS = 2
-# connected sessions in total (any role and state); beyond it a new connection is closed at once
+# incoming connections in total (any state); beyond it one idle for IDLE_DISPLACE is displaced, else the new is closed
 MAX_SESSIONS = 64
+# incoming connections from one source address (any state): a few accounts cannot take every slot
+MAX_SESSIONS_PER_ADDRESS = 4
+# our own calls (outgoing), counted apart: strangers filling the incoming slots never stop us calling out
+MAX_OUTGOING = 64
+# an open incoming session with no chat or file traffic (PING/PONG aside) for this long may be displaced
+IDLE_DISPLACE = 300.0
+# every this often an open session that heard nothing sends PING (a live peer answers PONG) ...
+KEEPALIVE_INTERVAL = 300.0
+# ... and one that heard nothing at all for this long is closed with BYE
+SESSION_IDLE_TIMEOUT = 1800.0
 # received files being written (accepted, not finished) across all sessions: each may hold a descriptor
 MAX_OPEN_FILES = 64
 # kept partial files (besides their total size): the oldest are deleted first
@@ -99,6 +109,11 @@ class PeerFactory(ServerFactory):
         max_handshakes: int = MAX_HANDSHAKES,
         max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS,
         max_sessions: int = MAX_SESSIONS,
+        max_sessions_per_address: int = MAX_SESSIONS_PER_ADDRESS,
+        max_outgoing: int = MAX_OUTGOING,
+        idle_displace: float = IDLE_DISPLACE,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        session_idle_timeout: float = SESSION_IDLE_TIMEOUT,
         max_open_files: int = MAX_OPEN_FILES,
         max_partials: int = MAX_PARTIALS,
         max_finished: int = MAX_FINISHED,
@@ -131,6 +146,11 @@ class PeerFactory(ServerFactory):
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_address = max_handshakes_per_address
         self.max_sessions = max_sessions
+        self.max_sessions_per_address = max_sessions_per_address
+        self.max_outgoing = max_outgoing
+        self.idle_displace = idle_displace
+        self.keepalive_interval = keepalive_interval
+        self.session_idle_timeout = session_idle_timeout
         self.max_open_files = max_open_files
         self.max_finished = max_finished
         self.handshake_timeout = handshake_timeout
@@ -282,12 +302,40 @@ class PeerFactory(ServerFactory):
         if count == 0:
             log.warn("limit {limit} reached: {text} (logged once; counted in limits_hit)", limit=name, text=text)
 
-    def session_connected(self, session: PeerSession) -> bool:
-        """Count a new connection; False if there are already ``max_sessions``."""
-        if len(self._live) >= self.max_sessions:
+    def session_connected(self, session: PeerSession, address: str) -> bool:
+        """Count a new connection from ``address``; False if it must be closed.
+
+        Our own calls count against ``max_outgoing`` only. Incoming ones are
+        bounded per address and in total; when the total is full, the open
+        incoming session idle the longest is displaced if it has been idle for
+        ``idle_displace`` seconds, else the new connection is refused.
+        """
+        if session.role is Role.CONNECTOR:
+            if sum(1 for s in self._live if s.role is Role.CONNECTOR) >= self.max_outgoing:
+                self.limit_hit("peer-outgoing", "too many calls of ours at once: refusing new ones")
+                return False
+            self._live.add(session)
+            return True
+        incoming = [s for s in self._live if s.role is Role.LISTENER and s.live]
+        if sum(1 for s in incoming if s.source_address == address) >= self.max_sessions_per_address:
+            self.limit_hit("peer-sessions-per-address", "too many peer connections from one address: refusing")
+            return False
+        if len(incoming) >= self.max_sessions and not self._displace_idle(incoming):
             self.limit_hit("peer-sessions", "too many peer connections: refusing new ones")
             return False
         self._live.add(session)
+        return True
+
+    def _displace_idle(self, incoming: list[PeerSession]) -> bool:
+        """Close the open incoming session idle the longest, if idle for ``idle_displace``; False if none."""
+        idle = [s for s in incoming if s.state is SessionState.OPEN]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda s: s.last_active)
+        if self.clock.seconds() - oldest.last_active < self.idle_displace:
+            return False
+        self.limit_hit("peer-sessions-displaced", "peer sessions full: the one idle the longest is displaced")
+        oldest.close("displaced")
         return True
 
     def handshake_started(self, session: PeerSession, address: str) -> bool:

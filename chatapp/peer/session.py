@@ -93,6 +93,11 @@ class PeerSession(FileCommands, Protocol):
         self.watch, self.gate = flow.watch, flow.gate
         self._draining = False
         self.handshake_address = ""  # the source address whose handshake slot this listener holds
+        self.source_address = ""  # the peer's address (host part)
+        now = factory.clock.seconds()
+        self.last_heard = now  # when a byte last came in
+        self.last_active = now  # when chat or file traffic (not PING/PONG) last went either way
+        self.keepalive = Deadline(factory.clock, factory.keepalive_interval, self._keepalive)
         self._open_waiters: list[defer.Deferred[PeerSession]] = []
         self._closed_waiters: list[defer.Deferred[None]] = []
 
@@ -123,6 +128,7 @@ class PeerSession(FileCommands, Protocol):
         """Send chat text (split into several MSG lines if long or multi-line); return the number of lines."""
         self._require_open()
         pieces = split_message(text)
+        self.last_active = self.factory.clock.seconds()
         for piece in pieces:
             self.send(format_line("MSG", piece))
         return len(pieces)
@@ -188,10 +194,11 @@ class PeerSession(FileCommands, Protocol):
         if isinstance(getattr(socket, "bufferSize", None), int):
             socket.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
         transport.registerProducer(self.watch, True)
-        if not self.factory.session_connected(self):
-            self.lose("too-many-sessions")
+        self.source_address = _host(transport)
+        if not self.factory.session_connected(self, self.source_address):
+            self.lose("too-many-sessions", abort=True)
             return
-        if self.role is Role.LISTENER and not self.factory.handshake_started(self, _host(transport)):
+        if self.role is Role.LISTENER and not self.factory.handshake_started(self, self.source_address):
             self.lose("too-many-handshakes")
             return
         self.handshake.start()
@@ -207,6 +214,7 @@ class PeerSession(FileCommands, Protocol):
         self.move(SessionState.CLOSED)
         self.handshake.done()
         self.data_deadline.stop()
+        self.keepalive.stop()
         self.sender.connection_lost(self.close_reason)
         self.receiver.connection_lost(self.close_reason)
         self.factory.session_closed(self)
@@ -240,6 +248,7 @@ class PeerSession(FileCommands, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state not in _LIVE:
             return
+        self.last_heard = self.factory.clock.seconds()
         self.framer.feed(data)
         self.drain()
 
@@ -260,6 +269,7 @@ class PeerSession(FileCommands, Protocol):
             if item is None:
                 return
             if isinstance(item, Raw):
+                self.last_active = self.last_heard
                 self.receiver.on_bytes(item.data)
                 if item.last:
                     self.data_deadline.stop()
@@ -282,6 +292,8 @@ class PeerSession(FileCommands, Protocol):
                 if verb == "ERR":
                     log.info("peer {peer} said {line}", peer=self.who(), line=escape_for_terminal(line))
                 return
+            if verb not in ("PING", "PONG"):
+                self.last_active = self.last_heard
             handler = self._handlers.get(verb)
             if handler is None:
                 raise WireError(400, "unknown-command", "unknown command")
@@ -298,6 +310,19 @@ class PeerSession(FileCommands, Protocol):
         self.framer.expect_raw(self.receiver.on_data(args))
         self.data_deadline.start()
 
+    def _keepalive(self) -> None:
+        """Every ``keepalive_interval`` while open: PING a quiet peer; close one silent for too long."""
+        if self.state is not SessionState.OPEN:
+            return
+        silent = self.factory.clock.seconds() - self.last_heard
+        if silent >= self.factory.session_idle_timeout:
+            self.factory.limit_hit("peer-session-idle", "a peer session heard nothing for too long: closing it")
+            self.close("idle-timeout")
+            return
+        if silent >= self.factory.keepalive_interval:
+            self.send(format_line("PING"))
+        self.keepalive.start()
+
     def _data_timed_out(self) -> None:
         log.info("{peer} sent a DATA chunk too slowly: closing", peer=self.who())
         self.lose("data-timeout")  # a cut, not a protocol error: partial files are kept for resume
@@ -310,7 +335,8 @@ class PeerSession(FileCommands, Protocol):
         if isinstance(getattr(socket, "bufferSize", None), int):
             socket.bufferSize = RECEIVE_SIZE
         log.info("peer session with {peer} open ({role})", peer=self.who(), role=self.role.value)
-        self.opened_at = self.factory.clock.seconds()
+        self.opened_at = self.last_active = self.factory.clock.seconds()
+        self.keepalive.start()
         contacts, key = self.factory.contacts, self.handshake.key
         if contacts is not None and key is not None and self.peer_name is not None:
             contacts.seen(self.peer_name, key)
