@@ -165,7 +165,14 @@ def test_sessions_in_total_are_bounded(tmp_path: Path, clock: Clock) -> None:
 def test_silent_offers_hold_bounded_descriptors(tmp_path: Path, clock: Clock) -> None:
     tokens = {**TOKENS, "tok-carol": ("carol", "proof-carol")}
     fb, _ = make_peer(
-        tmp_path, "bob", clock, dict_verify(tokens), auto_accept=True, max_open_offers=8, max_open_files=12
+        tmp_path,
+        "bob",
+        clock,
+        dict_verify(tokens),
+        auto_accept=True,
+        max_open_offers=8,
+        max_open_files=12,
+        max_open_files_per_peer=8,
     )
     before = open_fds()
     transports = []
@@ -177,7 +184,7 @@ def test_silent_offers_hold_bounded_descriptors(tmp_path: Path, clock: Clock) ->
     accepted = [t.value().count(b"ACCEPT") for t in transports]
     assert accepted[0] == 8 and accepted[0] + accepted[1] == 12
     assert open_fds() - before <= 12
-    clock.advance(fb.idle_timeout + 1)  # no DATA: every accepted transfer fails and closes its file
+    clock.advance(fb.progress_window + 1)  # no DATA: every accepted transfer fails and closes its file
     assert all(t.value().count(b"data-timeout") == n for t, n in zip(transports, accepted, strict=True))
     assert open_fds() - before <= 0
     assert not fb.receiving

@@ -185,3 +185,38 @@ def test_an_open_session_pings_a_quiet_peer_and_closes_a_silent_one(tmp_path: Pa
         ticks += 1
     assert ticks * fb.keepalive_interval <= fb.session_idle_timeout + fb.keepalive_interval
     assert transport.value().endswith(b"BYE\r\n") and session.close_reason == "idle-timeout"
+
+
+# -- open-file slots (item 3) ---------------------------------------------------------------
+
+
+def test_a_trickling_transfer_fails_and_frees_its_file_but_a_slow_honest_one_goes_on(
+    tmp_path: Path, clock: Clock
+) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(2)), auto_accept=True)
+    trickler, trickle_t = open_from(fb, "u0", "192.0.2.1")
+    honest, honest_t = open_from(fb, "u1", "192.0.2.2")
+    trickler.dataReceived(b"OFFER t 1000000000 big.bin\r\n")
+    honest.dataReceived(b"OFFER h 1000000000 big.bin\r\n")
+    assert len(fb.receiving) == 2
+    for _ in range(3):  # one byte every window keeps nothing; 64 KiB per window is enough
+        trickler.dataReceived(b"DATA t 1\r\nx")
+        honest.dataReceived(b"DATA h 65536\r\n" + b"y" * 65536)
+        clock.advance(fb.progress_window)
+    assert b"FAIL t data-timeout" in trickle_t.value()
+    assert b"FAIL" not in honest_t.value()
+    assert list(fb.receiving.values()) == [honest.receiver.transfers["h"]]
+
+
+def test_a_peer_holds_at_most_its_share_of_the_open_files(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(5)), auto_accept=True, max_open_files=8)
+    assert fb.max_open_files_per_peer == 2
+    transports = []
+    for i in range(5):
+        session, transport = open_from(fb, f"u{i}", f"192.0.2.{i}")
+        for n in range(6):
+            session.dataReceived(f"OFFER f{n} 1000000 f{n}.bin\r\n".encode())
+        transports.append(transport)
+    accepted = [t.value().count(b"ACCEPT") for t in transports]
+    assert accepted == [2, 2, 2, 2, 0]  # four greedy peers cannot take more than their share each
+    assert len(fb.receiving) == 8

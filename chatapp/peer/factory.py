@@ -19,7 +19,7 @@ from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.contacts import Contacts
 from chatapp.peer.downloads import DownloadDir
 from chatapp.peer.partials import Partial
-from chatapp.peer.receiver import IDLE_TIMEOUT
+from chatapp.peer.receiver import MIN_PROGRESS, PROGRESS_WINDOW
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
 from chatapp.peer.session import PeerSession
 from chatapp.peer.states import Role, SessionState
@@ -120,7 +120,9 @@ class PeerFactory(ServerFactory):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         hello_timeout: float = HELLO_TIMEOUT,
         data_timeout: float = DATA_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
+        progress_window: float = PROGRESS_WINDOW,
+        min_progress: int = MIN_PROGRESS,
+        max_open_files_per_peer: int | None = None,
     ) -> None:
         if not valid_username(me):
             raise ValueError("not a user name")
@@ -156,7 +158,10 @@ class PeerFactory(ServerFactory):
         self.handshake_timeout = handshake_timeout
         self.hello_timeout = hello_timeout
         self.data_timeout = data_timeout
-        self.idle_timeout = idle_timeout
+        self.progress_window = progress_window
+        self.min_progress = min_progress
+        # one peer's share of the open files: a quarter of them by default, so others still get theirs
+        self.max_open_files_per_peer = max_open_files_per_peer or max(1, max_open_files // 4)
         self.stop_timeout = STOP_TIMEOUT
         self._runner = runner
         self._own_runner: ThreadRunner | None = None  # made on first use when no runner was given
@@ -436,6 +441,11 @@ class PeerFactory(ServerFactory):
                 self.emit(PeerLeft(session, session.close_reason))
             except Exception:
                 log.failure("the application failed on PeerLeft")
+
+    def files_of(self, peer: str | None) -> int:
+        """Transfers from ``peer`` (any of its sessions) that hold or may hold an open file."""
+        folded = fold_name(peer or "")
+        return sum(1 for t in self.receiving.values() if fold_name(t.session.peer_name or "") == folded)
 
     def partial_in_use(self, path: str) -> bool:
         return path in self.receiving

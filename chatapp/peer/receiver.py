@@ -54,8 +54,11 @@ MAX_ID = 32
 # refused offer ids remembered per connection (to refuse their reuse and drop their DATA in flight);
 # an older one is forgotten: its late DATA is then a protocol error, its reuse a new offer
 MAX_REFUSED_IDS = 1024
-# an accepted transfer that gets no DATA for this long is failed (FAIL <id> data-timeout; the partial stays)
-IDLE_TIMEOUT = 120.0
+# An accepted transfer must make progress while we read: at least MIN_PROGRESS bytes (or the rest of the
+# file) in every PROGRESS_WINDOW, else FAIL <id> data-timeout (the partial stays). A trickle of one byte a
+# minute would otherwise hold an open file (and a slot of max_open_files) for ever.
+PROGRESS_WINDOW = 60.0
+MIN_PROGRESS = 64 * 1024
 REJECT_REASONS = frozenset(
     {"declined", "too-large", "bad-name", "bad-offer", "busy", "disk-full", "write-error", "cancelled"}
 )
@@ -85,7 +88,8 @@ class IncomingTransfer(Transfer):
         self.partial = partial  # path of the partial file
         self.preparing: defer.Deferred[Any] | None = None  # hashing a kept partial (state ACCEPTED)
         self.writer: FileWriter | None = None  # from ACCEPT on
-        self.idle: Deadline | None = None  # from ACCEPT on: no DATA for too long fails the transfer
+        self.idle: Deadline | None = None  # from ACCEPT on: too little DATA in a window fails the transfer
+        self.window_start = 0  # bytes_done when the current progress window began
 
     def stop_io(self) -> None:
         """Stop hashing or writing; the partial file stays (the caller removes it if it must go)."""
@@ -199,6 +203,10 @@ class Receiver:
         if len(self.unfinished) >= self.factory.max_open_offers or self.factory.partial_in_use(partial):
             self._refuse(transfer_id, "busy")
             return
+        if self.factory.files_of(self.session.peer_name) >= self.factory.max_open_files_per_peer:
+            self.factory.limit_hit("peer-open-files-share", "a peer holds its share of the open files: refusing (busy)")
+            self._refuse(transfer_id, "busy")
+            return
         if len(self.factory.receiving) >= self.factory.max_open_files:
             self.factory.limit_hit("peer-open-files", "too many files being received: refusing offers (busy)")
             self._refuse(transfer_id, "busy")
@@ -243,8 +251,6 @@ class Receiver:
             raise ProtocolError(f"DATA past the offered size of {transfer_id}", transfer_id)
         if transfer.state is TransferState.ACCEPTED:
             transfer.move(TransferState.RECEIVING)
-        if transfer.idle is not None:
-            transfer.idle.start()
         self._target = transfer
         return count
 
@@ -356,7 +362,8 @@ class Receiver:
         )
         transfer.offset = transfer.bytes_done = offset
         transfer.resumed = offset > 0
-        transfer.idle = Deadline(self.factory.clock, self.factory.idle_timeout, lambda: self._idle(transfer))
+        transfer.window_start = offset
+        transfer.idle = Deadline(self.factory.clock, self.factory.progress_window, lambda: self._idle(transfer))
         transfer.idle.start()
         transfer.move(TransferState.ACCEPTED)
         if not offset:
@@ -438,13 +445,20 @@ class Receiver:
         self._end(transfer, TransferState.FAILED, reason)
 
     def _idle(self, transfer: IncomingTransfer) -> None:
+        """A progress window ended: enough bytes came (or we did not read), or the transfer fails."""
         if transfer.state not in _TAKING:
             return
-        if not self.session.gate.open:
-            assert transfer.idle is not None
-            transfer.idle.start()  # we are the ones not reading: not the sender's fault
+        assert transfer.idle is not None
+        factory = self.factory
+        needed = min(factory.min_progress, transfer.size - transfer.window_start)
+        held_back = not self.session.gate.open or (
+            factory.clock.seconds() - self.session.reading_since < factory.progress_window
+        )  # we were the ones not reading (disk, our output) for part of the window: not the sender's fault
+        if transfer.bytes_done - transfer.window_start >= needed or held_back:
+            transfer.window_start = transfer.bytes_done
+            transfer.idle.start()
             return
-        self.factory.limit_hit("peer-idle-transfer", "an accepted transfer got no DATA in time: failing it")
+        factory.limit_hit("peer-slow-transfer", "an accepted transfer made too little progress: failing it")
         self.session.send(format_line("FAIL", transfer.id, "data-timeout"))
         transfer.stop_io()
         self._end(transfer, TransferState.FAILED, "data-timeout")  # the partial stays for a resume

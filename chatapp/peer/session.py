@@ -97,6 +97,7 @@ class PeerSession(FileCommands, Protocol):
         now = factory.clock.seconds()
         self.last_heard = now  # when a byte last came in
         self.last_active = now  # when chat or file traffic (not PING/PONG) last went either way
+        self.reading_since = now  # when we last resumed reading after holding the peer back (disk, output)
         self.keepalive = Deadline(factory.clock, factory.keepalive_interval, self._keepalive)
         self._open_waiters: list[defer.Deferred[PeerSession]] = []
         self._closed_waiters: list[defer.Deferred[None]] = []
@@ -173,6 +174,7 @@ class PeerSession(FileCommands, Protocol):
         self.gate.close(reason)
 
     def resume_reading(self, reason: str = "disk") -> None:
+        self.reading_since = self.factory.clock.seconds()
         self.gate.release(reason)
 
     @property
