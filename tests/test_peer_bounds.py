@@ -58,6 +58,8 @@ def test_unread_errors_stop_reading_then_resume(tmp_path: Path, clock: Clock) ->
     assert transport.producerState == "paused" and session.state is SessionState.OPEN
     transport.clear()
     producer(transport).resumeProducing()  # the peer read: what was left is answered, nothing lost
+    for _ in range(100_000 // fb.work_budget + 1):
+        clock.advance(0)  # one slice of lines per reactor turn
     assert transport.producerState == "producing"
     assert first.count(b"ERR 400") + transport.value().count(b"ERR 400") == 100_000
 

@@ -220,3 +220,33 @@ def test_a_peer_holds_at_most_its_share_of_the_open_files(tmp_path: Path, clock:
     accepted = [t.value().count(b"ACCEPT") for t in transports]
     assert accepted == [2, 2, 2, 2, 0]  # four greedy peers cannot take more than their share each
     assert len(fb.receiving) == 8
+
+
+# -- many tiny DATA chunks (item 5) ------------------------------------------------------------
+
+
+def test_a_bystander_is_answered_within_one_slice_of_a_one_byte_data_flood(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(2)), auto_accept=True)
+    flooder, flood_t = open_from(fb, "u0", "192.0.2.1")
+    bystander, by_t = open_from(fb, "u1", "192.0.2.2")
+    chunks = 20_000
+    flooder.dataReceived(f"OFFER f {chunks} tiny.bin\r\n".encode())
+    handled: list[int] = []
+    receiver = flooder.receiver
+    original = receiver.on_bytes
+
+    def counting(data: Any) -> None:
+        handled.append(len(data))
+        original(data)
+
+    receiver.on_bytes = counting  # type: ignore[method-assign]
+    flooder.dataReceived(b"DATA f 1\r\nx" * chunks)  # one read holding 20k chunks
+    bystander.dataReceived(b"PING\r\n")  # the next event of the reactor
+    assert by_t.value() == b"PONG\r\n"
+    # the flooder got one slice (a DATA line and its byte are two items) before the bystander's answer
+    assert len(handled) <= fb.work_budget // 2
+    assert flood_t.producerState == "paused"
+    while clock.getDelayedCalls() and len(handled) < chunks:
+        clock.advance(0)  # later turns go on with the flood
+    assert len(handled) == chunks and receiver.transfers["f"].bytes_done == chunks
+    assert flood_t.producerState == "producing"

@@ -21,7 +21,7 @@ from chatapp.peer.downloads import DownloadDir
 from chatapp.peer.partials import Partial
 from chatapp.peer.receiver import MIN_PROGRESS, PROGRESS_WINDOW
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
-from chatapp.peer.session import PeerSession
+from chatapp.peer.session import WORK_BUDGET, PeerSession
 from chatapp.peer.states import Role, SessionState
 from chatapp.peer.transfer import Transfer
 from chatapp.runner import Runner, ThreadRunner
@@ -114,6 +114,7 @@ class PeerFactory(ServerFactory):
         idle_displace: float = IDLE_DISPLACE,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         session_idle_timeout: float = SESSION_IDLE_TIMEOUT,
+        work_budget: int = WORK_BUDGET,
         max_open_files: int = MAX_OPEN_FILES,
         max_partials: int = MAX_PARTIALS,
         max_finished: int = MAX_FINISHED,
@@ -153,6 +154,7 @@ class PeerFactory(ServerFactory):
         self.idle_displace = idle_displace
         self.keepalive_interval = keepalive_interval
         self.session_idle_timeout = session_idle_timeout
+        self.work_budget = work_budget
         self.max_open_files = max_open_files
         self.max_finished = max_finished
         self.handshake_timeout = handshake_timeout

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +57,11 @@ RECEIVE_SIZE = 256 * 1024
 # Until the handshake is done only one short line is due: small reads then, so a stranger's bytes
 # never cost a 256 KiB buffer (issue 11 item 12: fuzzed handshakes fragmented the heap).
 HANDSHAKE_RECEIVE_SIZE = 4 * 1024
+# Lines and DATA pieces handled per slice: past it, reading pauses until the next reactor turn, so a peer
+# sending many tiny items (a 256 KiB read holds ~23k one-byte DATA chunks) cannot keep other sessions
+# waiting. Its total cost stays proportional to what it sends, as for any traffic; only the wait of the others
+# needed bounding, so there is no separate rule for tiny chunks.
+WORK_BUDGET = 1000
 _LIVE = (SessionState.HANDSHAKING, SessionState.VERIFYING, SessionState.OPEN)
 
 
@@ -92,6 +97,7 @@ class PeerSession(FileCommands, Protocol):
         flow = SessionFlow(self, factory.chunk_size)
         self.watch, self.gate = flow.watch, flow.gate
         self._draining = False
+        self._next_slice: IDelayedCall | None = None  # the reactor turn where reading goes on past the budget
         self.handshake_address = ""  # the source address whose handshake slot this listener holds
         self.source_address = ""  # the peer's address (host part)
         now = factory.clock.seconds()
@@ -217,6 +223,8 @@ class PeerSession(FileCommands, Protocol):
         self.handshake.done()
         self.data_deadline.stop()
         self.keepalive.stop()
+        if self._next_slice is not None and self._next_slice.active():
+            self._next_slice.cancel()
         self.sender.connection_lost(self.close_reason)
         self.receiver.connection_lost(self.close_reason)
         self.factory.session_closed(self)
@@ -263,10 +271,17 @@ class PeerSession(FileCommands, Protocol):
             self._take_items()
         finally:
             self._draining = False
+        self._next_slice: IDelayedCall | None = None  # the reactor turn where reading goes on past the budget
 
     def _take_items(self) -> None:
         framer = self.framer
+        budget = self.factory.work_budget
         while self.state in _LIVE and self.gate.open:
+            if budget <= 0:
+                self.gate.close("budget")  # the rest on a later turn: other sessions are served meanwhile
+                self._next_slice = self.factory.clock.callLater(0, self._go_on)
+                return
+            budget -= 1
             item = framer.next()
             if item is None:
                 return
@@ -280,6 +295,10 @@ class PeerSession(FileCommands, Protocol):
             elif item is TOO_LONG:
                 self.send(format_error(413, "line-too-long", f"lines are at most {PEER_MAX_LINE} bytes"))
                 self.lose("line-too-long")
+
+    def _go_on(self) -> None:
+        self._next_slice = None
+        self.gate.release("budget")
 
     def _line_received(self, raw: bytes) -> None:
         if not raw:
