@@ -239,7 +239,7 @@ def test_a_bystander_is_answered_within_one_slice_of_a_one_byte_data_flood(tmp_p
         handled.append(len(data))
         original(data)
 
-    receiver.on_bytes = counting  # type: ignore[method-assign]
+    receiver.on_bytes = counting
     flooder.dataReceived(b"DATA f 1\r\nx" * chunks)  # one read holding 20k chunks
     bystander.dataReceived(b"PING\r\n")  # the next event of the reactor
     assert by_t.value() == b"PONG\r\n"

@@ -271,7 +271,6 @@ class PeerSession(FileCommands, Protocol):
             self._take_items()
         finally:
             self._draining = False
-        self._next_slice: IDelayedCall | None = None  # the reactor turn where reading goes on past the budget
 
     def _take_items(self) -> None:
         framer = self.framer
