@@ -18,6 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.contacts import Contacts
 from chatapp.peer.downloads import DownloadDir
+from chatapp.peer.hashing import hash_file_prefix
 from chatapp.peer.partials import Partial
 from chatapp.peer.receiver import MIN_PROGRESS, PROGRESS_WINDOW
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
@@ -64,6 +65,8 @@ MAX_FINISHED = 256
 # stop() waits this long for sessions to close after BYE, then aborts their connections.
 STOP_TIMEOUT = 5.0
 DISK_THREADS = 2
+# kept partials' prefixes hashed at once, all peers (each peer: one at a time)
+MAX_PREFIX_HASHES = 2
 GiB = 1024**3
 
 
@@ -174,6 +177,9 @@ class PeerFactory(ServerFactory):
         self._partial_offers: dict[str, tuple[str, str, int]] = {}  # partial path -> (peer, name, size), bounded
         self.limits_hit: dict[str, int] = {}  # limit name -> times hit (keys are ours, not an outsider's)
         self._handles = itertools.count(1)
+        # partial path -> ((size, mtime_ns), SHA-256 of its bytes): a repeated offer costs no hashing; bounded
+        self._prefixes: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._hashing = defer.DeferredSemaphore(MAX_PREFIX_HASHES)
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
         # listener sessions before WELCOME, oldest first (a dict keeps the order: the oldest is displaced first)
@@ -448,6 +454,37 @@ class PeerFactory(ServerFactory):
         """Transfers from ``peer`` (any of its sessions) that hold or may hold an open file."""
         folded = fold_name(peer or "")
         return sum(1 for t in self.receiving.values() if fold_name(t.session.peer_name or "") == folded)
+
+    def prefix_hash(self, path: str, length: int) -> defer.Deferred[Any]:
+        """The SHA-256 (a hash object, to go on updating) of the first ``length`` bytes of the kept partial.
+
+        Hashed on the disk runner (never the reactor thread), at most MAX_PREFIX_HASHES at once, and
+        remembered by (size, mtime_ns): any append changes both, so a stale entry is never used; a kept
+        partial is not written, so the same offer again costs nothing.
+        Fails with the OSError of opening or reading it.
+        """
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except OSError as e:
+            return defer.fail(e)
+        stamp = (info.st_size, info.st_mtime_ns)
+        cached = self._prefixes.get(path)
+        if cached is not None and cached[0] == stamp and info.st_size == length:
+            return defer.succeed(cached[1].copy())
+
+        def hashed(hasher: Any) -> Any:
+            if info.st_size == length:
+                self._prefixes.pop(path, None)
+                self._prefixes[path] = (stamp, hasher.copy())
+                while len(self._prefixes) > self.downloads.max_partials:
+                    del self._prefixes[next(iter(self._prefixes))]
+            return hasher
+
+        def run() -> defer.Deferred[Any]:
+            fd = self.downloads.open_read(path)
+            return self.disk().run(hash_file_prefix, fd, length)
+
+        return self._hashing.run(run).addCallback(hashed)
 
     def partial_in_use(self, path: str) -> bool:
         return path in self.receiving

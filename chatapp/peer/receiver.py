@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,6 @@ from twisted.python.failure import Failure
 from chatapp.events import FileOffered, PeerNotice, TransferEnded, TransferProgress
 from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import PeerError, ProtocolError
-from chatapp.peer.hashing import hash_prefix
 from chatapp.peer.names import clean_name, partial_key
 from chatapp.peer.sender import MAX_CHUNK
 from chatapp.peer.states import Direction, SessionState, TransferState
@@ -114,6 +112,7 @@ class Receiver:
         self.unfinished: set[IncomingTransfer] = set()  # offered, accepted or receiving: each may hold a file
         self._target: IncomingTransfer | None = None  # whose DATA bytes are being read (None: dropped)
         self._backlogged: set[IncomingTransfer] = set()  # their writers asked us to stop reading
+        self._hash_lock = defer.DeferredLock()  # one prefix hash at a time for this peer
 
     # -- asked by the user ----------------------------------------------------------
 
@@ -134,15 +133,9 @@ class Receiver:
         if not kept:
             self._start(transfer, 0, None)
             return
-        try:
-            source = os.fdopen(downloads.open_read(transfer.partial), "rb")
-        except OSError:
-            downloads.remove(transfer.partial)
-            self._start(transfer, 0, None)
-            return
         transfer.move(TransferState.PREPARING)
-        preparing = transfer.preparing = hash_prefix(self.factory.clock, source, kept)
-        preparing.addBoth(_closing_file, source)
+        # off the reactor thread, cached per kept partial, one at a time for this peer and few in total
+        preparing = transfer.preparing = self._hash_lock.run(self.factory.prefix_hash, transfer.partial, kept)
         # the errback first: it only sees read errors; bugs of the callback go to the session
         preparing.addErrback(self._prefix_unreadable)
         preparing.addCallback(self._prefix_hashed, transfer, kept)
@@ -324,8 +317,11 @@ class Receiver:
         self.session.send(format_line("REJECT", transfer_id, reason))
 
     def _prefix_unreadable(self, failure: Failure) -> None:
+        if not failure.check(defer.CancelledError, OSError):
+            return failure  # type: ignore[return-value]  # a bug: for the session's errback
         if not failure.check(defer.CancelledError):
             log.info("cannot read a kept partial: {error}", error=_safe(failure.value))
+        return None
 
     def _prefix_hashed(self, hasher: Any, transfer: IncomingTransfer, kept: int) -> None:
         if transfer.preparing is None or transfer.finished:
@@ -472,11 +468,6 @@ class Receiver:
             self._target = None
         self.session.emit(TransferEnded(transfer))
         self.factory.transfer_finished(transfer)
-
-
-def _closing_file(result: Any, source: Any) -> Any:
-    source.close()
-    return result
 
 
 def _notice(transfer: Transfer, error: OSError) -> str:
