@@ -58,6 +58,8 @@ def test_unread_errors_stop_reading_then_resume(tmp_path: Path, clock: Clock) ->
     assert transport.producerState == "paused" and session.state is SessionState.OPEN
     transport.clear()
     producer(transport).resumeProducing()  # the peer read: what was left is answered, nothing lost
+    for _ in range(100_000 // fb.work_budget + 1):
+        clock.advance(0)  # one slice of lines per reactor turn
     assert transport.producerState == "producing"
     assert first.count(b"ERR 400") + transport.value().count(b"ERR 400") == 100_000
 
@@ -165,7 +167,14 @@ def test_sessions_in_total_are_bounded(tmp_path: Path, clock: Clock) -> None:
 def test_silent_offers_hold_bounded_descriptors(tmp_path: Path, clock: Clock) -> None:
     tokens = {**TOKENS, "tok-carol": ("carol", "proof-carol")}
     fb, _ = make_peer(
-        tmp_path, "bob", clock, dict_verify(tokens), auto_accept=True, max_open_offers=8, max_open_files=12
+        tmp_path,
+        "bob",
+        clock,
+        dict_verify(tokens),
+        auto_accept=True,
+        max_open_offers=8,
+        max_open_files=12,
+        max_open_files_per_peer=8,
     )
     before = open_fds()
     transports = []
@@ -177,7 +186,7 @@ def test_silent_offers_hold_bounded_descriptors(tmp_path: Path, clock: Clock) ->
     accepted = [t.value().count(b"ACCEPT") for t in transports]
     assert accepted[0] == 8 and accepted[0] + accepted[1] == 12
     assert open_fds() - before <= 12
-    clock.advance(fb.idle_timeout + 1)  # no DATA: every accepted transfer fails and closes its file
+    clock.advance(fb.progress_window + 1)  # no DATA: every accepted transfer fails and closes its file
     assert all(t.value().count(b"data-timeout") == n for t, n in zip(transports, accepted, strict=True))
     assert open_fds() - before <= 0
     assert not fb.receiving

@@ -25,10 +25,12 @@ from test_peer_harness import (
     sha,
     write_file,
 )
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from chatapp.peer import Direction, PeerError, Transfer, TransferFailed, TransferState
+from chatapp.runner import InlineRunner
 
 EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -85,7 +87,9 @@ def test_accept_is_the_users_decision(tmp_path: Path, clock: Clock) -> None:
     offer = pair.eb.offers[0]
     assert offer.state is TransferState.OFFERED and sent.state is TransferState.OFFERED
     assert offer.peer == "alice" and offer.id == sent.id
-    clock.advance(3600)
+    for _ in range(12):  # an hour: offers wait for the user (the sessions keep alive with PING/PONG)
+        clock.advance(300)
+        pair.flush()
     assert files_in(pair.b_out) == []
     pair.b.accept(offer.id)
     pair.flush()
@@ -327,9 +331,7 @@ def test_resume_wire_lines(tmp_path: Path, clock: Clock) -> None:
     content = b"0123456789"
     Path(partial_path(fb, "alice", "r.txt", 10)).write_bytes(content[:4])
     session, transport = open_listener(fb)
-    session.dataReceived(b"OFFER r 10 r.txt\r\n")
-    assert transport.value() == b""  # the kept partial is being hashed
-    clock.advance(0)
+    session.dataReceived(b"OFFER r 10 r.txt\r\n")  # the kept partial is hashed on the (inline) disk runner
     assert transport.value() == f"ACCEPT r 4 {sha(content[:4])}\r\n".encode()
     session.dataReceived(b"DATA r 6\r\n456789" + f"END r {sha(content)}\r\n".encode())
     assert transport.value().endswith(b"DONE r\r\n")
@@ -636,7 +638,7 @@ def test_receiver_reject_mid_send_stops_the_sender(tmp_path: Path, clock: Clock)
     assert data_lines(transport.value()) == [(sent.id, 1000)]
     assert b"END" not in transport.value()
     assert sent.state is TransferState.REJECTED and sent.reason == "disk-full"
-    assert clock.getDelayedCalls() == []
+    assert clock.getDelayedCalls() == [session.keepalive._call]  # only the open session's keep-alive
 
 
 def test_bye_with_open_transfers_cancels_them_and_keeps_partials(tmp_path: Path, clock: Clock) -> None:
@@ -654,17 +656,25 @@ def test_bye_with_open_transfers_cancels_them_and_keeps_partials(tmp_path: Path,
 
 
 def test_connection_lost_while_hashing_a_kept_partial(tmp_path: Path, clock: Clock) -> None:
-    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    held: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    class HeldRunner(InlineRunner):
+        def run(self, func: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            held.append((d, func, args))
+            return d
+
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=HeldRunner())
     kept = partial_path(fb, "alice", "h.bin", 5 * 1024 * 1024)
-    Path(kept).write_bytes(b"k" * (3 * 1024 * 1024))  # three 1 MiB hash slices
+    Path(kept).write_bytes(b"k" * (3 * 1024 * 1024))
     session, transport = open_listener(fb)
     session.dataReceived(f"OFFER f {5 * 1024 * 1024} h.bin\r\n".encode())
-    assert clock.getDelayedCalls() != []  # hashing under way, one slice per reactor turn
+    assert len(held) == 1  # hashing under way off the reactor thread
     lose(session, transport)
-    clock.advance(0)
+    d, func, args = held.pop()
+    d.callback(func(*args))  # the thread finishes after the connection is gone
     assert transport.value() == b""  # no ACCEPT ever
     assert eb.offers[0].state is TransferState.CANCELLED
-    assert clock.getDelayedCalls() == []
     assert Path(kept).stat().st_size == 3 * 1024 * 1024
 
 

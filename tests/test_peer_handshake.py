@@ -286,12 +286,12 @@ def test_handshake_times_out_after_30s(tmp_path: Path, clock: Clock, role: str) 
 def test_timer_cancelled_once_open(tmp_path: Path, clock: Clock) -> None:
     fb, _ = make_peer(tmp_path, "bob", clock)
     session, transport = open_listener(fb)
-    assert clock.getDelayedCalls() == []
+    assert clock.getDelayedCalls() == [session.keepalive._call]  # the handshake clocks are gone
     clock.advance(100)
     assert not transport.disconnecting and session.state is SessionState.OPEN
 
 
-def test_ninth_handshake_closed_at_once(tmp_path: Path, clock: Clock) -> None:
+def test_ninth_handshake_closed_at_once_while_all_are_verifying(tmp_path: Path, clock: Clock) -> None:
     pending: list[defer.Deferred[tuple[str, str, str]]] = []
 
     def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
@@ -318,8 +318,11 @@ def test_ninth_handshake_closed_at_once(tmp_path: Path, clock: Clock) -> None:
     lose(*held[1])
     _eleventh, eleventh_transport = listener(fb)
     assert not eleventh_transport.disconnecting
+    # full again: a new one displaces the oldest that has not said HELLO (the tenth), never one verifying
     _twelfth, twelfth_transport = listener(fb)
-    assert twelfth_transport.disconnecting
+    assert not twelfth_transport.disconnecting
+    assert tenth_transport.disconnecting and not eleventh_transport.disconnecting
+    assert not any(t.disconnecting for _, t in held[2:])
 
 
 def test_second_session_with_same_user_replaces_the_first(tmp_path: Path, clock: Clock) -> None:

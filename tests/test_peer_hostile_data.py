@@ -15,7 +15,8 @@ from chatapp.peer import PeerFactory, PeerSession, SessionState, TransferState
 def offered_and_accepted(
     tmp_path: Path, clock: Clock
 ) -> tuple[PeerFactory, Recorder, PeerSession, StringTransport]:
-    factory, events = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    # the transfer's own progress rule (tests/test_peer_slots.py) is set aside: these test the chunk deadline
+    factory, events = make_peer(tmp_path, "bob", clock, auto_accept=True, progress_window=10_000)
     session, transport = open_listener(factory)
     session.dataReceived(b"OFFER f1 100 slow.txt\r\n")
     assert transport.value() == b"ACCEPT f1 0\r\n"

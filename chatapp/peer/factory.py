@@ -18,10 +18,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.contacts import Contacts
 from chatapp.peer.downloads import DownloadDir
+from chatapp.peer.hashing import hash_file_prefix
 from chatapp.peer.partials import Partial
-from chatapp.peer.receiver import IDLE_TIMEOUT
+from chatapp.peer.receiver import MIN_PROGRESS, PROGRESS_WINDOW
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
-from chatapp.peer.session import PeerSession
+from chatapp.peer.session import WORK_BUDGET, PeerSession
 from chatapp.peer.states import Role, SessionState
 from chatapp.peer.transfer import Transfer
 from chatapp.runner import Runner, ThreadRunner
@@ -36,13 +37,25 @@ log = Logger()
 Verify = Callable[[str], "defer.Deferred[tuple[str, str, str]] | tuple[str, str, str]"]
 
 HANDSHAKE_TIMEOUT = 30.0
+# A listener's peer must complete TLS and send HELLO within this: a silent connection frees its slot soon.
+HELLO_TIMEOUT = 10.0
 # A DATA chunk (at most 1 MiB) must arrive whole within this time: about 17 KiB/s at the largest chunk.
 DATA_TIMEOUT = 60.0
 MAX_HANDSHAKES = 8
 # handshakes in progress from one source address: one stranger cannot take every slot
 MAX_HANDSHAKES_PER_ADDRESS = 2
-# connected sessions in total (any role and state); beyond it a new connection is closed at once
+# incoming connections in total (any state); beyond it one idle for IDLE_DISPLACE is displaced, else the new is closed
 MAX_SESSIONS = 64
+# incoming connections from one source address (any state): a few accounts cannot take every slot
+MAX_SESSIONS_PER_ADDRESS = 4
+# our own calls (outgoing), counted apart: strangers filling the incoming slots never stop us calling out
+MAX_OUTGOING = 64
+# an open incoming session with no chat or file traffic (PING/PONG aside) for this long may be displaced
+IDLE_DISPLACE = 300.0
+# every this often an open session that heard nothing sends PING (a live peer answers PONG) ...
+KEEPALIVE_INTERVAL = 300.0
+# ... and one that heard nothing at all for this long is closed with BYE
+SESSION_IDLE_TIMEOUT = 1800.0
 # received files being written (accepted, not finished) across all sessions: each may hold a descriptor
 MAX_OPEN_FILES = 64
 # kept partial files (besides their total size): the oldest are deleted first
@@ -52,6 +65,8 @@ MAX_FINISHED = 256
 # stop() waits this long for sessions to close after BYE, then aborts their connections.
 STOP_TIMEOUT = 5.0
 DISK_THREADS = 2
+# kept partials' prefixes hashed at once, all peers (each peer: one at a time)
+MAX_PREFIX_HASHES = 2
 GiB = 1024**3
 
 
@@ -97,12 +112,21 @@ class PeerFactory(ServerFactory):
         max_handshakes: int = MAX_HANDSHAKES,
         max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS,
         max_sessions: int = MAX_SESSIONS,
+        max_sessions_per_address: int = MAX_SESSIONS_PER_ADDRESS,
+        max_outgoing: int = MAX_OUTGOING,
+        idle_displace: float = IDLE_DISPLACE,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        session_idle_timeout: float = SESSION_IDLE_TIMEOUT,
+        work_budget: int = WORK_BUDGET,
         max_open_files: int = MAX_OPEN_FILES,
         max_partials: int = MAX_PARTIALS,
         max_finished: int = MAX_FINISHED,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        hello_timeout: float = HELLO_TIMEOUT,
         data_timeout: float = DATA_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
+        progress_window: float = PROGRESS_WINDOW,
+        min_progress: int = MIN_PROGRESS,
+        max_open_files_per_peer: int | None = None,
     ) -> None:
         if not valid_username(me):
             raise ValueError("not a user name")
@@ -128,11 +152,21 @@ class PeerFactory(ServerFactory):
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_address = max_handshakes_per_address
         self.max_sessions = max_sessions
+        self.max_sessions_per_address = max_sessions_per_address
+        self.max_outgoing = max_outgoing
+        self.idle_displace = idle_displace
+        self.keepalive_interval = keepalive_interval
+        self.session_idle_timeout = session_idle_timeout
+        self.work_budget = work_budget
         self.max_open_files = max_open_files
         self.max_finished = max_finished
         self.handshake_timeout = handshake_timeout
+        self.hello_timeout = hello_timeout
         self.data_timeout = data_timeout
-        self.idle_timeout = idle_timeout
+        self.progress_window = progress_window
+        self.min_progress = min_progress
+        # one peer's share of the open files: a quarter of them by default, so others still get theirs
+        self.max_open_files_per_peer = max_open_files_per_peer or max(1, max_open_files // 4)
         self.stop_timeout = STOP_TIMEOUT
         self._runner = runner
         self._own_runner: ThreadRunner | None = None  # made on first use when no runner was given
@@ -143,9 +177,13 @@ class PeerFactory(ServerFactory):
         self._partial_offers: dict[str, tuple[str, str, int]] = {}  # partial path -> (peer, name, size), bounded
         self.limits_hit: dict[str, int] = {}  # limit name -> times hit (keys are ours, not an outsider's)
         self._handles = itertools.count(1)
+        # partial path -> ((size, mtime_ns), SHA-256 of its bytes): a repeated offer costs no hashing; bounded
+        self._prefixes: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._hashing = defer.DeferredSemaphore(MAX_PREFIX_HASHES)
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
-        self._handshaking: set[PeerSession] = set()  # listener sessions before WELCOME
+        # listener sessions before WELCOME, oldest first (a dict keeps the order: the oldest is displaced first)
+        self._handshaking: dict[PeerSession, None] = {}
         self._handshakes_from: dict[str, int] = {}  # source address -> handshakes in progress (<= max_handshakes)
         self._live: set[PeerSession] = set()  # every connected session, any role and state
 
@@ -277,31 +315,75 @@ class PeerFactory(ServerFactory):
         if count == 0:
             log.warn("limit {limit} reached: {text} (logged once; counted in limits_hit)", limit=name, text=text)
 
-    def session_connected(self, session: PeerSession) -> bool:
-        """Count a new connection; False if there are already ``max_sessions``."""
-        if len(self._live) >= self.max_sessions:
+    def session_connected(self, session: PeerSession, address: str) -> bool:
+        """Count a new connection from ``address``; False if it must be closed.
+
+        Our own calls count against ``max_outgoing`` only. Incoming ones are
+        bounded per address and in total; when the total is full, the open
+        incoming session idle the longest is displaced if it has been idle for
+        ``idle_displace`` seconds, else the new connection is refused.
+        """
+        if session.role is Role.CONNECTOR:
+            if sum(1 for s in self._live if s.role is Role.CONNECTOR) >= self.max_outgoing:
+                self.limit_hit("peer-outgoing", "too many calls of ours at once: refusing new ones")
+                return False
+            self._live.add(session)
+            return True
+        incoming = [s for s in self._live if s.role is Role.LISTENER and s.live]
+        if sum(1 for s in incoming if s.source_address == address) >= self.max_sessions_per_address:
+            self.limit_hit("peer-sessions-per-address", "too many peer connections from one address: refusing")
+            return False
+        if len(incoming) >= self.max_sessions and not self._displace_idle(incoming):
             self.limit_hit("peer-sessions", "too many peer connections: refusing new ones")
             return False
         self._live.add(session)
         return True
 
+    def _displace_idle(self, incoming: list[PeerSession]) -> bool:
+        """Close the open incoming session idle the longest, if idle for ``idle_displace``; False if none."""
+        idle = [s for s in incoming if s.state is SessionState.OPEN]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda s: s.last_active)
+        if self.clock.seconds() - oldest.last_active < self.idle_displace:
+            return False
+        self.limit_hit("peer-sessions-displaced", "peer sessions full: the one idle the longest is displaced")
+        oldest.close("displaced")
+        return True
+
     def handshake_started(self, session: PeerSession, address: str) -> bool:
-        """Take a handshake slot for a listener session from ``address``; False if none is free."""
-        if len(self._handshaking) >= self.max_handshakes:
+        """Take a handshake slot for a listener session from ``address``; False if none can be had.
+
+        When the slots (in total, or of this address) are full, the oldest connection that has not
+        sent HELLO yet (TLS unfinished, or silent) is displaced: idle sockets cannot hold the slots
+        against a real peer. One already waiting for our server's VERIFY answer is never displaced.
+        """
+        if self._handshakes_from.get(address, 0) >= self.max_handshakes_per_address:
+            if not self._displace_handshake(address):
+                self.limit_hit("peer-handshakes-per-address", "too many handshakes from one address: refusing new ones")
+                return False
+        if len(self._handshaking) >= self.max_handshakes and not self._displace_handshake(None):
             self.limit_hit("peer-handshakes", "too many peer handshakes in progress: refusing new ones")
             return False
-        if self._handshakes_from.get(address, 0) >= self.max_handshakes_per_address:
-            self.limit_hit("peer-handshakes-per-address", "too many handshakes from one address: refusing new ones")
-            return False
-        self._handshaking.add(session)
+        self._handshaking[session] = None
         session.handshake_address = address
         self._handshakes_from[address] = self._handshakes_from.get(address, 0) + 1
         return True
 
+    def _displace_handshake(self, address: str | None) -> bool:
+        """Close the oldest listener handshake before HELLO (from ``address``, or any); False if none."""
+        for old in self._handshaking:
+            if old.state is SessionState.HANDSHAKING and (address is None or old.handshake_address == address):
+                self.limit_hit("peer-handshakes-displaced", "handshake slots full: the oldest silent one is displaced")
+                old.lose("displaced", abort=True)
+                self._handshake_ended(old)  # its slot is free now, whenever its connectionLost comes
+                return True
+        return False
+
     def _handshake_ended(self, session: PeerSession) -> None:
         if session not in self._handshaking:
             return
-        self._handshaking.discard(session)
+        del self._handshaking[session]
         address = session.handshake_address
         left = self._handshakes_from.get(address, 0) - 1
         if left > 0:
@@ -367,6 +449,42 @@ class PeerFactory(ServerFactory):
                 self.emit(PeerLeft(session, session.close_reason))
             except Exception:
                 log.failure("the application failed on PeerLeft")
+
+    def files_of(self, peer: str | None) -> int:
+        """Transfers from ``peer`` (any of its sessions) that hold or may hold an open file."""
+        folded = fold_name(peer or "")
+        return sum(1 for t in self.receiving.values() if fold_name(t.session.peer_name or "") == folded)
+
+    def prefix_hash(self, path: str, length: int) -> defer.Deferred[Any]:
+        """The SHA-256 (a hash object, to go on updating) of the first ``length`` bytes of the kept partial.
+
+        Hashed on the disk runner (never the reactor thread), at most MAX_PREFIX_HASHES at once, and
+        remembered by (size, mtime_ns): any append changes both, so a stale entry is never used; a kept
+        partial is not written, so the same offer again costs nothing.
+        Fails with the OSError of opening or reading it.
+        """
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except OSError as e:
+            return defer.fail(e)
+        stamp = (info.st_size, info.st_mtime_ns)
+        cached = self._prefixes.get(path)
+        if cached is not None and cached[0] == stamp and info.st_size == length:
+            return defer.succeed(cached[1].copy())
+
+        def hashed(hasher: Any) -> Any:
+            if info.st_size == length:
+                self._prefixes.pop(path, None)
+                self._prefixes[path] = (stamp, hasher.copy())
+                while len(self._prefixes) > self.downloads.max_partials:
+                    del self._prefixes[next(iter(self._prefixes))]
+            return hasher
+
+        def run() -> defer.Deferred[Any]:
+            fd = self.downloads.open_read(path)
+            return self.disk().run(hash_file_prefix, fd, length)
+
+        return self._hashing.run(run).addCallback(hashed)
 
     def partial_in_use(self, path: str) -> bool:
         return path in self.receiving

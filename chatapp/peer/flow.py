@@ -142,6 +142,7 @@ class SessionFlow:
         if over:
             self.gate.close("output")
         else:
+            self._session.reading_since = self._session.factory.clock.seconds()
             self.gate.release("output")
 
     def _over_limit(self) -> None:

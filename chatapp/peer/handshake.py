@@ -130,10 +130,14 @@ class Handshake:
         self.key: str | None = None  # the peer's key, once checked
         factory = session.factory
         self.deadline = Deadline(factory.clock, factory.handshake_timeout, self._timed_out)
+        # the listener's shorter clock for the first bytes: TLS done and HELLO in (a silent socket goes soon)
+        self.hello_deadline = Deadline(factory.clock, factory.hello_timeout, self._no_hello)
 
     def start(self) -> None:
-        """The connection is up (TLS still handshaking): start the clock."""
+        """The connection is up (TLS still handshaking): start the clocks."""
         self.deadline.start()
+        if self._session.role is Role.LISTENER:
+            self.hello_deadline.start()
 
     def secured(self) -> None:
         """The TLS handshake completed: as connector, check the listener's key, then say HELLO."""
@@ -149,6 +153,7 @@ class Handshake:
     def done(self) -> None:
         """The session opened or is gone: stop the clock and forget the secrets."""
         self.deadline.stop()
+        self.hello_deadline.stop()
         self._token = self._proof = None
 
     def line(self, raw: bytes) -> None:
@@ -189,6 +194,12 @@ class Handshake:
             log.info("peer handshake timed out")
             session.lose("handshake-timeout")
 
+    def _no_hello(self) -> None:
+        session = self._session
+        if session.state is SessionState.HANDSHAKING:
+            session.factory.limit_hit("peer-hello-timeout", "a peer connection sent no HELLO in time: closing it")
+            session.lose("hello-timeout", abort=True)
+
     def _listener_line(self, raw: bytes) -> None:
         session = self._session
         if raw.split(b" ", 1)[0].upper() in (b"OK", b"ERR", b"*"):
@@ -205,6 +216,7 @@ class Handshake:
             session.lose("unsupported-version")
             return
         session.move(SessionState.VERIFYING)
+        self.hello_deadline.stop()
         session.peer_name = name
         judged = judge_token(session.factory.verify, token, session.peer_name)
         judged.addCallback(self._judged)

@@ -58,3 +58,22 @@ def hash_prefix(
     else:
         pending.append(clock.callLater(0, step))
     return result
+
+
+def hash_file_prefix(fd: int, length: int, slice_size: int = HASH_SLICE) -> Any:
+    """Blocking (run it off the reactor thread): the SHA-256 object of the first ``length`` bytes of ``fd``,
+    which it closes. Raises :class:`ShortFile` or the ``OSError`` of a read."""
+    import os
+
+    hasher = hashlib.sha256()
+    try:
+        left = length
+        while left:
+            data = os.read(fd, min(slice_size, left))
+            if not data:
+                raise ShortFile(f"{left} bytes missing")
+            hasher.update(data)
+            left -= len(data)
+    finally:
+        os.close(fd)
+    return hasher

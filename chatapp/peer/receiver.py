@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,6 @@ from twisted.python.failure import Failure
 from chatapp.events import FileOffered, PeerNotice, TransferEnded, TransferProgress
 from chatapp.peer.deadline import Deadline
 from chatapp.peer.errors import PeerError, ProtocolError
-from chatapp.peer.hashing import hash_prefix
 from chatapp.peer.names import clean_name, partial_key
 from chatapp.peer.sender import MAX_CHUNK
 from chatapp.peer.states import Direction, SessionState, TransferState
@@ -54,8 +52,11 @@ MAX_ID = 32
 # refused offer ids remembered per connection (to refuse their reuse and drop their DATA in flight);
 # an older one is forgotten: its late DATA is then a protocol error, its reuse a new offer
 MAX_REFUSED_IDS = 1024
-# an accepted transfer that gets no DATA for this long is failed (FAIL <id> data-timeout; the partial stays)
-IDLE_TIMEOUT = 120.0
+# An accepted transfer must make progress while we read: at least MIN_PROGRESS bytes (or the rest of the
+# file) in every PROGRESS_WINDOW, else FAIL <id> data-timeout (the partial stays). A trickle of one byte a
+# minute would otherwise hold an open file (and a slot of max_open_files) for ever.
+PROGRESS_WINDOW = 60.0
+MIN_PROGRESS = 64 * 1024
 REJECT_REASONS = frozenset(
     {"declined", "too-large", "bad-name", "bad-offer", "busy", "disk-full", "write-error", "cancelled"}
 )
@@ -85,7 +86,8 @@ class IncomingTransfer(Transfer):
         self.partial = partial  # path of the partial file
         self.preparing: defer.Deferred[Any] | None = None  # hashing a kept partial (state ACCEPTED)
         self.writer: FileWriter | None = None  # from ACCEPT on
-        self.idle: Deadline | None = None  # from ACCEPT on: no DATA for too long fails the transfer
+        self.idle: Deadline | None = None  # from ACCEPT on: too little DATA in a window fails the transfer
+        self.window_start = 0  # bytes_done when the current progress window began
 
     def stop_io(self) -> None:
         """Stop hashing or writing; the partial file stays (the caller removes it if it must go)."""
@@ -110,6 +112,7 @@ class Receiver:
         self.unfinished: set[IncomingTransfer] = set()  # offered, accepted or receiving: each may hold a file
         self._target: IncomingTransfer | None = None  # whose DATA bytes are being read (None: dropped)
         self._backlogged: set[IncomingTransfer] = set()  # their writers asked us to stop reading
+        self._hash_lock = defer.DeferredLock()  # one prefix hash at a time for this peer
 
     # -- asked by the user ----------------------------------------------------------
 
@@ -130,15 +133,9 @@ class Receiver:
         if not kept:
             self._start(transfer, 0, None)
             return
-        try:
-            source = os.fdopen(downloads.open_read(transfer.partial), "rb")
-        except OSError:
-            downloads.remove(transfer.partial)
-            self._start(transfer, 0, None)
-            return
         transfer.move(TransferState.PREPARING)
-        preparing = transfer.preparing = hash_prefix(self.factory.clock, source, kept)
-        preparing.addBoth(_closing_file, source)
+        # off the reactor thread, cached per kept partial, one at a time for this peer and few in total
+        preparing = transfer.preparing = self._hash_lock.run(self.factory.prefix_hash, transfer.partial, kept)
         # the errback first: it only sees read errors; bugs of the callback go to the session
         preparing.addErrback(self._prefix_unreadable)
         preparing.addCallback(self._prefix_hashed, transfer, kept)
@@ -199,6 +196,10 @@ class Receiver:
         if len(self.unfinished) >= self.factory.max_open_offers or self.factory.partial_in_use(partial):
             self._refuse(transfer_id, "busy")
             return
+        if self.factory.files_of(self.session.peer_name) >= self.factory.max_open_files_per_peer:
+            self.factory.limit_hit("peer-open-files-share", "a peer holds its share of the open files: refusing (busy)")
+            self._refuse(transfer_id, "busy")
+            return
         if len(self.factory.receiving) >= self.factory.max_open_files:
             self.factory.limit_hit("peer-open-files", "too many files being received: refusing offers (busy)")
             self._refuse(transfer_id, "busy")
@@ -243,8 +244,6 @@ class Receiver:
             raise ProtocolError(f"DATA past the offered size of {transfer_id}", transfer_id)
         if transfer.state is TransferState.ACCEPTED:
             transfer.move(TransferState.RECEIVING)
-        if transfer.idle is not None:
-            transfer.idle.start()
         self._target = transfer
         return count
 
@@ -318,8 +317,11 @@ class Receiver:
         self.session.send(format_line("REJECT", transfer_id, reason))
 
     def _prefix_unreadable(self, failure: Failure) -> None:
+        if not failure.check(defer.CancelledError, OSError):
+            return failure  # type: ignore[return-value]  # a bug: for the session's errback
         if not failure.check(defer.CancelledError):
             log.info("cannot read a kept partial: {error}", error=_safe(failure.value))
+        return None
 
     def _prefix_hashed(self, hasher: Any, transfer: IncomingTransfer, kept: int) -> None:
         if transfer.preparing is None or transfer.finished:
@@ -356,7 +358,8 @@ class Receiver:
         )
         transfer.offset = transfer.bytes_done = offset
         transfer.resumed = offset > 0
-        transfer.idle = Deadline(self.factory.clock, self.factory.idle_timeout, lambda: self._idle(transfer))
+        transfer.window_start = offset
+        transfer.idle = Deadline(self.factory.clock, self.factory.progress_window, lambda: self._idle(transfer))
         transfer.idle.start()
         transfer.move(TransferState.ACCEPTED)
         if not offset:
@@ -438,13 +441,20 @@ class Receiver:
         self._end(transfer, TransferState.FAILED, reason)
 
     def _idle(self, transfer: IncomingTransfer) -> None:
+        """A progress window ended: enough bytes came (or we did not read), or the transfer fails."""
         if transfer.state not in _TAKING:
             return
-        if not self.session.gate.open:
-            assert transfer.idle is not None
-            transfer.idle.start()  # we are the ones not reading: not the sender's fault
+        assert transfer.idle is not None
+        factory = self.factory
+        needed = min(factory.min_progress, transfer.size - transfer.window_start)
+        held_back = not self.session.gate.open or (
+            factory.clock.seconds() - self.session.reading_since < factory.progress_window
+        )  # we were the ones not reading (disk, our output) for part of the window: not the sender's fault
+        if transfer.bytes_done - transfer.window_start >= needed or held_back:
+            transfer.window_start = transfer.bytes_done
+            transfer.idle.start()
             return
-        self.factory.limit_hit("peer-idle-transfer", "an accepted transfer got no DATA in time: failing it")
+        factory.limit_hit("peer-slow-transfer", "an accepted transfer made too little progress: failing it")
         self.session.send(format_line("FAIL", transfer.id, "data-timeout"))
         transfer.stop_io()
         self._end(transfer, TransferState.FAILED, "data-timeout")  # the partial stays for a resume
@@ -458,11 +468,6 @@ class Receiver:
             self._target = None
         self.session.emit(TransferEnded(transfer))
         self.factory.transfer_finished(transfer)
-
-
-def _closing_file(result: Any, source: Any) -> Any:
-    source.close()
-    return result
 
 
 def _notice(transfer: Transfer, error: OSError) -> str:

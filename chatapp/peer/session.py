@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +57,11 @@ RECEIVE_SIZE = 256 * 1024
 # Until the handshake is done only one short line is due: small reads then, so a stranger's bytes
 # never cost a 256 KiB buffer (issue 11 item 12: fuzzed handshakes fragmented the heap).
 HANDSHAKE_RECEIVE_SIZE = 4 * 1024
+# Lines and DATA pieces handled per slice: past it, reading pauses until the next reactor turn, so a peer
+# sending many tiny items (a 256 KiB read holds ~23k one-byte DATA chunks) cannot keep other sessions
+# waiting. Its total cost stays proportional to what it sends, as for any traffic; only the wait of the others
+# needed bounding, so there is no separate rule for tiny chunks.
+WORK_BUDGET = 1000
 _LIVE = (SessionState.HANDSHAKING, SessionState.VERIFYING, SessionState.OPEN)
 
 
@@ -92,7 +97,14 @@ class PeerSession(FileCommands, Protocol):
         flow = SessionFlow(self, factory.chunk_size)
         self.watch, self.gate = flow.watch, flow.gate
         self._draining = False
+        self._next_slice: IDelayedCall | None = None  # the reactor turn where reading goes on past the budget
         self.handshake_address = ""  # the source address whose handshake slot this listener holds
+        self.source_address = ""  # the peer's address (host part)
+        now = factory.clock.seconds()
+        self.last_heard = now  # when a byte last came in
+        self.last_active = now  # when chat or file traffic (not PING/PONG) last went either way
+        self.reading_since = now  # when we last resumed reading after holding the peer back (disk, output)
+        self.keepalive = Deadline(factory.clock, factory.keepalive_interval, self._keepalive)
         self._open_waiters: list[defer.Deferred[PeerSession]] = []
         self._closed_waiters: list[defer.Deferred[None]] = []
 
@@ -123,6 +135,7 @@ class PeerSession(FileCommands, Protocol):
         """Send chat text (split into several MSG lines if long or multi-line); return the number of lines."""
         self._require_open()
         pieces = split_message(text)
+        self.last_active = self.factory.clock.seconds()
         for piece in pieces:
             self.send(format_line("MSG", piece))
         return len(pieces)
@@ -167,6 +180,7 @@ class PeerSession(FileCommands, Protocol):
         self.gate.close(reason)
 
     def resume_reading(self, reason: str = "disk") -> None:
+        self.reading_since = self.factory.clock.seconds()
         self.gate.release(reason)
 
     @property
@@ -188,10 +202,11 @@ class PeerSession(FileCommands, Protocol):
         if isinstance(getattr(socket, "bufferSize", None), int):
             socket.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
         transport.registerProducer(self.watch, True)
-        if not self.factory.session_connected(self):
-            self.lose("too-many-sessions")
+        self.source_address = _host(transport)
+        if not self.factory.session_connected(self, self.source_address):
+            self.lose("too-many-sessions", abort=True)
             return
-        if self.role is Role.LISTENER and not self.factory.handshake_started(self, _host(transport)):
+        if self.role is Role.LISTENER and not self.factory.handshake_started(self, self.source_address):
             self.lose("too-many-handshakes")
             return
         self.handshake.start()
@@ -207,6 +222,9 @@ class PeerSession(FileCommands, Protocol):
         self.move(SessionState.CLOSED)
         self.handshake.done()
         self.data_deadline.stop()
+        self.keepalive.stop()
+        if self._next_slice is not None and self._next_slice.active():
+            self._next_slice.cancel()
         self.sender.connection_lost(self.close_reason)
         self.receiver.connection_lost(self.close_reason)
         self.factory.session_closed(self)
@@ -240,6 +258,7 @@ class PeerSession(FileCommands, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state not in _LIVE:
             return
+        self.last_heard = self.factory.clock.seconds()
         self.framer.feed(data)
         self.drain()
 
@@ -255,11 +274,18 @@ class PeerSession(FileCommands, Protocol):
 
     def _take_items(self) -> None:
         framer = self.framer
+        budget = self.factory.work_budget
         while self.state in _LIVE and self.gate.open:
+            if budget <= 0:
+                self.gate.close("budget")  # the rest on a later turn: other sessions are served meanwhile
+                self._next_slice = self.factory.clock.callLater(0, self._go_on)
+                return
+            budget -= 1
             item = framer.next()
             if item is None:
                 return
             if isinstance(item, Raw):
+                self.last_active = self.last_heard
                 self.receiver.on_bytes(item.data)
                 if item.last:
                     self.data_deadline.stop()
@@ -268,6 +294,10 @@ class PeerSession(FileCommands, Protocol):
             elif item is TOO_LONG:
                 self.send(format_error(413, "line-too-long", f"lines are at most {PEER_MAX_LINE} bytes"))
                 self.lose("line-too-long")
+
+    def _go_on(self) -> None:
+        self._next_slice = None
+        self.gate.release("budget")
 
     def _line_received(self, raw: bytes) -> None:
         if not raw:
@@ -282,6 +312,8 @@ class PeerSession(FileCommands, Protocol):
                 if verb == "ERR":
                     log.info("peer {peer} said {line}", peer=self.who(), line=escape_for_terminal(line))
                 return
+            if verb not in ("PING", "PONG"):
+                self.last_active = self.last_heard
             handler = self._handlers.get(verb)
             if handler is None:
                 raise WireError(400, "unknown-command", "unknown command")
@@ -298,6 +330,19 @@ class PeerSession(FileCommands, Protocol):
         self.framer.expect_raw(self.receiver.on_data(args))
         self.data_deadline.start()
 
+    def _keepalive(self) -> None:
+        """Every ``keepalive_interval`` while open: PING a quiet peer; close one silent for too long."""
+        if self.state is not SessionState.OPEN:
+            return
+        silent = self.factory.clock.seconds() - self.last_heard
+        if silent >= self.factory.session_idle_timeout:
+            self.factory.limit_hit("peer-session-idle", "a peer session heard nothing for too long: closing it")
+            self.close("idle-timeout")
+            return
+        if silent >= self.factory.keepalive_interval:
+            self.send(format_line("PING"))
+        self.keepalive.start()
+
     def _data_timed_out(self) -> None:
         log.info("{peer} sent a DATA chunk too slowly: closing", peer=self.who())
         self.lose("data-timeout")  # a cut, not a protocol error: partial files are kept for resume
@@ -310,7 +355,8 @@ class PeerSession(FileCommands, Protocol):
         if isinstance(getattr(socket, "bufferSize", None), int):
             socket.bufferSize = RECEIVE_SIZE
         log.info("peer session with {peer} open ({role})", peer=self.who(), role=self.role.value)
-        self.opened_at = self.factory.clock.seconds()
+        self.opened_at = self.last_active = self.factory.clock.seconds()
+        self.keepalive.start()
         contacts, key = self.factory.contacts, self.handshake.key
         if contacts is not None and key is not None and self.peer_name is not None:
             contacts.seen(self.peer_name, key)

@@ -1,0 +1,285 @@
+"""Issue 11 follow-up, the peer side: an outsider cannot hold every slot of a listener.
+
+Handshake slots (a new connection displaces the oldest silent one), sessions
+(per address, incoming apart from our own calls, idle ones displaced, keep-alive),
+open-file slots (minimum progress, a peer's share), prefix hashing (cached, off the
+reactor thread, one at a time per peer) and the per-read work budget. Each test
+sends the hostile input through a transport and asserts a bound.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from test_peer_harness import TOKENS, Recorder, dict_verify, identity_of, key_of, make_peer
+from twisted.internet import reactor as _reactor
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from chatapp.peer import PeerFactory, SessionState
+
+reactor: Any = _reactor
+TIMEOUT = 20
+
+
+def port_of(port: Any) -> int:
+    return int(port.getHost().port)
+
+
+def stranger(factory: PeerFactory, host: str) -> tuple[Any, StringTransport]:
+    session = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 1))
+    session.makeConnection(transport)
+    return session, transport
+
+
+# -- handshake slots (item 1) -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopback_idle_sockets_from_four_addresses_do_not_keep_a_real_peer_out(tmp_path: Path) -> None:
+    alice = PeerFactory(
+        "alice", dict_verify(TOKENS), str(tmp_path / "a"), Recorder(), reactor, identity=identity_of("alice")
+    )
+    bob = PeerFactory("bob", dict_verify(TOKENS), str(tmp_path / "b"), Recorder(), reactor, identity=identity_of("bob"))
+    port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
+    number = port_of(port)
+    idle = []
+    try:
+        for host in ("127.0.4.1", "127.0.4.2", "127.0.4.3", "127.0.4.4"):
+            for _ in range(2):
+                endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", number, bindAddress=(host, 0))
+                idle.append(await connectProtocol(endpoint, Protocol()))
+        for _ in range(500):  # bob sees all 8: every slot is taken
+            if len(bob.connections) >= bob.max_handshakes:
+                break
+            await task.deferLater(reactor, 0.01)
+        assert len(bob.connections) == bob.max_handshakes == 8
+        friend = TCP4ClientEndpoint(reactor, "127.0.0.1", number, bindAddress=("127.0.0.2", 0))
+        session = await alice.connect_endpoint(friend, "bob", "tok-alice", "proof-alice", key_of("bob")).addTimeout(
+            TIMEOUT, reactor
+        )
+        assert session.state is SessionState.OPEN  # at its first try
+        assert bob.limits_hit["peer-handshakes-displaced"] == 1
+        assert len(bob.connections) <= bob.max_handshakes + 1  # seven idle ones and the friend
+    finally:
+        for protocol in idle:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+        await alice.stop()
+        await bob.stop()
+
+
+def test_a_full_table_displaces_the_oldest_silent_handshake_never_one_being_verified(
+    tmp_path: Path, clock: Clock
+) -> None:
+    pending: list[Any] = []
+
+    def slow_verify(token: str) -> Any:
+        from twisted.internet import defer
+
+        d: Any = defer.Deferred()
+        pending.append(d)
+        return d
+
+    fb, _ = make_peer(tmp_path, "bob", clock, slow_verify, max_handshakes=3, max_handshakes_per_address=3)
+    waiting, _ = stranger(fb, "192.0.2.1")
+    waiting.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")  # now waiting for our server
+    assert waiting.state is SessionState.VERIFYING
+    clock.advance(1)
+    _first, first_t = stranger(fb, "192.0.2.2")
+    clock.advance(1)
+    _second, second_t = stranger(fb, "192.0.2.3")
+    _third, third_t = stranger(fb, "192.0.2.4")  # the table is full: the oldest silent one goes
+    assert first_t.disconnecting and not second_t.disconnecting and not third_t.disconnecting
+    assert waiting.state is SessionState.VERIFYING
+    _fourth, fourth_t = stranger(fb, "192.0.2.5")
+    assert second_t.disconnecting and not fourth_t.disconnecting
+    assert len(fb._handshaking) == 3
+    assert waiting in fb._handshaking
+
+
+def test_a_silent_connection_is_closed_after_the_hello_deadline(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    _session, transport = stranger(fb, "192.0.2.9")
+    clock.advance(fb.hello_timeout - 0.5)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+    assert fb.hello_timeout < fb.handshake_timeout
+
+
+# -- sessions (item 2) ----------------------------------------------------------------------
+
+
+def open_from(factory: PeerFactory, peer: str, host: str) -> tuple[Any, StringTransport]:
+    session, transport = stranger(factory, host)
+    session.dataReceived(f"HELLO chatapp/2 {peer} tok-{peer}\r\n".encode())
+    assert session.state is SessionState.OPEN, transport.value()
+    transport.clear()
+    return session, transport
+
+
+def accounts(count: int) -> dict[str, tuple[str, str]]:
+    return {f"tok-u{i}": (f"u{i}", f"proof-u{i}") for i in range(count)}
+
+
+def test_sessions_are_bounded_per_address_and_our_calls_are_not_counted(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(20)), max_sessions=6, max_outgoing=2)
+    held = [open_from(fb, f"u{i}", "192.0.2.1") for i in range(4)]
+    _fifth, fifth_t = stranger(fb, "192.0.2.1")  # a fifth account from the same address
+    assert fifth_t.disconnecting and fifth_t.value() == b""
+    others = [open_from(fb, f"u{i}", "192.0.2.2") for i in range(4, 6)]
+    assert len([s for s in fb.connections if s.live]) == 6
+    # incoming is full (and nobody idle long enough): a seventh is refused, but we can still call out
+    _seventh, seventh_t = stranger(fb, "192.0.2.3")
+    assert seventh_t.disconnecting
+    from test_peer_harness import connector
+
+    ours = connector(fb, "carol")
+    ours.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.50", 1)))
+    assert ours.live and ours in fb.connections
+    assert not any(t.disconnecting for _, t in held + others)
+
+
+def test_a_full_table_displaces_the_session_idle_the_longest_only_after_the_idle_time(
+    tmp_path: Path, clock: Clock
+) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(10)), max_sessions=3)
+    first = open_from(fb, "u0", "192.0.2.1")
+    clock.advance(10)
+    second = open_from(fb, "u1", "192.0.2.2")
+    third = open_from(fb, "u2", "192.0.2.3")
+    clock.advance(fb.idle_displace - 20)
+    first[0].dataReceived(b"PING\r\n")  # a keep-alive is not activity: first stays the idlest
+    second[0].dataReceived(b"MSG hi\r\n")  # chat is
+    _early, early_t = stranger(fb, "192.0.2.9")
+    assert early_t.disconnecting  # nobody idle for idle_displace yet
+    clock.advance(30)
+    _late, late_t = stranger(fb, "192.0.2.9")
+    assert not late_t.disconnecting
+    assert first[1].disconnecting and first[1].value().endswith(b"BYE\r\n")
+    assert not second[1].disconnecting and not third[1].disconnecting
+
+
+def test_an_open_session_pings_a_quiet_peer_and_closes_a_silent_one(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    session, transport = open_from(fb, "alice", "192.0.2.1")
+    clock.advance(fb.keepalive_interval)
+    assert transport.value() == b"PING\r\n"
+    session.dataReceived(b"PONG\r\n")  # a live peer answers: the session stays, however long
+    for _ in range(int(fb.session_idle_timeout / fb.keepalive_interval) * 2):
+        clock.advance(fb.keepalive_interval)
+        session.dataReceived(b"PONG\r\n")
+    assert not transport.disconnecting
+    transport.clear()
+    ticks = 0
+    while not transport.disconnecting:  # now it answers nothing
+        clock.advance(fb.keepalive_interval)
+        ticks += 1
+    assert ticks * fb.keepalive_interval <= fb.session_idle_timeout + fb.keepalive_interval
+    assert transport.value().endswith(b"BYE\r\n") and session.close_reason == "idle-timeout"
+
+
+# -- open-file slots (item 3) ---------------------------------------------------------------
+
+
+def test_a_trickling_transfer_fails_and_frees_its_file_but_a_slow_honest_one_goes_on(
+    tmp_path: Path, clock: Clock
+) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(2)), auto_accept=True)
+    trickler, trickle_t = open_from(fb, "u0", "192.0.2.1")
+    honest, honest_t = open_from(fb, "u1", "192.0.2.2")
+    trickler.dataReceived(b"OFFER t 1000000000 big.bin\r\n")
+    honest.dataReceived(b"OFFER h 1000000000 big.bin\r\n")
+    assert len(fb.receiving) == 2
+    for _ in range(3):  # one byte every window keeps nothing; 64 KiB per window is enough
+        trickler.dataReceived(b"DATA t 1\r\nx")
+        honest.dataReceived(b"DATA h 65536\r\n" + b"y" * 65536)
+        clock.advance(fb.progress_window)
+    assert b"FAIL t data-timeout" in trickle_t.value()
+    assert b"FAIL" not in honest_t.value()
+    assert list(fb.receiving.values()) == [honest.receiver.transfers["h"]]
+
+
+def test_a_peer_holds_at_most_its_share_of_the_open_files(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(5)), auto_accept=True, max_open_files=8)
+    assert fb.max_open_files_per_peer == 2
+    transports = []
+    for i in range(5):
+        session, transport = open_from(fb, f"u{i}", f"192.0.2.{i}")
+        for n in range(6):
+            session.dataReceived(f"OFFER f{n} 1000000 f{n}.bin\r\n".encode())
+        transports.append(transport)
+    accepted = [t.value().count(b"ACCEPT") for t in transports]
+    assert accepted == [2, 2, 2, 2, 0]  # four greedy peers cannot take more than their share each
+    assert len(fb.receiving) == 8
+
+
+# -- many tiny DATA chunks (item 5) ------------------------------------------------------------
+
+
+def test_a_bystander_is_answered_within_one_slice_of_a_one_byte_data_flood(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(2)), auto_accept=True)
+    flooder, flood_t = open_from(fb, "u0", "192.0.2.1")
+    bystander, by_t = open_from(fb, "u1", "192.0.2.2")
+    chunks = 20_000
+    flooder.dataReceived(f"OFFER f {chunks} tiny.bin\r\n".encode())
+    handled: list[int] = []
+    receiver = flooder.receiver
+    original = receiver.on_bytes
+
+    def counting(data: Any) -> None:
+        handled.append(len(data))
+        original(data)
+
+    receiver.on_bytes = counting
+    flooder.dataReceived(b"DATA f 1\r\nx" * chunks)  # one read holding 20k chunks
+    bystander.dataReceived(b"PING\r\n")  # the next event of the reactor
+    assert by_t.value() == b"PONG\r\n"
+    # the flooder got one slice (a DATA line and its byte are two items) before the bystander's answer
+    assert len(handled) <= fb.work_budget // 2
+    assert flood_t.producerState == "paused"
+    while clock.getDelayedCalls() and len(handled) < chunks:
+        clock.advance(0)  # later turns go on with the flood
+    assert len(handled) == chunks and receiver.transfers["f"].bytes_done == chunks
+    assert flood_t.producerState == "producing"
+
+
+# -- resume hashing (item 4) ----------------------------------------------------------------
+
+
+def test_a_repeated_offer_of_a_kept_partial_is_hashed_once(tmp_path: Path, clock: Clock) -> None:
+    from test_peer_harness import partial_path
+
+    from chatapp.peer import hashing
+
+    fb, _ = make_peer(tmp_path, "bob", clock, auto_accept=True)
+    kept = partial_path(fb, "alice", "h.bin", 10_000_000)
+    Path(kept).write_bytes(b"k" * 300_000)
+    calls: list[int] = []
+    original = hashing.hash_file_prefix
+
+    def counted(fd: int, length: int) -> Any:
+        calls.append(length)
+        return original(fd, length)
+
+    import chatapp.peer.factory as factory_module
+
+    factory_module.hash_file_prefix = counted  # type: ignore[assignment]
+    try:
+        session, transport = open_from(fb, "alice", "192.0.2.1")
+        for n in range(20):
+            transport.clear()
+            session.dataReceived(f"OFFER r{n} 10000000 h.bin\r\n".encode())
+            assert transport.value().startswith(f"ACCEPT r{n} 300000 ".encode())
+            session.dataReceived(f"CANCEL r{n} cancelled\r\n".encode())  # the partial stays, unchanged
+    finally:
+        factory_module.hash_file_prefix = original
+    assert calls == [300_000]
