@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_peer_harness import lose, make_peer, open_listener, partial_path, partials_in, sender_stream, sha
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -29,6 +31,14 @@ class ManualRunner:
         d: defer.Deferred[T] = defer.Deferred()
         self.jobs.append((func, args, d))
         return d
+
+    @property
+    def pending(self) -> int:
+        return len(self.jobs)
+
+    def run_one(self) -> None:
+        func, args, d = self.jobs.pop(0)
+        d.callback(func(*args))
 
     def run_all(self) -> int:
         done = 0
@@ -216,3 +226,45 @@ def test_writer_finished_from_inside_its_backlog_callback_writes_every_byte(tmp_
         d.callback(func(*args))
     assert path.read_bytes() == b"a" * 10 + b"b" * 10 + b"c" * 10
     assert finished == [hashlib.sha256(path.read_bytes()).hexdigest()]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(st.one_of(st.binary(min_size=1, max_size=40), st.just(b"")), min_size=1, max_size=60),
+    resume_feeds=st.booleans(),
+)
+def test_at_most_one_write_of_a_file_is_ever_in_flight(tmp_path: Path, steps: list[bytes], resume_feeds: bool) -> None:
+    """Bytes arrive (a piece) or the disk answers (an empty step), in any order; easing the backlog may
+    deliver more bytes at once (as TLS does). Whatever the order, one write at a time, in order."""
+    import hashlib
+
+    from chatapp.peer.downloads import DownloadDir
+    from chatapp.peer.writer import FileWriter
+
+    runner = ManualRunner()
+    path = tmp_path / f"out-{len(list(tmp_path.iterdir()))}.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    downloads = DownloadDir(str(tmp_path), 2**30, 10)
+    sent: list[bytes] = []
+    writer: FileWriter
+
+    def backlog(on: bool) -> None:
+        if not on and resume_feeds:
+            sent.append(b"r")
+            writer.write(b"r")
+
+    writer = FileWriter(runner, downloads, fd, hashlib.sha256(), lambda e: None, backlog, lambda f: None, 64, 16)
+    for step in steps:
+        if step:
+            sent.append(step)
+            writer.write(step)
+        elif runner.pending:
+            runner.run_one()
+        assert runner.pending <= 1  # one write (or the final fsync) in flight, never two
+    done: list[str] = []
+    writer.finish().addCallback(done.append)
+    while runner.pending:
+        runner.run_one()
+        assert runner.pending <= 1
+    assert path.read_bytes() == b"".join(sent)
+    assert done == [hashlib.sha256(b"".join(sent)).hexdigest()]
