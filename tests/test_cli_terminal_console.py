@@ -342,3 +342,26 @@ def test_restore_terminal_turns_bracketed_paste_off(monkeypatch: Any) -> None:
     monkeypatch.setattr(terminal.os, "write", write)
     terminal.restore_terminal()
     assert BRACKETED_PASTE_OFF in written
+
+
+def test_ctrl_z_wipes_the_rows_turns_paste_off_gives_the_modes_back_then_stops_and_sigcont_redraws() -> None:
+    c = Console()
+    c.console.watch_status(lambda cells: "[#1 a.bin <-bob 12% 1.0 MiB/s ETA 00:10]")
+    c.console.status_changed()
+    c.type(b"typed")
+    c.output()
+    steps: list[Any] = []
+    raw: Any = SimpleNamespace(cooked=lambda: steps.append("cooked"), again=lambda: steps.append("raw"))
+    suspender = terminal.Suspender(raw, c.console, lambda: steps.append("repaint"), steps.append,
+                                   lambda: steps.append("stop"))  # fmt: skip
+    c.console.on_suspend = suspender.suspend
+    c.type(b"\x1a")
+    written, *rest = steps
+    assert rest == ["cooked", "stop"]  # the screen first, then the modes, then the stop
+    assert written == b"\r\x1b[2K\x1b[1A\x1b[2K" + BRACKETED_PASTE_OFF  # input and status rows wiped
+    assert c.console.editor.text == "typed"  # nothing typed is lost
+    steps.clear()
+    suspender.resumed()
+    assert steps == ["raw", "repaint"]
+    out = c.output()
+    assert BRACKETED_PASTE_ON in out and b"> typed" in out

@@ -3,9 +3,12 @@ narrow window, windows per chat.  The screen is asserted (capture-pane), never a
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +144,78 @@ def test_a_second_chat_gets_its_own_window(server: int, tmp_path: Path) -> None:
         term.close()
         bob.kill()
         carol.kill()
+
+
+def test_ctrl_z_gives_the_shell_a_cooked_terminal_and_fg_brings_raw_mode_and_the_screen_back(
+    server: int, tmp_path: Path
+) -> None:
+    bob = start_bob(server, tmp_path)
+    # an interactive shell with job control, as a user has: Ctrl-Z stops the job, `fg` continues it
+    term = Tmux(tmp_path, "env PS1='$ ' bash --norc --noprofile -i")
+    try:
+        term.wait_for(lambda s: last_line(s) == "$")
+        term.keys(alice_command(server, tmp_path).split(";")[0])
+        term.enter()
+        term.wait_for(lambda s: "logged in as alice" in s)
+        term.keys("/chat bob")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "[bob] >")
+        term.keys("before")
+        term.tmux("send-keys", "-t", "t", "C-z")
+        screen = term.wait_for(lambda s: "Stopped" in s and last_line(s) == "$")
+        assert "[bob] > before" not in screen  # the input row was wiped before the shell got the terminal
+        mode = term.tmux("display-message", "-p", "-t", "t", "#{pane_tty}").strip()
+        stty = subprocess.run(["stty", "-F", mode, "-a"], capture_output=True, text=True, check=True).stdout
+        # readline has the prompt (its own -icanon -echo), but it starts from what we left: output
+        # processing and signal keys on, as before chatapp (raw mode turns both off)
+        assert re.search(r"(?<!-)opost", stty) and re.search(r"(?<!-)isig", stty), stty
+        term.keys("fg")
+        term.enter()
+        # the screen is drawn again: the window's lines and the line being typed
+        screen = term.wait_for(lambda s: last_line(s) == "[bob] > before" and "chatting with bob" in s)
+        assert "Stopped" not in screen
+        # raw mode again: arrows and editing keys work (cooked mode would send "before ac\x1b[Db")
+        term.tmux("send-keys", "-t", "t", "C-u")
+        term.keys("ac")
+        term.tmux("send-keys", "-t", "t", "Left")
+        term.keys("b")
+        term.enter()
+        bob.expect("^MSG alice abc$")
+        term.keys("/quit")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "$")
+    finally:
+        term.close()
+        bob.kill()
+
+
+def test_after_a_sigstop_and_sigcont_the_console_is_raw_again_and_redrawn(server: int, tmp_path: Path) -> None:
+    bob = start_bob(server, tmp_path)
+    term = Tmux(tmp_path, alice_command(server, tmp_path))
+    try:
+        term.wait_for(lambda s: "logged in as alice" in s)
+        term.keys("/chat bob")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "[bob] >")
+        shell = term.tmux("display-message", "-p", "-t", "t", "#{pane_pid}").strip()
+        pid = int(subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True, check=True).stdout.split()[0])
+        tty_path = term.tmux("display-message", "-p", "-t", "t", "#{pane_tty}").strip()
+        # a SIGSTOP nobody can catch; meanwhile the terminal is made cooked (as a shell does) and cleared
+        os.kill(pid, signal.SIGSTOP)
+        subprocess.run(["stty", "-F", tty_path, "sane"], check=True)
+        term.tmux("clear-history", "-t", "t")
+        term.tmux("send-keys", "-t", "t", "-R")
+        term.wait_for(lambda s: "chatting with bob" not in s)
+        os.kill(pid, signal.SIGCONT)
+        term.wait_for(lambda s: last_line(s) == "[bob] >" and "chatting with bob" in s)
+        term.keys("xz")
+        term.tmux("send-keys", "-t", "t", "Left")
+        term.keys("y")
+        term.enter()
+        bob.expect("^MSG alice xyz$")
+        term.keys("/quit")
+        term.enter()
+        term.wait_for(lambda s: "EXIT=0" in s)
+    finally:
+        term.close()
+        bob.kill()

@@ -87,6 +87,22 @@ class RawMode:
         atexit.register(self.restore)
         tty.setraw(self.fd, termios.TCSANOW)
 
+    def again(self) -> None:
+        """Raw mode once more, after a suspend: the shell put the terminal back in cooked mode for itself."""
+        if self.saved is not None:
+            try:
+                tty.setraw(self.fd, termios.TCSANOW)
+            except termios.error:
+                pass
+
+    def cooked(self) -> None:
+        """The terminal as it was before us, but still ours to put back in raw mode (a suspend)."""
+        if self.saved is not None:
+            try:
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+            except termios.error:
+                pass
+
     def restore(self) -> None:
         saved, self.saved = self.saved, None
         if saved is not None:
@@ -193,8 +209,11 @@ class ConsoleProtocol(insults.TerminalProtocol):
         clock: Any,
         now: Callable[[], float],
         on_window: Callable[[int], None] = lambda n: None,
+        on_suspend: Callable[[], None] = lambda: None,
     ) -> None:
         self.editor = LineEditor()
+        self.on_suspend = on_suspend
+        self.suspended = False
         self.on_line = on_line
         self.on_quit = on_quit
         self.on_window = on_window
@@ -282,6 +301,28 @@ class ConsoleProtocol(insults.TerminalProtocol):
         for line in lines[-rows:] if rows else []:
             t.write(line.encode("utf-8") + b"\n")
         self._draw()
+
+    def leave_for_suspend(self) -> bytes:
+        """What to write, at once, before the terminal goes back to the shell: the input rows wiped, paste off.
+
+        Returned rather than written through the transport, which writes later, when the reactor
+        runs again, and that is after the process stopped.
+        """
+        self.suspended = True
+        out = b"\r\x1b[2K"
+        if self._status_shown:
+            out += b"\x1b[1A\x1b[2K"
+            self._status_shown = False
+        return out + BRACKETED_PASTE_OFF
+
+    def come_back(self) -> None:
+        """After SIGCONT: bracketed paste on again (the shell turned it off) and the rows drawn anew."""
+        self.suspended = False
+        if self.closed:
+            return
+        self.width, self.height = terminal_size()  # the window may have been resized meanwhile
+        self.terminal.write(BRACKETED_PASTE_ON)
+        self.redraw()
 
     def bell(self) -> None:
         if not self.closed:
@@ -451,6 +492,8 @@ class ConsoleProtocol(insults.TerminalProtocol):
             self.terminal.eraseDisplay()
             self.terminal.cursorHome()
             self._status_shown = False
+        elif key == b"\x1a":  # Ctrl-Z: raw mode gets it as a key, not as SIGTSTP
+            self.on_suspend()
         elif key == b"\x03":  # Ctrl-C: clear the line; on an empty line, quit
             if e.text or self._secret is not None:
                 e.submit(remember=False)
@@ -492,6 +535,60 @@ class ConsoleProtocol(insults.TerminalProtocol):
         if not self.lost.called:
             self.lost.callback(None)
         self.on_quit()
+
+
+def _write_now(data: bytes) -> None:
+    try:  # a few bytes to a terminal that reads: one write takes them (fd 1 is non-blocking now)
+        os.write(1, data)
+    except OSError:
+        pass
+
+
+def _stop_self() -> None:
+    """Stop as the shell's Ctrl-Z would: SIGTSTP with its default action, so the shell sees "Stopped"."""
+    previous = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), signal.SIGTSTP)  # delivered before kill() returns: we stop here until SIGCONT
+    finally:
+        signal.signal(signal.SIGTSTP, previous)
+
+
+class Suspender:
+    """Ctrl-Z (or a SIGTSTP) hands the terminal back to the shell, then stops; SIGCONT takes it back and redraws.
+
+    Raw mode turns Ctrl-Z into a key, so the console stops itself: input rows wiped,
+    bracketed paste off, the terminal's own modes back, then SIGTSTP.  On SIGCONT
+    (``fg``, or a ``kill -CONT`` after a SIGSTOP that nobody could catch) the
+    shell has left the terminal cooked: raw mode again, paste on, the screen redrawn.
+    """
+
+    def __init__(
+        self,
+        raw: RawMode,
+        console: ConsoleProtocol,
+        repaint: Callable[[], None],
+        write_now: Callable[[bytes], None] = _write_now,
+        stop: Callable[[], None] = _stop_self,
+    ) -> None:
+        self.raw = raw
+        self.console = console
+        self.repaint = repaint
+        self.write_now = write_now
+        self.stop = stop
+
+    def suspend(self) -> None:
+        if self.console.closed:
+            return
+        self.write_now(self.console.leave_for_suspend())
+        self.raw.cooked()
+        self.stop()
+
+    def resumed(self) -> None:
+        if self.console.closed:
+            return
+        self.raw.again()
+        self.console.come_back()
+        self.repaint()  # the shell wrote over our screen ("Stopped", "fg")
 
 
 # what may change the status row: transfer news, and any command that succeeded (an OK line)
@@ -620,6 +717,11 @@ class Interactive:
         names = [w.name for w in self.windows.windows if w.name is not None]
         return console_complete(before, users, transfers, names)
 
+    def repaint(self) -> None:
+        """The window shown, drawn again from its lines (after a suspend)."""
+        if self.console is not None:
+            self.console.repaint(list(self.windows.current.lines))
+
     def quit(self) -> None:
         if not self.done.called:
             self.done.callback(None)
@@ -689,6 +791,10 @@ async def run_interactive(run: Run) -> int:
     previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console))
     # a closed terminal window: log out cleanly like SIGTERM (the reactor only handles INT and TERM)
     previous_hup = signal.signal(signal.SIGHUP, lambda *_: run.reactor.callFromThread(run.reactor.stop))
+    suspender = Suspender(_raw, console, ui.repaint)
+    console.on_suspend = suspender.suspend
+    previous_tstp = signal.signal(signal.SIGTSTP, lambda *_: run.reactor.callFromThread(suspender.suspend))
+    previous_cont = signal.signal(signal.SIGCONT, lambda *_: run.reactor.callFromThread(suspender.resumed))
     stdio = StandardIO(ConsoleServerProtocol(lambda: console), reactor=run.reactor)
     try:
         ui.console = console
@@ -709,6 +815,8 @@ async def run_interactive(run: Run) -> int:
         dispatcher.offer_timers.stop()
         signal.signal(signal.SIGWINCH, previous)
         signal.signal(signal.SIGHUP, previous_hup)
+        signal.signal(signal.SIGTSTP, previous_tstp)
+        signal.signal(signal.SIGCONT, previous_cont)
         console.closed = True
         stdio.loseConnection()
         restore_terminal()
