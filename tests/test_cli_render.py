@@ -46,6 +46,7 @@ from chatapp.cli.events import (
 from chatapp.cli.rates import TransferSummary
 from chatapp.cli.render import clock, eta, human_eta, human_line, human_rate, percent, script_line, status_line
 from chatapp.cli.terminal import ConsoleProtocol
+from chatapp.cli.width import width as cells
 from chatapp.client import ConnectionClosed
 from chatapp.events import (
     ChatRequested,
@@ -286,7 +287,8 @@ def test_status_line() -> None:
     out: Any = FakeTransfer(f"e{EVIL}", 10, 5, 1.0, Direction.SEND, TransferState.SENDING, "al", handle=2)
     line = status_line([transfer(10, 1, 1.0), out], width=200)
     assert "\x1b" not in line and "[#2 e\\x1b[2J" in line and "->al 50%" in line
-    assert len(status_line([transfer(10, 1, 1.0, handle=n) for n in range(20)], width=60)) == 60
+    crowded = status_line([transfer(10, 1, 1.0, handle=n) for n in range(20)], width=60)
+    assert len(crowded) <= 60 and crowded.endswith(" more")
 
 
 # -- the line editor -------------------------------------------------------------------
@@ -458,3 +460,28 @@ def test_resume_and_summary_lines_for_people() -> None:
     assert human_line(summary, 0.0)[6:] == "* #4 200.0 MiB in 12 s, average 16.1 MiB/s"  # type: ignore[index]
     kept = human_line(TransferCancelled(9, 1024**3, False), 0.0) or ""
     assert "1.0 GiB received are kept" in kept and "/partials clean" in kept
+
+
+def test_a_long_name_gives_way_so_the_numbers_always_show_at_40_columns() -> None:
+    long = transfer(100 * 1024**2, 25 * 1024**2, 5 * 1024**2, name="a-very-long-file-name-of-a-holiday-video-2024.mkv")
+    line = status_line([long], width=39)
+    assert cells(line) <= 39
+    assert line.startswith("[#1 a-v") and "…" in line and line.endswith("<-bob 25% 5.0 MiB/s ETA 00:15]")
+    wide = transfer(100, 50, 10.0, name="日本語のファイル名😀😀😀😀😀.bin", handle=2)
+    line = status_line([wide], width=39)
+    assert cells(line) <= 39 and line.endswith("50% 10 B/s ETA 00:05]")
+
+
+def test_two_transfers_at_110_both_keep_their_numbers_and_too_many_say_how_many_more() -> None:
+    first = transfer(100, 25, 5.0, name="x" * 80)
+    second = transfer(100, 50, 10.0, Direction.SEND, TransferState.SENDING, name="y" * 80, peer="carol", handle=2)
+    line = status_line([first, second], width=109)
+    assert cells(line) <= 109
+    assert "<-bob 25% 5 B/s ETA 00:15]" in line and line.endswith("->carol 50% 10 B/s ETA 00:05]")
+    many = [transfer(100, 25, 5.0, name=f"file{n}.bin", handle=n) for n in range(1, 9)]
+    line = status_line(many, width=109)
+    assert cells(line) <= 109 and line.endswith(" more")
+    shown = line.count("[#")
+    assert 1 <= shown < 8 and line.endswith(f"+{8 - shown} more")
+    assert line.count("ETA 00:15]") == shown  # whole entries only
+    assert status_line(many, width=39).count("ETA 00:15]") == 1

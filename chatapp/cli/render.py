@@ -63,6 +63,7 @@ from .events import (
 )
 from .rates import Speed, TransferSummary
 from .width import fit_ellipsis
+from .width import width as cells
 
 
 def token(value: str) -> str:
@@ -215,20 +216,61 @@ def eta(transfer: Transfer) -> float | None:
     return left / transfer.rate
 
 
+MIN_NAME = 6  # cells a file name keeps in the status row before whole entries give way to "+N more"
+MAX_PEER = 16  # cells a peer's name takes there at most
+
+
 def status_line(
     transfers: Iterable[Transfer], width: int = 80, speeds: Callable[[Transfer], Speed] | None = None
 ) -> str:
-    """One line for the running transfers: name, direction, percent, rate, ETA; cut to ``width`` cells."""
-    parts = []
+    """One line for the running transfers, in ``width`` cells at most, the numbers always shown.
+
+    Names are what gives way: each file name is cut (by display cells, with an
+    ellipsis) so that percent, rate and ETA fit; when even short names leave no
+    room, as many whole entries as fit are shown, then ``+N more``.
+    """
+    entries = []
     for t in transfers:
         arrow = "->" if t.direction is Direction.SEND else "<-"
-        parts.append(
-            f"[#{t.handle} {escape_for_terminal(t.name)} {arrow}{escape_for_terminal(t.peer)} {percent(t)}% "
-            f"{speed_text(t, speeds)}]"
-        )
-    # cut by display cells, not characters: a wide file name must not wrap the row (a wrapped
-    # status row leaves a stale copy on every redraw)
-    return fit_ellipsis(" ".join(parts), width)
+        peer = fit_ellipsis(escape_for_terminal(t.peer), MAX_PEER)
+        tail = f" {arrow}{peer} {percent(t)}% {speed_text(t, speeds)}]"
+        entries.append((f"[#{t.handle} ", escape_for_terminal(t.name), tail))
+    if not entries:
+        return ""
+    for count in range(len(entries), 0, -1):
+        shown = entries[:count]
+        more = f" +{len(entries) - count} more" if count < len(entries) else ""
+        fixed = sum(cells(head) + cells(tail) for head, _, tail in shown) + count - 1 + cells(more)
+        room = width - fixed
+        if count == 1 and room < min(cells(shown[0][1]), MIN_NAME):
+            # a narrow window: the word "ETA" goes before the name does (the time still shows)
+            head, name, tail = shown[0]
+            shown = [(head, name, tail.replace(" ETA ", " "))]
+            room += 4
+        if room >= sum(min(cells(name), MIN_NAME) for _, name, _ in shown) or count == 1:
+            names = _share([name for _, name, _ in shown], max(room, 0))
+            line = " ".join(head + name + tail for (head, _, tail), name in zip(shown, names, strict=True))
+            # a window too narrow for even one entry's numbers: cut by cells, never wrap (a stale copy each redraw)
+            return fit_ellipsis(line + more, width)
+    raise AssertionError("unreachable")
+
+
+def _share(names: list[str], room: int) -> list[str]:
+    """``names`` cut to share ``room`` cells: short ones whole, the rest equally, each with an ellipsis if cut."""
+    wanted = [cells(n) for n in names]
+    given = [0] * len(names)
+    left, open_ = room, list(range(len(names)))
+    while open_ and left > 0:
+        share = max(left // len(open_), 1)
+        still = []
+        for i in open_:
+            take = min(wanted[i] - given[i], share, left)
+            given[i] += take
+            left -= take
+            if given[i] < wanted[i]:
+                still.append(i)
+        open_ = still
+    return [n if given[i] >= wanted[i] else fit_ellipsis(n, given[i]) for i, n in enumerate(names)]
 
 
 _DIRECTION_WORD = {Direction.SEND: "to", Direction.RECEIVE: "from"}

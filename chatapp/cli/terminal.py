@@ -56,6 +56,7 @@ from .rates import Rates
 from .render import human_line, status_line
 from .run import Run, ready_event
 from .width import fit_ellipsis, width
+from .width import width as width_of
 from .windows import Window, Windows
 
 log = Logger()
@@ -705,11 +706,12 @@ class Interactive:
             self.console.show(line)
 
     def status(self, width: int) -> str:
-        parts = [self.windows.activity_text(width)]
-        if self.client is not None:
-            running = [t for t in self.client.transfers() if t.state in _RUNNING]
-            parts.append(status_line(running, width, speeds=self.rates.speed))
-        return fit_ellipsis(" ".join(p for p in parts if p), width)
+        running = [t for t in self.client.transfers() if t.state in _RUNNING] if self.client is not None else []
+        # the activity list takes a third of the row at most when files move, so their numbers show
+        activity = self.windows.activity_text(width // 3 if running else width)
+        room = width - (width_of(activity) + 1 if activity else 0)
+        transfers = status_line(running, room, speeds=self.rates.speed) if running else ""
+        return fit_ellipsis(" ".join(p for p in (activity, transfers) if p), width)
 
     def candidates(self, before: str, dispatcher: Dispatcher) -> list[str]:
         users = sorted(set(dispatcher.users()) | set(self.windows.names()))
