@@ -237,6 +237,7 @@ def test_an_offer_nobody_answers_is_cancelled_once_and_said() -> None:
     clock.advance(1)
     assert events == [OfferTimedOut(client.transfer(1), 30.0)]
     assert client.cancelled == [(1, False)]
+    assert client.transfer(1).reason == "timed-out"
     assert clock.getDelayedCalls() == []
 
 

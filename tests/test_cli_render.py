@@ -466,10 +466,12 @@ def test_a_long_name_gives_way_so_the_numbers_always_show_at_40_columns() -> Non
     long = transfer(100 * 1024**2, 25 * 1024**2, 5 * 1024**2, name="a-very-long-file-name-of-a-holiday-video-2024.mkv")
     line = status_line([long], width=39)
     assert cells(line) <= 39
-    assert line.startswith("[#1 a-v") and "…" in line and line.endswith("<-bob 25% 5.0 MiB/s ETA 00:15]")
+    assert line == "[#1 a-very-… <-bob 25% 5.0 MiB/s 00:15]"  # 39 cells: the word ETA went, then the name
+    line = status_line([long], width=60)
+    assert line.startswith("[#1 a-very-long") and line.endswith("… <-bob 25% 5.0 MiB/s ETA 00:15]")
     wide = transfer(100, 50, 10.0, name="日本語のファイル名😀😀😀😀😀.bin", handle=2)
     line = status_line([wide], width=39)
-    assert cells(line) <= 39 and line.endswith("50% 10 B/s ETA 00:05]")
+    assert cells(line) <= 39 and line.endswith("日本語… <-bob 50% 10 B/s ETA 00:05]")
 
 
 def test_two_transfers_at_110_both_keep_their_numbers_and_too_many_say_how_many_more() -> None:
@@ -484,4 +486,13 @@ def test_two_transfers_at_110_both_keep_their_numbers_and_too_many_say_how_many_
     shown = line.count("[#")
     assert 1 <= shown < 8 and line.endswith(f"+{8 - shown} more")
     assert line.count("ETA 00:15]") == shown  # whole entries only
-    assert status_line(many, width=39).count("ETA 00:15]") == 1
+    assert status_line(many, width=39) == "[#1 fil… <-bob 25% 5 B/s 00:15] +7 more"  # "ETA" went first
+
+
+def test_who_stopped_a_transfer_is_said_in_words() -> None:
+    by_sender = transfer(10, 3, 0.0, state=TransferState.CANCELLED, reason="cancelled", handle=7)
+    by_receiver = transfer(10, 3, 0.0, Direction.SEND, TransferState.REJECTED, reason="cancelled", handle=8)
+    timed_out = transfer(10, 0, 0.0, Direction.SEND, TransferState.CANCELLED, reason="timed-out", handle=9)
+    assert human_line(TransferEnded(by_sender), 0).endswith("#7 from bob ended: cancelled by the sender")
+    assert human_line(TransferEnded(by_receiver), 0).endswith("#8 to bob ended: cancelled by the receiver")
+    assert human_line(TransferEnded(timed_out), 0).endswith("#9 to bob ended: nobody answered the offer in time")

@@ -236,6 +236,8 @@ def console_sink(chats: Conversations, show: Callable[[Shown], None], rates: Rat
 
     def hear(event: ChatEvent) -> None:
         chats.heard(event)
+        if isinstance(event, TransferEnded) and id(event.transfer) in _TIMING_OUT:
+            event.transfer.reason = TIMED_OUT  # the wire said "cancelled" (a fixed list); we know better
         if rates is not None and isinstance(event, TransferProgress):
             if rates.progress(event.transfer) and event.transfer.offset > 0:
                 show(TransferResuming(event.transfer))
@@ -248,6 +250,13 @@ def console_sink(chats: Conversations, show: Callable[[Shown], None], rates: Rat
             show(SessionReplaced(REPLACED_TEXT))
 
     return hear
+
+
+# the local reason of an offer that nobody answered in time (on the wire: CANCEL <id> cancelled)
+TIMED_OUT = "timed-out"
+# the offers (by id()) being cancelled for their timeout right now: their TransferEnded, emitted
+# while the cancel runs, is relabelled by console_sink (one entry, only while the cancel runs)
+_TIMING_OUT: set[int] = set()
 
 
 class OfferTimers:
@@ -275,11 +284,16 @@ class OfferTimers:
         self._timers.pop(transfer.handle, None)
         if transfer.state is not TransferState.OFFERED:
             return  # answered meanwhile (or ended)
+        self.emit(OfferTimedOut(transfer, self.seconds or 0.0))  # first: the FAILED line that follows is its effect
+        _TIMING_OUT.add(id(transfer))
         try:
             self.client.cancel(transfer.handle)
         except ChatClientError as e:  # the chat closed meanwhile: the offer is gone with it
             log.info("offer {handle} timed out, but: {error}", handle=transfer.handle, error=str(e))
-        self.emit(OfferTimedOut(transfer, self.seconds or 0.0))
+        finally:
+            _TIMING_OUT.discard(id(transfer))
+        if transfer.state.final:
+            transfer.reason = TIMED_OUT
 
     def stop(self) -> None:
         timers, self._timers = self._timers, {}

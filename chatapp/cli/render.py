@@ -310,7 +310,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
                 return f"* #{t.handle} sent to {e(t.peer)} ({human_size(t.size)})"
             return f"* #{t.handle} received from {e(t.peer)} ({human_size(t.size)}): {e(t.path or t.name)}"
         case TransferEnded(t):
-            return f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(t.reason or t.state.value)}"
+            return f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(end_reason(t))}"
         case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
             return f"* {e(notice_text(event))}"
         case CommandFailed(text):
@@ -360,6 +360,18 @@ def state_label(t: Transfer) -> str:
     if t.state in (TransferState.REJECTED, TransferState.FAILED) and t.reason == "cancelled":
         return TransferState.CANCELLED.value
     return t.state.value
+
+
+def end_reason(t: Transfer) -> str:
+    """Why ``t`` ended, in words: who cancelled, or that nobody answered, or the wire's reason."""
+    if t.reason == "cancelled":
+        if t.direction is Direction.RECEIVE and t.state is TransferState.CANCELLED:
+            return "cancelled by the sender"  # their CANCEL; our own /cancel is a REJECT
+        if t.direction is Direction.SEND and t.state is TransferState.REJECTED:
+            return "cancelled by the receiver"
+    if t.reason == "timed-out":
+        return "nobody answered the offer in time"
+    return t.reason or t.state.value
 
 
 def speed_text(t: Transfer, speeds: Callable[[Transfer], Speed] | None) -> str:
