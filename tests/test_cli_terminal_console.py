@@ -30,7 +30,7 @@ from chatapp.cli.terminal import (
 )
 from chatapp.cli.width import width
 from chatapp.cli.windows import MAX_LINES, Windows
-from chatapp.events import MessageReceived
+from chatapp.events import MessageReceived, TransferEnded
 from chatapp.peer import Direction, TransferState
 
 START, END = b"\x1b[200~", b"\x1b[201~"
@@ -365,3 +365,25 @@ def test_ctrl_z_wipes_the_rows_turns_paste_off_gives_the_modes_back_then_stops_a
     assert steps == ["raw", "repaint"]
     out = c.output()
     assert BRACKETED_PASTE_ON in out and b"> typed" in out
+
+
+def test_a_second_offer_refused_busy_says_why_and_shows_where_the_user_is() -> None:
+    from test_cli_render import FakeTransfer
+
+    ui, c = interactive()
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    ui.show(MessageReceived(FakeSession("carol"), "hey"))  # type: ignore[arg-type]
+    ui.switch_window("carol")  # the user looks at carol's window
+    first = FakeTransfer("a.iso", 100, 10, 1.0, Direction.SEND, TransferState.SENDING, "bob", handle=1)
+    again = FakeTransfer("a.iso", 100, 0, 0.0, Direction.SEND, TransferState.REJECTED, "bob", handle=2, reason="busy")
+    ui.client = SimpleNamespace(transfers=lambda: [first, again])  # type: ignore[assignment]
+    c.output()
+    ui.show(TransferEnded(again))  # type: ignore[arg-type]
+    out = c.output().decode()
+    assert "#2 a.iso not sent: bob is already receiving a file of that name and size from you" in out
+    assert ui.windows.current.name == "carol"
+    assert any("already receiving" in line for line in ui.windows.find("bob").lines)  # type: ignore[union-attr]
+    # busy for another reason: the receiver's word, explained
+    other = FakeTransfer("b.iso", 100, 0, 0.0, Direction.SEND, TransferState.REJECTED, "bob", handle=3, reason="busy")
+    ui.show(TransferEnded(other))  # type: ignore[arg-type]
+    assert "#3 to bob ended: bob is busy (receiving that file from you already, or too many" in c.output().decode()

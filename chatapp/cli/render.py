@@ -371,7 +371,17 @@ def end_reason(t: Transfer) -> str:
             return "cancelled by the receiver"
     if t.reason == "timed-out":
         return "nobody answered the offer in time"
+    if t.reason == "busy" and t.direction is Direction.SEND:
+        # the receiver's word covers three cases it does not tell apart (PROTOCOL.md: REJECT busy)
+        return f"{t.peer} is busy (receiving that file from you already, or too many files at once)"
     return t.reason or t.state.value
+
+
+def busy_again_line(t: Transfer, now: float) -> str:
+    """The refusal of an offer the receiver is already receiving from us (same name and size): why, in words."""
+    e = escape_for_terminal
+    return (f"{clock(now)} * #{t.handle} {e(t.name)} not sent: {e(t.peer)} is already receiving"
+            " a file of that name and size from you")  # fmt: skip
 
 
 def speed_text(t: Transfer, speeds: Callable[[Transfer], Speed] | None) -> str:

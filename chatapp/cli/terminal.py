@@ -43,7 +43,7 @@ from chatapp.events import (
     TransferEnded,
     TransferProgress,
 )
-from chatapp.peer import TransferState
+from chatapp.peer import Direction, Transfer, TransferState
 from chatapp.wire import escape_for_terminal
 
 from .chatlog import ChatLog
@@ -53,7 +53,7 @@ from .editor import LineEditor
 from .errors import EXIT_OK
 from .events import ActiveChat, ChatClosed, ChatOpened, CommandFailed, CommandSucceeded, MessageSent, Shown
 from .rates import Rates
-from .render import human_line, status_line
+from .render import busy_again_line, human_line, status_line
 from .run import Run, ready_event
 from .width import fit_ellipsis, width
 from .width import width as width_of
@@ -598,6 +598,10 @@ _STATUS_NEWS = (TransferProgress, TransferEnded, FileOffered, *get_args(CommandS
 _FOR_YOU = (MessageReceived, FileOffered)
 
 
+def _our_offer(event: Shown) -> bool:
+    return isinstance(event, TransferEnded) and event.transfer.direction is Direction.SEND
+
+
 def chat_of(event: Shown) -> tuple[str | None, bool]:
     """The peer whose window ``event`` is shown in (None: the window shown), and whether it opens that window."""
     match event:
@@ -638,6 +642,8 @@ class Interactive:
         if isinstance(event, _STATUS_NEWS):
             self.console.status_changed()
         line = human_line(event, self.reactor.seconds(), self.run.settings.accept_files)
+        if isinstance(event, TransferEnded) and self._sending_again(event.transfer):
+            line = busy_again_line(event.transfer, self.reactor.seconds())
         name, opens = chat_of(event)
         windows = self.windows
         window = windows.current
@@ -655,6 +661,10 @@ class Interactive:
             if target is not None and target is not windows.current:
                 self._switch(target)
         if line is not None:
+            # how an offer of ours ended answers our own command: it is shown where we are, too
+            if _our_offer(event) and window is not windows.current:
+                windows.add(windows.current, line)
+                self.console.show(line)
             if windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):
                 self.console.show(line)
             else:
@@ -664,6 +674,15 @@ class Interactive:
             if self.chatlog is not None and name and window.name is not None:
                 self.chatlog.write(name, line)
         self._prompt()
+
+    def _sending_again(self, t: Transfer) -> bool:
+        """``t`` is our offer refused busy while an offer of ours of the same name and size to them runs."""
+        if t.direction is not Direction.SEND or t.state is not TransferState.REJECTED or t.reason != "busy":
+            return False
+        if self.client is None:
+            return False
+        return any(o is not t and o.direction is Direction.SEND and not o.finished and o.peer == t.peer
+                   and o.name == t.name and o.size == t.size for o in self.client.transfers())  # fmt: skip
 
     def _prompt(self) -> None:
         assert self.console is not None
