@@ -459,7 +459,7 @@ def test_resume_and_summary_lines_for_people() -> None:
     summary = TransferSummary(DONE_IN, 200 * 1024**2, 12.4, 200 * 1024**2 / 12.4)
     assert human_line(summary, 0.0)[6:] == "* #4 200.0 MiB in 12 s, average 16.1 MiB/s"  # type: ignore[index]
     kept = human_line(TransferCancelled(9, 1024**3, False), 0.0) or ""
-    assert "1.0 GiB received are kept" in kept and "/partials clean" in kept
+    assert "1.0 GiB on disk are kept" in kept and "/partials clean" in kept
 
 
 def test_a_long_name_gives_way_so_the_numbers_always_show_at_40_columns() -> None:
@@ -496,3 +496,13 @@ def test_who_stopped_a_transfer_is_said_in_words() -> None:
     assert human_line(TransferEnded(by_sender), 0).endswith("#7 from bob ended: cancelled by the sender")
     assert human_line(TransferEnded(by_receiver), 0).endswith("#8 to bob ended: cancelled by the receiver")
     assert human_line(TransferEnded(timed_out), 0).endswith("#9 to bob ended: nobody answered the offer in time")
+
+
+def test_a_summary_under_a_second_and_the_reason_of_an_ended_transfer_in_transfers() -> None:
+    quick = TransferSummary(DONE_IN, 1000, 0.3, 3333.0)
+    assert human_line(quick, 0.0)[6:].startswith("* #4 1000 B in under 1 s")  # type: ignore[index]
+    broken = transfer(10, 10, 0.0, state=TransferState.FAILED, reason="hash-mismatch", handle=6)
+    assert human_line(TransferRow(broken), 0.0).endswith("#6 big.iso from bob: failed (hash-mismatch) 100% of 10 B")  # type: ignore[union-attr]
+    assert human_line(TransferRow(FAILED_OUT), 0.0).endswith(": rejected (too-large) 30% of 10 B")  # type: ignore[union-attr]
+    cancelled = transfer(10, 3, 0.0, state=TransferState.REJECTED, reason="cancelled", handle=7)
+    assert human_line(TransferRow(cancelled), 0.0).endswith(": cancelled 30% of 10 B")  # type: ignore[union-attr]

@@ -320,7 +320,10 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
         case TransferRow(t):
             pct = 100 if t.size == 0 else t.bytes_done * 100 // t.size
             word = _DIRECTION_WORD[t.direction]
-            return f"  #{t.handle} {e(t.name)} {word} {e(t.peer)}: {state_label(t)} {pct}% of {human_size(t.size)}"
+            label = state_label(t)
+            if t.state.final and t.reason and t.reason not in (label, t.state.value):
+                label = f"{label} ({e(t.reason)})"  # failed (hash-mismatch), rejected (too-large)...
+            return f"  #{t.handle} {e(t.name)} {word} {e(t.peer)}: {label} {pct}% of {human_size(t.size)}"
         case Ready(user, listening):
             where = "not listening (/listen on to accept chats)"
             if listening:
@@ -395,6 +398,8 @@ def speed_text(t: Transfer, speeds: Callable[[Transfer], Speed] | None) -> str:
 
 
 def human_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"  # "0 s" reads as nothing happened
     s = int(seconds + 0.5)
     if s < 60:
         return f"{s} s"
@@ -454,7 +459,7 @@ def console_human_body(event: Shown) -> str | None:
         case TransferCancelled(handle, kept, discarded):
             if kept is not None:
                 return (
-                    f"* #{handle} cancelled; the {human_size(kept)} received are kept: the same offer again resumes"
+                    f"* #{handle} cancelled; the {human_size(kept)} on disk are kept: the same offer again resumes"
                     " (/partials lists them, /partials clean deletes them)"
                 )
             if discarded:
