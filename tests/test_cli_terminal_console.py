@@ -387,3 +387,62 @@ def test_a_second_offer_refused_busy_says_why_and_shows_where_the_user_is() -> N
     other = FakeTransfer("b.iso", 100, 0, 0.0, Direction.SEND, TransferState.REJECTED, "bob", handle=3, reason="busy")
     ui.show(TransferEnded(other))  # type: ignore[arg-type]
     assert "#3 to bob ended: bob is busy (receiving that file from you already, or too many" in c.output().decode()
+
+
+def test_text_typed_before_a_multi_line_paste_stays_in_the_line_and_is_not_glued_to_it() -> None:
+    c = Console()
+    c.type(b"typed ")
+    c.type(START + b"one\ntwo" + END)
+    c.type(b"y")
+    assert c.lines == ["one", "two"]  # the lines asked about, exactly
+    assert c.console.editor.text == "typed "  # still there, to finish or send on its own
+    c.type(b"\r")
+    assert c.lines == ["one", "two", "typed "]
+
+
+def test_notices_go_to_window_1_and_mark_it_unless_about_the_chat_shown() -> None:
+    from chatapp.client import ConnectionClosed
+    from chatapp.events import ChatRequested, Reconnecting, ServerLost
+
+    ui, c = interactive()
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    ui.show(MessageReceived(FakeSession("carol"), "hey"))  # type: ignore[arg-type]
+    ui.switch_window("bob")
+    c.output()
+    ui.show(ServerLost(ConnectionClosed(None, "reset")))
+    ui.show(Reconnecting(1.5, 1))
+    ui.show(ChatRequested("carol"))
+    out = c.output()
+    assert b"lost the server" not in out and b"reconnecting" not in out and b"carol is opening" not in out
+    assert ui.windows.status.unread == 3 and ui.status(80).startswith("act: 1:status(3)")
+    ui.show(ChatRequested("bob"))  # about the chat shown: shown here
+    assert b"bob is opening a chat with you" in c.output()
+    ui.show(WhoListed(2))  # the answer to a command: where you are
+    assert b"2 online" in c.output()
+
+
+def test_a_login_elsewhere_is_one_line_not_three() -> None:
+    from chatapp.cli.commands import Conversations, console_sink
+    from chatapp.cli.events import SessionReplaced
+    from chatapp.client import ConnectionClosed
+    from chatapp.events import GaveUp, ServerLost
+
+    shown: list[Any] = []
+    hear = console_sink(Conversations(), shown.append)
+    closed = ConnectionClosed("replaced", "")
+    hear(ServerLost(closed))
+    hear(GaveUp(closed))
+    assert len(shown) == 1 and isinstance(shown[0], SessionReplaced)
+    assert "/reconnect logs in here again" in shown[0].text
+    hear(ServerLost(ConnectionClosed(None, "reset")))  # any other loss is still said
+    assert isinstance(shown[-1], ServerLost)
+
+
+def test_win_alone_lists_the_windows() -> None:
+    ui, c = interactive()
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    ui.show(MessageReceived(FakeSession("carol"), "hey"))  # type: ignore[arg-type]
+    c.output()
+    ui.list_windows()
+    rows = rows_drawn(c.output())
+    assert "  1:status" in rows and "  2:bob (shown)" in rows and "  3:carol, 1 unread, a message for you" in rows

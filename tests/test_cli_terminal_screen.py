@@ -221,3 +221,27 @@ def test_after_a_sigstop_and_sigcont_the_console_is_raw_again_and_redrawn(server
     finally:
         term.close()
         bob.kill()
+
+
+def test_narrowing_the_window_leaves_no_stale_copy_of_the_input_row(server: int, tmp_path: Path) -> None:
+    bob = start_bob(server, tmp_path)
+    term = Tmux(tmp_path, alice_command(server, tmp_path))
+    try:
+        term.wait_for(lambda s: "logged in as alice" in s)
+        term.keys("/chat bob")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "[bob] >")
+        term.tmux("resize-window", "-t", "t", "-x", "40", "-y", "12")
+        term.keys("a line being typed, long enough to fill the row")
+        term.wait_for(lambda s: last_line(s).startswith("[bob] > ") and len(last_line(s)) > 30)
+        term.tmux("resize-window", "-t", "t", "-x", "25", "-y", "12")
+        screen = term.wait_for(lambda s: "chatting with bob" in s and last_line(s).startswith("[bob] >"))
+        rows = screen.splitlines()
+        # one input row, at the bottom; no rewrapped piece of the old one above it
+        assert sum("[bob] >" in row for row in rows) == 1, screen
+        assert not any("long enough" in row for row in rows[:-1] if not row.startswith("[bob] >")), screen
+        term.enter()
+        bob.expect("^MSG alice a line being typed, long enough to fill the row$")
+    finally:
+        term.close()
+        bob.kill()

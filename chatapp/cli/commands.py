@@ -24,6 +24,7 @@ from chatapp.events import (
     GaveUp,
     MessageReceived,
     PeerJoined,
+    ServerLost,
     TransferEnded,
     TransferProgress,
 )
@@ -111,7 +112,7 @@ SPECS: dict[str, Spec] = {
             "BYE to every chat, log out and exit; transfers under way stop (interactive: asks first if any run)",
         ),
         # -- the interactive console's windows (issue 13) --
-        Spec("win", "/win N|USER", "show window N (also Alt-1..9) or the chat with USER", 1, 1),
+        Spec("win", "/win [N|USER]", "show window N (also Alt-1..9) or the chat with USER; alone: list them", 0, 1),
         Spec("lastlog", "/lastlog TEXT", "list the lines shown so far that contain TEXT", 1, 1, rest=True),
     ]
 }
@@ -226,6 +227,11 @@ def replaced(event: ChatEvent) -> bool:
     return isinstance(event, GaveUp) and isinstance(event.error, ConnectionClosed) and event.error.bye == "replaced"
 
 
+def _lost_to_replacement(event: ChatEvent) -> bool:
+    """The ServerLost that comes just before a ``replaced`` GaveUp: the one line for both is SessionReplaced."""
+    return isinstance(event, ServerLost) and isinstance(event.error, ConnectionClosed) and event.error.bye == "replaced"
+
+
 def console_sink(chats: Conversations, show: Callable[[Shown], None], rates: Rates | None = None) -> EventSink:
     """The ``emit`` a console gives its :class:`ChatClient`: ``chats`` learns from each event, ``show`` renders it.
 
@@ -241,13 +247,15 @@ def console_sink(chats: Conversations, show: Callable[[Shown], None], rates: Rat
         if rates is not None and isinstance(event, TransferProgress):
             if rates.progress(event.transfer) and event.transfer.offset > 0:
                 show(TransferResuming(event.transfer))
-        show(event)
+        if replaced(event):
+            show(SessionReplaced(REPLACED_TEXT))  # one line says it all (not lost, gave up, then this)
+            return
+        if not _lost_to_replacement(event):
+            show(event)
         if rates is not None and isinstance(event, TransferEnded):
             summary = rates.ended(event.transfer)
             if summary is not None:
                 show(summary)
-        if replaced(event):
-            show(SessionReplaced(REPLACED_TEXT))
 
     return hear
 
@@ -515,10 +523,13 @@ class Dispatcher:
 
     # -- the interactive console's windows (issue 13) --
 
-    async def do_win(self, target: str) -> None:
+    async def do_win(self, target: str | None = None) -> None:
         if self.views is None:
             raise CommandError("windows exist only in interactive mode")
-        self.views.switch_window(target)
+        if target is None:
+            self.views.list_windows()
+        else:
+            self.views.switch_window(target)
 
     async def do_lastlog(self, text: str) -> None:
         if self.views is None:
@@ -550,3 +561,6 @@ class Views(Protocol):
 
     def lastlog(self, text: str) -> None:
         """Show the lines containing ``text``."""
+
+    def list_windows(self) -> None:
+        """Show the windows: number, name, unread lines, which one is shown."""

@@ -35,11 +35,16 @@ from twisted.python.failure import Failure
 
 from chatapp.app import ChatClient
 from chatapp.events import (
+    ChatRequested,
     FileOffered,
+    GaveUp,
     MessageReceived,
     PeerJoined,
     PeerLeft,
     PeerNotice,
+    Reconnected,
+    Reconnecting,
+    ServerLost,
     TransferEnded,
     TransferProgress,
 )
@@ -51,7 +56,16 @@ from .commands import CommandError, Conversations, Dispatcher, OfferTimers, cons
 from .completion import console_complete
 from .editor import LineEditor
 from .errors import EXIT_OK
-from .events import ActiveChat, ChatClosed, ChatOpened, CommandFailed, CommandSucceeded, MessageSent, Shown
+from .events import (
+    ActiveChat,
+    ChatClosed,
+    ChatOpened,
+    CommandFailed,
+    CommandSucceeded,
+    MessageSent,
+    SessionReplaced,
+    Shown,
+)
 from .rates import Rates
 from .render import busy_again_line, human_line, status_line
 from .run import Run, ready_event
@@ -431,7 +445,8 @@ class ConsoleProtocol(insults.TerminalProtocol):
     def _pasted(self, lines: list[str]) -> None:
         if not lines:
             return  # a paste without a line break: inserted into the line
-        # as irssi does: ask before sending several messages; the line being typed stays as it was
+        # as irssi does: ask before sending several messages; the line being typed stays as it was,
+        # and is not part of them
         sending = [line for line in lines if line.strip()]
         if not sending:
             return
@@ -440,8 +455,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
 
     def _answer_paste(self, key: Any) -> None:
         lines, self._confirm = self._confirm or [], None
-        if key in (b"y", b"Y"):
-            self.editor.submit(remember=False)
+        if key in (b"y", b"Y"):  # what was typed before the paste stays in the line
             for line in lines:
                 self.on_line(line)
         else:
@@ -594,6 +608,8 @@ class Suspender:
 
 # what may change the status row: transfer news, and any command that succeeded (an OK line)
 _STATUS_NEWS = (TransferProgress, TransferEnded, FileOffered, *get_args(CommandSucceeded))
+# news from the server link, or someone knocking: window 1's, not the chat shown's
+_NOTICES = (ServerLost, Reconnecting, Reconnected, GaveUp, SessionReplaced, ChatRequested)
 # a line of these kinds marks its window in the activity list: something is waiting for you there
 _FOR_YOU = (MessageReceived, FileOffered)
 
@@ -615,7 +631,7 @@ def chat_of(event: Shown) -> tuple[str | None, bool]:
             return session.peer_name, False
         case FileOffered(_, t) | TransferEnded(t):
             return t.peer, False
-        case ChatClosed(user):
+        case ChatClosed(user) | ChatRequested(user):
             return user, False
     return None, False
 
@@ -653,6 +669,10 @@ class Interactive:
             found = windows.open(name) if opens else windows.find(name)
             created = len(windows.windows) > count
             window = found or window
+        if isinstance(event, _NOTICES) and not (name and windows.find(name) is windows.current):
+            # news that is no answer to what you typed: window 1 (marked in the activity list),
+            # unless it is about the chat shown
+            window = windows.status
         if created and windows.current is windows.status and len(windows.windows) == 2:
             # the first conversation: go there, as before there were windows (the screen stays as it is)
             self._select(window)
@@ -715,6 +735,15 @@ class Interactive:
                 self.console.bell()
             return
         self.switch_window(str(number))
+
+    def list_windows(self) -> None:
+        assert self.console is not None
+        for window in self.windows.windows:
+            shown = " (shown)" if window is self.windows.current else ""
+            unread = f", {window.unread} unread" if window.unread else ""
+            mark = ", a message for you" if window.for_you else ""
+            name = escape_for_terminal(window.name) if window.name is not None else "status"
+            self.console.show(f"  {window.number}:{name}{shown}{unread}{mark}")
 
     def lastlog(self, text: str) -> None:
         assert self.console is not None
@@ -809,7 +838,7 @@ async def run_interactive(run: Run) -> int:
     _console = console
     _raw = RawMode(sys.stdin.fileno())
     _raw.enter()
-    previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console))
+    previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console, ui.repaint))
     # a closed terminal window: log out cleanly like SIGTERM (the reactor only handles INT and TERM)
     previous_hup = signal.signal(signal.SIGHUP, lambda *_: run.reactor.callFromThread(run.reactor.stop))
     suspender = Suspender(_raw, console, ui.repaint)
@@ -852,6 +881,9 @@ async def _settle(d: defer.Deferred[None], reactor: Any) -> None:
         pass
 
 
-def _resized(console: ConsoleProtocol) -> None:
+def _resized(console: ConsoleProtocol, repaint: Callable[[], None]) -> None:
+    """A new size: the screen is drawn anew, since a terminal that rewraps its rows (tmux, most emulators)
+    has cut the old input and status rows into several, which erasing the bottom row would leave behind."""
     width, height = terminal_size()
-    console.terminalSize(width, height)
+    console.width, console.height = width, height
+    repaint()
