@@ -264,8 +264,11 @@ def test_a_cancel_right_after_accept_keeps_no_empty_partial_and_a_real_one_is_re
     incoming = session.incoming["k1"]
     incoming.bytes_done = 6  # as if two more bytes had been counted but not written yet
     events: list[Any] = []
-    client: Any = SimpleNamespace(transfer=lambda h: incoming, partials=fb.partials,
-                                  cancel=lambda h, discard=False: session.cancel(incoming) or 6)  # fmt: skip
+    def cancel(handle: int, discard: bool = False) -> int:
+        session.cancel(incoming)
+        return 6  # bytes received, as ChatClient.cancel reports them
+
+    client: Any = SimpleNamespace(transfer=lambda h: incoming, partials=fb.partials, cancel=cancel)
     dispatcher = Dispatcher(client, Conversations(), events.append)
     import asyncio
 

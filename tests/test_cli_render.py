@@ -493,16 +493,18 @@ def test_who_stopped_a_transfer_is_said_in_words() -> None:
     by_sender = transfer(10, 3, 0.0, state=TransferState.CANCELLED, reason="cancelled", handle=7)
     by_receiver = transfer(10, 3, 0.0, Direction.SEND, TransferState.REJECTED, reason="cancelled", handle=8)
     timed_out = transfer(10, 0, 0.0, Direction.SEND, TransferState.CANCELLED, reason="timed-out", handle=9)
-    assert human_line(TransferEnded(by_sender), 0).endswith("#7 from bob ended: cancelled by the sender")
-    assert human_line(TransferEnded(by_receiver), 0).endswith("#8 to bob ended: cancelled by the receiver")
-    assert human_line(TransferEnded(timed_out), 0).endswith("#9 to bob ended: nobody answered the offer in time")
+    assert (human_line(TransferEnded(by_sender), 0) or "").endswith("#7 from bob ended: cancelled by the sender")
+    assert (human_line(TransferEnded(by_receiver), 0) or "").endswith("#8 to bob ended: cancelled by the receiver")
+    late = human_line(TransferEnded(timed_out), 0) or ""
+    assert late.endswith("#9 to bob ended: nobody answered the offer in time")
 
 
 def test_a_summary_under_a_second_and_the_reason_of_an_ended_transfer_in_transfers() -> None:
     quick = TransferSummary(DONE_IN, 1000, 0.3, 3333.0)
     assert human_line(quick, 0.0)[6:].startswith("* #4 1000 B in under 1 s")  # type: ignore[index]
     broken = transfer(10, 10, 0.0, state=TransferState.FAILED, reason="hash-mismatch", handle=6)
-    assert human_line(TransferRow(broken), 0.0).endswith("#6 big.iso from bob: failed (hash-mismatch) 100% of 10 B")  # type: ignore[union-attr]
-    assert human_line(TransferRow(FAILED_OUT), 0.0).endswith(": rejected (too-large) 30% of 10 B")  # type: ignore[union-attr]
+    row = human_line(TransferRow(broken), 0.0) or ""
+    assert row.endswith("#6 big.iso from bob: failed (hash-mismatch) 100% of 10 B")
+    assert (human_line(TransferRow(FAILED_OUT), 0.0) or "").endswith(": rejected (too-large) 30% of 10 B")
     cancelled = transfer(10, 3, 0.0, state=TransferState.REJECTED, reason="cancelled", handle=7)
-    assert human_line(TransferRow(cancelled), 0.0).endswith(": cancelled 30% of 10 B")  # type: ignore[union-attr]
+    assert (human_line(TransferRow(cancelled), 0.0) or "").endswith(": cancelled 30% of 10 B")

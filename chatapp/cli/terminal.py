@@ -66,9 +66,11 @@ from .events import (
     SessionReplaced,
     Shown,
 )
+from .output import PeerThrottle
 from .rates import Rates
 from .render import busy_again_line, human_line, status_line
 from .run import Run, ready_event
+from .screen import ScreenOutput
 from .width import fit_ellipsis, width
 from .width import width as width_of
 from .windows import Window, Windows
@@ -193,6 +195,11 @@ class ConsoleServerProtocol(insults.ServerProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.splitter = PasteSplitter()
+        self.screen: ScreenOutput | None = None  # bounds what waits for a terminal that stopped reading
+
+    def write(self, data: bytes) -> None:
+        if self.screen is None or self.screen.passes(len(data)):
+            super().write(data)
 
     def dataReceived(self, data: bytes) -> None:
         console = self.terminalProtocol
@@ -818,8 +825,11 @@ def _open_chatlog(run: Run) -> tuple[ChatLog | None, str | None]:
 async def run_interactive(run: Run) -> int:
     global _raw, _console
     ui = Interactive(run)
-    client = await run.start(console_sink(ui.chats, ui.show, ui.rates))
+    screen = ScreenOutput(ui.repaint)
+    throttle = PeerThrottle(screen)
+    client = await run.start(throttle.sink(console_sink(ui.chats, ui.show, ui.rates)))
     ui.client = client
+    throttle.client = client
     ui.chatlog, chatlog_error = _open_chatlog(run)
     dispatcher = Dispatcher(client, ui.chats, ui.show, ui.new_password, run.password)
     dispatcher.offer_timers = OfferTimers(client, run.reactor, run.settings.offer_timeout, ui.show)
@@ -845,7 +855,10 @@ async def run_interactive(run: Run) -> int:
     console.on_suspend = suspender.suspend
     previous_tstp = signal.signal(signal.SIGTSTP, lambda *_: run.reactor.callFromThread(suspender.suspend))
     previous_cont = signal.signal(signal.SIGCONT, lambda *_: run.reactor.callFromThread(suspender.resumed))
-    stdio = StandardIO(ConsoleServerProtocol(lambda: console), reactor=run.reactor)
+    server_protocol = ConsoleServerProtocol(lambda: console)
+    server_protocol.screen = screen
+    stdio = StandardIO(server_protocol, reactor=run.reactor)
+    screen.attach(stdio)  # its writer says when its buffer is full and when it drained
     try:
         ui.console = console
         for event in ui.early:
