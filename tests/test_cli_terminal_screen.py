@@ -128,7 +128,8 @@ def test_a_second_chat_gets_its_own_window(server: int, tmp_path: Path) -> None:
         term.wait_for(lambda s: "<bob> hello from bob" in s and last_line(s) == "[bob] >")
         carol.send("/msg alice a word from carol")
         carol.expect("^OK msg alice")
-        screen = term.wait_for(lambda s: re.search(r"act: 3:carol\(\d+\)\*", s) is not None)
+        # "carol is opening a chat with you" marks window 1 (a notice), her message window 3
+        screen = term.wait_for(lambda s: re.search(r"act: 1:status\(1\) 3:carol\(\d+\)\*", s) is not None)
         assert "a word from carol" not in screen
         term.tmux("send-keys", "-t", "t", "M-3")
         screen = term.wait_for(lambda s: "<carol> a word from carol" in s)
