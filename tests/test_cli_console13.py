@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -237,6 +238,7 @@ def test_an_offer_nobody_answers_is_cancelled_once_and_said() -> None:
     clock.advance(1)
     assert events == [OfferTimedOut(client.transfer(1), 30.0)]
     assert client.cancelled == [(1, False)]
+    assert client.transfer(1).reason == "timed-out"
     assert clock.getDelayedCalls() == []
 
 
@@ -245,3 +247,30 @@ def test_no_offer_timeout_means_no_timer() -> None:
     timers = OfferTimers(FakeClient(), clock, None, lambda e: None)  # type: ignore[arg-type]
     timers.watch(T(size=1, state=TransferState.OFFERED))  # type: ignore[arg-type]
     assert clock.getDelayedCalls() == []
+
+
+def test_a_cancel_right_after_accept_keeps_no_empty_partial_and_a_real_one_is_reported_as_on_disk(
+    tmp_path: Path,
+) -> None:
+    from test_peer_harness import make_peer, open_listener
+
+    fb, _ = make_peer(tmp_path, "bob", Clock(), auto_accept=True)
+    session, transport = open_listener(fb)
+    session.dataReceived(b"OFFER e1 10 empty.bin\r\n")
+    session.cancel(session.incoming["e1"])
+    assert transport.value().endswith(b"REJECT e1 cancelled\r\n")
+    assert fb.partials() == []  # nothing received: nothing to resume, no 0-byte file left
+    session.dataReceived(b"OFFER k1 10 kept.bin\r\nDATA k1 4\r\nabcd")
+    incoming = session.incoming["k1"]
+    incoming.bytes_done = 6  # as if two more bytes had been counted but not written yet
+    events: list[Any] = []
+    def cancel(handle: int, discard: bool = False) -> int:
+        session.cancel(incoming)
+        return 6  # bytes received, as ChatClient.cancel reports them
+
+    client: Any = SimpleNamespace(transfer=lambda h: incoming, partials=fb.partials, cancel=cancel)
+    dispatcher = Dispatcher(client, Conversations(), events.append)
+    import asyncio
+
+    assert asyncio.run(dispatcher.run_line(f"/cancel {incoming.handle}"))
+    assert events[-1] == TransferCancelled(incoming.handle, 4, False)  # what the partial holds, not 6

@@ -200,8 +200,10 @@ def test_offer_timeout_and_a_login_elsewhere_end_the_one_shots(
     code, out, err = sender.finish(timeout=30)
     assert code == 1, (out, err)
     assert re.search(r"^TIMEOUT \d+ ivan 1 small\.txt$", out, re.MULTILINE), out
-    assert "1 of 1 files not delivered" in err
-    listener.expect(r"^FAILED \d+ receive hana cancelled")
+    # the timeout first, then its effect, labelled as a timeout (not as a cancel someone asked for)
+    assert re.search(r"^TIMEOUT .*\nFAILED \d+ send ivan cancelled timed-out$", out, re.MULTILINE), out
+    assert "1 of 1 files not delivered (small.txt: no answer within 1 s)" in err, err
+    listener.expect(r"^FAILED \d+ receive hana cancelled cancelled$")  # the wire's reason list is fixed
     # ivan logs in elsewhere: the listening one-shot stops with its own code instead of running unregistered
     again = chatapp(procs, tmp_path, server, "--user", "ivan", "--no-listen", stdin=subprocess.DEVNULL)
     assert again.finish()[0] == 0

@@ -86,7 +86,8 @@ def test_a_10000_character_paste_goes_in_whole_and_the_window_shows_its_end() ->
 def test_a_paste_with_line_breaks_is_not_inserted_but_returned_as_lines() -> None:
     e = typed("say: ", "!")
     e.left()
-    assert e.paste("one\r\ntwo\n\nthree\n") == ["say: one", "two", "", "three!"]
+    # the pasted lines alone: what was typed stays in the line, not glued to the first one
+    assert e.paste("one\r\ntwo\n\nthree\n") == ["one", "two", "", "three"]
     assert (e.text, e.cursor) == ("say: !", 5)  # left as it was, for the console to ask first
     assert e.paste("just a line\n") == []  # a copied line drags its line break along
     assert e.text == "say: just a line!"

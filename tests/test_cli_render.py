@@ -46,6 +46,7 @@ from chatapp.cli.events import (
 from chatapp.cli.rates import TransferSummary
 from chatapp.cli.render import clock, eta, human_eta, human_line, human_rate, percent, script_line, status_line
 from chatapp.cli.terminal import ConsoleProtocol
+from chatapp.cli.width import width as cells
 from chatapp.client import ConnectionClosed
 from chatapp.events import (
     ChatRequested,
@@ -286,7 +287,8 @@ def test_status_line() -> None:
     out: Any = FakeTransfer(f"e{EVIL}", 10, 5, 1.0, Direction.SEND, TransferState.SENDING, "al", handle=2)
     line = status_line([transfer(10, 1, 1.0), out], width=200)
     assert "\x1b" not in line and "[#2 e\\x1b[2J" in line and "->al 50%" in line
-    assert len(status_line([transfer(10, 1, 1.0, handle=n) for n in range(20)], width=60)) == 60
+    crowded = status_line([transfer(10, 1, 1.0, handle=n) for n in range(20)], width=60)
+    assert len(crowded) <= 60 and crowded.endswith(" more")
 
 
 # -- the line editor -------------------------------------------------------------------
@@ -457,4 +459,52 @@ def test_resume_and_summary_lines_for_people() -> None:
     summary = TransferSummary(DONE_IN, 200 * 1024**2, 12.4, 200 * 1024**2 / 12.4)
     assert human_line(summary, 0.0)[6:] == "* #4 200.0 MiB in 12 s, average 16.1 MiB/s"  # type: ignore[index]
     kept = human_line(TransferCancelled(9, 1024**3, False), 0.0) or ""
-    assert "1.0 GiB received are kept" in kept and "/partials clean" in kept
+    assert "1.0 GiB on disk are kept" in kept and "/partials clean" in kept
+
+
+def test_a_long_name_gives_way_so_the_numbers_always_show_at_40_columns() -> None:
+    long = transfer(100 * 1024**2, 25 * 1024**2, 5 * 1024**2, name="a-very-long-file-name-of-a-holiday-video-2024.mkv")
+    line = status_line([long], width=39)
+    assert cells(line) <= 39
+    assert line == "[#1 a-very-… <-bob 25% 5.0 MiB/s 00:15]"  # 39 cells: the word ETA went, then the name
+    line = status_line([long], width=60)
+    assert line.startswith("[#1 a-very-long") and line.endswith("… <-bob 25% 5.0 MiB/s ETA 00:15]")
+    wide = transfer(100, 50, 10.0, name="日本語のファイル名😀😀😀😀😀.bin", handle=2)
+    line = status_line([wide], width=39)
+    assert cells(line) <= 39 and line.endswith("日本語… <-bob 50% 10 B/s ETA 00:05]")
+
+
+def test_two_transfers_at_110_both_keep_their_numbers_and_too_many_say_how_many_more() -> None:
+    first = transfer(100, 25, 5.0, name="x" * 80)
+    second = transfer(100, 50, 10.0, Direction.SEND, TransferState.SENDING, name="y" * 80, peer="carol", handle=2)
+    line = status_line([first, second], width=109)
+    assert cells(line) <= 109
+    assert "<-bob 25% 5 B/s ETA 00:15]" in line and line.endswith("->carol 50% 10 B/s ETA 00:05]")
+    many = [transfer(100, 25, 5.0, name=f"file{n}.bin", handle=n) for n in range(1, 9)]
+    line = status_line(many, width=109)
+    assert cells(line) <= 109 and line.endswith(" more")
+    shown = line.count("[#")
+    assert 1 <= shown < 8 and line.endswith(f"+{8 - shown} more")
+    assert line.count("ETA 00:15]") == shown  # whole entries only
+    assert status_line(many, width=39) == "[#1 fil… <-bob 25% 5 B/s 00:15] +7 more"  # "ETA" went first
+
+
+def test_who_stopped_a_transfer_is_said_in_words() -> None:
+    by_sender = transfer(10, 3, 0.0, state=TransferState.CANCELLED, reason="cancelled", handle=7)
+    by_receiver = transfer(10, 3, 0.0, Direction.SEND, TransferState.REJECTED, reason="cancelled", handle=8)
+    timed_out = transfer(10, 0, 0.0, Direction.SEND, TransferState.CANCELLED, reason="timed-out", handle=9)
+    assert (human_line(TransferEnded(by_sender), 0) or "").endswith("#7 from bob ended: cancelled by the sender")
+    assert (human_line(TransferEnded(by_receiver), 0) or "").endswith("#8 to bob ended: cancelled by the receiver")
+    late = human_line(TransferEnded(timed_out), 0) or ""
+    assert late.endswith("#9 to bob ended: nobody answered the offer in time")
+
+
+def test_a_summary_under_a_second_and_the_reason_of_an_ended_transfer_in_transfers() -> None:
+    quick = TransferSummary(DONE_IN, 1000, 0.3, 3333.0)
+    assert human_line(quick, 0.0)[6:].startswith("* #4 1000 B in under 1 s")  # type: ignore[index]
+    broken = transfer(10, 10, 0.0, state=TransferState.FAILED, reason="hash-mismatch", handle=6)
+    row = human_line(TransferRow(broken), 0.0) or ""
+    assert row.endswith("#6 big.iso from bob: failed (hash-mismatch) 100% of 10 B")
+    assert (human_line(TransferRow(FAILED_OUT), 0.0) or "").endswith(": rejected (too-large) 30% of 10 B")
+    cancelled = transfer(10, 3, 0.0, state=TransferState.REJECTED, reason="cancelled", handle=7)
+    assert (human_line(TransferRow(cancelled), 0.0) or "").endswith(": cancelled 30% of 10 B")

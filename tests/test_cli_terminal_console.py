@@ -30,7 +30,7 @@ from chatapp.cli.terminal import (
 )
 from chatapp.cli.width import width
 from chatapp.cli.windows import MAX_LINES, Windows
-from chatapp.events import MessageReceived
+from chatapp.events import MessageReceived, TransferEnded
 from chatapp.peer import Direction, TransferState
 
 START, END = b"\x1b[200~", b"\x1b[201~"
@@ -342,3 +342,107 @@ def test_restore_terminal_turns_bracketed_paste_off(monkeypatch: Any) -> None:
     monkeypatch.setattr(terminal.os, "write", write)
     terminal.restore_terminal()
     assert BRACKETED_PASTE_OFF in written
+
+
+def test_ctrl_z_wipes_the_rows_turns_paste_off_gives_the_modes_back_then_stops_and_sigcont_redraws() -> None:
+    c = Console()
+    c.console.watch_status(lambda cells: "[#1 a.bin <-bob 12% 1.0 MiB/s ETA 00:10]")
+    c.console.status_changed()
+    c.type(b"typed")
+    c.output()
+    steps: list[Any] = []
+    raw: Any = SimpleNamespace(cooked=lambda: steps.append("cooked"), again=lambda: steps.append("raw"))
+    suspender = terminal.Suspender(raw, c.console, lambda: steps.append("repaint"), steps.append,
+                                   lambda: steps.append("stop"))  # fmt: skip
+    c.console.on_suspend = suspender.suspend
+    c.type(b"\x1a")
+    written, *rest = steps
+    assert rest == ["cooked", "stop"]  # the screen first, then the modes, then the stop
+    assert written == b"\r\x1b[2K\x1b[1A\x1b[2K" + BRACKETED_PASTE_OFF  # input and status rows wiped
+    assert c.console.editor.text == "typed"  # nothing typed is lost
+    steps.clear()
+    suspender.resumed()
+    assert steps == ["raw", "repaint"]
+    out = c.output()
+    assert BRACKETED_PASTE_ON in out and b"> typed" in out
+
+
+def test_a_second_offer_refused_busy_says_why_and_shows_where_the_user_is() -> None:
+    from test_cli_render import FakeTransfer
+
+    ui, c = interactive()
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    ui.show(MessageReceived(FakeSession("carol"), "hey"))  # type: ignore[arg-type]
+    ui.switch_window("carol")  # the user looks at carol's window
+    first = FakeTransfer("a.iso", 100, 10, 1.0, Direction.SEND, TransferState.SENDING, "bob", handle=1)
+    again = FakeTransfer("a.iso", 100, 0, 0.0, Direction.SEND, TransferState.REJECTED, "bob", handle=2, reason="busy")
+    ui.client = SimpleNamespace(transfers=lambda: [first, again])  # type: ignore[assignment]
+    c.output()
+    ui.show(TransferEnded(again))  # type: ignore[arg-type]
+    out = c.output().decode()
+    assert "#2 a.iso not sent: bob is already receiving a file of that name and size from you" in out
+    assert ui.windows.current.name == "carol"
+    assert any("already receiving" in line for line in ui.windows.find("bob").lines)  # type: ignore[union-attr]
+    # busy for another reason: the receiver's word, explained
+    other = FakeTransfer("b.iso", 100, 0, 0.0, Direction.SEND, TransferState.REJECTED, "bob", handle=3, reason="busy")
+    ui.show(TransferEnded(other))  # type: ignore[arg-type]
+    assert "#3 to bob ended: bob is busy (receiving that file from you already, or too many" in c.output().decode()
+
+
+def test_text_typed_before_a_multi_line_paste_stays_in_the_line_and_is_not_glued_to_it() -> None:
+    c = Console()
+    c.type(b"typed ")
+    c.type(START + b"one\ntwo" + END)
+    c.type(b"y")
+    assert c.lines == ["one", "two"]  # the lines asked about, exactly
+    assert c.console.editor.text == "typed "  # still there, to finish or send on its own
+    c.type(b"\r")
+    assert c.lines == ["one", "two", "typed "]
+
+
+def test_notices_go_to_window_1_and_mark_it_unless_about_the_chat_shown() -> None:
+    from chatapp.client import ConnectionClosed
+    from chatapp.events import ChatRequested, Reconnecting, ServerLost
+
+    ui, c = interactive()
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    ui.show(MessageReceived(FakeSession("carol"), "hey"))  # type: ignore[arg-type]
+    ui.switch_window("bob")
+    c.output()
+    ui.show(ServerLost(ConnectionClosed(None, "reset")))
+    ui.show(Reconnecting(1.5, 1))
+    ui.show(ChatRequested("carol"))
+    out = c.output()
+    assert b"lost the server" not in out and b"reconnecting" not in out and b"carol is opening" not in out
+    assert ui.windows.status.unread == 3 and ui.status(80).startswith("act: 1:status(3)")
+    ui.show(ChatRequested("bob"))  # about the chat shown: shown here
+    assert b"bob is opening a chat with you" in c.output()
+    ui.show(WhoListed(2))  # the answer to a command: where you are
+    assert b"2 online" in c.output()
+
+
+def test_a_login_elsewhere_is_one_line_not_three() -> None:
+    from chatapp.cli.commands import Conversations, console_sink
+    from chatapp.cli.events import SessionReplaced
+    from chatapp.client import ConnectionClosed
+    from chatapp.events import GaveUp, ServerLost
+
+    shown: list[Any] = []
+    hear = console_sink(Conversations(), shown.append)
+    closed = ConnectionClosed("replaced", "")
+    hear(ServerLost(closed))
+    hear(GaveUp(closed))
+    assert len(shown) == 1 and isinstance(shown[0], SessionReplaced)
+    assert "/reconnect logs in here again" in shown[0].text
+    hear(ServerLost(ConnectionClosed(None, "reset")))  # any other loss is still said
+    assert isinstance(shown[-1], ServerLost)
+
+
+def test_win_alone_lists_the_windows() -> None:
+    ui, c = interactive()
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    ui.show(MessageReceived(FakeSession("carol"), "hey"))  # type: ignore[arg-type]
+    c.output()
+    ui.list_windows()
+    rows = rows_drawn(c.output())
+    assert "  1:status" in rows and "  2:bob (shown)" in rows and "  3:carol, 1 unread, a message for you" in rows

@@ -3,9 +3,12 @@ narrow window, windows per chat.  The screen is asserted (capture-pane), never a
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,11 +104,13 @@ def test_a_wide_file_name_in_a_narrow_window_keeps_the_status_row_one_row(server
             assert len(status_rows) <= 1, screen
             if status_rows:
                 assert rows[status_rows[0] + 1].rstrip() in ("[bob] >", ">")
+                # the name gave way, not the numbers: percent and rate (or a stall) are on the row
+                assert re.search(r"<-bob \d+% (\S+ \S+/s \S+]|stalled)", rows[status_rows[0]]), screen
         final = term.wait_for(lambda s: "#1 received" in s and "[#1" not in s)
         assert "[#1" not in final  # no stale copy of the status row anywhere
         assert (tmp_path / "alice" / big.name).stat().st_size == big.stat().st_size
         raw = term.raw.read_bytes().decode("utf-8", "replace")
-        assert "[#1 日本語" in raw  # the status row was drawn, cut to fit
+        assert "[#1 日本…" in raw  # the status row was drawn, its name cut to fit
     finally:
         term.close()
         bob.kill()
@@ -123,7 +128,8 @@ def test_a_second_chat_gets_its_own_window(server: int, tmp_path: Path) -> None:
         term.wait_for(lambda s: "<bob> hello from bob" in s and last_line(s) == "[bob] >")
         carol.send("/msg alice a word from carol")
         carol.expect("^OK msg alice")
-        screen = term.wait_for(lambda s: re.search(r"act: 3:carol\(\d+\)\*", s) is not None)
+        # "carol is opening a chat with you" marks window 1 (a notice), her message window 3
+        screen = term.wait_for(lambda s: re.search(r"act: 1:status\(1\) 3:carol\(\d+\)\*", s) is not None)
         assert "a word from carol" not in screen
         term.tmux("send-keys", "-t", "t", "M-3")
         screen = term.wait_for(lambda s: "<carol> a word from carol" in s)
@@ -141,3 +147,102 @@ def test_a_second_chat_gets_its_own_window(server: int, tmp_path: Path) -> None:
         term.close()
         bob.kill()
         carol.kill()
+
+
+def test_ctrl_z_gives_the_shell_a_cooked_terminal_and_fg_brings_raw_mode_and_the_screen_back(
+    server: int, tmp_path: Path
+) -> None:
+    bob = start_bob(server, tmp_path)
+    # an interactive shell with job control, as a user has: Ctrl-Z stops the job, `fg` continues it
+    term = Tmux(tmp_path, "env PS1='$ ' bash --norc --noprofile -i")
+    try:
+        term.wait_for(lambda s: last_line(s) == "$")
+        term.keys(alice_command(server, tmp_path).split(";")[0])
+        term.enter()
+        term.wait_for(lambda s: "logged in as alice" in s)
+        term.keys("/chat bob")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "[bob] >")
+        term.keys("before")
+        term.tmux("send-keys", "-t", "t", "C-z")
+        screen = term.wait_for(lambda s: "Stopped" in s and last_line(s) == "$")
+        assert "[bob] > before" not in screen  # the input row was wiped before the shell got the terminal
+        mode = term.tmux("display-message", "-p", "-t", "t", "#{pane_tty}").strip()
+        stty = subprocess.run(["stty", "-F", mode, "-a"], capture_output=True, text=True, check=True).stdout
+        # readline has the prompt (its own -icanon -echo), but it starts from what we left: output
+        # processing and signal keys on, as before chatapp (raw mode turns both off)
+        assert re.search(r"(?<!-)opost", stty) and re.search(r"(?<!-)isig", stty), stty
+        term.keys("fg")
+        term.enter()
+        # the screen is drawn again: the window's lines and the line being typed
+        screen = term.wait_for(lambda s: last_line(s) == "[bob] > before" and "chatting with bob" in s)
+        assert "Stopped" not in screen
+        # raw mode again: arrows and editing keys work (cooked mode would send "before ac\x1b[Db")
+        term.tmux("send-keys", "-t", "t", "C-u")
+        term.keys("ac")
+        term.tmux("send-keys", "-t", "t", "Left")
+        term.keys("b")
+        term.enter()
+        bob.expect("^MSG alice abc$")
+        term.keys("/quit")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "$")
+    finally:
+        term.close()
+        bob.kill()
+
+
+def test_after_a_sigstop_and_sigcont_the_console_is_raw_again_and_redrawn(server: int, tmp_path: Path) -> None:
+    bob = start_bob(server, tmp_path)
+    term = Tmux(tmp_path, alice_command(server, tmp_path))
+    try:
+        term.wait_for(lambda s: "logged in as alice" in s)
+        term.keys("/chat bob")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "[bob] >")
+        shell = term.tmux("display-message", "-p", "-t", "t", "#{pane_pid}").strip()
+        pid = int(subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True, check=True).stdout.split()[0])
+        tty_path = term.tmux("display-message", "-p", "-t", "t", "#{pane_tty}").strip()
+        # a SIGSTOP nobody can catch; meanwhile the terminal is made cooked (as a shell does) and cleared
+        os.kill(pid, signal.SIGSTOP)
+        subprocess.run(["stty", "-F", tty_path, "sane"], check=True)
+        term.tmux("clear-history", "-t", "t")
+        term.tmux("send-keys", "-t", "t", "-R")
+        term.wait_for(lambda s: "chatting with bob" not in s)
+        os.kill(pid, signal.SIGCONT)
+        term.wait_for(lambda s: last_line(s) == "[bob] >" and "chatting with bob" in s)
+        term.keys("xz")
+        term.tmux("send-keys", "-t", "t", "Left")
+        term.keys("y")
+        term.enter()
+        bob.expect("^MSG alice xyz$")
+        term.keys("/quit")
+        term.enter()
+        term.wait_for(lambda s: "EXIT=0" in s)
+    finally:
+        term.close()
+        bob.kill()
+
+
+def test_narrowing_the_window_leaves_no_stale_copy_of_the_input_row(server: int, tmp_path: Path) -> None:
+    bob = start_bob(server, tmp_path)
+    term = Tmux(tmp_path, alice_command(server, tmp_path))
+    try:
+        term.wait_for(lambda s: "logged in as alice" in s)
+        term.keys("/chat bob")
+        term.enter()
+        term.wait_for(lambda s: last_line(s) == "[bob] >")
+        term.tmux("resize-window", "-t", "t", "-x", "40", "-y", "12")
+        term.keys("a line being typed, long enough to fill the row")
+        term.wait_for(lambda s: last_line(s).startswith("[bob] > ") and len(last_line(s)) > 30)
+        term.tmux("resize-window", "-t", "t", "-x", "25", "-y", "12")
+        screen = term.wait_for(lambda s: "chatting with bob" in s and last_line(s).startswith("[bob] >"))
+        rows = screen.splitlines()
+        # one input row, at the bottom; no rewrapped piece of the old one above it
+        assert sum("[bob] >" in row for row in rows) == 1, screen
+        assert not any("long enough" in row for row in rows[:-1] if not row.startswith("[bob] >")), screen
+        term.enter()
+        bob.expect("^MSG alice a line being typed, long enough to fill the row$")
+    finally:
+        term.close()
+        bob.kill()

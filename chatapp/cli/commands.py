@@ -24,6 +24,7 @@ from chatapp.events import (
     GaveUp,
     MessageReceived,
     PeerJoined,
+    ServerLost,
     TransferEnded,
     TransferProgress,
 )
@@ -111,7 +112,7 @@ SPECS: dict[str, Spec] = {
             "BYE to every chat, log out and exit; transfers under way stop (interactive: asks first if any run)",
         ),
         # -- the interactive console's windows (issue 13) --
-        Spec("win", "/win N|USER", "show window N (also Alt-1..9) or the chat with USER", 1, 1),
+        Spec("win", "/win [N|USER]", "show window N (also Alt-1..9) or the chat with USER; alone: list them", 0, 1),
         Spec("lastlog", "/lastlog TEXT", "list the lines shown so far that contain TEXT", 1, 1, rest=True),
     ]
 }
@@ -226,6 +227,11 @@ def replaced(event: ChatEvent) -> bool:
     return isinstance(event, GaveUp) and isinstance(event.error, ConnectionClosed) and event.error.bye == "replaced"
 
 
+def _lost_to_replacement(event: ChatEvent) -> bool:
+    """The ServerLost that comes just before a ``replaced`` GaveUp: the one line for both is SessionReplaced."""
+    return isinstance(event, ServerLost) and isinstance(event.error, ConnectionClosed) and event.error.bye == "replaced"
+
+
 def console_sink(chats: Conversations, show: Callable[[Shown], None], rates: Rates | None = None) -> EventSink:
     """The ``emit`` a console gives its :class:`ChatClient`: ``chats`` learns from each event, ``show`` renders it.
 
@@ -236,18 +242,29 @@ def console_sink(chats: Conversations, show: Callable[[Shown], None], rates: Rat
 
     def hear(event: ChatEvent) -> None:
         chats.heard(event)
+        if isinstance(event, TransferEnded) and id(event.transfer) in _TIMING_OUT:
+            event.transfer.reason = TIMED_OUT  # the wire said "cancelled" (a fixed list); we know better
         if rates is not None and isinstance(event, TransferProgress):
             if rates.progress(event.transfer) and event.transfer.offset > 0:
                 show(TransferResuming(event.transfer))
-        show(event)
+        if replaced(event):
+            show(SessionReplaced(REPLACED_TEXT))  # one line says it all (not lost, gave up, then this)
+            return
+        if not _lost_to_replacement(event):
+            show(event)
         if rates is not None and isinstance(event, TransferEnded):
             summary = rates.ended(event.transfer)
             if summary is not None:
                 show(summary)
-        if replaced(event):
-            show(SessionReplaced(REPLACED_TEXT))
 
     return hear
+
+
+# the local reason of an offer that nobody answered in time (on the wire: CANCEL <id> cancelled)
+TIMED_OUT = "timed-out"
+# the offers (by id()) being cancelled for their timeout right now: their TransferEnded, emitted
+# while the cancel runs, is relabelled by console_sink (one entry, only while the cancel runs)
+_TIMING_OUT: set[int] = set()
 
 
 class OfferTimers:
@@ -275,11 +292,16 @@ class OfferTimers:
         self._timers.pop(transfer.handle, None)
         if transfer.state is not TransferState.OFFERED:
             return  # answered meanwhile (or ended)
+        self.emit(OfferTimedOut(transfer, self.seconds or 0.0))  # first: the FAILED line that follows is its effect
+        _TIMING_OUT.add(id(transfer))
         try:
             self.client.cancel(transfer.handle)
         except ChatClientError as e:  # the chat closed meanwhile: the offer is gone with it
             log.info("offer {handle} timed out, but: {error}", handle=transfer.handle, error=str(e))
-        self.emit(OfferTimedOut(transfer, self.seconds or 0.0))
+        finally:
+            _TIMING_OUT.discard(id(transfer))
+        if transfer.state.final:
+            transfer.reason = TIMED_OUT
 
     def stop(self) -> None:
         timers, self._timers = self._timers, {}
@@ -411,7 +433,17 @@ class Dispatcher:
         if transfer.finished:
             raise CommandError(f"transfer {handle} has ended already ({transfer.state.value})")
         kept = self.client.cancel(handle, discard=discard is not None)
+        if kept is not None:
+            kept = self._on_disk(transfer, kept)
         self.emit(TransferCancelled(handle, kept, discard is not None and transfer.direction is Direction.RECEIVE))
+
+    def _on_disk(self, transfer: Transfer, received: int) -> int:
+        """What the kept partial holds (bytes received may still have been queued for the disk, now dropped)."""
+        path = getattr(transfer, "partial", None)
+        for partial in self.client.partials():
+            if partial.path == path:
+                return partial.kept
+        return received
 
     async def do_partials(self, clean: str | None = None) -> None:
         if clean is not None:
@@ -491,10 +523,13 @@ class Dispatcher:
 
     # -- the interactive console's windows (issue 13) --
 
-    async def do_win(self, target: str) -> None:
+    async def do_win(self, target: str | None = None) -> None:
         if self.views is None:
             raise CommandError("windows exist only in interactive mode")
-        self.views.switch_window(target)
+        if target is None:
+            self.views.list_windows()
+        else:
+            self.views.switch_window(target)
 
     async def do_lastlog(self, text: str) -> None:
         if self.views is None:
@@ -526,3 +561,6 @@ class Views(Protocol):
 
     def lastlog(self, text: str) -> None:
         """Show the lines containing ``text``."""
+
+    def list_windows(self) -> None:
+        """Show the windows: number, name, unread lines, which one is shown."""

@@ -90,10 +90,10 @@ class LineEditor:
         copying a whole line takes it along) is inserted at the cursor.  One
         with line breaks is not inserted: the editor is left as it was and
         the lines are returned so that the console can ask before sending
-        them as several messages.  They are the lines the text would be
-        split into if the paste were inserted at the cursor: the first one
-        starts with what was typed before the cursor, the last ends with
-        what was after it.  Empty lines are kept; the caller decides.
+        them as several messages.  They are the pasted lines alone: what was
+        typed stays in the line, to be sent (or not) on its own — gluing it to
+        the first pasted line would send a message nobody saw asked about.
+        Empty lines are kept; the caller decides.
         """
         if text.endswith("\r\n"):
             text = text[:-2]
@@ -103,8 +103,6 @@ class LineEditor:
         if len(lines) == 1:
             self.insert(text)
             return []
-        lines[0] = self.text[: self.cursor] + lines[0]
-        lines[-1] += self.text[self.cursor :]
         return [without_controls(line) for line in lines]
 
     def _cluster_start_before(self, position: int) -> int:

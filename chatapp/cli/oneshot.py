@@ -18,9 +18,9 @@ from twisted.internet import defer
 from chatapp.app import ChatClient
 from chatapp.client import NoSuchUser, NotOnline
 from chatapp.events import ChatEvent, EventSink
-from chatapp.peer import TransferState
+from chatapp.peer import Transfer, TransferState
 
-from .commands import Conversations, OfferTimers, console_sink, replaced
+from .commands import TIMED_OUT, Conversations, OfferTimers, console_sink, replaced
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACED, EXIT_USAGE, Fatal, explain
 from .events import FileOfferSent, SessionReplaced
 from .output import BoundedOutput, OutputOverflow, PeerThrottle, StdoutWriter
@@ -87,7 +87,7 @@ async def run_send(run: Run) -> int:
         raise Fatal(EXIT_REPLACED, REPLACED_EXIT_TEXT)
     failed = [t for t in transfers if t.state is not TransferState.DONE]
     if failed:
-        reasons = ", ".join(f"{t.name}: {t.reason}" for t in failed)
+        reasons = ", ".join(f"{t.name}: {_why(t, timers.seconds)}" for t in failed)
         raise Fatal(EXIT_FAILED, f"{len(failed)} of {len(transfers)} files not delivered ({reasons})")
     return EXIT_OK
 
@@ -125,3 +125,10 @@ def _one_shot_sink(output: ScriptOutput, gone: defer.Deferred[None]) -> EventSin
         show(event)
 
     return hear
+
+
+def _why(t: Transfer, offer_timeout: float | None) -> str:
+    """Why a file did not go, for the one line on stderr."""
+    if t.reason == TIMED_OUT and offer_timeout is not None:
+        return f"no answer within {offer_timeout:g} s"
+    return t.reason

@@ -63,6 +63,7 @@ from .events import (
 )
 from .rates import Speed, TransferSummary
 from .width import fit_ellipsis
+from .width import width as cells
 
 
 def token(value: str) -> str:
@@ -215,20 +216,61 @@ def eta(transfer: Transfer) -> float | None:
     return left / transfer.rate
 
 
+MIN_NAME = 6  # cells a file name keeps in the status row before whole entries give way to "+N more"
+MAX_PEER = 16  # cells a peer's name takes there at most
+
+
 def status_line(
     transfers: Iterable[Transfer], width: int = 80, speeds: Callable[[Transfer], Speed] | None = None
 ) -> str:
-    """One line for the running transfers: name, direction, percent, rate, ETA; cut to ``width`` cells."""
-    parts = []
+    """One line for the running transfers, in ``width`` cells at most, the numbers always shown.
+
+    Names are what gives way: each file name is cut (by display cells, with an
+    ellipsis) so that percent, rate and ETA fit; when even short names leave no
+    room, as many whole entries as fit are shown, then ``+N more``.
+    """
+    entries = []
     for t in transfers:
         arrow = "->" if t.direction is Direction.SEND else "<-"
-        parts.append(
-            f"[#{t.handle} {escape_for_terminal(t.name)} {arrow}{escape_for_terminal(t.peer)} {percent(t)}% "
-            f"{speed_text(t, speeds)}]"
-        )
-    # cut by display cells, not characters: a wide file name must not wrap the row (a wrapped
-    # status row leaves a stale copy on every redraw)
-    return fit_ellipsis(" ".join(parts), width)
+        peer = fit_ellipsis(escape_for_terminal(t.peer), MAX_PEER)
+        tail = f" {arrow}{peer} {percent(t)}% {speed_text(t, speeds)}]"
+        entries.append((f"[#{t.handle} ", escape_for_terminal(t.name), tail))
+    if not entries:
+        return ""
+    for count in range(len(entries), 0, -1):
+        shown = entries[:count]
+        more = f" +{len(entries) - count} more" if count < len(entries) else ""
+        fixed = sum(cells(head) + cells(tail) for head, _, tail in shown) + count - 1 + cells(more)
+        room = width - fixed
+        if count == 1 and room < min(cells(shown[0][1]), MIN_NAME):
+            # a narrow window: the word "ETA" goes before the name does (the time still shows)
+            head, name, tail = shown[0]
+            shown = [(head, name, tail.replace(" ETA ", " "))]
+            room += 4
+        if room >= sum(min(cells(name), MIN_NAME) for _, name, _ in shown) or count == 1:
+            names = _share([name for _, name, _ in shown], max(room, 0))
+            line = " ".join(head + name + tail for (head, _, tail), name in zip(shown, names, strict=True))
+            # a window too narrow for even one entry's numbers: cut by cells, never wrap (a stale copy each redraw)
+            return fit_ellipsis(line + more, width)
+    raise AssertionError("unreachable")
+
+
+def _share(names: list[str], room: int) -> list[str]:
+    """``names`` cut to share ``room`` cells: short ones whole, the rest equally, each with an ellipsis if cut."""
+    wanted = [cells(n) for n in names]
+    given = [0] * len(names)
+    left, open_ = room, list(range(len(names)))
+    while open_ and left > 0:
+        share = max(left // len(open_), 1)
+        still = []
+        for i in open_:
+            take = min(wanted[i] - given[i], share, left)
+            given[i] += take
+            left -= take
+            if given[i] < wanted[i]:
+                still.append(i)
+        open_ = still
+    return [n if given[i] >= wanted[i] else fit_ellipsis(n, given[i]) for i, n in enumerate(names)]
 
 
 _DIRECTION_WORD = {Direction.SEND: "to", Direction.RECEIVE: "from"}
@@ -268,7 +310,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
                 return f"* #{t.handle} sent to {e(t.peer)} ({human_size(t.size)})"
             return f"* #{t.handle} received from {e(t.peer)} ({human_size(t.size)}): {e(t.path or t.name)}"
         case TransferEnded(t):
-            return f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(t.reason or t.state.value)}"
+            return f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(end_reason(t))}"
         case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
             return f"* {e(notice_text(event))}"
         case CommandFailed(text):
@@ -278,7 +320,10 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
         case TransferRow(t):
             pct = 100 if t.size == 0 else t.bytes_done * 100 // t.size
             word = _DIRECTION_WORD[t.direction]
-            return f"  #{t.handle} {e(t.name)} {word} {e(t.peer)}: {state_label(t)} {pct}% of {human_size(t.size)}"
+            label = state_label(t)
+            if t.state.final and t.reason and t.reason not in (label, t.state.value):
+                label = f"{label} ({e(t.reason)})"  # failed (hash-mismatch), rejected (too-large)...
+            return f"  #{t.handle} {e(t.name)} {word} {e(t.peer)}: {label} {pct}% of {human_size(t.size)}"
         case Ready(user, listening):
             where = "not listening (/listen on to accept chats)"
             if listening:
@@ -320,6 +365,28 @@ def state_label(t: Transfer) -> str:
     return t.state.value
 
 
+def end_reason(t: Transfer) -> str:
+    """Why ``t`` ended, in words: who cancelled, or that nobody answered, or the wire's reason."""
+    if t.reason == "cancelled":
+        if t.direction is Direction.RECEIVE and t.state is TransferState.CANCELLED:
+            return "cancelled by the sender"  # their CANCEL; our own /cancel is a REJECT
+        if t.direction is Direction.SEND and t.state is TransferState.REJECTED:
+            return "cancelled by the receiver"
+    if t.reason == "timed-out":
+        return "nobody answered the offer in time"
+    if t.reason == "busy" and t.direction is Direction.SEND:
+        # the receiver's word covers three cases it does not tell apart (PROTOCOL.md: REJECT busy)
+        return f"{t.peer} is busy (receiving that file from you already, or too many files at once)"
+    return t.reason or t.state.value
+
+
+def busy_again_line(t: Transfer, now: float) -> str:
+    """The refusal of an offer the receiver is already receiving from us (same name and size): why, in words."""
+    e = escape_for_terminal
+    return (f"{clock(now)} * #{t.handle} {e(t.name)} not sent: {e(t.peer)} is already receiving"
+            " a file of that name and size from you")  # fmt: skip
+
+
 def speed_text(t: Transfer, speeds: Callable[[Transfer], Speed] | None) -> str:
     """``11.3 MiB/s ETA 00:07`` over the recent window, ``stalled 12 s``, or the average without ``speeds``."""
     if speeds is None:
@@ -331,6 +398,8 @@ def speed_text(t: Transfer, speeds: Callable[[Transfer], Speed] | None) -> str:
 
 
 def human_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"  # "0 s" reads as nothing happened
     s = int(seconds + 0.5)
     if s < 60:
         return f"{s} s"
@@ -390,7 +459,7 @@ def console_human_body(event: Shown) -> str | None:
         case TransferCancelled(handle, kept, discarded):
             if kept is not None:
                 return (
-                    f"* #{handle} cancelled; the {human_size(kept)} received are kept: the same offer again resumes"
+                    f"* #{handle} cancelled; the {human_size(kept)} on disk are kept: the same offer again resumes"
                     " (/partials lists them, /partials clean deletes them)"
                 )
             if discarded:

@@ -35,15 +35,20 @@ from twisted.python.failure import Failure
 
 from chatapp.app import ChatClient
 from chatapp.events import (
+    ChatRequested,
     FileOffered,
+    GaveUp,
     MessageReceived,
     PeerJoined,
     PeerLeft,
     PeerNotice,
+    Reconnected,
+    Reconnecting,
+    ServerLost,
     TransferEnded,
     TransferProgress,
 )
-from chatapp.peer import TransferState
+from chatapp.peer import Direction, Transfer, TransferState
 from chatapp.wire import escape_for_terminal
 
 from .chatlog import ChatLog
@@ -51,11 +56,23 @@ from .commands import CommandError, Conversations, Dispatcher, OfferTimers, cons
 from .completion import console_complete
 from .editor import LineEditor
 from .errors import EXIT_OK
-from .events import ActiveChat, ChatClosed, ChatOpened, CommandFailed, CommandSucceeded, MessageSent, Shown
+from .events import (
+    ActiveChat,
+    ChatClosed,
+    ChatOpened,
+    CommandFailed,
+    CommandSucceeded,
+    MessageSent,
+    SessionReplaced,
+    Shown,
+)
+from .output import PeerThrottle
 from .rates import Rates
-from .render import human_line, status_line
+from .render import busy_again_line, human_line, status_line
 from .run import Run, ready_event
+from .screen import ScreenOutput
 from .width import fit_ellipsis, width
+from .width import width as width_of
 from .windows import Window, Windows
 
 log = Logger()
@@ -86,6 +103,22 @@ class RawMode:
         self.saved = termios.tcgetattr(self.fd)
         atexit.register(self.restore)
         tty.setraw(self.fd, termios.TCSANOW)
+
+    def again(self) -> None:
+        """Raw mode once more, after a suspend: the shell put the terminal back in cooked mode for itself."""
+        if self.saved is not None:
+            try:
+                tty.setraw(self.fd, termios.TCSANOW)
+            except termios.error:
+                pass
+
+    def cooked(self) -> None:
+        """The terminal as it was before us, but still ours to put back in raw mode (a suspend)."""
+        if self.saved is not None:
+            try:
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+            except termios.error:
+                pass
 
     def restore(self) -> None:
         saved, self.saved = self.saved, None
@@ -162,6 +195,11 @@ class ConsoleServerProtocol(insults.ServerProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.splitter = PasteSplitter()
+        self.screen: ScreenOutput | None = None  # bounds what waits for a terminal that stopped reading
+
+    def write(self, data: bytes) -> None:
+        if self.screen is None or self.screen.passes(len(data)):
+            super().write(data)
 
     def dataReceived(self, data: bytes) -> None:
         console = self.terminalProtocol
@@ -193,8 +231,11 @@ class ConsoleProtocol(insults.TerminalProtocol):
         clock: Any,
         now: Callable[[], float],
         on_window: Callable[[int], None] = lambda n: None,
+        on_suspend: Callable[[], None] = lambda: None,
     ) -> None:
         self.editor = LineEditor()
+        self.on_suspend = on_suspend
+        self.suspended = False
         self.on_line = on_line
         self.on_quit = on_quit
         self.on_window = on_window
@@ -282,6 +323,28 @@ class ConsoleProtocol(insults.TerminalProtocol):
         for line in lines[-rows:] if rows else []:
             t.write(line.encode("utf-8") + b"\n")
         self._draw()
+
+    def leave_for_suspend(self) -> bytes:
+        """What to write, at once, before the terminal goes back to the shell: the input rows wiped, paste off.
+
+        Returned rather than written through the transport, which writes later, when the reactor
+        runs again, and that is after the process stopped.
+        """
+        self.suspended = True
+        out = b"\r\x1b[2K"
+        if self._status_shown:
+            out += b"\x1b[1A\x1b[2K"
+            self._status_shown = False
+        return out + BRACKETED_PASTE_OFF
+
+    def come_back(self) -> None:
+        """After SIGCONT: bracketed paste on again (the shell turned it off) and the rows drawn anew."""
+        self.suspended = False
+        if self.closed:
+            return
+        self.width, self.height = terminal_size()  # the window may have been resized meanwhile
+        self.terminal.write(BRACKETED_PASTE_ON)
+        self.redraw()
 
     def bell(self) -> None:
         if not self.closed:
@@ -389,7 +452,8 @@ class ConsoleProtocol(insults.TerminalProtocol):
     def _pasted(self, lines: list[str]) -> None:
         if not lines:
             return  # a paste without a line break: inserted into the line
-        # as irssi does: ask before sending several messages; the line being typed stays as it was
+        # as irssi does: ask before sending several messages; the line being typed stays as it was,
+        # and is not part of them
         sending = [line for line in lines if line.strip()]
         if not sending:
             return
@@ -398,8 +462,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
 
     def _answer_paste(self, key: Any) -> None:
         lines, self._confirm = self._confirm or [], None
-        if key in (b"y", b"Y"):
-            self.editor.submit(remember=False)
+        if key in (b"y", b"Y"):  # what was typed before the paste stays in the line
             for line in lines:
                 self.on_line(line)
         else:
@@ -451,6 +514,8 @@ class ConsoleProtocol(insults.TerminalProtocol):
             self.terminal.eraseDisplay()
             self.terminal.cursorHome()
             self._status_shown = False
+        elif key == b"\x1a":  # Ctrl-Z: raw mode gets it as a key, not as SIGTSTP
+            self.on_suspend()
         elif key == b"\x03":  # Ctrl-C: clear the line; on an empty line, quit
             if e.text or self._secret is not None:
                 e.submit(remember=False)
@@ -494,10 +559,70 @@ class ConsoleProtocol(insults.TerminalProtocol):
         self.on_quit()
 
 
+def _write_now(data: bytes) -> None:
+    try:  # a few bytes to a terminal that reads: one write takes them (fd 1 is non-blocking now)
+        os.write(1, data)
+    except OSError:
+        pass
+
+
+def _stop_self() -> None:
+    """Stop as the shell's Ctrl-Z would: SIGTSTP with its default action, so the shell sees "Stopped"."""
+    previous = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), signal.SIGTSTP)  # delivered before kill() returns: we stop here until SIGCONT
+    finally:
+        signal.signal(signal.SIGTSTP, previous)
+
+
+class Suspender:
+    """Ctrl-Z (or a SIGTSTP) hands the terminal back to the shell, then stops; SIGCONT takes it back and redraws.
+
+    Raw mode turns Ctrl-Z into a key, so the console stops itself: input rows wiped,
+    bracketed paste off, the terminal's own modes back, then SIGTSTP.  On SIGCONT
+    (``fg``, or a ``kill -CONT`` after a SIGSTOP that nobody could catch) the
+    shell has left the terminal cooked: raw mode again, paste on, the screen redrawn.
+    """
+
+    def __init__(
+        self,
+        raw: RawMode,
+        console: ConsoleProtocol,
+        repaint: Callable[[], None],
+        write_now: Callable[[bytes], None] = _write_now,
+        stop: Callable[[], None] = _stop_self,
+    ) -> None:
+        self.raw = raw
+        self.console = console
+        self.repaint = repaint
+        self.write_now = write_now
+        self.stop = stop
+
+    def suspend(self) -> None:
+        if self.console.closed:
+            return
+        self.write_now(self.console.leave_for_suspend())
+        self.raw.cooked()
+        self.stop()
+
+    def resumed(self) -> None:
+        if self.console.closed:
+            return
+        self.raw.again()
+        self.console.come_back()
+        self.repaint()  # the shell wrote over our screen ("Stopped", "fg")
+
+
 # what may change the status row: transfer news, and any command that succeeded (an OK line)
 _STATUS_NEWS = (TransferProgress, TransferEnded, FileOffered, *get_args(CommandSucceeded))
+# news from the server link, or someone knocking: window 1's, not the chat shown's
+_NOTICES = (ServerLost, Reconnecting, Reconnected, GaveUp, SessionReplaced, ChatRequested)
 # a line of these kinds marks its window in the activity list: something is waiting for you there
 _FOR_YOU = (MessageReceived, FileOffered)
+
+
+def _our_offer(event: Shown) -> bool:
+    return isinstance(event, TransferEnded) and event.transfer.direction is Direction.SEND
 
 
 def chat_of(event: Shown) -> tuple[str | None, bool]:
@@ -513,7 +638,7 @@ def chat_of(event: Shown) -> tuple[str | None, bool]:
             return session.peer_name, False
         case FileOffered(_, t) | TransferEnded(t):
             return t.peer, False
-        case ChatClosed(user):
+        case ChatClosed(user) | ChatRequested(user):
             return user, False
     return None, False
 
@@ -540,6 +665,8 @@ class Interactive:
         if isinstance(event, _STATUS_NEWS):
             self.console.status_changed()
         line = human_line(event, self.reactor.seconds(), self.run.settings.accept_files)
+        if isinstance(event, TransferEnded) and self._sending_again(event.transfer):
+            line = busy_again_line(event.transfer, self.reactor.seconds())
         name, opens = chat_of(event)
         windows = self.windows
         window = windows.current
@@ -549,6 +676,10 @@ class Interactive:
             found = windows.open(name) if opens else windows.find(name)
             created = len(windows.windows) > count
             window = found or window
+        if isinstance(event, _NOTICES) and not (name and windows.find(name) is windows.current):
+            # news that is no answer to what you typed: window 1 (marked in the activity list),
+            # unless it is about the chat shown
+            window = windows.status
         if created and windows.current is windows.status and len(windows.windows) == 2:
             # the first conversation: go there, as before there were windows (the screen stays as it is)
             self._select(window)
@@ -557,6 +688,10 @@ class Interactive:
             if target is not None and target is not windows.current:
                 self._switch(target)
         if line is not None:
+            # how an offer of ours ended answers our own command: it is shown where we are, too
+            if _our_offer(event) and window is not windows.current:
+                windows.add(windows.current, line)
+                self.console.show(line)
             if windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):
                 self.console.show(line)
             else:
@@ -566,6 +701,15 @@ class Interactive:
             if self.chatlog is not None and name and window.name is not None:
                 self.chatlog.write(name, line)
         self._prompt()
+
+    def _sending_again(self, t: Transfer) -> bool:
+        """``t`` is our offer refused busy while an offer of ours of the same name and size to them runs."""
+        if t.direction is not Direction.SEND or t.state is not TransferState.REJECTED or t.reason != "busy":
+            return False
+        if self.client is None:
+            return False
+        return any(o is not t and o.direction is Direction.SEND and not o.finished and o.peer == t.peer
+                   and o.name == t.name and o.size == t.size for o in self.client.transfers())  # fmt: skip
 
     def _prompt(self) -> None:
         assert self.console is not None
@@ -599,6 +743,15 @@ class Interactive:
             return
         self.switch_window(str(number))
 
+    def list_windows(self) -> None:
+        assert self.console is not None
+        for window in self.windows.windows:
+            shown = " (shown)" if window is self.windows.current else ""
+            unread = f", {window.unread} unread" if window.unread else ""
+            mark = ", a message for you" if window.for_you else ""
+            name = escape_for_terminal(window.name) if window.name is not None else "status"
+            self.console.show(f"  {window.number}:{name}{shown}{unread}{mark}")
+
     def lastlog(self, text: str) -> None:
         assert self.console is not None
         found = self.windows.lastlog(text)
@@ -608,17 +761,23 @@ class Interactive:
             self.console.show(line)
 
     def status(self, width: int) -> str:
-        parts = [self.windows.activity_text(width)]
-        if self.client is not None:
-            running = [t for t in self.client.transfers() if t.state in _RUNNING]
-            parts.append(status_line(running, width, speeds=self.rates.speed))
-        return fit_ellipsis(" ".join(p for p in parts if p), width)
+        running = [t for t in self.client.transfers() if t.state in _RUNNING] if self.client is not None else []
+        # the activity list takes a third of the row at most when files move, so their numbers show
+        activity = self.windows.activity_text(width // 3 if running else width)
+        room = width - (width_of(activity) + 1 if activity else 0)
+        transfers = status_line(running, room, speeds=self.rates.speed) if running else ""
+        return fit_ellipsis(" ".join(p for p in (activity, transfers) if p), width)
 
     def candidates(self, before: str, dispatcher: Dispatcher) -> list[str]:
         users = sorted(set(dispatcher.users()) | set(self.windows.names()))
         transfers = self.client.transfers if self.client is not None else list
         names = [w.name for w in self.windows.windows if w.name is not None]
         return console_complete(before, users, transfers, names)
+
+    def repaint(self) -> None:
+        """The window shown, drawn again from its lines (after a suspend)."""
+        if self.console is not None:
+            self.console.repaint(list(self.windows.current.lines))
 
     def quit(self) -> None:
         if not self.done.called:
@@ -666,8 +825,11 @@ def _open_chatlog(run: Run) -> tuple[ChatLog | None, str | None]:
 async def run_interactive(run: Run) -> int:
     global _raw, _console
     ui = Interactive(run)
-    client = await run.start(console_sink(ui.chats, ui.show, ui.rates))
+    screen = ScreenOutput(ui.repaint)
+    throttle = PeerThrottle(screen)
+    client = await run.start(throttle.sink(console_sink(ui.chats, ui.show, ui.rates)))
     ui.client = client
+    throttle.client = client
     ui.chatlog, chatlog_error = _open_chatlog(run)
     dispatcher = Dispatcher(client, ui.chats, ui.show, ui.new_password, run.password)
     dispatcher.offer_timers = OfferTimers(client, run.reactor, run.settings.offer_timeout, ui.show)
@@ -686,10 +848,17 @@ async def run_interactive(run: Run) -> int:
     _console = console
     _raw = RawMode(sys.stdin.fileno())
     _raw.enter()
-    previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console))
+    previous = signal.signal(signal.SIGWINCH, lambda *_: run.reactor.callFromThread(_resized, console, ui.repaint))
     # a closed terminal window: log out cleanly like SIGTERM (the reactor only handles INT and TERM)
     previous_hup = signal.signal(signal.SIGHUP, lambda *_: run.reactor.callFromThread(run.reactor.stop))
-    stdio = StandardIO(ConsoleServerProtocol(lambda: console), reactor=run.reactor)
+    suspender = Suspender(_raw, console, ui.repaint)
+    console.on_suspend = suspender.suspend
+    previous_tstp = signal.signal(signal.SIGTSTP, lambda *_: run.reactor.callFromThread(suspender.suspend))
+    previous_cont = signal.signal(signal.SIGCONT, lambda *_: run.reactor.callFromThread(suspender.resumed))
+    server_protocol = ConsoleServerProtocol(lambda: console)
+    server_protocol.screen = screen
+    stdio = StandardIO(server_protocol, reactor=run.reactor)
+    screen.attach(stdio)  # its writer says when its buffer is full and when it drained
     try:
         ui.console = console
         for event in ui.early:
@@ -709,6 +878,8 @@ async def run_interactive(run: Run) -> int:
         dispatcher.offer_timers.stop()
         signal.signal(signal.SIGWINCH, previous)
         signal.signal(signal.SIGHUP, previous_hup)
+        signal.signal(signal.SIGTSTP, previous_tstp)
+        signal.signal(signal.SIGCONT, previous_cont)
         console.closed = True
         stdio.loseConnection()
         restore_terminal()
@@ -723,6 +894,9 @@ async def _settle(d: defer.Deferred[None], reactor: Any) -> None:
         pass
 
 
-def _resized(console: ConsoleProtocol) -> None:
+def _resized(console: ConsoleProtocol, repaint: Callable[[], None]) -> None:
+    """A new size: the screen is drawn anew, since a terminal that rewraps its rows (tmux, most emulators)
+    has cut the old input and status rows into several, which erasing the bottom row would leave behind."""
     width, height = terminal_size()
-    console.terminalSize(width, height)
+    console.width, console.height = width, height
+    repaint()

@@ -146,8 +146,11 @@ class Receiver:
         self._say_no(transfer, reason, discard=True)
 
     def cancel(self, transfer: IncomingTransfer, discard: bool = False) -> None:
-        """Stop a transfer (``REJECT <id> cancelled``); its partial stays for a later resume unless ``discard``."""
-        self._say_no(transfer, "cancelled", discard)
+        """Stop a transfer (``REJECT <id> cancelled``); its partial stays for a later resume unless ``discard``.
+
+        A partial with nothing in it yet (cancelled right after the accept) goes anyway: nothing to resume.
+        """
+        self._say_no(transfer, "cancelled", discard or transfer.bytes_done == 0)
 
     def find(self, transfer: str | Transfer) -> IncomingTransfer:
         """The incoming transfer named by ``transfer`` (itself, or the sender's id); raises KeyError."""
