@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "exit codes: 0 done, 1 a command or transfer failed, 2 usage, 3 server unreachable,\n"
         "4 wrong user name or password, 5 address blocked, 6 account locked, 7 name taken,\n"
         "8 bad user name or password form, 9 server busy or too many signups (try later),\n"
-        "10 logged in elsewhere (send, listen),\n"
-        "11 the server's key is not trusted (unknown and unconfirmed, or changed).\n"
+        "10 logged in elsewhere (send, listen), 11 the server's key is not trusted,\n"
+        "12 stdout was not read (too much output waiting), 13 a contact's key changed.\n"
         "Details: docs/console.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
