@@ -274,3 +274,14 @@ def test_a_cancel_right_after_accept_keeps_no_empty_partial_and_a_real_one_is_re
 
     assert asyncio.run(dispatcher.run_line(f"/cancel {incoming.handle}"))
     assert events[-1] == TransferCancelled(incoming.handle, 4, False)  # what the partial holds, not 6
+
+
+def test_no_rate_is_claimed_from_a_few_milliseconds_of_samples() -> None:
+    from chatapp.cli.rates import MIN_SPAN, RateWindow
+
+    window = RateWindow()
+    window.add(100.0, 0)
+    window.add(100.002, 1_048_576)  # a small file done in 2 ms: not "500 MB/s"
+    assert window.rate(100.002) == 0.0
+    window.add(100.0 + MIN_SPAN, 2_097_152)
+    assert window.rate(100.0 + MIN_SPAN) == 2_097_152 / MIN_SPAN

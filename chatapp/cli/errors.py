@@ -82,13 +82,8 @@ class Fatal(Exception):
 
 
 def format_error(message: str) -> str:
-    """``message`` as one line a terminal shows as text: control characters and line breaks escaped.
-
-    :func:`~chatapp.wire.escape_for_terminal` covers Unicode Cc and Cf (ESC,
-    CR, LF, the bidi overrides); U+2028 and U+2029 are line breaks too (Zl, Zp).
-    """
-    escaped = escape_for_terminal(message)
-    return escaped.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    """``message`` as one line a terminal shows as text: controls, line separators and bidi controls escaped."""
+    return escape_for_terminal(message)
 
 
 def minutes(seconds: int | None) -> str:

@@ -29,6 +29,9 @@ class Speed:
     stalled: float | None  # seconds since the last byte, once that is STALL_AFTER or more
 
 
+MIN_SPAN = 0.5  # seconds of samples before a rate means anything
+
+
 class RateWindow:
     """The bytes-done samples of one transfer over the last ``window`` seconds."""
 
@@ -65,7 +68,9 @@ class RateWindow:
             return 0.0
         (t0, b0), (_, b1) = self._samples[0], self._samples[-1]
         span = now - t0
-        return (b1 - b0) / span if span > 0 else 0.0
+        # a few milliseconds after the first byte any rate is noise (a 1 MiB file "at 8 GB/s"):
+        # no rate until MIN_SPAN has been watched
+        return (b1 - b0) / span if span >= MIN_SPAN else 0.0
 
 
 @dataclass(frozen=True)
