@@ -17,7 +17,7 @@ variants run interleaved, round after round, and each table gives the median, th
 - store cost: signup, the LOGIN's last_login write and a block write, one after another, on
   SQLite (synchronous=FULL, on disk) and on a PostgreSQL with durable commits (fsync on).
 
-    python bench/multiprocess.py [--quick] [--rounds 5] [--idle 1500] [--idle-only]
+    python bench/multiprocess.py [--quick] [--rounds 5] [--idle 1000] [--idle-only]
 """
 
 from __future__ import annotations
@@ -310,8 +310,8 @@ class Results:
 
 async def interleaved(clusters: dict[str, list[int]], rounds: int, quick: bool) -> Results:
     results = Results("1p sqlite+mem")
-    slow, fast = (8, 100) if quick else (16, 200)
-    seconds = 0.5 if quick else 1.0
+    slow, fast = (6, 100) if quick else (16, 200)
+    seconds = 0.3 if quick else 1.0
     names = list(clusters)
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]  # a different variant first each round
@@ -441,7 +441,7 @@ def store_cost_worker(sqlite_path: str, pg_url: str, count: int, rounds: int) ->
         now = time.time()
         await timed("signup (INSERT)", lambda i: store.create_account(f"{tag}{i}", hashed, now))
         await timed("LOGIN's account read", lambda i: store.get_account(f"{tag}{i}"))
-        await timed("LOGIN's last_login write", lambda i: store.record_login(f"{tag}{i}", now))
+        await timed("LOGIN's last_login write", lambda i: store.record_login(f"{tag}{i}", now + 1 + i))
         await timed("block write (and prune)", lambda i: store.set_block(NAME, f"{tag}{i}", now + 300, now))
 
     async def main(reactor: Any) -> None:
@@ -467,7 +467,7 @@ def store_cost_worker(sqlite_path: str, pg_url: str, count: int, rounds: int) ->
 
 def run(args: argparse.Namespace) -> None:
     rounds = args.rounds or (3 if args.quick else 5)
-    per_process = args.idle if args.idle is not None else (250 if args.quick else 1500)
+    per_process = args.idle if args.idle is not None else (200 if args.quick else 1000)
     print(machine(), flush=True)
     started = time.monotonic()
     pg, redis = DurablePostgres(), Redis()
@@ -526,7 +526,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (under a minute)")
     parser.add_argument("--rounds", type=int, help="rounds of interleaved variants (default 5, --quick 3)")
-    parser.add_argument("--idle", type=int, help="idle connections per process (default 1500, --quick 250)")
+    parser.add_argument("--idle", type=int, help="idle connections per process (default 1000, --quick 200)")
     parser.add_argument("--idle-only", action="store_true", help="only the idle connections (for large --idle)")
     parser.add_argument("--hold", help=argparse.SUPPRESS)
     parser.add_argument("--store-cost", help=argparse.SUPPRESS)
