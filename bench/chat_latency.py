@@ -528,9 +528,9 @@ def main() -> None:
     parser.add_argument("--downloads", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.file_size *= MiB
+    args.file_size *= MiB  # --quick below sets bytes
     if args.quick:
-        args.rounds, args.messages, args.repeat, args.opens, args.file_size = 2000, 20000, 1, 30, 256
+        args.rounds, args.messages, args.repeat, args.opens, args.file_size = 2000, 20000, 1, 30, 256 * MiB
     if args.role is None:
         coordinate(args)
     elif args.role == "server":
