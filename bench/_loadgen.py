@@ -284,7 +284,16 @@ class Loop:
                 piece = conn.tls.read(262144)
             except ssl.SSLWantReadError:
                 break
-            except (ssl.SSLZeroReturnError, ssl.SSLError):
+            except ssl.SSLZeroReturnError:
+                # The server's close_notify: answer it, or Twisted's TLS waits for ours before closing.
+                try:
+                    conn.tls.unwrap()
+                except ssl.SSLError:
+                    pass
+                self._push_tls(conn)
+                self.close(conn)
+                return None
+            except ssl.SSLError:
                 self.close(conn)
                 return None
             if not piece:
