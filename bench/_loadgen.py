@@ -30,11 +30,11 @@ stdout.  Modes (``config["mode"]``):
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import resource
 import select
-import hashlib
 import socket
 import ssl
 import sys

@@ -35,17 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _transfer_util import (
     PASSWORD,
     Child,
-    GiB,
     MiB,
-    private_xdg,
-    server_options,
-    socket_of,
-    tls_pair,
     cpu_now,
     emit,
     machine,
+    private_xdg,
     run_server,
+    server_options,
+    socket_of,
     table,
+    tls_pair,
     usage_since,
 )
 

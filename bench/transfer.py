@@ -49,11 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _transfer_util import (
     PASSWORD,
-    plain_peer_wiring,
-    private_xdg,
-    server_options,
-    socket_of,
-    tls_pair,
     Child,
     GiB,
     KiB,
@@ -64,10 +59,15 @@ from _transfer_util import (
     emit,
     machine,
     parse_size,
+    plain_peer_wiring,
+    private_xdg,
     proc_status,
     run_server,
+    server_options,
     size_text,
+    socket_of,
     table,
+    tls_pair,
     usage_since,
 )
 
