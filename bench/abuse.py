@@ -64,6 +64,7 @@ FAST_SERVER = ("--bcrypt-rounds", "4", "--signups-per-hour", "100000", "--max-co
 
 
 _TLS: list[ssl.SSLContext] = []
+_FINGERPRINT: list[str] = []  # of the attacker's certificate, published with KEY
 
 
 def attacker_tls() -> ssl.SSLContext:
@@ -76,7 +77,9 @@ def attacker_tls() -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_NONE
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         pem = Path(tempfile.mkdtemp(prefix="abuse-key-")) / "attacker.pem"
-        pem.write_bytes(identity_to_pem(new_identity("attacker")))
+        identity = new_identity("attacker")
+        pem.write_bytes(identity_to_pem(identity))
+        _FINGERPRINT.append(identity.fingerprint)
         context.load_cert_chain(pem)
         _TLS.append(context)
     return _TLS[0]
@@ -228,15 +231,16 @@ def greeted(port: int, source: str | None = None) -> Conn:
 
 def signed_up(port: int, user: str, source: str | None = None) -> Conn:
     conn = greeted(port, source)
-    conn.send(f"SIGNUP {user} {PASSWORD}")
+    conn.send(f"SIGNUP {user} {PASSWORD}", f"KEY {_FINGERPRINT[0]}")  # the key our TLS sockets show
     conn.until("OK SIGNUP")
+    conn.until("OK KEY")
     return conn
 
 
 def peer_session(server: Conn, requester: str, target: str = "victim") -> Conn:
     """A finished handshake with ``target``'s listener, as ``requester`` (logged in on ``server``)."""
     server.send(f"CONNECT {target}")
-    _ok, _verb, _user, host, port, token, _proof = server.until("OK CONNECT").split(" ")
+    _ok, _verb, _user, host, port, token, _proof, _key = server.until("OK CONNECT").split(" ")
     peer = Conn(int(port))
     assert host == "127.0.0.1"
     peer.send(f"HELLO chatapp/2 {requester} {token}")
@@ -1004,6 +1008,7 @@ def main() -> None:
     exit_on_sigterm()
     raise_fd_limit()
     settings = Settings(quick=args.quick, cap_mib=args.cap)
+    attacker_tls()
     for variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):  # the victims' known servers, keys: not the user's
         os.environ[variable] = tempfile.mkdtemp(prefix="abuse-xdg-")
     print(machine())
