@@ -244,10 +244,12 @@ class Loop:
         if not data:
             self.close(conn)
             return
+        closing = False
         if conn.tls is not None:
-            data = self._decrypt(conn, data)
-            if data is None:
+            plain, closing = self._decrypt(conn, data)
+            if plain is None:
                 return
+            data = plain
         buf = conn.rbuf + data
         *lines, conn.rbuf = buf.split(b"\n")
         now = time.perf_counter()
@@ -266,41 +268,45 @@ class Loop:
                 return
             # "* HELLO", other events and "+" rows are skipped
         conn.on_batch(conn)
+        if closing:
+            self.close(conn)
 
-    def _decrypt(self, conn: Conn, data: bytes) -> bytes | None:
-        """The plaintext in ``data`` (b"" if none yet); None if the connection was closed."""
+    def _decrypt(self, conn: Conn, data: bytes) -> tuple[bytes | None, bool]:
+        """(the plaintext in ``data``, the server said close_notify); None if the connection broke."""
         assert conn.tls is not None
         conn.tls_in.write(data)
         if not conn.ready:
             try:
                 if not self._handshake(conn):
-                    return b""
+                    return b"", False
             except ssl.SSLError:
                 self.close(conn)
-                return None
+                return None, False
         plain = []
+        closing = False
         while True:
             try:
                 piece = conn.tls.read(262144)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                # The server's close_notify: answer it, or Twisted's TLS waits for ours before closing.
-                try:
-                    conn.tls.unwrap()
-                except ssl.SSLError:
-                    pass
-                self._push_tls(conn)
-                self.close(conn)
-                return None
+                closing = True
+                break
             except ssl.SSLError:
                 self.close(conn)
-                return None
-            if not piece:
+                return None, False
+            if not piece:  # SSLObject.read gives b"" for the peer's close_notify
+                closing = True
                 break
             plain.append(piece)
+        if closing:
+            # Answer the server's close_notify: Twisted's TLS waits for ours before it closes the socket.
+            try:
+                conn.tls.unwrap()
+            except ssl.SSLError:
+                pass
         self._push_tls(conn)
-        return b"".join(plain)
+        return b"".join(plain), closing
 
     def run(
         self,
