@@ -143,9 +143,10 @@ def start_chatserver(workdir: Path, *options: str, name: str = "chatserver") -> 
     return Server(argv, workdir / f"{name}.log", name)
 
 
-def start_lineserver(workdir: Path) -> Server:
-    """The bare ``LineReceiver`` baseline (bench/_lineserver.py)."""
-    return Server([sys.executable, str(BENCH / "_lineserver.py")], workdir / "lineserver.log", "lineserver")
+def start_lineserver(workdir: Path, tls: bool = True) -> Server:
+    """The bare ``LineReceiver`` baseline (bench/_lineserver.py): TLS 1.3 like the chat server by default."""
+    argv = [sys.executable, str(BENCH / "_lineserver.py"), *([] if tls else ["--no-tls"])]
+    return Server(argv, workdir / "lineserver.log", "lineserver")
 
 
 class LoadGen:

@@ -5,7 +5,8 @@ and answers every line ``<VERB> ...`` with ``OK <line>``: the same exchange of
 lines the chat server has, with none of its work.  It holds idle connections
 (the memory floor) and echoes requests (the throughput ceiling).
 
-Run as ``python bench/_lineserver.py PORT``; it logs the port it listens on in
+Run as ``python bench/_lineserver.py [--no-tls] [PORT]``; it serves TLS 1.3 (a fresh ECDSA P-256
+certificate, the chat server's context) like ``twistd chatserver`` does by default, and logs the port it listens on in
 the same words as ``twistd chatserver`` so the benchmarks can find it.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -38,8 +40,19 @@ class EchoLine(LineReceiver):
 def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    factory = Factory.forProtocol(EchoLine)
+    argv = sys.argv[1:]
+    tls = "--no-tls" not in argv
+    argv = [a for a in argv if a != "--no-tls"]
+    port = int(argv[0]) if argv else 0
+    factory: Factory = Factory.forProtocol(EchoLine)
+    if tls:  # the same wrapping as chatapp.server.tap: a TLSMemoryBIOFactory around the line factory
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from chatapp.tls.contexts import ServerLinkServerTLS
+        from chatapp.tls.identity import new_identity
+
+        factory = TLSMemoryBIOFactory(ServerLinkServerTLS(new_identity("lineserver")), False, factory)
     endpoint = TCP4ServerEndpoint(reactor, port, backlog=1024, interface="127.0.0.1")
 
     def listening(p: IListeningPort) -> None:

@@ -30,11 +30,13 @@ stdout.  Modes (``config["mode"]``):
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import resource
 import select
 import socket
+import ssl
 import sys
 import time
 from collections import deque
@@ -86,9 +88,14 @@ class Conn:
         "on_batch",
         "on_close",
         "on_reply",
+        "pending",
         "rbuf",
+        "ready",
         "sock",
         "state",
+        "tls",
+        "tls_in",
+        "tls_out",
         "wbuf",
         "writing",
     )
@@ -106,6 +113,24 @@ class Conn:
         self.on_close: Callable[[Conn], None] = _ignore
         self.on_batch: Callable[[Conn], None] = _ignore  # after all the lines of one read
         self.state = 0
+        # TLS (the chat server's default): an ssl.SSLObject over two memory BIOs; None for plain TCP.
+        self.tls: ssl.SSLObject | None = None
+        self.tls_in = ssl.MemoryBIO()
+        self.tls_out = ssl.MemoryBIO()
+        self.pending = bytearray()  # plaintext written before the handshake completed
+        self.ready = False  # the TLS handshake completed
+
+
+def tls_context() -> ssl.SSLContext:
+    """TLS 1.3 without verification: the load generator talks to the benchmark's own server."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+TLS_CONTEXT: ssl.SSLContext | None = None  # set by main() from the config's "tls" (default: on)
 
 
 def _ignore_reply(conn: Conn, line: str, sent: float, kind: str) -> None:
@@ -138,7 +163,31 @@ class Loop:
         conn = Conn(sock, index)
         self.conns[sock.fileno()] = conn
         self.ep.register(sock.fileno(), EPOLLIN)
+        if TLS_CONTEXT is not None:
+            conn.tls = TLS_CONTEXT.wrap_bio(conn.tls_in, conn.tls_out)
+            self._handshake(conn)
         return conn
+
+    def _handshake(self, conn: Conn) -> bool:
+        """Go on with the TLS handshake; True once it is complete (queued plaintext is then sent)."""
+        assert conn.tls is not None
+        try:
+            conn.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._push_tls(conn)
+            return False
+        conn.ready = True
+        if conn.pending:
+            conn.tls.write(conn.pending)
+            conn.pending.clear()
+        self._push_tls(conn)
+        return True
+
+    def _push_tls(self, conn: Conn) -> None:
+        out = conn.tls_out.read()
+        if out:
+            conn.wbuf += out
+            self._flush(conn)
 
     def send(self, conn: Conn, data: bytes, kinds: list[str] | None = None) -> None:
         """Queue ``data``; each kind in ``kinds`` is one request that awaits a final reply."""
@@ -148,8 +197,14 @@ class Loop:
         if kinds:
             for kind in kinds:
                 conn.inflight.append((now, kind))
-        conn.wbuf += data
-        self._flush(conn)
+        if conn.tls is None:
+            conn.wbuf += data
+            self._flush(conn)
+        elif not conn.ready:
+            conn.pending += data
+        else:
+            conn.tls.write(data)
+            self._push_tls(conn)
 
     def _flush(self, conn: Conn) -> None:
         try:
@@ -189,6 +244,12 @@ class Loop:
         if not data:
             self.close(conn)
             return
+        closing = False
+        if conn.tls is not None:
+            plain, closing = self._decrypt(conn, data)
+            if plain is None:
+                return
+            data = plain
         buf = conn.rbuf + data
         *lines, conn.rbuf = buf.split(b"\n")
         now = time.perf_counter()
@@ -207,6 +268,45 @@ class Loop:
                 return
             # "* HELLO", other events and "+" rows are skipped
         conn.on_batch(conn)
+        if closing:
+            self.close(conn)
+
+    def _decrypt(self, conn: Conn, data: bytes) -> tuple[bytes | None, bool]:
+        """(the plaintext in ``data``, the server said close_notify); None if the connection broke."""
+        assert conn.tls is not None
+        conn.tls_in.write(data)
+        if not conn.ready:
+            try:
+                if not self._handshake(conn):
+                    return b"", False
+            except ssl.SSLError:
+                self.close(conn)
+                return None, False
+        plain = []
+        closing = False
+        while True:
+            try:
+                piece = conn.tls.read(262144)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                closing = True
+                break
+            except ssl.SSLError:
+                self.close(conn)
+                return None, False
+            if not piece:  # SSLObject.read gives b"" for the peer's close_notify
+                closing = True
+                break
+            plain.append(piece)
+        if closing:
+            # Answer the server's close_notify: Twisted's TLS waits for ours before it closes the socket.
+            try:
+                conn.tls.unwrap()
+            except ssl.SSLError:
+                pass
+        self._push_tls(conn)
+        return b"".join(plain), closing
 
     def run(
         self,
@@ -245,6 +345,11 @@ class Loop:
                 self.ep.unregister(sys.stdin.fileno())
 
 
+def _key(i: int) -> str:
+    """A made-up identity key fingerprint for account ``i`` (the server only stores and vouches for it)."""
+    return "sha256:" + hashlib.sha256(b"bench key %d" % i).hexdigest()
+
+
 def _credentials(cfg: dict[str, Any], i: int) -> str:
     return f"{cfg['user_prefix']}{i} {cfg['password']}"
 
@@ -266,8 +371,11 @@ def mode_hold(cfg: dict[str, Any]) -> None:
 
     def request(conn: Conn) -> None:
         i = conn.index
-        tail = b"QUIT\r\n" if quit_after else f"LISTEN {20000 + i % 40000}\r\n".encode()
-        loop.send(conn, f"{verb} {_credentials(cfg, i)}\r\n".encode() + tail, [verb, "TAIL"])
+        if quit_after:
+            loop.send(conn, f"{verb} {_credentials(cfg, i)}\r\nQUIT\r\n".encode(), [verb, "TAIL"])
+        else:  # a real client's login: its identity key published, then listening
+            tail = f"KEY {_key(i)}\r\nLISTEN {20000 + i % 40000}\r\n".encode()
+            loop.send(conn, f"{verb} {_credentials(cfg, i)}\r\n".encode() + tail, [verb, "KEY", "TAIL"])
 
     def open_one(i: int) -> None:
         conn = loop.connect(host, port, sources[i % len(sources)], i)
@@ -353,8 +461,8 @@ def _setup(loop: Loop, cfg: dict[str, Any], n: int) -> list[Conn]:
 
     def request(conn: Conn) -> None:
         conn.state = 0
-        data = f"{verb} {_credentials(cfg, conn.index)}\r\nLISTEN {30000 + conn.index}\r\n".encode()
-        loop.send(conn, data, [verb, "LISTEN"])
+        data = f"{verb} {_credentials(cfg, conn.index)}\r\nKEY {_key(conn.index)}\r\nLISTEN {30000 + conn.index}\r\n"
+        loop.send(conn, data.encode(), [verb, "KEY", "LISTEN"])
 
     def on_reply(conn: Conn, line: str, latency: float, kind: str) -> None:
         nonlocal done
@@ -562,6 +670,8 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cfg = json.loads(sys.argv[1])
+    global TLS_CONTEXT
+    TLS_CONTEXT = tls_context() if cfg.get("tls", True) else None
     try:
         {"hold": mode_hold, "rr": mode_rr, "login": mode_login}[cfg["mode"]](cfg)
     except Exception as e:

@@ -223,7 +223,8 @@ def run_server(db: str) -> None:
 
     def ready(_: object) -> None:
         assert service.port is not None
-        emit("READY", str(service.port.getHost().port))  # type: ignore[attr-defined]
+        # the port, then the server's TLS fingerprint: clients pin it (--server-fingerprint)
+        emit("READY", f"{service.port.getHost().port} {service.fingerprint}")  # type: ignore[attr-defined]
 
     def failed(failure: Any) -> None:
         print(failure.getErrorMessage(), file=sys.stderr)  # the coordinator times out waiting for READY
@@ -234,6 +235,76 @@ def run_server(db: str) -> None:
     started.addErrback(failed)
     stdin_lines(reactor, lambda line: None)
     reactor.run()  # type: ignore[attr-defined]
+
+
+def private_xdg(work: Path) -> None:
+    """Point this process and its children at folders in ``work`` for known servers, known peers and
+    identity keys, so that a benchmark never touches the user's own files."""
+    for variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        folder = work / variable.lower()
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.environ[variable] = str(folder)
+
+
+def server_options(fingerprint: str | None) -> dict[str, Any]:
+    """``ChatClient(server_options=...)`` for the bench's own server: its fingerprint pinned."""
+    return {"server_fingerprint": fingerprint} if fingerprint else {}
+
+
+def tls_pair() -> tuple[Any, Any]:
+    """(listener, connector) OpenSSL connection creators for a minimal mutual TLS 1.3 link: the
+    same contexts (cipher, curve, options) as chatapp's peer link, each side with a fresh key."""
+    from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
+    from chatapp.tls.identity import new_identity
+
+    return PeerListenerTLS(new_identity("bench-listener")), PeerConnectorTLS(new_identity("bench-connector"))
+
+
+def socket_of(transport: Any) -> Any:
+    """The TCP transport under any TLS wrapper (socket options and the read size belong there)."""
+    from chatapp.tls.transports import inner_transport
+
+    return inner_transport(transport)
+
+
+def plain_peer_wiring(client: Any) -> None:
+    """BENCHMARK ONLY: make ``client``'s peer links plain TCP, to measure the peer protocol's own costs.
+
+    Not reachable from any command line: chatapp has no plain-TCP peer link. Call before
+    ``client.start``; the key checks are given the fingerprints the server vouched for (no TLS
+    shows one), so the handshake runs its usual lines.
+    """
+    import chatapp.peer.factory as factory_module
+    from chatapp.peer.session import PeerSession
+    from chatapp.peer.states import Role
+
+    factory_module.TLSMemoryBIOFactory = lambda creator, is_client, wrapped, reactor=None: wrapped  # type: ignore[assignment,misc]
+    vouched: list[str] = []
+    made = PeerSession.connectionMade
+
+    def connectionMade(self: Any) -> None:
+        made(self)
+        if self.transport is not None and self.transport.connected:
+            self.handshakeCompleted()  # there is no TLS handshake to wait for
+
+    def peer_key(session: Any) -> str:
+        if session.role is Role.CONNECTOR:
+            return str(session.handshake._vouched)
+        return vouched[-1] if vouched else ""
+
+    PeerSession.connectionMade = connectionMade  # type: ignore[method-assign]
+    factory_module._tls_peer_key = peer_key  # type: ignore[attr-defined]
+    verify = client._verify
+
+    def recording_verify(token: str) -> Any:
+        def seen(result: Any) -> Any:
+            vouched.append(result[2])
+            del vouched[:-1]
+            return result
+
+        return verify(token).addCallback(seen)
+
+    client._verify = recording_verify
 
 
 def machine() -> dict[str, str]:

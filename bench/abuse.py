@@ -26,8 +26,10 @@ import random
 import selectors
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -61,15 +63,38 @@ FAST_SERVER = ("--bcrypt-rounds", "4", "--signups-per-hour", "100000", "--max-co
 # -- the attacker's sockets -----------------------------------------------------
 
 
+_TLS: list[ssl.SSLContext] = []
+_FINGERPRINT: list[str] = []  # of the attacker's certificate, published with KEY
+
+
+def attacker_tls() -> ssl.SSLContext:
+    """TLS 1.3 for the attacker, no verification; it shows a certificate of its own (peer links need one)."""
+    if not _TLS:
+        from chatapp.tls.identity import identity_to_pem, new_identity
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        pem = Path(tempfile.mkdtemp(prefix="abuse-key-")) / "attacker.pem"
+        identity = new_identity("attacker")
+        pem.write_bytes(identity_to_pem(identity))
+        _FINGERPRINT.append(identity.fingerprint)
+        context.load_cert_chain(pem)
+        _TLS.append(context)
+    return _TLS[0]
+
+
 class Conn:
-    """A line socket to 127.0.0.1, optionally from another loopback address; every read has a deadline."""
+    """A TLS line socket to 127.0.0.1, optionally from another loopback address; every read has a deadline."""
 
     def __init__(self, port: int, source: str | None = None, timeout: float = 30.0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if source is not None:
-            self.sock.bind((source, 0))
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
+            plain.bind((source, 0))
+        plain.settimeout(timeout)
+        plain.connect(("127.0.0.1", port))
+        self.sock = attacker_tls().wrap_socket(plain)  # both the server and peers speak TLS from the first byte
         self.buffer = b""
         self.eof = False
 
@@ -139,7 +164,7 @@ def flood(sock: socket.socket, block: bytes, seconds: float, stop: Callable[[], 
                 continue
             try:
                 n = sock.send(view[offset:])
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 continue
             except OSError:
                 break  # the victim closed: that is a bound too
@@ -175,7 +200,7 @@ def burst(
                 conn = conns[i]
                 try:
                     chunk = conn.sock.recv(65536)
-                except BlockingIOError:
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     continue
                 except OSError:
                     chunk = b""
@@ -206,15 +231,16 @@ def greeted(port: int, source: str | None = None) -> Conn:
 
 def signed_up(port: int, user: str, source: str | None = None) -> Conn:
     conn = greeted(port, source)
-    conn.send(f"SIGNUP {user} {PASSWORD}")
+    conn.send(f"SIGNUP {user} {PASSWORD}", f"KEY {_FINGERPRINT[0]}")  # the key our TLS sockets show
     conn.until("OK SIGNUP")
+    conn.until("OK KEY")
     return conn
 
 
 def peer_session(server: Conn, requester: str, target: str = "victim") -> Conn:
     """A finished handshake with ``target``'s listener, as ``requester`` (logged in on ``server``)."""
     server.send(f"CONNECT {target}")
-    _ok, _verb, _user, host, port, token, _proof = server.until("OK CONNECT").split(" ")
+    _ok, _verb, _user, host, port, token, _proof, _key = server.until("OK CONNECT").split(" ")
     peer = Conn(int(port))
     assert host == "127.0.0.1"
     peer.send(f"HELLO chatapp/2 {requester} {token}")
@@ -236,6 +262,7 @@ class Listener:
         argv = [
             str(CHATAPP), "listen", "--server", f"127.0.0.1:{server_port}", "--user", user, "--signup",
             "--listen", "tcp:0:interface=127.0.0.1", "--downloads", str(self.downloads), "--accept-files",
+            "--trust-on-first-use",
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             argv,
@@ -613,7 +640,16 @@ def attack_tokens(s: Settings) -> list[Row]:
 
 def chatapp_send(work: Path, port: int, user: str, signup: bool, path: Path) -> int:
     """``chatapp send victim PATH`` as ``user``; its exit status (-1 if it hung for 30 s)."""
-    argv = [str(CHATAPP), "send", "--server", f"127.0.0.1:{port}", "--user", user, "--no-listen"]
+    argv = [
+        str(CHATAPP),
+        "send",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--user",
+        user,
+        "--no-listen",
+        "--trust-on-first-use",
+    ]
     argv += ["--signup"] if signup else []
     argv += ["victim", str(path)]
     env = dict(os.environ, CHATAPP_PASSWORD=PASSWORD)
@@ -972,6 +1008,9 @@ def main() -> None:
     exit_on_sigterm()
     raise_fd_limit()
     settings = Settings(quick=args.quick, cap_mib=args.cap)
+    attacker_tls()
+    for variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):  # the victims' known servers, keys: not the user's
+        os.environ[variable] = tempfile.mkdtemp(prefix="abuse-xdg-")
     print(machine())
     rows: list[Row] = []
     started = time.monotonic()

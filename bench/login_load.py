@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     exit_on_sigterm()
     raise_fd_limit()
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else 5
     print(machine())
     check = one_check_seconds(3)
     cores = os.cpu_count() or 1
@@ -81,35 +81,50 @@ def main() -> None:
     )
     results: list[dict[str, Any]] = []
     with workdir("bench-login-") as work:
-        server = start_chatserver(
-            work, "--bcrypt-rounds", str(ROUNDS), "--signups-per-hour", "1000", "--max-connections-per-address", "1000"
-        )
+        # The TLS server (the default) and, as the same-run comparison only, one with --no-tls.
+        options = ["--bcrypt-rounds", str(ROUNDS), "--signups-per-hour", "1000"]
+        options += ["--max-connections-per-address", "1000"]
+        tls_dir, plain_dir = work / "tls", work / "plain"
+        tls_dir.mkdir()
+        plain_dir.mkdir()
+        servers = {"TLS": start_chatserver(tls_dir, *options, name="tls")}
         try:
-            common = {
-                "host": "127.0.0.1",
-                "port": server.port,
-                "server_pid": server.pid,
-                "n": LOGINS,
-                "sources": sources(5),
-                "user_prefix": USER,
-                "password": PASSWORD,
-            }
-            t0 = time.perf_counter()
-            signed = run_loadgen({**common, "mode": "hold", "quit": True, "verb": "SIGNUP", "inflight": LOGINS})
-            if signed["ok"] != LOGINS:
-                raise RuntimeError(f"signup failed: {signed}")
-            print(f"signed up {LOGINS} accounts in {time.perf_counter() - t0:.1f} s")
+            servers["plain"] = start_chatserver(plain_dir, *options, "--no-tls", name="plain")
+            commons = {}
+            for label, server in servers.items():
+                commons[label] = {
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "server_pid": server.pid,
+                    "n": LOGINS,
+                    "sources": sources(5),
+                    "user_prefix": USER,
+                    "password": PASSWORD,
+                    "tls": label == "TLS",
+                }
+                t0 = time.perf_counter()
+                signed = run_loadgen(
+                    {**commons[label], "mode": "hold", "quit": True, "verb": "SIGNUP", "inflight": LOGINS}
+                )
+                if signed["ok"] != LOGINS:
+                    raise RuntimeError(f"signup failed: {signed}")
+                print(f"signed up {LOGINS} accounts on the {label} server in {time.perf_counter() - t0:.1f} s")
             for _ in range(rounds):
-                # bcrypt releases the GIL: this is the rate the machine gives a pool of `cores` threads right now
-                local = parallel_rate(cores, 3)
-                result = run_loadgen({**common, "mode": "login", "interval": 0.005, "idle": 1.0})
-                result["local"] = local
-                results.append(result)
+                for label in ("TLS", "plain"):  # interleaved: both see the same noise
+                    # bcrypt releases the GIL: the rate the machine gives a pool of `cores` threads right now
+                    local = parallel_rate(cores, 3)
+                    result = run_loadgen({**commons[label], "mode": "login", "interval": 0.005, "idle": 1.0})
+                    result["local"] = local
+                    result["server"] = label
+                    results.append(result)
+                    print(f"  {label}: {result['rate']:.2f} logins/s", flush=True)
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
     rows = [
         [
-            i + 1,
+            i // 2 + 1,
+            r["server"],
             r["logins"],
             r["errors"],
             r["elapsed"],
@@ -137,6 +152,7 @@ def main() -> None:
         table(
             [
                 "round",
+                "server",
                 "logins",
                 "errors",
                 "all done s",
@@ -154,6 +170,14 @@ def main() -> None:
             ],
             rows,
         )
+    )
+    tls = sorted(r["rate"] for r in results if r["server"] == "TLS")
+    plain = sorted(r["rate"] for r in results if r["server"] == "plain")
+    median_tls, median_plain = tls[(len(tls) - 1) // 2], plain[(len(plain) - 1) // 2]
+    print(
+        f"\nlogins/s, median of {len(tls)}: TLS {median_tls:.2f} ({tls[0]:.2f}-{tls[-1]:.2f}), "
+        f"plain {median_plain:.2f} ({plain[0]:.2f}-{plain[-1]:.2f}): TLS / plain = {median_tls / median_plain:.2f}x "
+        "(target within 10 %)"
     )
 
 

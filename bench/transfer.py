@@ -59,10 +59,15 @@ from _transfer_util import (
     emit,
     machine,
     parse_size,
+    plain_peer_wiring,
+    private_xdg,
     proc_status,
     run_server,
+    server_options,
     size_text,
+    socket_of,
     table,
+    tls_pair,
     usage_since,
 )
 
@@ -90,7 +95,7 @@ async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
         if isinstance(event, PeerJoined):
             sessions.append(event.session)
             if args.read_size:
-                event.session.transport.bufferSize = args.read_size  # type: ignore[union-attr]
+                socket_of(event.session.transport).bufferSize = args.read_size
         elif isinstance(event, TransferEnded) and not ended.called:
             ended.callback(event.transfer)
 
@@ -101,14 +106,17 @@ async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
         downloads=args.downloads,
         listen="tcp:0:interface=127.0.0.1",
         auto_accept=True,
+        server_options=server_options(args.server_fp),
     )
+    if args.plain:
+        plain_peer_wiring(client)
     await client.start(args.name, PASSWORD, signup=True)
     rss_ready = proc_status("VmRSS")
     start = cpu_now()
     emit("READY")
     transfer = await ended
     result = usage_since(start)
-    read_size = sessions[0].transport.bufferSize if sessions else None
+    read_size = socket_of(sessions[0].transport).bufferSize if sessions else None
     result.update(
         state=transfer.state.value,
         reason=transfer.reason,
@@ -135,7 +143,10 @@ async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
         downloads=args.downloads,
         listen=None,
         chunk_size=args.chunk or None,
+        server_options=server_options(args.server_fp),
     )
+    if args.plain:
+        plain_peer_wiring(client)
     await client.start(args.name, PASSWORD, signup=True)
     t = time.perf_counter()
     session = await client.chat(args.peer)
@@ -154,7 +165,7 @@ async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
         bytes=transfer.bytes_done,
         rss_ready_kib=rss_ready,
         chunk=client.peers.chunk_size if client.peers else None,
-        write_threshold=session.transport.bufferSize,
+        write_threshold=socket_of(session.transport).bufferSize,
         io=io,
     )
     emit("RESULT", result)
@@ -178,7 +189,7 @@ def twisted_receiver(args: argparse.Namespace) -> None:
 
         def connectionMade(self) -> None:
             if args.read_size:
-                self.transport.bufferSize = args.read_size  # type: ignore[attr-defined]
+                socket_of(self.transport).bufferSize = args.read_size
             self.start = cpu_now()
 
         def lineReceived(self, line: bytes) -> None:
@@ -199,7 +210,8 @@ def twisted_receiver(args: argparse.Namespace) -> None:
                 os.rename(self.partial, os.path.join(args.downloads, FILE_NAME))
                 digest = self.hasher.hexdigest()
                 self.transport.write(b"OK " + digest.encode() + b"\r\n")  # type: ignore[union-attr]
-                outcome.update(usage_since(self.start), sha256=digest, read_size=self.transport.bufferSize, io=io)  # type: ignore[union-attr]
+                read_size = socket_of(self.transport).bufferSize
+                outcome.update(usage_since(self.start), sha256=digest, read_size=read_size, io=io)
                 emit("RESULT", outcome)
 
         def connectionLost(self, reason: Any = None) -> None:
@@ -208,7 +220,12 @@ def twisted_receiver(args: argparse.Namespace) -> None:
     def listening(port: Any) -> None:
         emit("READY", str(port.getHost().port))
 
-    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Receive)).addCallback(listening)
+    factory: Any = Factory.forProtocol(Receive)
+    if args.tls:  # mutual TLS 1.3 with chatapp's peer contexts: the same cipher, nothing else of chatapp
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(tls_pair()[0], False, factory)
+    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory).addCallback(listening)
     reactor.run()  # type: ignore[attr-defined]
 
 
@@ -275,7 +292,12 @@ def twisted_sender(args: argparse.Namespace) -> None:
         def connectionLost(self, reason: Any = None) -> None:
             reactor.stop()  # type: ignore[attr-defined]
 
-    connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", args.port), Send())
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", args.port)
+    if args.tls:
+        from twisted.internet.endpoints import wrapClientTLS
+
+        endpoint = wrapClientTLS(tls_pair()[1], endpoint)
+    connectProtocol(endpoint, Send())
     reactor.run()  # type: ignore[attr-defined]
 
 
@@ -373,7 +395,8 @@ class Case:
         self.runs: list[dict[str, Any]] = []
 
     def record(self) -> dict[str, Any]:
-        best = max(self.runs, key=lambda r: r["mbps"])
+        ordered = sorted(self.runs, key=lambda r: r["mbps"])
+        best = ordered[(len(ordered) - 1) // 2]  # the median run (the lower one of an even count)
         return {
             "kind": self.kind,
             "tree": self.tree[0] if self.tree else None,
@@ -385,6 +408,8 @@ class Case:
             "mbps": best["mbps"],
             "all_mbps": [r["mbps"] for r in self.runs],
             "all_io": [[r[side].get("io") for side in ("sent", "received")] for r in self.runs],
+            "tls": self.kind in TLS_KINDS,
+            "all_recv_cpu": [r["received"]["user"] + r["received"]["system"] for r in self.runs],
             "all_cpu": [
                 [round(r[side]["user"] + r[side]["system"], 3) for side in ("sent", "received")] for r in self.runs
             ],
@@ -400,11 +425,13 @@ class Bench:
         self.shm = shm
         self.server: Child | None = None
         self.server_port = 0
+        self.server_fp = ""
         self.serial = 0
 
     def start_server(self) -> None:
         self.server = Child(SCRIPT, "server", ["--db", str(self.work / "chat.sqlite3")], self.work)
-        self.server_port = int(self.server.expect("READY ", 60))
+        port, self.server_fp = self.server.expect("READY ", 60).split()
+        self.server_port = int(port)
 
     def where_path(self, where: str) -> Path:
         return self.shm.parent if where == "tmpfs" else Path(self.args.disk_dir)
@@ -459,9 +486,12 @@ class Bench:
             knobs += ["--chunk", str(case.chunk)]
         if case.read_size:
             knobs += ["--read-size", str(case.read_size)]
-        if case.kind == "chatapp":
+        if case.kind in ("chatapp", "chatapp-plain"):
             self.serial += 1
             receiver_name, sender_name = f"rcv{self.serial}", f"snd{self.serial}"
+            knobs += ["--server-fp", self.server_fp]
+            if case.kind == "chatapp-plain":
+                knobs.append("--plain")  # the benchmark-only plain-TCP peer link
             sent, received = self.pair(
                 "chat",
                 case,
@@ -471,13 +501,21 @@ class Bench:
             if received.get("state") != "done":
                 raise RoleFailed(f"chatapp transfer ended {received.get('state')} ({received.get('reason')})")
         else:
-            sent, received = self.pair("tw" if case.kind == "twisted" else "raw", case, knobs, knobs)
+            if case.kind == "twisted-tls":
+                knobs.append("--tls")
+            sent, received = self.pair("raw" if case.kind == "raw" else "tw", case, knobs, knobs)
         case.runs.append({"sent": sent, "received": received, "mbps": case.source.size / sent["elapsed"] / 1e6})
         print(f"  {describe(case.record())}: {case.runs[-1]['mbps']:.0f} MB/s", flush=True)
 
 
 def describe(r: dict[str, Any]) -> str:
-    label = {"raw": "(a) raw sockets", "twisted": "(b) minimal Twisted", "chatapp": "chatapp"}[r["kind"]]
+    label = {
+        "raw": "(a) raw sockets",
+        "twisted": "(b) minimal Twisted, plain TCP",
+        "twisted-tls": "(c) minimal Twisted, mutual TLS 1.3",
+        "chatapp": "chatapp, mutual TLS 1.3",
+        "chatapp-plain": "chatapp, plain TCP (bench-only wiring)",
+    }[r["kind"]]
     if r.get("tree"):
         label += f" [{r['tree']}]"
     if r["kind"] != "raw":
@@ -485,11 +523,27 @@ def describe(r: dict[str, Any]) -> str:
     return f"{label} -> {r['where']}"
 
 
+TLS_KINDS = ("twisted-tls", "chatapp")
+
+
+def ceiling_of(r: dict[str, Any], main: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The minimal Twisted case over the same transport (plain or TLS), same read size if run."""
+    kind = "twisted-tls" if r["tls"] else "twisted"
+    same = [b for b in main if b["kind"] == kind]
+    return next((b for b in same if b["read_size"] == r["read_size"]), same[0] if same else None)
+
+
 def fmt_rate(r: dict[str, Any]) -> str:
     text = f"{r['mbps']:.0f}"
     if len(r["all_mbps"]) > 1:
         text += f" ({min(r['all_mbps']):.0f}-{max(r['all_mbps']):.0f})"
     return text
+
+
+def recv_cpu_ratio(r: dict[str, Any], ceiling: dict[str, Any]) -> str:
+    """Median receiver CPU of ``r`` over the ceiling's (both per GiB of the same file)."""
+    ours, theirs = sorted(r["all_recv_cpu"]), sorted(ceiling["all_recv_cpu"])
+    return f"{ours[(len(ours) - 1) // 2] / theirs[(len(theirs) - 1) // 2]:.2f}x"
 
 
 def per_gib(side: dict[str, Any], size: int) -> str:
@@ -518,14 +572,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
     info = machine()
     out.append(
         f"machine: {info['cores']} cores, {info['cpu']}, {info['ram']} RAM, Python {info['python']}, "
-        f"Twisted {info['twisted']}, Linux {info['kernel']}; best of {args.repeat} interleaved runs "
+        f"Twisted {info['twisted']}, Linux {info['kernel']}; median of {args.repeat} interleaved runs "
         "(range in brackets); MB/s = 10^6 bytes/s; peak RSS = VmHWM (growth over the RSS before the transfer)"
     )
     headers = [
         "case",
         "MB/s",
         "vs (a)",
-        "vs (b)",
+        "vs ceiling",
+        "recv CPU vs ceiling",
         "CPU s/GiB send",
         "CPU s/GiB recv",
         "peak RSS MiB send",
@@ -540,17 +595,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
         raw = next((r for r in main if r["kind"] == "raw"), None)
         rows = []
         for r in main:
-            same_b = [
-                b
-                for b in main
-                if b["kind"] == "twisted" and b["read_size"] == r["read_size"] and b["chunk"] == r["chunk"]
-            ] or [b for b in main if b["kind"] == "twisted"]
+            ceiling = ceiling_of(r, main) if r["kind"].startswith("chatapp") else None
             rows.append(
                 [
                     describe(r).rsplit(" -> ", 1)[0],
                     fmt_rate(r),
                     f"{r['mbps'] / raw['mbps']:.0%}" if raw else "-",
-                    f"{r['mbps'] / same_b[0]['mbps']:.0%}" if same_b and r["kind"] != "raw" else "-",
+                    f"{r['mbps'] / ceiling['mbps']:.2f}x" if ceiling else "-",
+                    recv_cpu_ratio(r, ceiling) if ceiling else "-",
                     per_gib(r["sent"], r["size"]),
                     per_gib(r["received"], r["size"]),
                     peak(r["sent"]),
@@ -562,6 +614,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
         size = size_text(main[0]["size"])
         out.append(f"\n{size} into {where} ({paths[where]}):\n")
         out.append(table(headers, rows))
+        tls = next((r for r in main if r["kind"] == "chatapp"), None)
+        plain = next((r for r in main if r["kind"] == "chatapp-plain"), None)
+        if tls and plain:
+            out.append(f"\nchatapp mutual TLS / chatapp plain TCP: {tls['mbps'] / plain['mbps']:.2f}x (medians)")
     sweep = [r for r in results if r["sweep"]]
     if sweep:
         size = size_text(sweep[0]["size"])
@@ -587,6 +643,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
 def coordinate(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: below (children, files)
     work = Path(tempfile.mkdtemp(prefix="chatapp-transfer-"))
+    private_xdg(work)  # known servers, known peers and identity keys of the run's accounts
     shm = Path(tempfile.mkdtemp(prefix="chatapp-transfer-", dir="/dev/shm"))
     bench = Bench(args, work, shm)
     try:
@@ -596,11 +653,13 @@ def coordinate(args: argparse.Namespace) -> None:
         for where in args.where:
             if "raw" in args.cases:
                 cases.append(Case("raw", where, main_source))
-            if "twisted" in args.cases:
-                for read in args.b_reads:
-                    cases.append(Case("twisted", where, main_source, args.chunk or 256 * KiB, read))
-            if "chatapp" in args.cases:
-                cases.append(Case("chatapp", where, main_source, args.chunk, args.read_size))
+            for kind in ("twisted", "twisted-tls"):
+                if kind in args.cases:
+                    for read in args.b_reads:
+                        cases.append(Case(kind, where, main_source, args.chunk or 256 * KiB, read))
+            for kind in ("chatapp", "chatapp-plain"):
+                if kind in args.cases:
+                    cases.append(Case(kind, where, main_source, args.chunk, args.read_size))
             for label, folder in args.compare:
                 cases.append(Case("chatapp", where, main_source, args.chunk, args.read_size, tree=(label, folder)))
         if args.sweep:
@@ -637,15 +696,19 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=GiB, help="file size (e.g. 1G, 256M); default 1 GiB")
     parser.add_argument("--quick", action="store_true", help="256 MiB, and 128 MiB for the sweep")
     parser.add_argument("--sweep-size", type=parse_size, default=256 * MiB, help="file size for the sweep (256M)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each case, round robin (the best is shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each case, round robin (the median is shown)")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the chunk/read-size sweep")
     parser.add_argument("--where", default="tmpfs,disk", help="tmpfs, disk or both (comma-separated)")
     parser.add_argument("--disk-dir", default=tempfile.gettempdir(), help="a folder on disk (default: /tmp)")
-    parser.add_argument("--cases", default="raw,twisted,chatapp", help="which of raw, twisted, chatapp to run")
+    parser.add_argument(
+        "--cases",
+        default="raw,twisted,twisted-tls,chatapp,chatapp-plain",
+        help="which of raw, twisted, twisted-tls, chatapp, chatapp-plain to run",
+    )
     parser.add_argument("--chunk", type=parse_size, default=0, help="sender chunk (default: the library's)")
     parser.add_argument("--read-size", type=parse_size, default=0, help="chatapp receiver read size (default: as is)")
     parser.add_argument(
-        "--b-reads", default="64K,256K", help="receiver read sizes for (b) (default 64K,256K: Twisted's and ours)"
+        "--b-reads", default="256K", help="receiver read sizes for (b) and (c) (default 256K, chatapp's)"
     )
     parser.add_argument(
         "--compare",
@@ -654,6 +717,9 @@ def main() -> None:
     )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--server-fp", help=argparse.SUPPRESS)
+    parser.add_argument("--tls", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)

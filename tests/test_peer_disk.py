@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from chatapp.peer import TransferState
+from chatapp.peer.writer import MIN_WRITE
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -170,7 +171,8 @@ def test_a_slow_write_does_not_hold_a_dropped_connection(tmp_path: Path, clock: 
     disk = ManualRunner()
     fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=disk)
     session, transport = open_listener(fb)
-    offer, body = sender_stream("f", b"y" * 100, "slow.bin", chunk=50)
+    # enough for a write to start (the writer gathers MIN_WRITE bytes first)
+    offer, body = sender_stream("f", b"y" * (MIN_WRITE + 100), "slow.bin", chunk=64 * 1024)
     session.dataReceived(offer + body.split(b"END")[0])
     assert len(disk.jobs) == 1
     lose(session, transport)

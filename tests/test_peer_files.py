@@ -30,6 +30,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from chatapp.peer import Direction, PeerError, Transfer, TransferFailed, TransferState
+from chatapp.peer.writer import MIN_WRITE
 from chatapp.runner import InlineRunner
 
 EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -562,8 +563,9 @@ def test_write_errors_reject_and_chat_goes_on(tmp_path: Path, clock: Clock, code
         os.write(fd, data)
 
     fb.downloads.write = failing_write  # type: ignore[method-assign]
-    content = os.urandom(40)
-    offer, body = sender_stream("f", content, "full.bin", chunk=10)
+    # three writes' worth (the writer gathers MIN_WRITE bytes a write): the second one fails
+    content = os.urandom(3 * MIN_WRITE)
+    offer, body = sender_stream("f", content, "full.bin", chunk=MIN_WRITE)
     session.dataReceived(offer + body + b"MSG chat goes on\r\n")
     assert transport.value() == f"ACCEPT f 0\r\nREJECT f {reason}\r\n".encode()
     assert len(writes) == 2

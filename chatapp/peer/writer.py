@@ -4,7 +4,10 @@ A :class:`FileWriter` keeps at most one write of its file in flight on a
 :class:`~chatapp.runner.Runner` (a small thread pool; inline in
 tests). Pieces that arrive meanwhile are queued and joined into the next
 write (up to :data:`MAX_WRITE`), so a fast stream makes few, large writes
-and a slow disk makes the queue grow instead of blocking the reactor. When
+and a slow disk makes the queue grow instead of blocking the reactor. A write
+starts only once :data:`MIN_WRITE` bytes wait (or at the end): over TLS the
+bytes come one 16 KiB record at a time, and a thread hop plus a ``write()``
+per record cost more than the encryption. When
 more than ``high_water`` bytes wait, ``on_backlog(True)`` asks the session
 to stop reading the socket; ``on_backlog(False)`` once it fell under
 ``low_water``. The SHA-256 of the bytes is computed on the same thread,
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
 
 MiB = 1024 * 1024
 MAX_WRITE = MiB
+# Bytes gathered before a write is started (the last piece of a file is written whatever its size).
+# Held in memory per transfer until then: bounded, like the queue, by the high-water mark.
+MIN_WRITE = 256 * 1024
 HIGH_WATER = 8 * MiB
 LOW_WATER = 2 * MiB
 
@@ -67,6 +73,7 @@ class FileWriter:
         on_bug: Callable[[Failure], None],
         high_water: int = HIGH_WATER,
         low_water: int = LOW_WATER,
+        min_write: int = MIN_WRITE,
     ) -> None:
         self._runner = runner
         self._downloads = downloads
@@ -77,6 +84,8 @@ class FileWriter:
         self._on_bug = on_bug
         self._high_water = high_water
         self._low_water = low_water
+        # never above the low-water mark: a backlog must always be able to start the write that eases it
+        self._min_write = max(1, min(min_write, low_water))
         self.stage = Stage.WRITING
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes in _queue
@@ -97,7 +106,7 @@ class FileWriter:
         piece = bytes(data)  # no copy when it already is bytes
         self._queue.append(piece)
         self._queued += len(piece)
-        if not self._writing:
+        if not self._writing and self._queued >= self._min_write:
             self._write_next()
         if not self.backlogged and self.buffered > self._high_water:
             self.backlogged = True
@@ -119,15 +128,17 @@ class FileWriter:
         return self._finished
 
     def abandon(self) -> None:
-        """Drop what is queued; the file is closed once no write is in flight (and kept, for a resume)."""
+        """Take no more bytes; what was received is still written (kept, for a resume), then the file
+        is closed. Nothing new is read meanwhile, so this is bounded by what is queued now."""
         if self.stage is not Stage.WRITING:
             return  # finishing goes on to its end; failed and finished writers are closed
         self._move(Stage.ABANDONED)
-        self._queue.clear()
-        self._queued = 0
         self._ease()
         if not self._writing:
-            self._close()
+            if self._queue:
+                self._write_next()
+            else:
+                self._close()
 
     # -- inside --------------------------------------------------------------------
 
@@ -162,14 +173,19 @@ class FileWriter:
     def _written(self, error: OSError | None) -> None:
         self._writing = 0
         if self.stage is Stage.ABANDONED:
-            self._close()  # an error now changes nothing: the transfer is over
+            if error is None and self._queue:
+                self._write_next()  # the rest of what was received, for a resume
+            else:
+                self._queue.clear()
+                self._queued = 0
+                self._close()  # an error now changes nothing: the transfer is over
             return
         if error is not None:
             self._fail(error)
             return
         # The next write starts before _ease: easing resumes reading, and a TLS transport then
         # delivers what it holds at once, so END (and finish()) can run inside _ease.
-        if self._queue:
+        if self._queued >= self._min_write or (self._queue and self.stage is Stage.FINISHING):
             self._write_next()
         elif self.stage is Stage.FINISHING:
             self._sync()
