@@ -90,6 +90,7 @@ class ChatClient:
         self.server = ServerConnection(reactor, server, emit, initial_delay=reconnect_delay, **(server_options or {}))
         self.peers: PeerFactory | None = None
         self.port: IListeningPort | None = None
+        self.published: tuple[str, int] | None = None  # where the server tells others we listen
         self.user: str | None = None
         self._dialing: dict[str, list[defer.Deferred[PeerSession]]] = {}  # callers waiting on a dial
 
@@ -145,7 +146,7 @@ class ChatClient:
         listening = None
         if self.port is not None:
             port_number: int = self.port.getHost().port  # type: ignore[attr-defined]
-            listening = await self.server.listen(port_number)
+            listening = self.published = await self.server.listen(port_number)
         return name, listening
 
     def stop(self) -> defer.Deferred[None]:
@@ -173,7 +174,9 @@ class ChatClient:
             if self.port is None:
                 self.port = await peers.listen(self.listen_endpoint or "tcp:0")
             port_number: int = self.port.getHost().port  # type: ignore[attr-defined]
-            return await self.server.listen(port_number)
+            self.published = await self.server.listen(port_number)
+            return self.published
+        self.published = None
         if self.port is not None:
             port, self.port = self.port, None
             if port in peers.ports:

@@ -171,6 +171,9 @@ async def test_dispatch_chat_files_and_errors(world: World, tmp_path: Path) -> N
     assert a[-1] == CommandFailed("/send bob: no such file: /no/such/file")
     assert await bob.run_line("/transfers")
     assert script_line(b[-2]).startswith(f"TRANSFER {handle} receive alice done 4 4 f.txt")
+    assert await alice.run_line("/listen")
+    published = alice.client.published
+    assert published is not None and published[0] == "127.0.0.1" and a[-1] == ListenState(published)
     assert await alice.run_line("/listen off")
     assert a[-1] == ListenState(None)
     assert await alice.run_line("/passwd")

@@ -260,7 +260,8 @@ def test_human_lines() -> None:
         (WhoListed(3), "* 3 online"),
         (PasswordChanged(), "* password changed"),
         (Reconnecting(0.6, 1), "* reconnecting to the server in 0.6 s (attempt 1)"),
-        (TransfersListed(1), None),
+        (TransfersListed(1), None),  # the rows said it all
+        (TransfersListed(0), "* no transfers yet"),
         (Quitting(), None),
     ]
     for event, body in expected:

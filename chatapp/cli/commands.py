@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chatapp.app import ChatClient
@@ -499,8 +499,8 @@ class Dispatcher:
 
     async def do_listen(self, switch: str | None = None) -> None:
         if switch is None:
-            port = self.client.port
-            self.emit(ListenState(_where(port) if self.client.listening and port is not None else None))
+            # what the server publishes (as at login), not the local socket's 0.0.0.0
+            self.emit(ListenState(self.client.published if self.client.listening else None))
             return
         self.emit(ListenState(await self.client.set_listening(switch.lower() == "on")))
 
@@ -535,12 +535,6 @@ class Dispatcher:
         if self.views is None:
             raise CommandError("/lastlog exists only in interactive mode")
         self.views.lastlog(text)
-
-
-def _where(port: IListeningPort) -> tuple[str, int]:
-    """Where ``port`` listens, as (host, port)."""
-    address: Any = port.getHost()
-    return str(address.host), int(address.port)
 
 
 def _text_of(error: Exception) -> str:

@@ -347,6 +347,8 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
             return f"* closed the chat with {e(user)}"
         case PasswordChanged():
             return "* password changed"
+        case TransfersListed(0):
+            return "* no transfers yet"
         case TransfersListed() | HelpShown() | Quitting() | HelpLine():
             return None
     return console_human_body(event)
