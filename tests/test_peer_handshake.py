@@ -196,6 +196,21 @@ def test_any_other_verify_failure_is_server_unavailable(
     assert logged["log_failure"].getErrorMessage() == "down"
 
 
+def _first_lines_answer(tmp_path: Path, clock: Clock, lines: bytes) -> bytes:
+    """What bob, listening, answers to ``lines``; asserts he closed without asking his server."""
+    calls: list[str] = []
+
+    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
+        calls.append(token)
+        return defer.succeed(("alice", "proof-alice", key_of("alice")))
+
+    fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
+    session, transport = listener(fb)
+    session.dataReceived(lines)
+    assert transport.disconnecting and calls == []
+    return transport.value()
+
+
 @pytest.mark.parametrize(
     "first",
     [
@@ -209,32 +224,14 @@ def test_any_other_verify_failure_is_server_unavailable(
     ],
 )
 def test_not_authenticated(tmp_path: Path, clock: Clock, first: bytes) -> None:
-    calls: list[str] = []
-
-    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
-        calls.append(token)
-        return defer.succeed(("alice", "proof-alice", key_of("alice")))
-
-    fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
-    session, transport = listener(fb)
-    session.dataReceived(first + b"HELLO chatapp/2 alice tok-alice\r\n")
-    assert transport.value() == b"ERR 403 not-authenticated\r\n"
-    assert transport.disconnecting and calls == []
+    answer = _first_lines_answer(tmp_path, clock, first + b"HELLO chatapp/2 alice tok-alice\r\n")
+    assert answer == b"ERR 403 not-authenticated\r\n"
 
 
 @pytest.mark.parametrize("version", [b"chatapp/1", b"chatapp/3"])
 def test_another_version_is_unsupported_and_never_verified(tmp_path: Path, clock: Clock, version: bytes) -> None:
-    calls: list[str] = []
-
-    def verify(token: str) -> defer.Deferred[tuple[str, str, str]]:
-        calls.append(token)
-        return defer.succeed(("alice", "proof-alice", key_of("alice")))
-
-    fb, _ = make_peer(tmp_path, "bob", clock, verify=verify)
-    session, transport = listener(fb)
-    session.dataReceived(b"HELLO " + version + b" alice tok-alice\r\n")
-    assert transport.value() == b"ERR 400 unsupported-version this peer speaks chatapp/2\r\n"
-    assert transport.disconnecting and calls == []
+    answer = _first_lines_answer(tmp_path, clock, b"HELLO " + version + b" alice tok-alice\r\n")
+    assert answer == b"ERR 400 unsupported-version this peer speaks chatapp/2\r\n"
 
 
 @pytest.mark.parametrize("first", [b"OK HELLO", b"ERR 403 bad-token", b"* HELLO chatapp/2", b"ok"])
