@@ -11,12 +11,10 @@ every event arrives there as a :mod:`chatapp.events` object; the console
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,12 +38,12 @@ from chatapp.peer import (
     VerifyRejected,
 )
 from chatapp.peer.contacts import Contacts
+from chatapp.runner import ReactorPool
 from chatapp.tls.identity import Identity
 from chatapp.tls.known_hosts import KnownPeers
 from chatapp.tls.paths import known_peers_path
 
 log = Logger()
-T = TypeVar("T")
 
 GiB = 1024**3
 
@@ -345,19 +343,3 @@ class ChatClient:
             return Failure(ServerUnavailable(str(failure.value)))
 
         return d.addErrback(translate)
-
-
-class ReactorPool:
-    """A :class:`chatapp.runner.Runner` on the reactor's thread pool (started and stopped with the reactor)."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), func, *args)
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass

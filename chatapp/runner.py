@@ -55,3 +55,19 @@ class InlineRunner:
 
     def stop(self) -> None:
         pass
+
+
+class ReactorPool:
+    """A :class:`Runner` on the reactor's own thread pool (started and stopped with the reactor)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), func, *args)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
