@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,9 +84,9 @@ def cut_when_written(receiver: ChatClient, threshold: float, cut: Callable[[], N
             cut()
             fired.callback(None)
 
-    def write(fd: int, data: bytes | memoryview) -> None:
-        real_write(fd, data)
-        written[0] += len(data)
+    def write(fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        real_write(fd, pieces)
+        written[0] += sum(map(len, pieces))
         if written[0] >= threshold:
             threads: Any = reactor
             threads.callFromThread(cut_once)

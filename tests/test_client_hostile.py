@@ -6,7 +6,7 @@ import errno
 import hashlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -68,15 +68,15 @@ async def test_disk_full_rejects_removes_the_partial_and_chat_goes_on(
     bob.peers.downloads.__init__(str(folder), bob.peers.downloads.max_partial_bytes)  # type: ignore[misc]
     if not real:  # no tmpfs here: the file system error comes from the write call instead
         written = [0]
-        real_write = os.write
+        real_writev = os.writev
 
-        def write(fd: int, data: bytes | memoryview) -> int:
-            written[0] += len(data)
+        def writev(fd: int, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
+            written[0] += sum(map(len, buffers))
             if written[0] > 2 * MiB:
                 raise OSError(errno.ENOSPC, "No space left on device")
-            return real_write(fd, data)
+            return real_writev(fd, buffers)
 
-        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "writev", writev)
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(4 * MiB))
     handle = await alice.send_file("bob", str(source))

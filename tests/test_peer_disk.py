@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from chatapp.peer import TransferState
-from chatapp.peer.writer import MIN_WRITE
+from chatapp.peer.writer import MAX_WRITE, MIN_WRITE
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -149,14 +149,14 @@ def test_a_slow_disk_pauses_only_that_session_and_writes_are_coalesced(tmp_path:
     writes: list[int] = []
     real_write = fb.downloads.write
 
-    def write(fd: int, data: bytes | memoryview) -> None:
-        writes.append(len(data))
-        real_write(fd, data)
+    def write(fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        writes.append(sum(map(len, pieces)))
+        real_write(fd, pieces)
 
     fb.downloads.write = write  # type: ignore[method-assign]
     disk.run_all()
     assert transport.producerState == "producing"
-    assert max(writes) <= MiB and len(writes) <= received // MiB + 1
+    assert max(writes) <= MAX_WRITE and len(writes) <= received // MAX_WRITE + 1
     for start in range(received, len(content), chunk):
         session.dataReceived(f"DATA f {chunk}\r\n".encode() + content[start : start + chunk])
         disk.run_all()

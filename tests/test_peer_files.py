@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -556,11 +557,11 @@ def test_write_errors_reject_and_chat_goes_on(tmp_path: Path, clock: Clock, code
     session, transport = open_listener(fb)
     writes: list[bytes] = []
 
-    def failing_write(fd: int, data: bytes | memoryview) -> None:
-        writes.append(bytes(data))
+    def failing_write(fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        writes.append(b"".join(pieces))
         if len(writes) > 1:
             raise OSError(code, os.strerror(code))
-        os.write(fd, data)
+        os.write(fd, writes[-1])
 
     fb.downloads.write = failing_write  # type: ignore[method-assign]
     # three writes' worth (the writer gathers MIN_WRITE bytes a write): the second one fails

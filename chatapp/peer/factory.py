@@ -13,7 +13,6 @@ from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from chatapp.events import EventSink, PeerJoined, PeerLeft
 from chatapp.peer.contacts import Contacts
@@ -28,6 +27,7 @@ from chatapp.peer.transfer import Transfer
 from chatapp.runner import Runner, ThreadRunner
 from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
 from chatapp.tls.identity import Identity
+from chatapp.tls.records import GatheringTLSFactory
 from chatapp.tls.transports import peer_fingerprint
 from chatapp.wire import fold_name, valid_urlsafe, valid_username
 
@@ -198,7 +198,7 @@ class PeerFactory(ServerFactory):
         Every connection is TLS from its first byte, a client certificate required: the endpoint's
         factory is wrapped, so any endpoint kind works.
         """
-        tls = TLSMemoryBIOFactory(self._listener_tls, False, self, self.reactor)
+        tls = GatheringTLSFactory(self._listener_tls, False, self, self.reactor)
         d: defer.Deferred[IListeningPort] = serverFromString(self.reactor, endpoint).listen(tls)
 
         def listening(port: IListeningPort) -> IListeningPort:
@@ -235,7 +235,7 @@ class PeerFactory(ServerFactory):
         if not valid_username(target) or not valid_urlsafe(token) or not valid_urlsafe(proof):
             raise ValueError("target, token or proof is malformed")
         session = PeerSession(self, Role.CONNECTOR, target, token, proof, fingerprint)
-        tls = TLSMemoryBIOFactory(self._connector_tls, True, _Only(session), self.reactor)
+        tls = GatheringTLSFactory(self._connector_tls, True, _Only(session), self.reactor)
         connected: defer.Deferred[Any] = endpoint.connect(tls)
         return connected.addCallback(lambda _: session.when_open())
 
