@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _stalls import StallWatch
 from _transfer_util import (
     PASSWORD,
     Child,
@@ -157,14 +158,20 @@ async def chat_echo(reactor: Any, args: argparse.Namespace) -> None:
     from twisted.internet import defer
 
     from chatapp.app import ChatClient
-    from chatapp.events import ChatEvent, MessageReceived, PeerLeft
+    from chatapp.events import ChatEvent, FileOffered, MessageReceived, PeerLeft, TransferEnded
 
     left: defer.Deferred[None] = defer.Deferred()
     echoes: dict[Any, Echo] = {}
     nodelays: list[bool] = []
+    watch = StallWatch(reactor)
+    stalls: dict[str, Any] = {}
 
     def on_event(event: ChatEvent) -> None:
-        if isinstance(event, MessageReceived):
+        if isinstance(event, FileOffered):
+            watch.start()  # the file and the round trips timed during it
+        elif isinstance(event, TransferEnded):
+            stalls.update(watch.report())
+        elif isinstance(event, MessageReceived):
             echo = echoes.get(event.session)
             if echo is None:
                 echo = echoes[event.session] = Echo(event.session.send_message)
@@ -190,7 +197,7 @@ async def chat_echo(reactor: Any, args: argparse.Namespace) -> None:
     start = cpu_now()
     emit("READY")
     await left
-    emit("RESULT", usage_since(start) | {"nodelay_peer_listener": all(nodelays) and bool(nodelays)})
+    emit("RESULT", usage_since(start) | {"nodelay_peer_listener": all(nodelays) and bool(nodelays), "stalls": stalls})
     await client.stop()
 
 
@@ -233,11 +240,14 @@ async def chat_client(reactor: Any, args: argparse.Namespace) -> None:
     # Round trips on a session that is also carrying a file.
     session = await client.chat(args.peer)
     busy = RoundTrips(session.send_message)
+    watch = StallWatch(reactor)
+    watch.start()
     handle = await client.send_file(args.peer, args.file)
     carried = client.transfer(handle).when_done()
     result["busy_samples"] = await busy.run(lambda: carried.called, args.busy_rounds)
     result["busy_during_file"] = not carried.called
     await carried
+    result["stalls"] = watch.report()
     session.send_message("quit")
     emit("RESULT", result)
     await client.stop()
@@ -418,6 +428,17 @@ def summary(kind: str, runs: list[dict[str, Any]], rounds: int, messages: int) -
     }
 
 
+def stall_text(stalls: dict[str, Any]) -> str:
+    if not stalls:
+        return "-"
+    pauses = ", ".join(f"{reason} {n}x max {ms:.1f} ms" for reason, (n, ms) in sorted(stalls["pauses"].items()))
+    return (
+        f"reactor late max {stalls['lag_max_ms']:.1f} ms (p99 {stalls['lag_p99_ms']:.1f}, "
+        f"{stalls['lags_over_5ms']} over 5 ms), gen1/2 GC {stalls['gc_count']}x max {stalls['gc_max_ms']:.1f} ms"
+        + (f", reading paused: {pauses}" if pauses else "")
+    )
+
+
 def spread(values: list[float], digits: int = 0) -> str:
     if len(values) < 2:
         return ""
@@ -444,7 +465,15 @@ def coordinate(args: argparse.Namespace) -> None:
         for i in range(args.repeat):
             for kind in kinds:  # interleaved, so all see the same noise
                 runs[kind].append(run_case(kind, args, work, (int(port), fingerprint), i))
-                print(f"  {kind} run {i + 1}: p50 {percentile(runs[kind][-1]['samples'], 50):.0f} us", flush=True)
+                last = runs[kind][-1]
+                print(f"  {kind} run {i + 1}: p50 {percentile(last['samples'], 50):.0f} us", flush=True)
+                if kind == "chatapp":
+                    sender, receiver = stall_text(last["stalls"]), stall_text(last["echo"]["stalls"])
+                    busy = last["busy_samples"]
+                    print(
+                        f"    busy p50 {percentile(busy, 50) / 1000:.1f} ms, p99 {percentile(busy, 99) / 1000:.1f} ms; "
+                        f"while the file streamed: sender {sender}; receiver {receiver}"
+                    )
         line = summary("line", runs["line"], args.rounds, args.messages)
         line_tls = summary("line-tls", runs["line-tls"], args.rounds, args.messages)
         chat = summary("chatapp", runs["chatapp"], args.rounds, args.messages)

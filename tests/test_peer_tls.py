@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,16 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from chatapp.events import KeyChanged
 from chatapp.peer import HandshakeFailed, PeerFactory, SessionState
 from chatapp.peer.contacts import Contacts, NothingToTrust
+from chatapp.peer.socket_options import RECEIVE_BUFFER, UNSENT_LIMIT
 from chatapp.runner import InlineRunner
 from chatapp.tls.known_hosts import KnownPeers
+from chatapp.tls.transports import inner_transport
 
 reactor: Any = _reactor
 TIMEOUT = 20
@@ -203,6 +207,27 @@ async def test_first_chat_remembers_the_contact(tmp_path: Path) -> None:
         )
         assert alice_contacts.remembered("BOB") == key_of("bob")
         assert remembered_in_file(alice_contacts, "bob") == key_of("bob")
+    finally:
+        await alice.stop()
+        await bob.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_session_bounds_what_a_chat_line_waits_behind(tmp_path: Path) -> None:
+    """Both ends: no Nagle delay, at most UNSENT_LIMIT bytes unsent in the kernel, a capped receive buffer."""
+    alice, bob = peer(tmp_path, "alice"), peer(tmp_path, "bob")
+    port = await listening(bob)
+    try:
+        session = await alice.connect("bob", "127.0.0.1", port, "tok-alice", "proof-alice", key_of("bob")).addTimeout(
+            TIMEOUT, reactor
+        )
+        while "alice" not in bob.sessions or bob.sessions["alice"].state is not SessionState.OPEN:
+            await deferLater(reactor, 0.01)
+        for end in (session, bob.sessions["alice"]):
+            sock = inner_transport(end.transport).getHandle()
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == UNSENT_LIMIT
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * RECEIVE_BUFFER  # Linux doubles it
     finally:
         await alice.stop()
         await bob.stop()
