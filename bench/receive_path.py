@@ -109,7 +109,7 @@ def chatapp_receive(folder: Path, frames: bytes, replays: int, digest: str, piec
     factory = PeerFactory(
         "bob", verify, str(folder), ignore, Clock(), identity=new_identity("bob"), runner=runner, auto_accept=True
     )
-    factory.peer_key = lambda session: alice.fingerprint  # type: ignore[method-assign]  # no TLS here
+    factory.peer_key = lambda session: alice.fingerprint  # no TLS here: the key it would have shown
     session = factory.buildProtocol(None)
     transport = StringTransport()
     session.makeConnection(transport)
