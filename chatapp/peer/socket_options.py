@@ -9,9 +9,9 @@ to 4 and 32 MiB), so a line could wait behind tens of megabytes.
   send buffer; bytes already in flight are not counted, so a long, fast path
   still fills its window.
 - ``SO_RCVBUF`` caps the receive buffer at :data:`RECEIVE_BUFFER` (the kernel
-  doubles it for its bookkeeping). That also caps the window the peer may fill
-  before we read: about 30 MB/s at 50 ms round trip, which a chat's file
-  transfers trade for chat lines that are not held up behind them.
+  doubles it and offers part of that as the window). That also caps what the
+  peer may have in flight: a transfer tops out near 20-35 MB/s at a 50 ms round
+  trip, traded for chat lines that are not held up behind a file on a fast link.
 
 Options the platform lacks are skipped: they bound latency, not memory or safety.
 """
