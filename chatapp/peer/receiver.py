@@ -4,8 +4,9 @@
 offers (id, size, name, open offers, a partial in use), accepts them (from a
 kept partial when the same peer offers the same name and size again, proving
 the prefix with its hash), hands ``DATA`` bytes to a
-:class:`~chatapp.peer.writer.FileWriter` (off the reactor thread; it asks
-the session to stop reading while too much waits), and on ``END`` checks
+:class:`~chatapp.peer.writer.FileWriter` (it hashes them as they come and
+writes them off the reactor thread, and asks the session to stop reading
+while too much waits), and on ``END`` checks
 the size and hash, fsyncs, places the file in the download folder
 (:mod:`chatapp.peer.downloads`) and only then says ``DONE``.
 """
