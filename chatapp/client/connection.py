@@ -43,7 +43,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, threads
-from twisted.internet.endpoints import clientFromString, quoteStringArgument, wrapClientTLS
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -79,6 +79,7 @@ from chatapp.tls.fingerprint import BadFingerprint
 from chatapp.tls.identity import Identity, load_or_create_identity
 from chatapp.tls.known_hosts import KnownServers
 from chatapp.tls.paths import identity_path
+from chatapp.tls.records import GatheringTLSEndpoint
 from chatapp.wire import escape_for_terminal
 
 log = Logger()
@@ -383,7 +384,7 @@ class ServerConnection:
                 )
             except BadFingerprint as e:
                 raise InvalidArgument(str(e)) from None
-            endpoint = wrapClientTLS(self.tls.creator, endpoint)
+            endpoint = GatheringTLSEndpoint(self.tls.creator, endpoint)
         self.endpoint = endpoint
         self.identity: Identity | None = None  # this account's identity on this server, once logged in
         self._identity_of: str | None = None  # the (case-folded) account self.identity belongs to

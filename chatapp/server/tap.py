@@ -15,7 +15,6 @@ from twisted.internet import defer, threads
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -26,6 +25,7 @@ from chatapp.server.store import Store, is_postgres_url, store_for
 from chatapp.tls.contexts import ServerLinkServerTLS
 from chatapp.tls.identity import BadIdentityFile, Identity, load_identity, load_or_create_identity
 from chatapp.tls.paths import server_certificate_path
+from chatapp.tls.records import GatheringTLSFactory
 
 log = Logger()
 
@@ -285,7 +285,7 @@ class ChatServerService(Service):
         # Wrapping the factory, not choosing an ssl: endpoint, gives systemd: and unix: sockets TLS too.
         creator = ServerLinkServerTLS(identity)
         self.fingerprint = creator.fingerprint
-        wrapped = TLSMemoryBIOFactory(creator, False, self.factory)
+        wrapped = GatheringTLSFactory(creator, False, self.factory)
         wrapped.noisy = False
         return self.endpoint.listen(wrapped)
 

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from zope.interface import implementer
 
 from chatapp.tls.identity import Identity
+from chatapp.tls.records import note_tls_step
 from chatapp.tls.transports import peer_certificate, tls_connection
 
 
@@ -43,6 +44,9 @@ def _tls13_context(identity: Identity | None) -> SSL.Context:
     # the server keeps no session cache and sends no tickets nobody would use.
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_options(SSL.OP_NO_TICKET)
+    # Counts what OpenSSL does for post-handshake messages (a KeyUpdate costs a reply), so the TLS
+    # layer can close a connection that sends them without end (chatapp.tls.records).
+    context.set_info_callback(note_tls_step)
     if identity is not None:
         context.use_certificate(identity.certificate)
         for certificate in identity.chain:
@@ -50,6 +54,12 @@ def _tls13_context(identity: Identity | None) -> SSL.Context:
         context.use_privatekey(identity.private_key)
         context.check_privatekey()
     return context
+
+
+def _connection(context: SSL.Context, tls_protocol: Any) -> SSL.Connection:
+    connection = SSL.Connection(context, None)
+    connection.set_app_data(tls_protocol)  # for note_tls_step
+    return connection
 
 
 def _accept_any(connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int) -> bool:
@@ -66,7 +76,7 @@ class ServerLinkServerTLS:
         self._context = _tls13_context(identity)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        return _connection(self._context, tlsProtocol)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -104,7 +114,7 @@ class ServerLinkClientTLS:
         return True
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = SSL.Connection(self._context, None)
+        connection = _connection(self._context, tlsProtocol)
         if self._ip is None:  # SNI carries host names only, never IP addresses (RFC 6066)
             connection.set_tlsext_host_name(self.host.encode("idna"))
         return connection
@@ -136,7 +146,7 @@ class PeerListenerTLS:
         self._context = context
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        return _connection(self._context, tlsProtocol)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -150,4 +160,4 @@ class PeerConnectorTLS:
         self._context = context
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        return _connection(self._context, tlsProtocol)

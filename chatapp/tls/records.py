@@ -1,35 +1,83 @@
-"""TLS that hands the application what one socket read decrypted to in one piece, not one piece per record.
+"""chatapp's TLS layer: Twisted's, handing up what one socket read decrypted to at once, and bounded.
 
 ``TLSMemoryBIOProtocol`` calls the wrapped protocol's ``dataReceived`` once
 per TLS record (OpenSSL's ``SSL_read`` never returns more than one record),
 so a file arriving in 16 KiB records costs the peer session a framer step,
 a bookkeeping call and a queue entry every 16 KiB: 65,536 times a GiB, about
-a quarter of the receiver's CPU. :class:`GatheringTLSFactory` wraps like
-``TLSMemoryBIOFactory`` but joins the records decrypted from one read of the
-socket (at most its read size plus one partial record) and delivers them at
-once, before any end of the connection that came after them.
+a quarter of the receiver's CPU. :class:`GatheringTLSProtocol` joins the
+records decrypted from one read of the socket (at most its read size plus
+one partial record) and delivers them at once, before any end of the
+connection that came after them.
 
-It replaces Twisted's private ``_flushReceiveBIO``. Should a later Twisted stop
-calling that method, the records are simply delivered one by one again;
-``tests/test_tls_records.py`` notices.
+It also bounds what the other side can make the TLS layer itself do:
+
+- **Post-handshake messages.** Each TLS 1.3 ``KeyUpdate`` that asks for one
+  makes OpenSSL queue a reply, and one byte of data between them resets
+  OpenSSL's own limit of 32 in a row. :func:`note_tls_step` (the info callback
+  of every context in :mod:`chatapp.tls.contexts`) counts OpenSSL's steps
+  after the handshake; past :data:`MAX_POST_HANDSHAKE_STEPS` the connection
+  is aborted. chatapp never sends such messages itself (no session tickets,
+  no key updates), so a well-behaved peer never comes near it.
+- **Replies.** Whatever OpenSSL queued is handed to the transport whole
+  (Twisted's layer moves at most 32 KiB a time), where the transport's own
+  buffer and producer see it.
+- **Tiny records.** A read that decrypted to more than
+  :data:`TINY_RECORDS` records is a peer sending very small records (a
+  record costs far more to open than its byte): the socket is then read
+  :data:`SMALL_READ` bytes at a time, so one read never keeps the reactor
+  from other connections for long.
+
+It replaces Twisted's private ``_flushReceiveBIO`` and ``_flushSendBIO``. Should
+a later Twisted stop calling them, records are simply delivered one by one again
+and nothing is bounded here; ``tests/test_tls_records.py`` notices.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from OpenSSL import SSL
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
 
 # What one SSL_read may return: a record is at most 16 KiB of plaintext, so this never cuts one in two calls.
 RECORD_READ = 2**15
+# OpenSSL's info-callback steps after the handshake (a KeyUpdate and its reply take four to six).
+MAX_POST_HANDSHAKE_STEPS = 128
+# Records in one read past which the peer is taken to send tiny records, and the read size used then.
+TINY_RECORDS = 512
+SMALL_READ = 16 * 1024
 
 # The protocol TLSMemoryBIOFactory builds by default (a subclass that coalesces small writes).
 _BaseTLS: type[TLSMemoryBIOProtocol] = TLSMemoryBIOFactory.protocol
 
 
+def note_tls_step(connection: SSL.Connection, where: int, ret: int) -> None:
+    """OpenSSL's info callback: tell the connection's TLS layer about each step of a handshake."""
+    if where & SSL.SSL_CB_LOOP:
+        layer = connection.get_app_data()
+        if isinstance(layer, GatheringTLSProtocol):
+            layer.tls_step()
+
+
 class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
     """A TLS layer delivering everything one socket read decrypted to in one ``dataReceived``."""
+
+    _post_handshake_steps = 0
+    _small_reads = False
+
+    def tls_step(self) -> None:
+        """OpenSSL took a step of a handshake (see :func:`note_tls_step`)."""
+        if self._handshakeDone:
+            self._post_handshake_steps += 1
 
     def _flushReceiveBIO(self) -> None:
         pieces: list[bytes] = []
@@ -49,15 +97,70 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
                 self._deliver(pieces)
                 pieces = []
                 self._tlsShutdownFinished(failure)
+            if self._post_handshake_steps > MAX_POST_HANDSHAKE_STEPS:
+                self._too_many_post_handshake_messages()
+                return
+        if self._post_handshake_steps > MAX_POST_HANDSHAKE_STEPS:
+            self._too_many_post_handshake_messages()
+            return
+        if len(pieces) > TINY_RECORDS and not self._small_reads:
+            self._read_in_small_bites(len(pieces))
         self._deliver(pieces)
         self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        while self.transport is not None:
+            try:
+                data = self._tlsConnection.bio_read(RECORD_READ)
+            except WantReadError:
+                return  # all of it is with the transport
+            self.transport.write(data)
 
     def _deliver(self, pieces: list[bytes]) -> None:
         if pieces and not self._aborted:
             ProtocolWrapper.dataReceived(self, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    def _too_many_post_handshake_messages(self) -> None:
+        if not self._aborted:
+            log.info(
+                "TLS: {peer} sent post-handshake messages without end (key updates?): closing",
+                peer=self.getPeer(),
+            )
+            self.abortConnection()
+
+    def _read_in_small_bites(self, records: int) -> None:
+        self._small_reads = True
+        inner: Any = self.transport
+        while isinstance(inner, ProtocolWrapper):
+            inner = inner.transport
+        if isinstance(getattr(inner, "bufferSize", None), int):
+            log.info(
+                "TLS: {peer} sent {records} records in one read: reading it {size} bytes at a time",
+                peer=self.getPeer(),
+                records=records,
+                size=SMALL_READ,
+            )
+            inner.bufferSize = min(inner.bufferSize, SMALL_READ)
 
 
 class GatheringTLSFactory(TLSMemoryBIOFactory):
     """``TLSMemoryBIOFactory`` building :class:`GatheringTLSProtocol` connections."""
 
     protocol = GatheringTLSProtocol
+
+
+@implementer(IStreamClientEndpoint)
+class GatheringTLSEndpoint:
+    """Like Twisted's ``wrapClientTLS``: TLS over ``endpoint``, with :class:`GatheringTLSProtocol`."""
+
+    def __init__(self, creator: Any, endpoint: IStreamClientEndpoint) -> None:
+        self._creator = creator
+        self._endpoint = endpoint
+
+    def connect(self, factory: Any) -> Any:
+        connected: Any = self._endpoint.connect(GatheringTLSFactory(self._creator, True, factory))
+
+        def inner(tls: Any) -> Protocol:
+            return tls.wrappedProtocol
+
+        return connected.addCallback(inner)
