@@ -85,7 +85,7 @@ def part_of(frames: list[str]) -> str:
             if "/bench/_lineserver.py" in name:
                 return "application protocol"
             continue  # the stdlib or a helper: look at who called it
-        if "/chatapp/tls/" in name:  # the connection creator: it makes the SSL.Connection
+        if "/chatapp/tls/contexts.py" in name:  # the connection creator: it makes the SSL.Connection
             return "pyOpenSSL Connection + cffi"
         if "/chatapp/" in name or "/twisted/protocols/basic.py" in name:
             return "application protocol"
@@ -316,7 +316,12 @@ def openssl_stages(count: int = 500) -> list[list[object]]:
         info = libc.mallinfo2()
         return int(info.uordblks + info.hblkhd)
 
-    server = ServerLinkServerTLS(new_identity("probe"))
+    identity = new_identity("probe")
+    server = ServerLinkServerTLS(identity)
+    # The same context with the record buffers kept (what it was before it set MODE_RELEASE_BUFFERS);
+    # cleared before any connection uses it, as pyOpenSSL requires.
+    keeping = ServerLinkServerTLS(identity)
+    keeping._context.clear_mode(SSL.MODE_RELEASE_BUFFERS)
 
     def client_context(groups: bytes | None) -> SSL.Context:
         context = SSL.Context(SSL.TLS_METHOD)
@@ -337,8 +342,8 @@ def openssl_stages(count: int = 500) -> list[list[object]]:
                 sink.bio_write(data)
                 moved = True
 
-    def one(client: SSL.Context | None, lines: bool) -> SSL.Connection:
-        s = server.serverConnectionForTLS(None)
+    def one(client: SSL.Context | None, lines: bool, creator: ServerLinkServerTLS = server) -> SSL.Connection:
+        s = creator.serverConnectionForTLS(None)
         s.set_accept_state()
         if client is None:
             return s
@@ -360,24 +365,27 @@ def openssl_stages(count: int = 500) -> list[list[object]]:
             c.recv(4096)
         return s
 
-    def cost(client: SSL.Context | None, lines: bool) -> tuple[float, str]:
+    def cost(client: SSL.Context | None, lines: bool, creator: ServerLinkServerTLS) -> tuple[float, str]:
         for _ in range(20):
-            one(client, lines)
+            one(client, lines, creator)
         gc.collect()
         start = used()
-        held = [one(client, lines) for _ in range(count)]
+        held = [one(client, lines, creator) for _ in range(count)]
         gc.collect()
         group = held[0].get_group_name() if client is not None else None
         return (used() - start) / count, (group or "-")
 
     rows: list[list[object]] = []
-    for label, client, lines in (
-        ("SSL.Connection made, no handshake", None, False),
-        ("handshake done, client offers X25519 only", client_context(b"X25519"), False),
-        ("+ one line each way, client offers X25519 only", client_context(b"X25519"), True),
-        ("+ one line each way, client offers its defaults", client_context(None), True),
+    x25519, defaults = client_context(b"X25519"), client_context(None)
+    for label, client, lines, creator in (
+        ("SSL.Connection made, no handshake", None, False, server),
+        ("handshake done, client offers X25519 only", x25519, False, server),
+        ("+ one line each way, client offers X25519 only", x25519, True, server),
+        ("+ one line each way, client offers its defaults", defaults, True, server),
+        ("X25519, a line each way, record buffers kept", x25519, True, keeping),
+        ("defaults, a line each way, record buffers kept", defaults, True, keeping),
     ):
-        per, group = cost(client, lines)
+        per, group = cost(client, lines, creator)
         rows.append([label, group, per])
     return rows
 
