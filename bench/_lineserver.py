@@ -5,9 +5,10 @@ and answers every line ``<VERB> ...`` with ``OK <line>``: the same exchange of
 lines the chat server has, with none of its work.  It holds idle connections
 (the memory floor) and echoes requests (the throughput ceiling).
 
-Run as ``python bench/_lineserver.py [--no-tls] [PORT]``; it serves TLS 1.3 (a fresh ECDSA P-256
+Run as ``python bench/_lineserver.py [--no-tls | --twisted-tls] [PORT]``; it serves TLS 1.3 (a fresh ECDSA P-256
 certificate, the chat server's context) like ``twistd chatserver`` does by default, and logs the port it listens on in
-the same words as ``twistd chatserver`` so the benchmarks can find it.
+the same words as ``twistd chatserver`` so the benchmarks can find it.  ``--twisted-tls`` builds the context with
+Twisted's own ``CertificateOptions`` instead (TLS 1.3 only): what a Twisted server gets by default.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     argv = sys.argv[1:]
     tls = "--no-tls" not in argv
-    argv = [a for a in argv if a != "--no-tls"]
+    twisted_tls = "--twisted-tls" in argv
+    argv = [a for a in argv if a not in ("--no-tls", "--twisted-tls")]
     port = int(argv[0]) if argv else 0
     factory: Factory = Factory.forProtocol(EchoLine)
     if tls:  # the same wrapping as chatapp.server.tap: a TLSMemoryBIOFactory around the line factory
@@ -52,7 +54,18 @@ def main() -> None:
         from chatapp.tls.contexts import ServerLinkServerTLS
         from chatapp.tls.identity import new_identity
 
-        factory = TLSMemoryBIOFactory(ServerLinkServerTLS(new_identity("lineserver")), False, factory)
+        identity = new_identity("lineserver")
+        creator: object = ServerLinkServerTLS(identity)
+        if twisted_tls:
+            from OpenSSL import crypto
+            from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+            creator = CertificateOptions(
+                privateKey=crypto.PKey.from_cryptography_key(identity.private_key),
+                certificate=crypto.X509.from_cryptography(identity.certificate),
+                raiseMinimumTo=TLSVersion.TLSv1_3,
+            )
+        factory = TLSMemoryBIOFactory(creator, False, factory)
     endpoint = TCP4ServerEndpoint(reactor, port, backlog=1024, interface="127.0.0.1")
 
     def listening(p: IListeningPort) -> None:
