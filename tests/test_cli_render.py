@@ -425,6 +425,31 @@ def test_secret_input_is_not_echoed_or_remembered() -> None:
     assert c.lines == [] and c.console.editor.history == []
 
 
+def test_an_unknown_server_is_asked_about_in_the_screen_once_it_owns_the_terminal() -> None:
+    """A /reconnect to a server with a key not known yet: the question is in the input line, typed answers
+    are shown, and nothing is read from stdin by a thread racing the screen."""
+    from chatapp.cli.trust import AGAIN, QUESTION, TerminalTrust
+
+    c = Console()
+    trust = TerminalTrust(reactor=None)  # no thread pool is needed once a console is there
+    trust.console = c.console
+    fingerprint = "sha256:" + "ab" * 32
+    d = trust("chat.example:7000", fingerprint)
+    out = c.output().decode()
+    assert "The chat server at chat.example:7000 is not known yet" in out and fingerprint in out
+    assert out.endswith(f"\r\x1b[2K{QUESTION}\r\x1b[{len(QUESTION)}C")  # the input line is the question
+    c.type(b"maybe")
+    assert b"maybe" in c.output()  # shown while typed, unlike a password
+    c.type(b"\r")
+    assert not d.called and AGAIN in c.output().decode()
+    c.type(b"yes\r")
+    assert d.result is True
+    assert c.lines == [] and c.console.editor.history == []  # answers are not chat lines
+    refused = trust("chat.example:7000", fingerprint)
+    c.type(b"\x03")  # Ctrl-C: no
+    assert refused.result is False
+
+
 def test_the_status_line_is_redrawn_at_most_ten_times_a_second() -> None:
     c = Console()
     c.output()

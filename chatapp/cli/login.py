@@ -20,7 +20,7 @@ from chatapp.wire import valid_password, valid_username
 
 from .errors import EXIT_BAD_INPUT, EXIT_USAGE, Fatal, explain
 from .options import Settings, UsageError
-from .trust import server_options
+from .trust import TerminalTrust, server_options
 
 log = Logger()
 
@@ -123,7 +123,7 @@ def ask_password(term: Terminal, confirm: bool, prompt: str = "Password: ") -> s
     raise Fatal(EXIT_BAD_INPUT, "no password agreed on")
 
 
-def make_client(reactor: Any, settings: Settings, emit: EventSink) -> ChatClient:
+def make_client(reactor: Any, settings: Settings, emit: EventSink, question: TerminalTrust | None = None) -> ChatClient:
     try:
         return ChatClient(
             reactor,
@@ -133,7 +133,7 @@ def make_client(reactor: Any, settings: Settings, emit: EventSink) -> ChatClient
             listen=settings.listen,
             max_file_size=settings.max_file_size,
             auto_accept=settings.accept_files,
-            server_options=server_options(reactor, settings),  # issue 12: the server link's TLS
+            server_options=server_options(reactor, settings, question),  # issue 12: the server link's TLS
             accept_changed_keys=settings.accept_changed_keys,
         )
     except InvalidArgument as e:

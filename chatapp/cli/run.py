@@ -15,6 +15,7 @@ from .errors import Outcome
 from .events import Ready
 from .login import PasswordSource, login, make_client
 from .options import Settings
+from .trust import TerminalTrust
 
 log = Logger()
 
@@ -33,11 +34,13 @@ class Run:
     outcome: Outcome = field(default_factory=Outcome)  # a signal may set its exit code
     client: ChatClient | None = None
     ask_password: PasswordSource | None = None  # asks the password once the server greeted us
+    trust_question: TerminalTrust | None = None  # asks whether to trust an unknown server (on a terminal)
     _stopping: defer.Deferred[None] | None = None
 
     async def start(self, emit: EventSink) -> ChatClient:
         """Log in (or sign up) with events going to ``emit``; failures are :class:`~chatapp.cli.errors.Fatal`."""
-        client = make_client(self.reactor, self.settings, emit)
+        self.trust_question = TerminalTrust(self.reactor)
+        client = make_client(self.reactor, self.settings, emit, self.trust_question)
         self.client = client
         password: str | PasswordSource = self.password
         if not self.password and self.ask_password is not None:

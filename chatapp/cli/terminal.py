@@ -255,7 +255,8 @@ class ConsoleProtocol(insults.TerminalProtocol):
         self._confirm: list[str] | None = None  # the lines of a multi-line paste, waiting for y/n
         self._batching = False
         self._dirty = False
-        self._secret: tuple[str, defer.Deferred[str]] | None = None
+        self._secret: tuple[str, defer.Deferred[str]] | None = None  # a question the next line answers
+        self._hidden = True  # that answer is not shown while typed (a password)
         self._status_source: Callable[[int], str] = lambda width: ""
         self._status_timer: IDelayedCall | None = None
         self._status_drawn_at = float("-inf")
@@ -288,7 +289,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
         prompt = self._secret[0] if self._secret is not None else self.prompt
         prompt = fit_ellipsis(prompt, max(self.width // 2, 1))
         prompt_cells = width(prompt)
-        if self._secret is not None:
+        if self._secret is not None and self._hidden:
             shown, column = "", 0
         else:
             shown, column = self.editor.visible(self.width - prompt_cells - 1)
@@ -397,9 +398,20 @@ class ConsoleProtocol(insults.TerminalProtocol):
     # -- keys ------------------------------------------------------------------------
 
     def ask_secret(self, prompt: str) -> defer.Deferred[str]:
-        """The next line typed, not echoed and not kept in the history (for /passwd)."""
+        """The next line typed, not echoed and not kept in the history (for /passwd).
+
+        Ctrl-C or Esc on it fails the Deferred with ``CommandError("cancelled")``.
+        """
+        return self._ask(prompt, hidden=True)
+
+    def ask_line(self, prompt: str) -> defer.Deferred[str]:
+        """The next line typed, shown as it is typed but not kept in the history (a yes/no question)."""
+        return self._ask(prompt, hidden=False)
+
+    def _ask(self, prompt: str, hidden: bool) -> defer.Deferred[str]:
+        self._cancel_secret()  # one question at a time: an older one is cancelled
         d: defer.Deferred[str] = defer.Deferred()
-        self._secret = (prompt, d)
+        self._secret, self._hidden = (prompt, d), hidden
         self.redraw()
         return d
 
@@ -841,6 +853,8 @@ async def run_interactive(run: Run) -> int:
                               lambda before: ui.candidates(before, dispatcher), run.reactor,
                               run.reactor.seconds, on_window=ui.alt_window)  # fmt: skip
     console.watch_status(ui.status)
+    if run.trust_question is not None:  # the screen owns the terminal now: a trust question goes to it
+        run.trust_question.console = console
     # a stall shows even when no event comes: the status row is recomputed every second
     status_ticks = task.LoopingCall(console.status_changed)
     status_ticks.clock = run.reactor
@@ -873,6 +887,8 @@ async def run_interactive(run: Run) -> int:
         if ui.chatlog is not None:
             await _settle(ui.chatlog.stop(), run.reactor)
     finally:
+        if run.trust_question is not None:
+            run.trust_question.console = None
         if status_ticks.running:
             status_ticks.stop()
         dispatcher.offer_timers.stop()

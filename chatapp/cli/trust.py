@@ -1,5 +1,6 @@
 """How the console trusts a chat server on first contact (PROTOCOL.md 4.1): the TLS options it gives the
-client library, and the question asked on a terminal.
+client library, and the question asked on a terminal: on the plain terminal before the screen is up,
+in the screen's input line once it is (a ``/reconnect`` or a reconnect to a server with a new name).
 
 A changed key is never asked about: the library refuses it with the loud message. Without a terminal
 and without ``--server-fingerprint`` or ``--trust-on-first-use`` an unknown server is refused with its
@@ -13,35 +14,80 @@ from typing import Any, TextIO
 
 from twisted.internet import defer, threads
 
+from chatapp.wire import escape_for_terminal
+
+from .commands import CommandError
 from .options import Settings
 
 QUESTION = "trust this server? (yes/no) "
+AGAIN = 'please answer "yes" or "no"'
+
+
+def explanation(where: str, fingerprint: str) -> list[str]:
+    return [
+        f"The chat server at {escape_for_terminal(where)} is not known yet. Its key fingerprint is",
+        f"    {fingerprint}",
+        "Compare it with the one its operator publishes (chatapp-admin fingerprint) before you say yes.",
+    ]
+
+
+def answer_of(line: str) -> bool | None:
+    """True for yes (or y), False for no (or n), None for anything else."""
+    word = line.strip().lower()
+    return True if word in ("yes", "y") else False if word in ("no", "n") else None
 
 
 def ask_on_terminal(where: str, fingerprint: str, stdin: TextIO, stdout: TextIO) -> bool:
     """Show the fingerprint and ask; only "yes" (or "y") trusts. Blocking: run it in a thread."""
-    stdout.write(
-        f"The chat server at {where} is not known yet. Its key fingerprint is\n"
-        f"    {fingerprint}\n"
-        "Compare it with the one its operator publishes (chatapp-admin fingerprint) before you say yes.\n"
-    )
+    stdout.write("".join(line + "\n" for line in explanation(where, fingerprint)))
     while True:
         stdout.write(QUESTION)
         stdout.flush()
-        answer = stdin.readline()
-        if not answer:  # end of input: no
+        line = stdin.readline()
+        if not line:  # end of input: no
             stdout.write("\n")
             return False
-        word = answer.strip().lower()
-        if word in ("yes", "y"):
-            return True
-        if word in ("no", "n"):
-            return False
-        stdout.write('please answer "yes" or "no"\n')
+        answer = answer_of(line)
+        if answer is not None:
+            return answer
+        stdout.write(AGAIN + "\n")
 
 
-def server_options(reactor: Any, settings: Settings) -> dict[str, Any]:
-    """The TLS keyword arguments for ``ChatClient(server_options=...)``."""
+class TerminalTrust:
+    """The ``confirm`` of the server link: asked on the terminal, or in ``console`` once the screen owns it.
+
+    ``console`` is set by the interactive console while it runs (anything with ``show(line)`` and
+    ``ask_line(prompt)``); reading stdin from a thread then would race the screen for every key.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.console: Any = None
+
+    def __call__(self, where: str, fingerprint: str) -> defer.Deferred[bool]:
+        if self.console is not None:
+            return defer.ensureDeferred(self._ask_in_console(self.console, where, fingerprint))
+        pool = self.reactor.getThreadPool()
+        return threads.deferToThreadPool(
+            self.reactor, pool, ask_on_terminal, where, fingerprint, sys.stdin, sys.stdout
+        )
+
+    async def _ask_in_console(self, console: Any, where: str, fingerprint: str) -> bool:
+        for line in explanation(where, fingerprint):
+            console.show(line)
+        while True:
+            try:
+                line = await console.ask_line(QUESTION)
+            except CommandError:  # Ctrl-C: no
+                return False
+            answer = answer_of(line)
+            if answer is not None:
+                return answer
+            console.show(AGAIN)
+
+
+def server_options(reactor: Any, settings: Settings, question: TerminalTrust | None = None) -> dict[str, Any]:
+    """The TLS keyword arguments for ``ChatClient(server_options=...)``; ``question`` asks on a terminal."""
     options: dict[str, Any] = {
         "no_tls": settings.no_tls,
         "server_fingerprint": settings.server_fingerprint,
@@ -49,10 +95,5 @@ def server_options(reactor: Any, settings: Settings) -> dict[str, Any]:
     }
     asked = settings.server_fingerprint is None and not settings.trust_on_first_use
     if asked and sys.stdin.isatty() and sys.stdout.isatty():
-
-        def confirm(where: str, fingerprint: str) -> defer.Deferred[bool]:
-            pool = reactor.getThreadPool()
-            return threads.deferToThreadPool(reactor, pool, ask_on_terminal, where, fingerprint, sys.stdin, sys.stdout)
-
-        options["confirm"] = confirm
+        options["confirm"] = question if question is not None else TerminalTrust(reactor)
     return options
