@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
 from chatapp.tls.identity import new_identity
-from chatapp.tls.records import GatheringTLSFactory
+from chatapp.tls.records import MAX_POST_HANDSHAKE_STEPS, SMALL_READ, TINY_RECORDS, GatheringTLSFactory
 
 KiB = 1024
 
@@ -116,3 +116,111 @@ def test_nothing_is_delivered_after_an_abort() -> None:
     assert client_wire.value()
     pump(client_wire, server)
     assert app.pieces == []
+
+
+# -- what the other side can make the TLS layer do ----------------------------------------------
+
+
+class StdlibPeer:
+    """A TLS 1.3 client from Python's own ssl module over memory BIOs: it can send KeyUpdate messages,
+    which pyOpenSSL cannot (through ctypes, on the OpenSSL the ssl module is linked with)."""
+
+    def __init__(self, wire: StringTransport, server: Any) -> None:
+        import _ssl
+        import ctypes
+        import ssl
+        import tempfile
+        from pathlib import Path
+
+        from chatapp.tls.identity import identity_to_pem
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        with tempfile.TemporaryDirectory() as folder:
+            pem = Path(folder) / "id.pem"
+            pem.write_bytes(identity_to_pem(new_identity("mallory")))
+            context.load_cert_chain(pem)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing)
+        self.wire, self.server = wire, server
+        self.ssl = ssl
+        for _ in range(10):
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            self.exchange()
+        library = ctypes.CDLL(_ssl.__file__)  # dlsym finds libssl's symbols through the module's handle
+        library.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        library.SSL_version.argtypes = [ctypes.c_void_p]
+        # CPython's PySSLSocket: PyObject_HEAD (16 bytes), then the socket (8), then the SSL *
+        self._ssl = ctypes.c_void_p.from_address(id(self.tls._sslobj) + 24).value  # type: ignore[attr-defined]
+        assert library.SSL_version(self._ssl) == 0x0304, "not the SSL * of a TLS 1.3 connection"
+        self._library = library
+
+    def exchange(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.server.dataReceived(data)
+        reply = self.wire.value()
+        self.wire.clear()
+        if reply:
+            self.incoming.write(reply)
+            try:
+                self.tls.read(65536)
+            except (self.ssl.SSLWantReadError, self.ssl.SSLError):
+                pass
+
+    def key_update(self) -> None:
+        assert self._library.SSL_key_update(self._ssl, 1) == 1  # 1: and ask for the other side's
+        self.tls.write(b"\n")  # a byte of data between: OpenSSL's own limit is 32 updates in a row
+        self.exchange()
+
+
+def listener() -> tuple[Any, App, StringTransport]:
+    app = App()
+    server = GatheringTLSFactory(
+        PeerListenerTLS(new_identity("alice")), False, protocol.Factory.forProtocol(lambda: app), CLOCK
+    ).buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    return server, app, wire
+
+
+def test_a_flood_of_key_updates_is_cut() -> None:
+    server, app, wire = listener()
+    peer = StdlibPeer(wire, server)
+    assert server._handshakeDone
+    sent = 0
+    while not wire.disconnected and sent < 200:
+        peer.key_update()
+        sent += 1
+    assert wire.disconnected  # aborted
+    assert sent <= MAX_POST_HANDSHAKE_STEPS // 4 + 1  # each update and its reply take four steps or more
+    assert len(app.pieces) < sent  # nothing reaches the application once the limit is passed
+
+
+def test_a_few_key_updates_are_answered() -> None:
+    server, app, wire = listener()
+    peer = StdlibPeer(wire, server)
+    for _ in range(5):
+        peer.key_update()
+    peer.tls.write(b"still here\n")
+    peer.exchange()
+    assert not wire.disconnected
+    assert b"".join(app.pieces).endswith(b"still here\n")
+
+
+def test_tiny_records_make_the_socket_read_in_small_bites() -> None:
+    server, app, wire = listener()
+    wire.bufferSize = 256 * KiB  # type: ignore[attr-defined]  # what a TCP transport has, and the session sets
+    peer = StdlibPeer(wire, server)
+    for byte in range(TINY_RECORDS + 1):
+        peer.tls.write(bytes([65 + byte % 26]))  # one record each
+    peer.exchange()
+    assert b"".join(app.pieces) == bytes(65 + b % 26 for b in range(TINY_RECORDS + 1))
+    assert len(app.pieces) == 1  # gathered all the same
+    assert wire.bufferSize == SMALL_READ  # type: ignore[attr-defined]
+    assert not wire.disconnecting
