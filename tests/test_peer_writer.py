@@ -9,6 +9,7 @@ import sys
 import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_peer_disk import ManualRunner
@@ -32,7 +33,7 @@ class Recorded(DownloadDir):
         super().write(fd, pieces)
 
 
-def new_writer(tmp_path: Path, runner: ManualRunner, **marks: int) -> tuple[FileWriter, Recorded, Path]:
+def new_writer(tmp_path: Path, runner: ManualRunner, **marks: Any) -> tuple[FileWriter, Recorded, Path]:
     downloads = Recorded(str(tmp_path))
     path = tmp_path / "out.part"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
@@ -122,3 +123,26 @@ def test_a_short_write_goes_on_where_it_stopped(tmp_path: Path, monkeypatch: pyt
         os.close(fd)
     assert path.read_bytes() == b"".join(pieces)
     assert max(calls) <= downloads_module.IOV_LIMIT
+
+
+def test_a_trickle_is_written_within_a_second_not_held_until_a_megabyte(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from chatapp.peer.writer import FLUSH_AFTER
+
+    runner, clock = ManualRunner(), Clock()
+    writer, _, path = new_writer(tmp_path, runner, clock=clock)
+    writer.write(b"a" * 1000)
+    clock.advance(FLUSH_AFTER / 2)
+    writer.write(b"b" * 1000)
+    assert runner.pending == 0  # under MIN_WRITE, waited less than FLUSH_AFTER
+    clock.advance(FLUSH_AFTER / 2)
+    assert runner.pending == 1  # the first byte waited FLUSH_AFTER: both pieces go
+    writer.write(b"c" * 1000)  # while that write is in flight
+    runner.run_all()
+    assert path.read_bytes() == b"a" * 1000 + b"b" * 1000 and writer.buffered == 1000
+    clock.advance(FLUSH_AFTER)
+    runner.run_all()
+    assert writer.buffered == 0 and path.stat().st_size == 3000
+    assert finish(writer, runner) == hashlib.sha256(b"a" * 1000 + b"b" * 1000 + b"c" * 1000).hexdigest()
+    assert clock.getDelayedCalls() == []

@@ -359,6 +359,7 @@ class Receiver:
             on_error=lambda error: self._write_failed(transfer, error),
             on_backlog=lambda over: self._backlog(transfer, over),
             on_bug=lambda failure: self.session.fail_inside(failure, "writing a received file"),
+            clock=self.factory.clock,
         )
         transfer.offset = transfer.bytes_done = offset
         transfer.resumed = offset > 0

@@ -5,7 +5,8 @@ A :class:`FileWriter` keeps at most one write of its file in flight on a
 Pieces that arrive meanwhile are queued and handed over together (up to
 :data:`MAX_WRITE`, one ``writev``), so a fast stream makes few, large writes
 and a slow disk makes the queue grow instead of blocking the reactor. A
-write starts only once :data:`MIN_WRITE` bytes wait (or at the end): each
+write starts once :data:`MIN_WRITE` bytes wait (or at the end, or when bytes
+waited :data:`FLUSH_AFTER` seconds, so a trickle holds nothing long): each
 hand-over to the thread costs two thread switches, a wake-up of the reactor
 and, while the reactor is busy, a wait for the GIL, so fewer is cheaper.
 When more than ``high_water`` bytes wait, ``on_backlog(True)`` asks the
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ MIN_WRITE = MiB
 # Pieces under this size are copied into one buffer as they come: a flood of 1-byte DATA chunks makes
 # a few buffers, not millions of objects (each ~35 bytes of overhead) nor millions of iovecs.
 SMALL_PIECE = 16 * 1024
+# Bytes under MIN_WRITE are written anyway once they waited this long: a trickle cannot keep them in memory.
+FLUSH_AFTER = 1.0
 HIGH_WATER = 8 * MiB
 LOW_WATER = 2 * MiB
 
@@ -82,6 +86,7 @@ class FileWriter:
         high_water: int = HIGH_WATER,
         low_water: int = LOW_WATER,
         min_write: int = MIN_WRITE,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._runner = runner
         self._downloads = downloads
@@ -101,6 +106,8 @@ class FileWriter:
         self.backlogged = False  # on_backlog(True) was the last call
         self.error: OSError | None = None
         self._finished: defer.Deferred[str] = defer.Deferred()
+        self._clock = clock  # None: what waits is written only at MIN_WRITE or at the end
+        self._flush_call: IDelayedCall | None = None
 
     @property
     def buffered(self) -> int:
@@ -134,6 +141,8 @@ class FileWriter:
         self._queued += size
         if not self._writing and self._queued >= self._min_write:
             self._write_next()
+        elif not self._writing and self._flush_call is None and self._clock is not None:
+            self._flush_call = self._clock.callLater(FLUSH_AFTER, self._flush)
         if not self.backlogged and self.buffered > self._high_water:
             self.backlogged = True
             self._on_backlog(True)
@@ -173,7 +182,19 @@ class FileWriter:
             raise RuntimeError(f"file writer: {self.stage.value} -> {new.value}")
         self.stage = new
 
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self.stage is Stage.WRITING and not self._writing and self._queue:
+            self._write_next()
+
+    def _cancel_flush(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+
     def _write_next(self) -> None:
+        self._cancel_flush()
         batch: list[bytes | bytearray | memoryview] = []
         size = 0
         while self._queue and (not batch or size + len(self._queue[0]) <= MAX_WRITE):
@@ -213,6 +234,8 @@ class FileWriter:
             self._write_next()
         elif self.stage is Stage.FINISHING:
             self._sync()
+        elif self._queue and self._flush_call is None and self._clock is not None:
+            self._flush_call = self._clock.callLater(FLUSH_AFTER, self._flush)
         self._ease()
 
     def _ease(self) -> None:
@@ -234,6 +257,7 @@ class FileWriter:
             self._on_error(error)
 
     def _sync(self) -> None:
+        self._cancel_flush()
         fd, self._fd = self._fd, None
         d = self._runner.run(self._sync_blocking, fd)
         d.addCallback(self._synced)
@@ -257,6 +281,7 @@ class FileWriter:
         self._finished.callback(self.hasher.hexdigest())
 
     def _close(self) -> None:
+        self._cancel_flush()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
