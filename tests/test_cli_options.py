@@ -247,3 +247,16 @@ def test_the_trust_question_takes_only_yes_or_no() -> None:
     assert "sha256:" + "0" * 64 in out.getvalue() and out.getvalue().count(QUESTION) == 2
     assert not ask_on_terminal("h:1", "sha256:" + "0" * 64, io.StringIO("no\n"), io.StringIO())
     assert not ask_on_terminal("h:1", "sha256:" + "0" * 64, io.StringIO(""), io.StringIO())  # end of input
+
+
+def test_a_changed_key_says_whose_key_changed_and_who_can_accept_it() -> None:
+    from chatapp.peer.errors import HandshakeFailed
+
+    settings = parse_args(["--user", "bob"])
+    theirs = explain(HandshakeFailed("key-changed", "sha256:" + "a" * 64, "sha256:" + "b" * 64), settings)
+    assert theirs.code == errors.EXIT_KEY_CHANGED
+    assert "the contact's key changed" in str(theirs) and "--accept-changed-keys" in str(theirs)
+    ours = explain(HandshakeFailed("key-changed"), settings)  # the contact answered ERR 403 key-changed
+    assert ours.code == errors.EXIT_KEY_CHANGED
+    assert "the contact refused the chat" in str(ours) and "/fingerprint" in str(ours)
+    assert "(if the contact confirms the new key" not in str(ours)  # our own flag changes nothing

@@ -150,3 +150,23 @@ def test_openssl_s_client_sees_tls13_and_the_logged_fingerprint(tmp_path: Path) 
         assert printed.stdout.strip() == logged
     finally:
         stop(process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_told_the_server_speaks_plain_tcp(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    from chatapp.client import ConnectionClosed, ServerConnection
+    from chatapp.tls.known_hosts import KnownServers
+
+    service, port = await start_server(str(tmp_path / "chat.sqlite3"), tls=False)  # --no-tls
+    known = KnownServers(tmp_path / "known_servers")
+    conn = ServerConnection(reactor, f"127.0.0.1:{port}", known_servers=known, max_attempts=1, trust_on_first_use=True)
+    try:
+        with pytest.raises(ConnectionClosed) as caught:
+            await conn.login("alice", "correct horse battery").addTimeout(10, reactor)
+    finally:
+        await conn.close()
+        await service.stopService()
+    assert "the server did not answer in TLS (a --no-tls server? then connect with --no-tls)" in str(caught.value)
+    assert "SSL routines" not in str(caught.value)

@@ -130,7 +130,8 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
     if isinstance(error, Fatal):
         return error
     if isinstance(error, HandshakeFailed) and error.reason in ("key-changed", "bad-key"):
-        hint = " (if the contact confirms the new key: --accept-changed-keys)" if error.reason == "key-changed" else ""
+        we_refused = error.reason == "key-changed" and error.expected is not None  # their key changed, not ours
+        hint = " (if the contact confirms the new key: --accept-changed-keys)" if we_refused else ""
         return Fatal(EXIT_KEY_CHANGED, f"refused: {error}{hint}")
     if isinstance(error, Blocked):
         return Fatal(EXIT_BLOCKED, blocked_text(error.seconds, name))

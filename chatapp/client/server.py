@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ITCPTransport
@@ -696,6 +697,11 @@ def _parse_error(rest: str) -> ChatClientError:
 
 def _describe(reason: Failure) -> str:
     value = reason.value
+    if isinstance(value, SSL.Error):  # OpenSSL's own words are a list of tuples: say what it means here
+        said = "; ".join(str(entry[-1]) for entry in value.args[0] if entry) if value.args and value.args[0] else ""
+        if "wrong version number" in said or "packet length too long" in said:
+            return "the server did not answer in TLS (a --no-tls server? then connect with --no-tls)"
+        return f"TLS failed ({said or 'no reason given'})"
     text = str(value).strip() if value is not None else ""
     return text or type(value).__name__
 

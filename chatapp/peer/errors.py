@@ -45,6 +45,14 @@ def _explain(reason: str, expected: str | None, offered: str | None) -> str:
         )
     if reason == "key-changed" and expected and offered:
         return f"the contact's key changed (remembered {expected}, now {offered})"
+    if reason == "key-changed":  # ERR 403 key-changed: the contact refused ours
+        return (
+            "the contact refused the chat: the key they remember for you is not your current one"
+            " (a new identity key?); once they have compared your /fingerprint they can accept it"
+            " (/trust, or --accept-changed-keys)"
+        )
+    if reason == "bad-key":  # ERR 403 bad-key: the contact saw a key the server did not vouch for
+        return "the contact refused the chat: the key it saw is not the one the server vouched for"
     return reason
 
 
