@@ -113,8 +113,10 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
             try:
                 data = self._tlsConnection.bio_read(RECORD_READ)
             except WantReadError:
-                return  # all of it is with the transport
+                return  # nothing was queued
             self.transport.write(data)
+            if len(data) < RECORD_READ:
+                return  # that was all of it (asking again would only raise, once per record sent)
 
     def _deliver(self, pieces: list[bytes]) -> None:
         if pieces and not self._aborted:
