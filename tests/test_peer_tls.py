@@ -21,6 +21,7 @@ from zope.interface import implementer
 from chatapp.events import KeyChanged
 from chatapp.peer import HandshakeFailed, PeerFactory, SessionState
 from chatapp.peer.contacts import Contacts, NothingToTrust
+from chatapp.peer.socket_options import UNSENT_LIMIT
 from chatapp.runner import InlineRunner
 from chatapp.tls.known_hosts import KnownPeers
 from chatapp.tls.transports import inner_transport
@@ -212,8 +213,8 @@ async def test_first_chat_remembers_the_contact(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_both_ends_of_an_open_session_send_small_lines_at_once(tmp_path: Path) -> None:
-    """TCP_NODELAY on the real sockets under TLS: no Nagle wait for a chat line."""
+async def test_an_open_session_bounds_what_a_chat_line_waits_behind(tmp_path: Path) -> None:
+    """Both ends: no Nagle delay, at most UNSENT_LIMIT bytes unsent in the kernel."""
     alice, bob = peer(tmp_path, "alice"), peer(tmp_path, "bob")
     port = await listening(bob)
     try:
@@ -225,6 +226,7 @@ async def test_both_ends_of_an_open_session_send_small_lines_at_once(tmp_path: P
         for end in (session, bob.sessions["alice"]):
             sock = inner_transport(end.transport).getHandle()
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == UNSENT_LIMIT
     finally:
         await alice.stop()
         await bob.stop()

@@ -32,6 +32,7 @@ from chatapp.peer.framing import TOO_LONG, Framer, Line, Raw
 from chatapp.peer.handshake import Handshake
 from chatapp.peer.receiver import Receiver
 from chatapp.peer.sender import Sender
+from chatapp.peer.socket_options import bound_queues
 from chatapp.peer.states import Role, SessionState, session_move
 from chatapp.tls.transports import inner_transport
 from chatapp.wire import (
@@ -354,6 +355,7 @@ class PeerSession(FileCommands, Protocol):
         socket: Any = inner_transport(self.transport)
         if isinstance(getattr(socket, "bufferSize", None), int):
             socket.bufferSize = RECEIVE_SIZE
+        bound_queues(socket)
         log.info("peer session with {peer} open ({role})", peer=self.who(), role=self.role.value)
         self.opened_at = self.last_active = self.factory.clock.seconds()
         self.keepalive.start()
