@@ -132,31 +132,11 @@ def chatapp_receive(folder: Path, frames: bytes, replays: int, digest: str, piec
 
 
 def ceiling_receive(folder: Path, frames: bytes, replays: int, digest: str, piece: int, threads: bool) -> float:
+    from _ceiling import CeilingReceiver
     from twisted.internet.testing import StringTransport
-    from twisted.protocols.basic import LineReceiver
 
-    class Receive(LineReceiver):
-        delimiter = b"\n"
-
-        def lineReceived(self, line: bytes) -> None:
-            self.left = int(line.split()[1])
-            self.hasher = hashlib.sha256()
-            self.partial = folder / ".big.bin.part"
-            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self.setRawMode()
-
-        def rawDataReceived(self, data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-            self.hasher.update(data)
-            self.left -= len(data)
-            if self.left == 0:
-                os.close(self.fd)
-                os.rename(self.partial, folder / "big.bin")
-                self.digest = self.hasher.hexdigest()
-
-    receiver = Receive()
+    digests: list[str] = []
+    receiver = CeilingReceiver(str(folder), "big.bin", digests.append)
     receiver.makeConnection(StringTransport())
     receiver.dataReceived(f"OFFER {replays * MiB}\n".encode())
     content = frames[len(f"DATA f {CHUNK}\r\n") :][:CHUNK]  # the same bytes, without the DATA lines
@@ -166,7 +146,7 @@ def ceiling_receive(folder: Path, frames: bytes, replays: int, digest: str, piec
         for data in pieces:
             receiver.dataReceived(data)
     used = time.process_time() - start
-    assert receiver.digest == digest
+    assert digests == [digest]
     return used
 
 

@@ -176,43 +176,28 @@ async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
 
 
 def twisted_receiver(args: argparse.Namespace) -> None:
+    from _ceiling import CeilingReceiver
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.internet.protocol import Factory
-    from twisted.protocols.basic import LineReceiver
 
     outcome: dict[str, Any] = {}
     io = count_io()
 
-    class Receive(LineReceiver):
-        delimiter = b"\n"
+    class Receive(CeilingReceiver):
+        def __init__(self) -> None:
+            super().__init__(args.downloads, FILE_NAME, self.finished)
 
         def connectionMade(self) -> None:
             if args.read_size:
                 socket_of(self.transport).bufferSize = args.read_size
             self.start = cpu_now()
 
-        def lineReceived(self, line: bytes) -> None:
-            self.left = int(line.split()[1])
-            self.hasher = hashlib.sha256()
-            self.partial = os.path.join(args.downloads, "." + FILE_NAME + ".part")
-            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self.setRawMode()
-
-        def rawDataReceived(self, data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-            self.hasher.update(data)
-            self.left -= len(data)
-            if self.left == 0:
-                os.close(self.fd)
-                os.rename(self.partial, os.path.join(args.downloads, FILE_NAME))
-                digest = self.hasher.hexdigest()
-                self.transport.write(b"OK " + digest.encode() + b"\r\n")  # type: ignore[union-attr]
-                read_size = socket_of(self.transport).bufferSize
-                outcome.update(usage_since(self.start), sha256=digest, read_size=read_size, io=io)
-                emit("RESULT", outcome)
+        def finished(self, digest: str) -> None:
+            self.transport.write(b"OK " + digest.encode() + b"\r\n")  # type: ignore[union-attr]
+            read_size = socket_of(self.transport).bufferSize
+            outcome.update(usage_since(self.start), sha256=digest, read_size=read_size, io=io)
+            emit("RESULT", outcome)
 
         def connectionLost(self, reason: Any = None) -> None:
             reactor.stop()  # type: ignore[attr-defined]
