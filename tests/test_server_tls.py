@@ -170,3 +170,19 @@ async def test_a_tls_client_told_the_server_speaks_plain_tcp(tmp_path: Path) -> 
         await service.stopService()
     assert "the server did not answer in TLS (a --no-tls server? then connect with --no-tls)" in str(caught.value)
     assert "SSL routines" not in str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_no_tls_client_meeting_a_tls_server_is_told_it_may_speak_tls(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    from chatapp.client import ServerConnection
+
+    service, port = await start_server(str(tmp_path / "chat.sqlite3"), tls=True)
+    conn = ServerConnection(reactor, f"127.0.0.1:{port}", no_tls=True, max_attempts=1, hello_timeout=0.5)
+    try:
+        with pytest.raises(Exception, match=r"did not greet us \(it may speak TLS: leave out --no-tls\)"):
+            await conn.login("alice", "correct horse battery").addTimeout(10, reactor)
+    finally:
+        await conn.close()
+        await service.stopService()

@@ -227,7 +227,9 @@ class _Session:
                 await ready
             except defer.TimeoutError:
                 where = escape_for_terminal(link.address)
-                raise ConnectFailed(f"the chat server at {where} did not greet us") from None
+                # a TLS server waits for our TLS hello as we wait for its greeting: say what may be wrong
+                hint = " (it may speak TLS: leave out --no-tls)" if link.tls is None else ""
+                raise ConnectFailed(f"the chat server at {where} did not greet us{hint}") from None
             if self.credentials is not None:
                 await protocol.login(*self.credentials)
                 await link._publish_key(protocol)
