@@ -74,3 +74,13 @@ def test_a_changed_key_is_refused_loudly_even_with_trust_on_first_use(server: tu
         f"If the server's key was changed on purpose, remove line 1 of {known_servers_path()} "
         "and connect again.\n"
     )
+
+
+def test_trust_on_first_use_names_the_key_it_remembered(server: tuple[int, str], tmp_path: Path) -> None:
+    port, fingerprint = server
+    code, err = run(tmp_path, port, "--signup", "--trust-on-first-use")
+    assert code == 0
+    assert err == f"chatapp: trusting the chat server at 127.0.0.1:{port} on first use: {fingerprint}\n"
+    assert KnownServers(known_servers_path()).lookup("127.0.0.1", port).fingerprint == fingerprint  # type: ignore[union-attr]
+    code, err = run(tmp_path, port, "--trust-on-first-use")  # known now: nothing to say
+    assert (code, err) == (0, "")

@@ -86,6 +86,28 @@ class TerminalTrust:
             console.show(AGAIN)
 
 
+class FirstUse:
+    """``--trust-on-first-use``: an unknown server is trusted without asking, and the key is named.
+
+    A pin nobody saw is what the option risks: the line lets a user check it later (stderr, or the
+    screen's own lines while the console runs).
+    """
+
+    def __init__(self, question: TerminalTrust | None, stderr: TextIO | None = None) -> None:
+        self.question = question
+        self.stderr = stderr if stderr is not None else sys.stderr
+
+    def __call__(self, where: str, fingerprint: str) -> defer.Deferred[bool]:
+        line = f"trusting the chat server at {escape_for_terminal(where)} on first use: {fingerprint}"
+        console = self.question.console if self.question is not None else None
+        if console is not None:
+            console.show(line)
+        else:
+            self.stderr.write(f"chatapp: {line}\n")
+            self.stderr.flush()
+        return defer.succeed(True)
+
+
 def server_options(reactor: Any, settings: Settings, question: TerminalTrust | None = None) -> dict[str, Any]:
     """The TLS keyword arguments for ``ChatClient(server_options=...)``; ``question`` asks on a terminal."""
     options: dict[str, Any] = {
@@ -93,7 +115,8 @@ def server_options(reactor: Any, settings: Settings, question: TerminalTrust | N
         "server_fingerprint": settings.server_fingerprint,
         "trust_on_first_use": settings.trust_on_first_use,
     }
-    asked = settings.server_fingerprint is None and not settings.trust_on_first_use
-    if asked and sys.stdin.isatty() and sys.stdout.isatty():
+    if settings.server_fingerprint is None and settings.trust_on_first_use:
+        options["confirm"] = FirstUse(question)
+    elif settings.server_fingerprint is None and sys.stdin.isatty() and sys.stdout.isatty():
         options["confirm"] = question if question is not None else TerminalTrust(reactor)
     return options
