@@ -85,11 +85,15 @@ class KeyChanged:
     The chat was not opened. The contact may have a new device or installation, or someone may be
     intercepting: the user compares ``offered`` with the contact by another channel and, if it is
     theirs, accepts it (``ChatClient.trust(user)``, the console's ``/trust``).
+
+    ``accepted``: the client was told to take changed keys (``--accept-changed-keys``): ``offered`` is
+    remembered now and the chat went on.
     """
 
     user: str
     remembered: str
     offered: str
+    accepted: bool = False
 
 
 # -- the server link --------------------------------------------------------------------

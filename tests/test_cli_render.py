@@ -175,6 +175,10 @@ SCRIPT_LINES: list[tuple[Shown, str]] = [
         KeyChanged("bob", "sha256:" + "a" * 64, "sha256:" + "b" * 64),
         f"KEYCHANGED bob sha256:{'a' * 64} sha256:{'b' * 64}",
     ),
+    (
+        KeyChanged("bob", "sha256:" + "a" * 64, "sha256:" + "b" * 64, accepted=True),
+        f"KEYCHANGED bob sha256:{'a' * 64} sha256:{'b' * 64} accepted",
+    ),
     (KeyTrusted("bob", "sha256:" + "a" * 64, "sha256:" + "b" * 64), f"OK trust bob sha256:{'b' * 64}"),
     (FingerprintShown(None, "sha256:" + "c" * 64), f"OK fingerprint sha256:{'c' * 64}"),
     (FingerprintShown("bob", None), "OK fingerprint bob none"),

@@ -232,6 +232,33 @@ async def test_an_open_session_bounds_what_a_chat_line_waits_behind(tmp_path: Pa
         await bob.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_changed_key_taken_as_told_is_said_and_remembered(tmp_path: Path) -> None:
+    """``--accept-changed-keys``: the chat opens on the new key, and an event says so (never silently)."""
+    old = key_of("alice-old-laptop")
+    bob_contacts = contacts_of(tmp_path, "bob", {"alice": old})
+    bob_contacts.accept_changed = True
+    bob = peer(tmp_path, "bob", contacts=bob_contacts)
+    events: list[Any] = []
+    bob.emit = events.append
+    alice = peer(tmp_path, "alice")
+    port = await listening(bob)
+    try:
+        session = await alice.connect(
+            "bob", "127.0.0.1", port, "tok-alice", "proof-alice", key_of("bob")
+        ).addTimeout(TIMEOUT, reactor)
+        assert session.state is SessionState.OPEN
+        assert [e for e in events if isinstance(e, KeyChanged)] == [
+            KeyChanged("alice", old, key_of("alice"), accepted=True)
+        ]
+        assert bob_contacts.remembered("alice") == key_of("alice")
+        while remembered_in_file(bob_contacts, "alice") != key_of("alice"):  # written in the background
+            await deferLater(reactor, 0.01)
+    finally:
+        await alice.stop()
+        await bob.stop()
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class NoCertificate:
     """A TLS 1.3 client that presents no certificate."""

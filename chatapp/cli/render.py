@@ -443,8 +443,8 @@ def console_script_parts(event: Shown) -> tuple[str, tuple[str, ...], str] | Non
             return "TIMEOUT", (str(t.handle), t.peer, str(int(seconds))), t.name
         case SessionReplaced(text):
             return "NOTICE", (), text
-        case KeyChanged(user, remembered, offered):
-            return "KEYCHANGED", (user, remembered, offered), ""
+        case KeyChanged(user, remembered, offered, accepted):
+            return "KEYCHANGED", (user, remembered, offered, *(("accepted",) if accepted else ())), ""
         case FingerprintShown(None, fingerprint):
             return "OK", ("fingerprint", fingerprint or "none"), ""
         case FingerprintShown(user, fingerprint):
@@ -492,6 +492,8 @@ def console_human_body(event: Shown) -> str | None:
             return f"* #{t.handle} nobody answered {what} in {seconds:.0f} s: cancelled"
         case SessionReplaced(text):
             return f"* {e(text)}"
+        case KeyChanged(user, remembered, offered, True):
+            return f"! the key of {e(user)} changed from {remembered} to {offered}: accepted, as told"
         case KeyChanged(user, remembered, offered):
             return (
                 f"! the key of {e(user)} changed: the chat was refused. Remembered {remembered}, now {offered}."

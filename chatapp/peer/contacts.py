@@ -97,9 +97,10 @@ class Contacts:
         return self._refused.get(fold_name(user))
 
     def changed(self, user: str, vouched: str) -> str | None:
-        """The remembered key if the server now vouches for another one (refuse the chat), else None.
+        """The remembered key if the server now vouches for another one, else None.
 
-        A refusal is kept for :meth:`trust`.
+        Unless changes are accepted (:attr:`accept_changed`: the new key is remembered and the chat goes
+        on) the chat is to be refused, and the refusal is kept for :meth:`trust`.
         """
         key = fold_name(user)
         remembered = self._keys.get(key)
@@ -115,7 +116,7 @@ class Contacts:
             self._keys[key] = vouched
             d = self._runner.run(self.known.remember, self.host, self.port, key, vouched, True)
             d.addErrback(lambda failure: log.failure("could not remember the key of {user}", failure, user=key))
-            return None
+            return remembered
         self._refused.pop(key, None)
         self._refused[key] = (remembered, vouched)
         while len(self._refused) > MAX_REFUSED:

@@ -179,7 +179,9 @@ class Handshake:
             return format_error(403, "bad-key")
         contacts = factory.contacts
         remembered = contacts.changed(user, offered) if contacts is not None else None
-        if remembered is not None:
+        if remembered is not None and contacts is not None and contacts.accept_changed:
+            session.emit(KeyChanged(user, remembered, offered, accepted=True))  # said, never silent
+        elif remembered is not None:
             log.warn("the key of {peer} changed: the chat is refused until the user trusts it", peer=session.who())
             session.close_reason = "key-changed"
             session.refused_keys = (remembered, offered)
