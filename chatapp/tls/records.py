@@ -126,9 +126,14 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
         if not self._aborted:
             log.info(
                 "TLS: {peer} sent post-handshake messages without end (key updates?): closing",
-                peer=self.getPeer(),
+                peer=self._who(),
             )
             self.abortConnection()
+
+    def _who(self) -> str:
+        address = self.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
 
     def _read_in_small_bites(self, records: int) -> None:
         self._small_reads = True
@@ -138,7 +143,7 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
         if isinstance(getattr(inner, "bufferSize", None), int):
             log.info(
                 "TLS: {peer} sent {records} records in one read: reading it {size} bytes at a time",
-                peer=self.getPeer(),
+                peer=self._who(),
                 records=records,
                 size=SMALL_READ,
             )
