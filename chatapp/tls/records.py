@@ -46,6 +46,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatapp.tls.known_hosts import format_address
+from chatapp.tls.transports import inner_transport
+
 log = Logger()
 
 # What one SSL_read may return: a record is at most 16 KiB of plaintext, so this never cuts one in two calls.
@@ -81,7 +84,7 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
 
     def _flushReceiveBIO(self) -> None:
         pieces: list[bytes] = []
-        while not self._lostTLSConnection:
+        while not self._lostTLSConnection and self._post_handshake_steps <= MAX_POST_HANDSHAKE_STEPS:
             try:
                 pieces.append(self._tlsConnection.recv(RECORD_READ))
             except WantReadError:
@@ -97,9 +100,6 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
                 self._deliver(pieces)
                 pieces = []
                 self._tlsShutdownFinished(failure)
-            if self._post_handshake_steps > MAX_POST_HANDSHAKE_STEPS:
-                self._too_many_post_handshake_messages()
-                return
         if self._post_handshake_steps > MAX_POST_HANDSHAKE_STEPS:
             self._too_many_post_handshake_messages()
             return
@@ -131,15 +131,13 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
             self.abortConnection()
 
     def _who(self) -> str:
-        address = self.getPeer()
+        address: Any = self.getPeer()
         host, port = getattr(address, "host", None), getattr(address, "port", None)
-        return f"{host}:{port}" if host is not None else str(address)
+        return format_address(host, port) if host is not None and port is not None else str(address)
 
     def _read_in_small_bites(self, records: int) -> None:
         self._small_reads = True
-        inner: Any = self.transport
-        while isinstance(inner, ProtocolWrapper):
-            inner = inner.transport
+        inner = inner_transport(self)
         if isinstance(getattr(inner, "bufferSize", None), int):
             log.info(
                 "TLS: {peer} sent {records} records in one read: reading it {size} bytes at a time",
