@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import ssl
@@ -13,8 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
 LISTENING = re.compile(r"chatserver listening on .*port=(\d+)")
+
+
+def need_tool(name: str) -> None:
+    """Fail (never skip) when a program the tests drive is missing: ``.ci/run`` installs it."""
+    if shutil.which(name) is None:
+        pytest.fail(f"{name} is not installed; the tests need it (.ci/run installs it, see README.md)")
 
 
 def twistd(*args: str, cwd: str | os.PathLike[str]) -> subprocess.Popen[bytes]:

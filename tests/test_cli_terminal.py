@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import time
@@ -14,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from cli_processes import CHATAPP, PASSWORD, Chatapp
-from processes import start_server, stop
+from processes import need_tool, start_server, stop
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux"),
 ]
 
 
@@ -26,6 +24,7 @@ class Tmux:
     """One tmux server of our own, one window running a command; the screen and every raw byte written."""
 
     def __init__(self, tmp_path: Path, command: str) -> None:
+        need_tool("tmux")
         self.socket = f"chatapp-test-{os.getpid()}-{time.monotonic_ns()}"
         self.raw = tmp_path / "tty.raw"
         self.raw.touch()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from processes import tls_wrap
+from processes import need_tool, tls_wrap
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 INSTALLED_TWISTD = "/opt/chatapp/venv/bin/twistd"
@@ -113,8 +112,8 @@ def test_standalone_service_listens_itself() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    need_tool("systemd-analyze")
     for unit in (SERVICE, SOCKET, STANDALONE):
         text = (UNITS / unit).read_text().replace(INSTALLED_TWISTD, str(TWISTD))
         (tmp_path / unit).write_text(text)
@@ -139,8 +138,7 @@ def free_port() -> int:
 @pytest.fixture
 def activated_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """The service's own command line under systemd-socket-activate, listening like the .socket unit."""
-    if shutil.which("systemd-socket-activate") is None:
-        pytest.skip("systemd-socket-activate is not installed")
+    need_tool("systemd-socket-activate")
     argv = exec_start(SERVICE)
     argv[0] = str(TWISTD)
     argv[argv.index("--db") + 1] = str(tmp_path / "chatserver.sqlite3")
@@ -210,8 +208,7 @@ def test_socket_activated_server_serves_and_says_bye(
 
 @pytest.mark.slow
 def test_a_socket_adopted_with_the_wrong_domain_is_a_usage_error(tmp_path: Path) -> None:
-    if shutil.which("systemd-socket-activate") is None:
-        pytest.skip("systemd-socket-activate is not installed")
+    need_tool("systemd-socket-activate")
     port = free_port()
     log = tmp_path / "server.log"
     argv = [str(TWISTD), "--nodaemon", "--pidfile=", "chatserver", "--listen", "systemd:domain=INET6:index=0"]
