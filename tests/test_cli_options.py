@@ -260,3 +260,16 @@ def test_a_changed_key_says_whose_key_changed_and_who_can_accept_it() -> None:
     assert ours.code == errors.EXIT_KEY_CHANGED
     assert "the contact refused the chat" in str(ours) and "/fingerprint" in str(ours)
     assert "(if the contact confirms the new key" not in str(ours)  # our own flag changes nothing
+
+
+def test_ready_says_where_the_login_published_us_without_asking_again() -> None:
+    from types import SimpleNamespace
+
+    from chatapp.cli.events import Ready
+    from chatapp.cli.run import ready_event
+
+    # no set_listening here: READY must not send a second LISTEN to learn what the login already got
+    listening = SimpleNamespace(user="alice", listening=True, published=("192.0.2.7", 40123))
+    assert ready_event(listening) == Ready("alice", ("192.0.2.7", 40123))  # type: ignore[arg-type]
+    online = SimpleNamespace(user="alice", listening=False, published=None)
+    assert ready_event(online) == Ready("alice", None)  # type: ignore[arg-type]

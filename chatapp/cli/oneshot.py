@@ -52,7 +52,7 @@ async def run_send(run: Run) -> int:
     client = await run.start(throttle.sink(_one_shot_sink(output, gone)))
     _logged_in(run, bounded, throttle, client)
     run.stop_on_shutdown(EXIT_FAILED, "interrupted before every file was delivered")
-    output.emit(await ready_event(client))
+    output.emit(ready_event(client))
     to = run.settings.send_to
     if to is None:  # parse_args sets it for `send`
         raise Fatal(EXIT_USAGE, "send: no user to send to")
@@ -99,7 +99,7 @@ async def run_listen(run: Run) -> int:
     client = await run.start(throttle.sink(_one_shot_sink(output, gone)))
     _logged_in(run, bounded, throttle, client)
     run.stop_on_shutdown()
-    output.emit(await ready_event(client))
+    output.emit(ready_event(client))
     output.watch_stalls()
     try:
         await bounded.guard(gone)  # else runs until SIGINT or SIGTERM stop the reactor

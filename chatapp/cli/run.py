@@ -82,12 +82,6 @@ class Run:
             log.failure("stopping the client")
 
 
-async def ready_event(client: ChatClient) -> Ready:
-    """``READY <user> listening <host> <port>`` or ``READY <user> online``."""
-    name = client.user or "?"
-    if client.listening:
-        try:
-            return Ready(name, await client.set_listening(True) or ("?", 0))
-        except Exception:
-            log.failure("asking where we listen")
-    return Ready(name, None)
+def ready_event(client: ChatClient) -> Ready:
+    """``READY <user> listening <host> <port>`` or ``READY <user> online``: what the login published."""
+    return Ready(client.user or "?", client.published if client.listening else None)

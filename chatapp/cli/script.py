@@ -226,7 +226,7 @@ async def run_script(run: Run) -> int:
     # our own commands' replies count too: no more of them while stdout is backed up
     bounded.listeners.append(lambda backed_up: stdio.pauseProducing() if backed_up else stdio.resumeProducing())
     try:
-        output.emit(await bounded.guard(defer.ensureDeferred(ready_event(client))))
+        output.emit(ready_event(client))
         failures = await bounded.guard(defer.ensureDeferred(runner.run()))
     except OutputOverflow:
         dispatcher.offer_timers.stop()

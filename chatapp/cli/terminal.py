@@ -879,7 +879,7 @@ async def run_interactive(run: Run) -> int:
             ui.show(event)
         if chatlog_error is not None:
             ui.show(CommandFailed(chatlog_error))
-        ui.show(await ready_event(client))
+        ui.show(ready_event(client))
         await ui.done
         status_ticks.stop()
         console.close()
