@@ -240,6 +240,11 @@ def escape_for_terminal(text: str) -> str:
     return "".join(out)
 
 
+def loggable(value: object) -> str:
+    """``value`` as text for a log line, control characters (CR, LF, ESC...) shown escaped; None as ""."""
+    return escape_for_terminal("" if value is None else str(value))
+
+
 def strip_crlf(text: str) -> str:
     """For log lines: a user-supplied value must never forge a new log line."""
     return text.replace("\r", "").replace("\n", "")

@@ -19,6 +19,7 @@ from chatapp.peer.errors import ServerUnavailable, VerifyRejected
 from chatapp.peer.states import Role, SessionState
 from chatapp.tls.fingerprint import same_fingerprint
 from chatapp.wire import (
+    UNANSWERED,
     BadArguments,
     WireError,
     decode_line,
@@ -204,7 +205,7 @@ class Handshake:
 
     def _listener_line(self, raw: bytes) -> None:
         session = self._session
-        if raw.split(b" ", 1)[0].upper() in (b"OK", b"ERR", b"*"):
+        if raw.split(b" ", 1)[0].upper().decode("ascii", "replace") in UNANSWERED:
             session.lose("not-authenticated")  # OK, ERR and * lines are never answered (section 1)
             return
         hello = parse_hello(raw) if session.state is SessionState.HANDSHAKING else None

@@ -34,11 +34,11 @@ from chatapp.peer.writer import FileWriter
 from chatapp.wire import (
     BadArguments,
     WireError,
-    escape_for_terminal,
     fields,
     fields_and_rest,
     format_line,
     is_number,
+    loggable,
     parse_number,
     valid_sha256,
     valid_urlsafe,
@@ -324,7 +324,7 @@ class Receiver:
         if not failure.check(defer.CancelledError, OSError):
             return failure  # type: ignore[return-value]  # a bug: for the session's errback
         if not failure.check(defer.CancelledError):
-            log.info("cannot read a kept partial: {error}", error=_safe(failure.value))
+            log.info("cannot read a kept partial: {error}", error=loggable(failure.value))
         return None
 
     def _prefix_hashed(self, hasher: Any, transfer: IncomingTransfer, kept: int) -> None:
@@ -382,7 +382,9 @@ class Receiver:
     def _cannot_save(self, transfer: IncomingTransfer, error: OSError) -> None:
         """A local write error: REJECT disk-full or write-error, delete the partial, tell the user."""
         reason = "disk-full" if error.errno in _DISK_FULL else "write-error"
-        log.warn("cannot save {id} from {peer}: {error}", id=transfer.id, peer=self.session.who(), error=_safe(error))
+        log.warn(
+            "cannot save {id} from {peer}: {error}", id=transfer.id, peer=self.session.who(), error=loggable(error)
+        )
         self.session.emit(PeerNotice(self.session, _notice(transfer, error)))
         self.reject(transfer, reason)
 
@@ -404,7 +406,7 @@ class Receiver:
         if error is None:
             return failure  # a bug: for the session's errback
         assert isinstance(failure.value, OSError)
-        log.warn("cannot save {id}: {error}", id=transfer.id, error=_safe(failure.value))
+        log.warn("cannot save {id}: {error}", id=transfer.id, error=loggable(failure.value))
         if not transfer.finished:
             self.session.emit(PeerNotice(self.session, _notice(transfer, failure.value)))
             self._fail(transfer, "disk-full" if failure.value.errno in _DISK_FULL else "write-error")
@@ -425,7 +427,7 @@ class Receiver:
     def _not_placed(self, failure: Failure, transfer: IncomingTransfer) -> Failure | None:
         if failure.check(OSError) is None:
             return failure
-        log.warn("cannot put {id} in place: {error}", id=transfer.id, error=_safe(failure.value))
+        log.warn("cannot put {id} in place: {error}", id=transfer.id, error=loggable(failure.value))
         if not transfer.finished:
             self._fail(transfer, "write-error")
         return None
@@ -479,8 +481,3 @@ def _notice(transfer: Transfer, error: OSError) -> str:
     if error.errno in _DISK_FULL:
         return f"disk full: could not save {transfer.name}; the chat goes on"
     return f"could not save {transfer.name}: {error.strerror or error}"
-
-
-def _safe(value: object) -> str:
-    """Text for a log line: control characters (CR, LF, ESC...) shown escaped."""
-    return escape_for_terminal("" if value is None else str(value))

@@ -26,7 +26,7 @@ from chatapp.peer.names import offer_name, shorten
 from chatapp.peer.pump import SendPump
 from chatapp.peer.states import Direction, SessionState, TransferState
 from chatapp.peer.transfer import Transfer
-from chatapp.wire import escape_for_terminal, fields, fields_and_rest, format_line, parse_number, valid_sha256
+from chatapp.wire import fields, fields_and_rest, format_line, loggable, parse_number, valid_sha256
 
 if TYPE_CHECKING:
     from chatapp.peer.session import PeerSession
@@ -151,7 +151,7 @@ class Sender:
     def _unreadable(self, failure: Failure, transfer: OutgoingTransfer) -> None:
         transfer.hashing = None
         if not failure.check(defer.CancelledError) and not transfer.finished:
-            log.info("cannot read {path}: {error}", path=_safe(transfer.path), error=_safe(failure.value))
+            log.info("cannot read {path}: {error}", path=loggable(transfer.path), error=loggable(failure.value))
             self._cancel(transfer, "read-error")
 
     def _prefix_hashed(self, hasher: Any, transfer: OutgoingTransfer, claimed: str) -> None:
@@ -211,7 +211,7 @@ class Sender:
         try:
             data = transfer.read_chunk(self.factory.chunk_size)
         except (OSError, EOFError) as e:
-            log.info("cannot read {path}: {error}", path=_safe(transfer.path), error=_safe(e))
+            log.info("cannot read {path}: {error}", path=loggable(transfer.path), error=loggable(e))
             self._cancel(transfer, "read-error")
             return False
         # One write for header and bytes: one TLS record run instead of a tiny record of its own, and
@@ -248,8 +248,3 @@ class Sender:
         """Drop a finished transfer from the history (the factory keeps only the last few)."""
         if self.transfers.get(transfer.id) is transfer:
             del self.transfers[transfer.id]
-
-
-def _safe(value: object) -> str:
-    """Text for a log line: control characters (CR, LF, ESC...) shown escaped."""
-    return escape_for_terminal("" if value is None else str(value))

@@ -37,6 +37,7 @@ from chatapp.peer.states import Role, SessionState, session_move
 from chatapp.tls.transports import inner_transport
 from chatapp.wire import (
     PEER_MAX_LINE,
+    UNANSWERED,
     WireError,
     decode_line,
     escape_for_terminal,
@@ -309,7 +310,7 @@ class PeerSession(FileCommands, Protocol):
         try:
             line = decode_line(raw)
             verb, args = split_verb(line)
-            if verb in ("OK", "ERR", "*"):
+            if verb in UNANSWERED:
                 if verb == "ERR":
                     log.info("peer {peer} said {line}", peer=self.who(), line=escape_for_terminal(line))
                 return
