@@ -203,8 +203,8 @@ class _Session:
         self._work = work
         self._dialing = True
         try:
-            work.addCallback(self._made, factory, attempt)
-            work.addErrback(self._failed, attempt)
+            # a bug in _made is a bug, not a failed try to retry: it goes to _bug, not to _failed
+            work.addCallbacks(self._made, self._failed, callbackArgs=(factory, attempt), errbackArgs=(attempt,))
             work.addErrback(self._bug, "a connection attempt")
         finally:
             self._dialing = False
