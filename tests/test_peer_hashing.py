@@ -1,46 +1,21 @@
-"""Prefix hashing yields to the reactor between slices and can be cancelled."""
+"""Prefix hashing for a resume: the right bytes, a short file refused, and never on the reactor thread."""
 
 from __future__ import annotations
 
 import hashlib
-import io
+import os
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from test_peer_harness import make_peer
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
-from chatapp.peer.hashing import ShortFile, hash_prefix
-
-
-class StepClock:
-    """callLater(0, f) queues f; the test runs one queued call per 'reactor turn'."""
-
-    def __init__(self) -> None:
-        self.queue: list[Any] = []
-
-    def callLater(self, delay: float, func: Any, *args: Any) -> Any:
-        test = self
-
-        class Call:
-            cancelled = False
-
-            def active(self) -> bool:
-                return not self.cancelled and self in test.queue
-
-            def cancel(self) -> None:
-                self.cancelled = True
-                test.queue.remove(self)
-
-        call = Call()
-        call.func = lambda: func(*args)  # type: ignore[attr-defined]
-        self.queue.append(call)
-        return call
-
-    def turn(self) -> None:
-        self.queue.pop(0).func()
-
-    def seconds(self) -> float:
-        return 0.0
+from chatapp.peer.hashing import ShortFile, hash_file_prefix
+from chatapp.runner import ThreadRunner
 
 
 def result_of(d: defer.Deferred[Any]) -> Any:
@@ -49,50 +24,56 @@ def result_of(d: defer.Deferred[Any]) -> Any:
     return out[0] if out else None
 
 
-def test_one_slice_per_turn_and_the_rest_of_the_file_stays_unread() -> None:
+def descriptor(tmp_path: Path, data: bytes) -> int:
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 10_000])
+def test_sizes_around_the_slice(tmp_path: Path, size: int) -> None:
     data = bytes(range(256)) * 100
-    source = io.BytesIO(data)
-    clock = StepClock()
-    d = hash_prefix(clock, source, 10_000, slice_size=4096)  # type: ignore[arg-type]
-    turns = 0
-    while clock.queue:
-        assert len(clock.queue) == 1 and not d.called
-        clock.turn()
-        turns += 1
-    assert turns == 3  # 4096 + 4096 + 1808
-    assert result_of(d).hexdigest() == hashlib.sha256(data[:10_000]).hexdigest()
-    assert source.tell() == 10_000
+    fd = descriptor(tmp_path, data)
+    assert hash_file_prefix(fd, size, slice_size=4096).hexdigest() == hashlib.sha256(data[:size]).hexdigest()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
 
 
-def test_zero_length_fires_at_once() -> None:
-    d = hash_prefix(StepClock(), io.BytesIO(b"abc"), 0)  # type: ignore[arg-type]
-    assert result_of(d).hexdigest() == hashlib.sha256(b"").hexdigest()
+def test_short_file_fails(tmp_path: Path) -> None:
+    fd = descriptor(tmp_path, b"abc")
+    with pytest.raises(ShortFile):
+        hash_file_prefix(fd, 10)
 
 
-def test_short_file_fails() -> None:
-    clock = StepClock()
-    d = hash_prefix(clock, io.BytesIO(b"abc"), 10)  # type: ignore[arg-type]
-    clock.turn()
-    clock.turn()
-    failure = result_of(d)
-    assert failure.check(ShortFile)
+@pytest_twisted.ensureDeferred
+async def test_a_send_resumes_from_a_hash_made_off_the_reactor_thread(tmp_path: Path) -> None:
+    """The file we send is hashed up to the receiver's offset on a disk thread, then read from there."""
+    from twisted.internet import reactor
 
+    import chatapp.peer.factory as factory_module
 
-def test_cancel_stops_reading() -> None:
-    clock = StepClock()
-    source = io.BytesIO(b"x" * 100)
-    d = hash_prefix(clock, source, 100, slice_size=10)  # type: ignore[arg-type]
-    clock.turn()
-    d.cancel()
-    assert clock.queue == [] and source.tell() == 10
-    assert result_of(d).check(defer.CancelledError)
+    data = os.urandom(300_000)
+    path = tmp_path / "send.bin"
+    path.write_bytes(data)
+    threads: list[str] = []
+    real = hash_file_prefix
 
+    def recorded(fd: int, length: int) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(fd, length)
 
-@pytest.mark.parametrize("size", [1, 4095, 4096, 4097])
-def test_sizes_around_the_slice(size: int) -> None:
-    data = b"q" * size
-    clock = StepClock()
-    d = hash_prefix(clock, io.BytesIO(data), size, slice_size=4096)  # type: ignore[arg-type]
-    while clock.queue:
-        clock.turn()
-    assert result_of(d).hexdigest() == hashlib.sha256(data).hexdigest()
+    runner = ThreadRunner(reactor, 1, "test-disk")  # type: ignore[arg-type]
+    runner.start()
+    fb, _ = make_peer(tmp_path, "alice", Clock(), runner=runner)
+    factory_module.hash_file_prefix = recorded  # type: ignore[assignment]
+    try:
+        with path.open("rb") as source:
+            hasher = await fb.hash_source(source, 123_456).addTimeout(10, reactor)
+            assert hasher.hexdigest() == hashlib.sha256(data[:123_456]).hexdigest()
+            assert source.read(10) == data[123_456:123_466]  # positioned at the offset
+            # from the start: nothing to read, no thread
+            assert result_of(fb.hash_source(source, 0)).hexdigest() == hashlib.sha256(b"").hexdigest()
+    finally:
+        factory_module.hash_file_prefix = real
+        runner.stop()
+    assert len(threads) == 1 and threads[0] != threading.main_thread().name

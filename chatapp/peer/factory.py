@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
@@ -454,6 +455,29 @@ class PeerFactory(ServerFactory):
         """Transfers from ``peer`` (any of its sessions) that hold or may hold an open file."""
         folded = fold_name(peer or "")
         return sum(1 for t in self.receiving.values() if fold_name(t.session.peer_name or "") == folded)
+
+    def hash_source(self, source: IO[bytes], length: int) -> defer.Deferred[Any]:
+        """The SHA-256 object of the first ``length`` bytes of ``source``, a file we send (a resume).
+
+        Read through a duplicate descriptor on the disk runner, under the same bound as
+        :meth:`prefix_hash`; ``source`` is then positioned at ``length``. Fails with ``ShortFile`` or the
+        ``OSError`` of a read (``ValueError`` if ``source`` was closed meanwhile). Cancelling before the
+        read starts reads nothing; after, the read runs to its end and is dropped.
+        """
+
+        if length == 0:
+            return defer.succeed(hashlib.sha256())  # a send from the start: nothing to read
+
+        def run() -> defer.Deferred[Any]:
+            fd = os.dup(source.fileno())
+            os.lseek(fd, 0, os.SEEK_SET)
+            return self.disk().run(hash_file_prefix, fd, length)
+
+        def positioned(hasher: Any) -> Any:
+            source.seek(length)  # the descriptor's offset moved under the file object: set both
+            return hasher
+
+        return self._hashing.run(run).addCallback(positioned)
 
     def prefix_hash(self, path: str, length: int) -> defer.Deferred[Any]:
         """The SHA-256 (a hash object, to go on updating) of the first ``length`` bytes of the kept partial.

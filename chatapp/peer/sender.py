@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatapp.events import TransferEnded, TransferProgress
-from chatapp.peer.hashing import hash_prefix
 from chatapp.peer.names import offer_name, shorten
 from chatapp.peer.pump import SendPump
 from chatapp.peer.states import Direction, SessionState, TransferState
@@ -142,7 +141,7 @@ class Sender:
         transfer.resumed = offset > 0
         transfer.move(TransferState.ACCEPTED)
         assert transfer.source is not None
-        hashing = transfer.hashing = hash_prefix(self.factory.clock, transfer.source, offset)
+        hashing = transfer.hashing = self.factory.hash_source(transfer.source, offset)
         # the errback first: it only sees read errors; the callback's own bugs go to the session
         hashing.addErrback(self._unreadable, transfer)
         hashing.addCallback(self._prefix_hashed, transfer, claimed)
