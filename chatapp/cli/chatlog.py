@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
+from chatapp.runner import ReactorPool
 from chatapp.wire import fold_name, valid_username
 
 log = Logger()
@@ -65,7 +66,7 @@ class ChatLog:
         self._idle: list[defer.Deferred[None]] = []
 
     def _thread_pool(self, f: Callable[..., None], *args: Any) -> defer.Deferred[None]:
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+        return ReactorPool(self.reactor).run(f, *args)
 
     def open(self) -> None:
         """Create the folder (mode 0700) before the session starts, so a bad --log-dir fails at once."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
+from chatapp.runner import ReactorPool
 from chatapp.wire import escape_for_terminal
 
 from .commands import CommandError
@@ -67,10 +68,7 @@ class TerminalTrust:
     def __call__(self, where: str, fingerprint: str) -> defer.Deferred[bool]:
         if self.console is not None:
             return defer.ensureDeferred(self._ask_in_console(self.console, where, fingerprint))
-        pool = self.reactor.getThreadPool()
-        return threads.deferToThreadPool(
-            self.reactor, pool, ask_on_terminal, where, fingerprint, sys.stdin, sys.stdout
-        )
+        return ReactorPool(self.reactor).run(ask_on_terminal, where, fingerprint, sys.stdin, sys.stdout)
 
     async def _ask_in_console(self, console: Any, where: str, fingerprint: str) -> bool:
         for line in explanation(where, fingerprint):

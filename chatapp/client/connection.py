@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -75,6 +75,7 @@ from chatapp.client.server import (
 )
 from chatapp.client.trust import Confirm, ServerLinkTLS
 from chatapp.events import ChatEvent, EventSink, GaveUp, Reconnected, Reconnecting, ServerLost, ignore
+from chatapp.runner import ReactorPool
 from chatapp.tls.fingerprint import BadFingerprint
 from chatapp.tls.identity import Identity, load_or_create_identity
 from chatapp.tls.known_hosts import KnownServers
@@ -576,7 +577,7 @@ class ServerConnection:
 
     def load_identity(self, path: Path) -> defer.Deferred[tuple[Identity, bool]]:
         """Load or make the identity file ``path`` in a thread (key generation, fsync); True if made."""
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), load_or_create_identity, path)
+        return ReactorPool(self.reactor).run(load_or_create_identity, path)
 
     async def _publish_key(self, protocol: ServerClientProtocol) -> None:
         """Right after a login: load (or make, at the first login) this account's identity, then send KEY."""

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from chatapp.client.errors import ServerKeyChanged, ServerKeyUnknown, ServerNotTrusted
+from chatapp.runner import ReactorPool
 from chatapp.tls.contexts import ServerLinkClientTLS
 from chatapp.tls.known_hosts import KnownServers, format_address
 from chatapp.tls.paths import known_servers_path
@@ -77,7 +78,7 @@ class ServerLinkTLS:
         self.confirm = confirm
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+        return ReactorPool(self.reactor).run(f, *args)
 
     async def accept(self, transport: Any) -> str:
         """After the handshake: the server's fingerprint if it is trusted; else raise ``ServerNotTrusted``."""

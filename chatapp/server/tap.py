@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from chatapp.runner import ThreadRunner
+from chatapp.runner import ReactorPool, ThreadRunner
 from chatapp.server.factory import ServerConfig, ServerFactory
 from chatapp.server.passwords import PasswordHasher
 from chatapp.server.store import Store, is_postgres_url, store_for
@@ -270,7 +270,7 @@ class ChatServerService(Service):
         else:
             # Started inside a running reactor (tests, embedding): read or make the file in a thread,
             # and listen only once it is there, so no connection ever waits for a certificate.
-            loading = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.certificate.load)
+            loading = ReactorPool(self.reactor).run(self.certificate.load)
             self._listening = loading.addCallback(self._listen_tls)
         self._listening.addErrback(self._listen_failed)
         if self._listening.called:
