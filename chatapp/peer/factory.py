@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
 from chatapp.events import EventSink, PeerJoined, PeerLeft
+from chatapp.peer.backlog import DiskBacklog
 from chatapp.peer.contacts import Contacts
 from chatapp.peer.downloads import DownloadDir
 from chatapp.peer.hashing import hash_file_prefix
@@ -66,6 +67,8 @@ MAX_FINISHED = 256
 # stop() waits this long for sessions to close after BYE, then aborts their connections.
 STOP_TIMEOUT = 5.0
 DISK_THREADS = 2
+# received bytes waiting for the disk across all transfers: past it, sessions taking more stop reading
+DISK_BACKLOG_LIMIT = 32 * 1024 * 1024
 # kept partials' prefixes hashed at once, all peers (each peer: one at a time)
 MAX_PREFIX_HASHES = 2
 GiB = 1024**3
@@ -128,6 +131,7 @@ class PeerFactory(ServerFactory):
         progress_window: float = PROGRESS_WINDOW,
         min_progress: int = MIN_PROGRESS,
         max_open_files_per_peer: int | None = None,
+        disk_backlog_limit: int = DISK_BACKLOG_LIMIT,
     ) -> None:
         if not valid_username(me):
             raise ValueError("not a user name")
@@ -169,6 +173,8 @@ class PeerFactory(ServerFactory):
         # one peer's share of the open files: a quarter of them by default, so others still get theirs
         self.max_open_files_per_peer = max_open_files_per_peer or max(1, max_open_files // 4)
         self.stop_timeout = STOP_TIMEOUT
+        # received bytes waiting for the disk, all transfers together (each also has its own mark)
+        self.disk_backlog = DiskBacklog(disk_backlog_limit)
         self._runner = runner
         self._own_runner: ThreadRunner | None = None  # made on first use when no runner was given
         # transfers of every session by handle: all unfinished ones and the last max_finished finished

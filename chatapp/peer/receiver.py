@@ -208,9 +208,7 @@ class Receiver:
             self.factory.limit_hit("peer-open-files", "too many files being received: refusing offers (busy)")
             self._refuse(transfer_id, "busy")
             return
-        transfer = IncomingTransfer(
-            self.session, self.factory.new_handle(), transfer_id, offered, name, size, partial
-        )
+        transfer = IncomingTransfer(self.session, self.factory.new_handle(), transfer_id, offered, name, size, partial)
         self.transfers[transfer_id] = transfer
         self.unfinished.add(transfer)
         self.factory.receiving[partial] = transfer
@@ -360,6 +358,7 @@ class Receiver:
             on_backlog=lambda over: self._backlog(transfer, over),
             on_bug=lambda failure: self.session.fail_inside(failure, "writing a received file"),
             clock=self.factory.clock,
+            backlog=self.factory.disk_backlog,
         )
         transfer.offset = transfer.bytes_done = offset
         transfer.resumed = offset > 0

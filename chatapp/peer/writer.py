@@ -11,7 +11,8 @@ hand-over to the thread costs two thread switches, a wake-up of the reactor
 and, while the reactor is busy, a wait for the GIL, so fewer is cheaper.
 When more than ``high_water`` bytes wait, ``on_backlog(True)`` asks the
 session to stop reading the socket; ``on_backlog(False)`` once it fell under
-``low_water``.
+``low_water``. A :class:`~chatapp.peer.backlog.DiskBacklog` shared by the
+writers of a factory bounds the total the same way.
 
 The SHA-256 is updated on the reactor thread as each piece arrives (it is
 C code, about a tenth of a millisecond for 256 KiB): the writer thread then
@@ -33,6 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
+    from chatapp.peer.backlog import DiskBacklog
     from chatapp.peer.downloads import DownloadDir
     from chatapp.runner import Runner
 
@@ -87,6 +89,7 @@ class FileWriter:
         low_water: int = LOW_WATER,
         min_write: int = MIN_WRITE,
         clock: IReactorTime | None = None,
+        backlog: DiskBacklog | None = None,
     ) -> None:
         self._runner = runner
         self._downloads = downloads
@@ -108,6 +111,7 @@ class FileWriter:
         self._finished: defer.Deferred[str] = defer.Deferred()
         self._clock = clock  # None: what waits is written only at MIN_WRITE or at the end
         self._flush_call: IDelayedCall | None = None
+        self._total = backlog  # None: only this writer's own marks apply
 
     @property
     def buffered(self) -> int:
@@ -139,13 +143,22 @@ class FileWriter:
         else:
             queue.append(data)
         self._queued += size
+        total = self._total
+        if total is not None:
+            total.grow(size)
         if not self._writing and self._queued >= self._min_write:
             self._write_next()
         elif not self._writing and self._flush_call is None and self._clock is not None:
             self._flush_call = self._clock.callLater(FLUSH_AFTER, self._flush)
-        if not self.backlogged and self.buffered > self._high_water:
+        if not self.backlogged and (self.buffered > self._high_water or (total is not None and total.over)):
             self.backlogged = True
+            if total is not None and total.over:
+                self._hold(total)
             self._on_backlog(True)
+
+    def backlog_eased(self) -> None:
+        """The factory's total fell to its resume mark (called by the :class:`DiskBacklog` that held us)."""
+        self._ease()
 
     def finish(self) -> defer.Deferred[str]:
         """Write what is queued, fsync and close the file; fires with the hex SHA-256 of all bytes.
@@ -216,13 +229,19 @@ class FileWriter:
         return None
 
     def _written(self, error: OSError | None) -> None:
-        self._writing = 0
+        written, self._writing = self._writing, 0
+        try:
+            self._next_after(error)
+        finally:
+            # Last: the total falling can let other sessions read, and deliver, before we return.
+            self._count_out(written)
+
+    def _next_after(self, error: OSError | None) -> None:
         if self.stage is Stage.ABANDONED:
             if error is None and self._queue:
                 self._write_next()  # the rest of what was received, for a resume
             else:
-                self._queue.clear()
-                self._queued = 0
+                self._drop_queue()
                 self._close()  # an error now changes nothing: the transfer is over
             return
         if error is not None:
@@ -239,16 +258,40 @@ class FileWriter:
         self._ease()
 
     def _ease(self) -> None:
-        if self.backlogged and (self.stage is not Stage.WRITING or self.buffered <= self._low_water):
-            self.backlogged = False
-            self._on_backlog(False)
+        if not self.backlogged:
+            return
+        total = self._total
+        if self.stage is Stage.WRITING:
+            if self.buffered > self._low_water:
+                return
+            if total is not None and total.over:
+                self._hold(total)  # our own queue is low, the factory's is not: wait for it
+                return
+        if total is not None:
+            total.let_go(self)
+        self.backlogged = False
+        self._on_backlog(False)
+
+    def _hold(self, total: DiskBacklog) -> None:
+        total.hold(self)
+        # What we hold counts against the total: write it now rather than after FLUSH_AFTER.
+        if not self._writing and self._queue and self.stage is Stage.WRITING:
+            self._write_next()
+
+    def _drop_queue(self) -> None:
+        dropped, self._queued = self._queued, 0
+        self._queue.clear()
+        self._count_out(dropped)
+
+    def _count_out(self, count: int) -> None:
+        if self._total is not None and count:
+            self._total.shrink(count)
 
     def _fail(self, error: OSError) -> None:
         was = self.stage
         self.error = error
         self._move(Stage.FAILED)
-        self._queue.clear()
-        self._queued = 0
+        self._drop_queue()
         self._ease()
         self._close()
         if was is Stage.FINISHING:
