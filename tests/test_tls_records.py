@@ -13,7 +13,13 @@ from twisted.python.failure import Failure
 
 from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
 from chatapp.tls.identity import new_identity
-from chatapp.tls.records import MAX_POST_HANDSHAKE_STEPS, SMALL_READ, TINY_RECORDS, GatheringTLSFactory
+from chatapp.tls.records import (
+    MAX_POST_HANDSHAKE_STEPS,
+    SMALL_READ,
+    TINY_RECORDS,
+    WRITE_SLICE,
+    GatheringTLSFactory,
+)
 
 KiB = 1024
 
@@ -116,6 +122,75 @@ def test_nothing_is_delivered_after_an_abort() -> None:
     assert client_wire.value()
     pump(client_wire, server)
     assert app.pieces == []
+
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def sending_pair(listener_factory: type[TLSMemoryBIOFactory]) -> tuple[Any, CountingTransport, Any, App]:
+    """``tls_pair``, with the listener's transport counting its writes."""
+    server, _, server_wire, client, client_app, _ = tls_pair(listener_factory)
+    counting = CountingTransport()
+    server.transport = counting
+    server_wire.clear()
+    return server, counting, client, client_app
+
+
+def test_a_large_write_goes_to_the_transport_in_one_write_per_slice() -> None:
+    server, wire, client, client_app = sending_pair(GatheringTLSFactory)
+    content = os.urandom(2 * WRITE_SLICE + 5)
+    server.write(content)
+    assert wire.writes == 3  # Twisted's layer: one per 16 KiB record, 33 here
+    pump(wire, client)
+    assert b"".join(client_app.pieces) == content
+
+
+def test_our_contexts_encrypt_a_slice_in_one_call() -> None:
+    """Partial writes are off on chatapp's contexts: OpenSSL cuts a whole slice into records in one SSL_write
+    (pyOpenSSL turns partial writes on, and then each call makes one record)."""
+    server, wire, client, client_app = sending_pair(GatheringTLSFactory)
+    calls: list[int] = []
+    connection = server._tlsConnection
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(connection, name)
+
+        def send(self, data: Any) -> int:
+            calls.append(len(data))
+            return int(connection.send(data))
+
+    server._tlsConnection = Counting()
+    content = os.urandom(WRITE_SLICE + 5)
+    server.write(content)
+    assert calls == [WRITE_SLICE, 5]
+    pump(wire, client)
+    assert b"".join(client_app.pieces) == content
+
+
+def test_twisted_alone_writes_each_record_on_its_own() -> None:
+    """The contrast, so the test above cannot pass by Twisted doing the same already."""
+    server, wire, client, client_app = sending_pair(TLSMemoryBIOFactory)
+    content = os.urandom(2 * WRITE_SLICE + 5)
+    server.write(content)
+    assert wire.writes >= len(content) // (16 * KiB)
+    pump(wire, client)
+    assert b"".join(client_app.pieces) == content
+
+
+def test_a_write_after_the_tls_connection_is_lost_is_dropped() -> None:
+    server, wire, _, _ = sending_pair(GatheringTLSFactory)
+    server.abortConnection()
+    before = wire.writes
+    server.write(b"x" * 100)
+    assert wire.writes == before
 
 
 # -- what the other side can make the TLS layer do ----------------------------------------------

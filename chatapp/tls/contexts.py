@@ -36,6 +36,9 @@ from chatapp.tls.identity import Identity
 from chatapp.tls.records import note_tls_step
 from chatapp.tls.transports import peer_certificate, tls_connection
 
+# OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h), which pyOpenSSL sets on every context but does not export.
+_MODE_ENABLE_PARTIAL_WRITE = 0x1
+
 
 def _tls13_context(identity: Identity | None) -> SSL.Context:
     context = SSL.Context(SSL.TLS_METHOD)
@@ -48,6 +51,9 @@ def _tls13_context(identity: Identity | None) -> SSL.Context:
     # Counts what OpenSSL does for post-handshake messages (a KeyUpdate costs a reply), so the TLS
     # layer can close a connection that sends them without end (chatapp.tls.records).
     context.set_info_callback(note_tls_step)
+    # Our TLS layer writes into a memory BIO, which never refuses bytes: without partial writes one
+    # SSL_write encrypts a whole slice of a file, not one 16 KiB record per call (chatapp.tls.records).
+    context.clear_mode(_MODE_ENABLE_PARTIAL_WRITE)
     if identity is not None:
         context.use_certificate(identity.certificate)
         for certificate in identity.chain:

@@ -27,7 +27,10 @@ It also bounds what the other side can make the TLS layer itself do:
   :data:`SMALL_READ` bytes at a time, so one read never keeps the reactor
   from other connections for long.
 
-It replaces Twisted's private ``_flushReceiveBIO`` and ``_flushSendBIO``. Should
+Writing, it hands OpenSSL up to :data:`WRITE_SLICE` bytes at once (Twisted's
+layer: a copied 16 KiB at a time) and the transport all their records in one write.
+
+It replaces Twisted's private ``_flushReceiveBIO``, ``_flushSendBIO`` and ``_write``. Should
 a later Twisted stop calling them, records are simply delivered one by one again
 and nothing is bounded here; ``tests/test_tls_records.py`` notices.
 """
@@ -55,6 +58,10 @@ log = Logger()
 RECORD_READ = 2**15
 # OpenSSL's info-callback steps after the handshake (a KeyUpdate and its reply take four to six).
 MAX_POST_HANDSHAKE_STEPS = 128
+# Plaintext handed to one SSL_write: OpenSSL cuts it into 16 KiB records itself, into the memory BIO.
+WRITE_SLICE = 2**18
+# What one bio_read may take: the records of a WRITE_SLICE with their headers and tags, in one piece.
+SEND_READ = WRITE_SLICE + 2**13
 # Records in one read past which the peer is taken to send tiny records, and the read size used then.
 TINY_RECORDS = 512
 SMALL_READ = 16 * 1024
@@ -108,14 +115,36 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
         self._deliver(pieces)
         self._flushSendBIO()
 
+    def _write(self, data: bytes) -> None:
+        # Twisted's layer copies out and encrypts 16 KiB at a time and reads the BIO after each record:
+        # a transport write per record. Here a slice is a view (no copy), encrypted in one SSL_write
+        # (our contexts turn partial writes off) and its records go to the transport in one write.
+        if self._lostTLSConnection:
+            return
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            end = min(done + WRITE_SLICE, len(view))
+            try:
+                while done < end:  # once with our contexts; per record with partial writes on
+                    done += self._tlsConnection.send(view[done:end])
+            except WantReadError:
+                self._flushSendBIO()  # the records already made go first
+                self._bufferedWrite(bytes(view[done:]))
+                return
+            except Error:
+                self._tlsShutdownFinished(Failure())  # as Twisted does: the transport closes with this error
+                return
+            self._flushSendBIO()
+
     def _flushSendBIO(self) -> None:
         while self.transport is not None:
             try:
-                data = self._tlsConnection.bio_read(RECORD_READ)
+                data = self._tlsConnection.bio_read(SEND_READ)
             except WantReadError:
                 return  # nothing was queued
             self.transport.write(data)
-            if len(data) < RECORD_READ:
+            if len(data) < SEND_READ:
                 return  # that was all of it (asking again would only raise, once per record sent)
 
     def _deliver(self, pieces: list[bytes]) -> None:
