@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from chatapp.peer import TransferState
 from chatapp.peer.backlog import DiskBacklog
 from chatapp.peer.downloads import DownloadDir
-from chatapp.peer.writer import FileWriter, Stage
+from chatapp.peer.writer import MIN_WRITE, FileWriter, Stage
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
@@ -91,7 +91,8 @@ def test_sessions_stop_reading_once_all_files_together_pass_the_limit(tmp_path: 
             session.dataReceived(f"DATA {name} {CHUNK}\r\n".encode() + contents[name][start : start + CHUNK])
             sent[name] += CHUNK
 
-    send("alice", 5)  # 1.25 MiB: the first 1 MiB went to the disk, which holds it
+    assert 6 * CHUNK < MIN_WRITE  # so no write starts below on a writer's own count
+    send("alice", 5)  # 1.25 MiB, gathered for a write
     send("carol", 5)  # 2.5 MiB in all
     assert all(t.producerState == "producing" for _, t in senders.values())
     send("dave", 3)  # 3.25 MiB: past the total; dave's session, the one taking, stops
@@ -102,8 +103,8 @@ def test_sessions_stop_reading_once_all_files_together_pass_the_limit(tmp_path: 
     assert senders["alice"][1].producerState == "paused"
     chatter.dataReceived(b"MSG the chat without a file goes on\r\n")
     assert eb.messages == ["the chat without a file goes on"] and chatter_transport.producerState == "producing"
-    # every stopped writer has its bytes on their way to the disk: nothing waits on a timer
-    assert disk.pending == 3
+    # every stopped writer has its bytes on their way to the disk at once, not after FLUSH_AFTER
+    assert disk.pending == 2
     disk.run_all()
     assert not fb.disk_backlog.over and fb.disk_backlog.held == 0
     assert all(t.producerState == "producing" for _, t in senders.values())
