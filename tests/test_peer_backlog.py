@@ -34,7 +34,8 @@ class Waiter:
 
 
 def test_the_total_stops_at_its_limit_and_lets_go_at_the_resume_mark() -> None:
-    total = DiskBacklog(limit=100, resume_at=40)
+    passed: list[int] = []
+    total = DiskBacklog(limit=100, resume_at=40, on_over=lambda: passed.append(total.total))
     total.grow(100)
     assert not total.over  # at the limit, not past it
     total.grow(1)
@@ -46,6 +47,9 @@ def test_the_total_stops_at_its_limit_and_lets_go_at_the_resume_mark() -> None:
     assert total.over and (first.eased, second.eased) == (0, 0)  # 41 waits: above the resume mark
     total.shrink(1)
     assert not total.over and (first.eased, second.eased) == (1, 1) and total.held == 0
+    total.grow(100)
+    total.grow(5)
+    assert passed == [101, 140]  # each time it passes the limit, not for each byte over it
 
 
 def test_a_writer_let_go_that_takes_the_total_over_again_keeps_the_rest_waiting() -> None:
@@ -96,6 +100,7 @@ def test_sessions_stop_reading_once_all_files_together_pass_the_limit(tmp_path: 
     send("carol", 5)  # 2.5 MiB in all
     assert all(t.producerState == "producing" for _, t in senders.values())
     send("dave", 3)  # 3.25 MiB: past the total; dave's session, the one taking, stops
+    assert fb.limits_hit.get("peer-disk-backlog") == 1  # logged once, counted
     states = {name: t.producerState for name, (_, t) in senders.items()}
     assert states == {"alice": "producing", "carol": "producing", "dave": "paused"}
     assert fb.disk_backlog.total == 13 * CHUNK and fb.disk_backlog.over

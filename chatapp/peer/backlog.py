@@ -12,6 +12,7 @@ falls: nothing waits on a session that is not reading.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 MiB = 1024 * 1024
@@ -27,7 +28,9 @@ class Held(Protocol):
 class DiskBacklog:
     """Bytes received and not yet written, summed over the writers that report to it."""
 
-    def __init__(self, limit: int = LIMIT, resume_at: int | None = None) -> None:
+    def __init__(
+        self, limit: int = LIMIT, resume_at: int | None = None, on_over: Callable[[], None] | None = None
+    ) -> None:
         if limit < 1:
             raise ValueError("limit must be positive")
         self.limit = limit
@@ -35,11 +38,14 @@ class DiskBacklog:
         self.total = 0
         self.over = False  # the total passed the limit and has not yet fallen to resume_at
         self._held: dict[Held, None] = {}  # writers stopped by the total, in the order they stopped
+        self._on_over = on_over  # told each time the total passes the limit
 
     def grow(self, count: int) -> None:
         self.total += count
-        if self.total > self.limit:
+        if self.total > self.limit and not self.over:
             self.over = True
+            if self._on_over is not None:
+                self._on_over()
 
     def shrink(self, count: int) -> None:
         self.total -= count

@@ -174,7 +174,7 @@ class PeerFactory(ServerFactory):
         self.max_open_files_per_peer = max_open_files_per_peer or max(1, max_open_files // 4)
         self.stop_timeout = STOP_TIMEOUT
         # received bytes waiting for the disk, all transfers together (each also has its own mark)
-        self.disk_backlog = DiskBacklog(disk_backlog_limit)
+        self.disk_backlog = DiskBacklog(disk_backlog_limit, on_over=self._disk_backlog_over)
         self._runner = runner
         self._own_runner: ThreadRunner | None = None  # made on first use when no runner was given
         # transfers of every session by handle: all unfinished ones and the last max_finished finished
@@ -314,6 +314,13 @@ class PeerFactory(ServerFactory):
                 log.failure("the auto-accept policy failed")
                 return False
         return bool(policy)
+
+    def _disk_backlog_over(self) -> None:
+        self.limit_hit(
+            "peer-disk-backlog",
+            f"received files wait for the disk: over {self.disk_backlog.limit // 2**20} MiB in all;"
+            " sessions taking more stop reading until it falls",
+        )
 
     def limit_hit(self, name: str, text: str) -> None:
         """A bound held something off: log it the first time only (an attacker must not fill the log)."""
