@@ -311,3 +311,65 @@ async def test_a_tls_handshake_that_never_starts_times_out_and_frees_its_slot(tm
         assert not bob.connections and bob._handshakes_from == {}
     finally:
         await bob.stop()
+
+
+class Quitter(Protocol):
+    """alice accepts bob's file, and once some of it came ends TLS (close_notify) and never reads again."""
+
+    def __init__(self, enough: int) -> None:
+        self.enough = enough
+        self.received = 0
+        self.quit: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HELLO chatapp/2 alice tok-alice\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.received += len(data)
+        if b"OFFER " in data:
+            transfer_id = data.split(b"OFFER ", 1)[1].split(b" ", 1)[0]
+            self.transport.write(b"ACCEPT " + transfer_id + b" 0\r\n")
+        elif self.received >= self.enough and not self.quit.called:
+            self.transport.loseConnection()  # our close_notify goes out
+            inner_transport(self.transport).pauseProducing()  # and nothing more is read
+            self.quit.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_ends_tls_and_stops_reading_ends_our_send_soon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the peer's close_notify nothing we write reaches it: the file is no longer read, and the
+    connection, which a peer that never reads would hold open for ever, is dropped after CLOSE_WAIT."""
+    from chatapp.peer import TransferState
+    from chatapp.tls import records
+
+    monkeypatch.setattr(records, "CLOSE_WAIT", 0.2)
+    bob = peer(tmp_path, "bob")
+    port = await listening(bob)
+    path = tmp_path / "big.bin"
+    size = 256 * 1024 * 1024
+    with open(path, "wb") as f:
+        f.truncate(size)  # sparse: nothing to write, all of it to read
+    quitter = Quitter(enough=1024 * 1024)
+    endpoint = tls(TCP4ClientEndpoint(reactor, "127.0.0.1", port), "alice")
+    await connectProtocol(endpoint, quitter).addTimeout(TIMEOUT, reactor)
+    try:
+        while "alice" not in bob.sessions or bob.sessions["alice"].state is not SessionState.OPEN:
+            await deferLater(reactor, 0.01)
+        session = bob.sessions["alice"]
+        sent = session.send_file(str(path))
+        await quitter.quit.addTimeout(TIMEOUT, reactor)
+        for _ in range(TIMEOUT * 50):
+            if sent.finished:
+                break
+            await deferLater(reactor, 0.02)
+        assert sent.state is TransferState.CANCELLED and sent.reason == "connection-lost"
+        assert sent.position < size // 2  # not read to the end into a connection that drops it all
+        assert session.state is SessionState.CLOSED
+    finally:
+        if quitter.transport is not None:
+            inner_transport(quitter.transport).abortConnection()
+        await bob.stop()

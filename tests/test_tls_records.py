@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
 from chatapp.tls.identity import new_identity
 from chatapp.tls.records import (
+    CLOSE_WAIT,
     MAX_POST_HANDSHAKE_STEPS,
     SMALL_READ,
     TINY_RECORDS,
@@ -191,6 +192,45 @@ def test_a_write_after_the_tls_connection_is_lost_is_dropped() -> None:
     before = wire.writes
     server.write(b"x" * 100)
     assert wire.writes == before
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+def test_after_the_peers_close_notify_our_producer_stops_and_an_unread_connection_is_dropped() -> None:
+    server, _, server_wire, client, _, client_wire = tls_pair(GatheringTLSFactory)
+    producer = Producer()
+    server.registerProducer(producer, True)
+    client.loseConnection()  # close_notify
+    pump(client_wire, server)
+    assert producer.calls[-1:] == ["stop"]  # what it would write now goes nowhere
+    assert server_wire.disconnecting and not server_wire.disconnected  # closing, our last bytes first
+    CLOCK.advance(CLOSE_WAIT - 0.1)
+    assert not server_wire.disconnected
+    CLOCK.advance(0.1)
+    assert server_wire.disconnected  # the peer never read them: aborted
+    server.connectionLost(Failure(protocol.connectionDone.value))
+    assert not CLOCK.getDelayedCalls()
+
+
+def test_a_connection_that_closes_in_time_leaves_no_timer() -> None:
+    server, _, server_wire, client, _, client_wire = tls_pair(GatheringTLSFactory)
+    client.loseConnection()
+    pump(client_wire, server)
+    assert CLOCK.getDelayedCalls()
+    server.connectionLost(Failure(protocol.connectionDone.value))
+    assert not CLOCK.getDelayedCalls() and not server_wire.disconnected
 
 
 # -- what the other side can make the TLS layer do ----------------------------------------------

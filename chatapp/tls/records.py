@@ -21,6 +21,11 @@ It also bounds what the other side can make the TLS layer itself do:
 - **Replies.** Whatever OpenSSL queued is handed to the transport whole
   (Twisted's layer moves at most 32 KiB a time), where the transport's own
   buffer and producer see it.
+- **The end.** When TLS ends (the peer's ``close_notify``, or an error) the
+  application's producer is stopped at once: what it would write is dropped,
+  so a file being sent must not go on being read. The TCP connection is closed
+  once our last bytes are out, or aborted after :data:`CLOSE_WAIT` seconds
+  (Twisted's layer waits for ever on a peer that never reads).
 - **Tiny records.** A read that decrypted to more than
   :data:`TINY_RECORDS` records is a peer sending very small records (a
   record costs far more to open than its byte): the socket is then read
@@ -41,7 +46,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -62,6 +67,9 @@ MAX_POST_HANDSHAKE_STEPS = 128
 WRITE_SLICE = 2**18
 # What one bio_read may take: the records of a WRITE_SLICE with their headers and tags, in one piece.
 SEND_READ = WRITE_SLICE + 2**13
+# After TLS ended (the peer's close_notify, or an error) the TCP connection is closed once our last bytes
+# are sent; a peer that never reads them gets this long, then the connection is aborted.
+CLOSE_WAIT = 5.0
 # Records in one read past which the peer is taken to send tiny records, and the read size used then.
 TINY_RECORDS = 512
 SMALL_READ = 16 * 1024
@@ -83,6 +91,8 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
 
     _post_handshake_steps = 0
     _small_reads = False
+    _close_wait: IDelayedCall | None = None
+    _tcp_gone = False
 
     def tls_step(self) -> None:
         """OpenSSL took a step of a handshake (see :func:`note_tls_step`)."""
@@ -147,6 +157,27 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
             if len(data) < SEND_READ:
                 return  # that was all of it (asking again would only raise, once per record sent)
 
+    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+        super()._tlsShutdownFinished(reason)
+        producer = self._producer
+        if producer is not None:
+            producer.stopProducing()  # from now on its writes are dropped: it must not go on making them
+        if self._close_wait is None and not self._tcp_gone:
+            self._close_wait = self.factory.clock.callLater(CLOSE_WAIT, self._close_waited)
+
+    def _close_waited(self) -> None:
+        self._close_wait = None
+        log.info("TLS: {peer} ended TLS and does not read what is left: dropping the connection", peer=self._who())
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._tcp_gone = True  # Twisted's connectionLost may end TLS itself: no wait to start then
+        if self._close_wait is not None:
+            if self._close_wait.active():
+                self._close_wait.cancel()
+            self._close_wait = None
+        super().connectionLost(reason)
+
     def _deliver(self, pieces: list[bytes]) -> None:
         if pieces and not self._aborted:
             ProtocolWrapper.dataReceived(self, pieces[0] if len(pieces) == 1 else b"".join(pieces))
@@ -178,9 +209,17 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
 
 
 class GatheringTLSFactory(TLSMemoryBIOFactory):
-    """``TLSMemoryBIOFactory`` building :class:`GatheringTLSProtocol` connections."""
+    """``TLSMemoryBIOFactory`` building :class:`GatheringTLSProtocol` connections; ``clock`` times their end."""
 
     protocol = GatheringTLSProtocol
+
+    def __init__(self, creator: Any, is_client: bool, wrapped_factory: Any, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as default_reactor
+
+            clock = default_reactor
+        super().__init__(creator, is_client, wrapped_factory, clock)
+        self.clock: IReactorTime = clock
 
 
 @implementer(IStreamClientEndpoint)
