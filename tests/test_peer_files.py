@@ -566,7 +566,7 @@ def test_write_errors_reject_and_chat_goes_on(tmp_path: Path, clock: Clock, code
     fb.downloads.write = failing_write  # type: ignore[method-assign]
     # three writes' worth (the writer gathers MIN_WRITE bytes a write): the second one fails
     content = os.urandom(3 * MIN_WRITE)
-    offer, body = sender_stream("f", content, "full.bin", chunk=MIN_WRITE // 2)
+    offer, body = sender_stream("f", content, "full.bin", chunk=1024 * 1024)  # the largest DATA chunk
     session.dataReceived(offer + body + b"MSG chat goes on\r\n")
     assert transport.value() == f"ACCEPT f 0\r\nREJECT f {reason}\r\n".encode()
     assert len(writes) == 2

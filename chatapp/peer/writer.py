@@ -42,14 +42,14 @@ MiB = 1024 * 1024
 MAX_WRITE = 4 * MiB
 # Bytes gathered before a write is started (the last piece of a file is written whatever its size).
 # Held in memory per transfer until then: bounded, like the queue, by the high-water mark.
-MIN_WRITE = 2 * MiB
+MIN_WRITE = 4 * MiB
 # Pieces under this size are copied into one buffer as they come: a flood of 1-byte DATA chunks makes
 # a few buffers, not millions of objects (each ~35 bytes of overhead) nor millions of iovecs.
 SMALL_PIECE = 16 * 1024
 # Bytes under MIN_WRITE are written anyway once they waited this long: a trickle cannot keep them in memory.
 FLUSH_AFTER = 1.0
 HIGH_WATER = 8 * MiB
-LOW_WATER = 2 * MiB
+LOW_WATER = 4 * MiB
 
 
 class Stage(enum.Enum):
@@ -112,6 +112,7 @@ class FileWriter:
         self._clock = clock  # None: what waits is written only at MIN_WRITE or at the end
         self._flush_call: IDelayedCall | None = None
         self._total = backlog  # None: only this writer's own marks apply
+        self.closed: defer.Deferred[None] = defer.Deferred()  # fires once the file is closed, however it ended
 
     @property
     def buffered(self) -> int:
@@ -321,6 +322,7 @@ class FileWriter:
             self._fail(error)
             return
         self._move(Stage.FINISHED)
+        self._tell_closed()
         self._finished.callback(self.hasher.hexdigest())
 
     def _close(self) -> None:
@@ -328,3 +330,8 @@ class FileWriter:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+        self._tell_closed()
+
+    def _tell_closed(self) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
