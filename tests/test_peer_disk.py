@@ -271,3 +271,38 @@ def test_at_most_one_write_of_a_file_is_ever_in_flight(tmp_path: Path, steps: li
         assert runner.pending <= 1
     assert path.read_bytes() == b"".join(sent)
     assert done == [hashlib.sha256(b"".join(sent)).hexdigest()]
+
+
+def test_a_resume_offered_while_the_cut_transfer_still_writes_waits_for_it(tmp_path: Path, clock: Clock) -> None:
+    """The link drops with bytes still on their way to a slow disk; the sender reconnects at once and
+    offers the file again. The kept partial is measured and hashed once those bytes are written, so
+    the resume starts after all of them (not from what the file held at that moment, nor from 0)."""
+    import hashlib
+
+    disk = ManualRunner()
+    fb, _ = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=disk)
+    session, transport = open_listener(fb)
+    content = os.urandom(3 * MIN_WRITE)
+    received = MIN_WRITE + MIN_WRITE // 2  # one write in flight, half a write queued
+    offer = b"OFFER f %d resume.bin\r\n" % len(content)
+    session.dataReceived(offer + data_chunks(content, 0, received))
+    assert disk.pending == 1
+    lose(session, transport)
+    again, again_transport = open_listener(fb)
+    again.dataReceived(offer)
+    assert b"ACCEPT" not in again_transport.value()  # the earlier writer is still at work
+    disk.run_all()  # its write, the rest it held, the close; then the prefix hash of the kept partial
+    assert again_transport.value() == b"ACCEPT f %d %s\r\n" % (received, sha(content[:received]).encode())
+    again.dataReceived(data_chunks(content, received, len(content)) + b"END f %s\r\n" % sha(content).encode())
+    disk.run_all()
+    assert again_transport.value().endswith(b"DONE f\r\n")
+    assert hashlib.sha256(Path(fb.downloads.root, "resume.bin").read_bytes()).hexdigest() == sha(content)
+    assert fb.closing_partials == {}
+
+
+def data_chunks(content: bytes, start: int, end: int) -> bytes:
+    """DATA lines of ``f`` carrying ``content[start:end]`` in 1 MiB chunks (the largest allowed)."""
+    return b"".join(
+        b"DATA f %d\r\n" % len(content[at : min(at + MiB, end)]) + content[at : min(at + MiB, end)]
+        for at in range(start, end, MiB)
+    )

@@ -181,6 +181,8 @@ class PeerFactory(ServerFactory):
         self.transfers: dict[int, Transfer] = {}
         self._finished: deque[int] = deque()  # handles of finished transfers, oldest first
         self.receiving: dict[str, Transfer] = {}  # partial path -> the unfinished transfer that writes it
+        # partial path -> fires when the writer of a stopped transfer closed it (one per open file at most)
+        self.closing_partials: dict[str, defer.Deferred[None]] = {}
         self._partial_offers: dict[str, tuple[str, str, int]] = {}  # partial path -> (peer, name, size), bounded
         self.limits_hit: dict[str, int] = {}  # limit name -> times hit (keys are ours, not an outsider's)
         self._handles = itertools.count(1)
@@ -554,6 +556,17 @@ class PeerFactory(ServerFactory):
         self._partial_offers[path] = (peer, name, size)
         while len(self._partial_offers) > 4 * self.downloads.max_partials + self.max_open_files:
             del self._partial_offers[next(iter(self._partial_offers))]
+
+    def partial_closing(self, path: str, closed: defer.Deferred[None]) -> None:
+        """A stopped transfer's writer still writes ``path``: a resume of it waits for ``closed``."""
+        self.closing_partials[path] = closed
+
+        def forget(result: object) -> object:
+            if self.closing_partials.get(path) is closed:
+                del self.closing_partials[path]
+            return result
+
+        closed.addBoth(forget)
 
     def prune_partials(self) -> None:
         self.downloads.prune(set(self.receiving))

@@ -97,6 +97,8 @@ class IncomingTransfer(Transfer):
             preparing.cancel()
         if self.writer is not None:
             self.writer.abandon()
+            if not self.writer.closed.called:  # still writing what came: a resume must measure after it
+                self.session.factory.partial_closing(self.partial, self.writer.closed)
         if self.idle is not None:
             self.idle.stop()
 
@@ -121,6 +123,33 @@ class Receiver:
         """Accept an offer, resuming from a kept partial copy if there is one."""
         if transfer.state is not TransferState.OFFERED:
             raise PeerError(f"transfer {transfer.id} is {transfer.state.value}, not offered")
+        closing = self.factory.closing_partials.get(transfer.partial)
+        if closing is None:
+            self._resume_or_start(transfer)
+            return
+        # An earlier transfer of this file (cut a moment ago) still writes what it received: the kept
+        # partial is measured and hashed once that is on disk, not while it grows.
+        transfer.move(TransferState.PREPARING)
+        waiting: defer.Deferred[None] = defer.Deferred()
+
+        def written(result: object) -> object:
+            if not waiting.called:
+                waiting.callback(None)
+            return result
+
+        closing.addBoth(written)
+        transfer.preparing = waiting
+        waiting.addCallback(self._earlier_closed, transfer)
+        waiting.addErrback(self._prefix_unreadable)  # a cancel while waiting: nothing to do
+        waiting.addErrback(self.session.fail_inside, "resuming a file")
+
+    def _earlier_closed(self, _: object, transfer: IncomingTransfer) -> None:
+        if transfer.preparing is None or transfer.finished:
+            return  # stopped meanwhile
+        transfer.preparing = None
+        self._resume_or_start(transfer)
+
+    def _resume_or_start(self, transfer: IncomingTransfer) -> None:
         downloads = self.factory.downloads
         try:
             downloads.ensure()
@@ -134,7 +163,8 @@ class Receiver:
         if not kept:
             self._start(transfer, 0, None)
             return
-        transfer.move(TransferState.PREPARING)
+        if transfer.state is TransferState.OFFERED:
+            transfer.move(TransferState.PREPARING)
         # off the reactor thread, cached per kept partial, one at a time for this peer and few in total
         preparing = transfer.preparing = self._hash_lock.run(self.factory.prefix_hash, transfer.partial, kept)
         # the errback first: it only sees read errors; bugs of the callback go to the session
