@@ -159,3 +159,29 @@ def test_sigterm_logs_out_and_gives_the_terminal_back(server: int, tmp_path: Pat
         assert "\n icanon" in screen
     finally:
         term.close()
+
+
+def test_ctrl_c_at_the_trust_question_stops_at_once_with_130_and_no_traceback(server: int, tmp_path: Path) -> None:
+    """The question waits in a thread of its own: Ctrl-C ends the program without waiting for a line, the
+    login that waited on the answer ends cleanly (no "Exception ignored" from a half-run coroutine), and
+    nothing is pinned."""
+    config = tmp_path / "fresh-config"  # this server is unknown here
+    command = " ".join(
+        shlex.quote(a)
+        for a in ["env", f"CHATAPP_PASSWORD={PASSWORD}", f"XDG_CONFIG_HOME={config}", str(CHATAPP),
+                  "--server", f"127.0.0.1:{server}", "--user", "yan", "--signup", "--no-listen",
+                  "--downloads", str(tmp_path / "yan")]
+    )  # fmt: skip
+    term = Tmux(tmp_path, f"{command}; echo EXIT=$?; sleep 60")
+    try:
+        term.wait_for(lambda s: "trust this server?" in s)
+        term.tmux("send-keys", "-t", "t", "C-c")
+        screen = term.wait_for(lambda s: "EXIT=" in s)
+        assert "\nEXIT=130\n" in screen, screen
+        assert "chatapp: interrupted" in screen
+        assert "Traceback" not in screen and "Exception ignored" not in screen
+        assert not (config / "chatapp" / "known_servers").exists() or not (
+            config / "chatapp" / "known_servers"
+        ).read_text().strip()
+    finally:
+        term.close()

@@ -46,6 +46,7 @@ EXIT_REPLACED = 10  # this user logged in elsewhere: the server closed this sess
 EXIT_UNTRUSTED = 11  # the server's TLS key is unknown and was not confirmed, or it changed (issue 12)
 EXIT_OUTPUT = 12  # stdout was not read: more output waited than chatapp holds (script mode, send, listen)
 EXIT_KEY_CHANGED = 13  # send: the recipient's key is not the one remembered (--accept-changed-keys)
+EXIT_INTERRUPTED = 130  # Ctrl-C (or SIGTERM) while logging in: the shell's code for SIGINT
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
@@ -62,6 +63,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_UNTRUSTED: "the server's key is not trusted: unknown and not confirmed, or changed since it was pinned",
     EXIT_OUTPUT: "stdout was not read and too much output waited (script mode, send, listen)",
     EXIT_KEY_CHANGED: "the recipient's key changed since the last chat (send; --accept-changed-keys)",
+    EXIT_INTERRUPTED: "stopped (Ctrl-C, SIGTERM) before logging in, at a question or while connecting",
 }
 
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from chatapp.app import ChatClient
 from chatapp.client import InvalidArgument
 from chatapp.events import EventSink
 from chatapp.wire import valid_password, valid_username
 
+from .asking import ask_in_thread
 from .errors import EXIT_BAD_INPUT, EXIT_USAGE, Fatal, explain
 from .options import Settings, UsageError
 from .trust import TerminalTrust, server_options
@@ -144,25 +143,10 @@ PasswordSource = Callable[[], defer.Deferred[str]]
 
 
 def asked_in_a_thread(reactor: Any, ask: Callable[[], str]) -> PasswordSource:
-    """``ask`` (a blocking prompt) run in a daemon thread, so the reactor goes on meanwhile.
-
-    A daemon thread of its own, not the reactor's pool: a Ctrl-C while the
-    prompt waits stops the reactor, and exiting must not wait for a line
-    that never comes.
-    """
+    """``ask`` (a blocking prompt) run in a daemon thread when the password is needed (:mod:`.asking`)."""
 
     def source() -> defer.Deferred[str]:
-        answer: defer.Deferred[str] = defer.Deferred()
-
-        def work() -> None:
-            try:
-                result: str | Failure = ask()
-            except BaseException:
-                result = Failure()
-            reactor.callFromThread(answer.callback if isinstance(result, str) else answer.errback, result)
-
-        threading.Thread(target=work, name="password prompt", daemon=True).start()
-        return answer
+        return ask_in_thread(reactor, ask, name="password prompt")
 
     return source
 

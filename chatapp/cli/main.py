@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .errors import EXIT_FAILED, EXIT_USAGE, Fatal, Outcome, explain, format_error
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Fatal, Outcome, explain, format_error
 from .login import Terminal, ask_password, asked_in_a_thread, credentials
 from .logs import start_logging
 from .oneshot import run_listen, run_send
@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(reactor, settings, user, password or "", signup, outcome)
         if password is None:
             run.ask_password = asked_in_a_thread(reactor, lambda: ask_password(term, confirm=signup))
+
+        def interrupted_while_starting() -> None:
+            if not run.started and outcome.code == EXIT_OK and outcome.message is None:
+                print("", file=sys.stderr)  # a prompt may have left its line open
+                outcome.code, outcome.message = EXIT_INTERRUPTED, "interrupted"
+
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted_while_starting)
         return defer.ensureDeferred(_main(reactor, run))
 
     try:

@@ -35,6 +35,7 @@ class Run:
     client: ChatClient | None = None
     ask_password: PasswordSource | None = None  # asks the password once the server greeted us
     trust_question: TerminalTrust | None = None  # asks whether to trust an unknown server (on a terminal)
+    started: bool = False  # logged in: from now on the runner says what a signal means
     _stopping: defer.Deferred[None] | None = None
 
     async def start(self, emit: EventSink) -> ChatClient:
@@ -46,6 +47,7 @@ class Run:
         if not self.password and self.ask_password is not None:
             password = self.ask_password
         _, self.password = await login(client, self.settings, self.user, password, self.signup)
+        self.started = True
         return client
 
     def stop_on_shutdown(self, code_on_signal: int | None = None, message: str | None = None) -> None:

@@ -14,9 +14,9 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
-from chatapp.runner import ReactorPool
 from chatapp.wire import escape_for_terminal
 
+from .asking import ask_in_thread
 from .commands import CommandError
 from .options import Settings
 
@@ -68,7 +68,7 @@ class TerminalTrust:
     def __call__(self, where: str, fingerprint: str) -> defer.Deferred[bool]:
         if self.console is not None:
             return defer.ensureDeferred(self._ask_in_console(self.console, where, fingerprint))
-        return ReactorPool(self.reactor).run(ask_on_terminal, where, fingerprint, sys.stdin, sys.stdout)
+        return ask_in_thread(self.reactor, ask_on_terminal, where, fingerprint, sys.stdin, sys.stdout, name="trust")
 
     async def _ask_in_console(self, console: Any, where: str, fingerprint: str) -> bool:
         for line in explanation(where, fingerprint):

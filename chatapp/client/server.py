@@ -417,7 +417,8 @@ class ServerClientProtocol(TwistedProtocol):
 
     def drop(self) -> None:
         """Close the connection now, without ``QUIT`` (queued calls fail)."""
-        if self.transport is not None and self.closed is None:
+        # a TLS transport already torn down (connected false) has nothing left to close, and would raise
+        if self.transport is not None and self.closed is None and getattr(self.transport, "connected", True):
             abort = getattr(self.transport, "abortConnection", None)
             if abort is not None:
                 abort()
