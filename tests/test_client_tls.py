@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -170,3 +171,69 @@ def test_a_tls_endpoint_description_is_refused_since_tls_is_added_by_itself(tmp_
 
     with pytest.raises(InvalidArgument, match="TLS is added by itself"):
         ServerConnection(reactor, "tls:example.org:8750", known_servers=KnownServers(tmp_path / "k"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_time_a_person_takes_to_compare_the_key_does_not_count_as_the_server_not_greeting(
+    server: Impostor, tmp_path: Path
+) -> None:
+    """hello_timeout is for the server. Its clock stops while the question is asked and starts again in
+    full after the answer (this server greeted at once; the greeting waits in the TLS layer meanwhile)."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    known = KnownServers(tmp_path / "known_servers")
+    asked: list[defer.Deferred[bool]] = []
+
+    def confirm(where: str, fingerprint: str) -> defer.Deferred[bool]:
+        answer: defer.Deferred[bool] = defer.Deferred()
+        asked.append(answer)
+        return answer
+
+    conn = connection(server.number, known, confirm=confirm, clock=clock, hello_timeout=5)
+    logged_in = conn.login("alice", PASSWORD)
+    for _ in range(TIMEOUT * 100):
+        if asked:
+            break
+        await deferLater(reactor, 0.01)
+    clock.advance(600)  # ten minutes looking at the fingerprint
+    asked[0].callback(True)
+    assert await logged_in.addTimeout(TIMEOUT, reactor) == "alice"
+    await conn.close()
+    assert known.lookup("127.0.0.1", server.number).fingerprint == server.fingerprint  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_silent_after_the_answer_still_times_out(tmp_path: Path) -> None:
+    """The clock starts again after the answer: a server that never greets is still given up on."""
+    from twisted.internet.task import Clock
+
+    identity = new_identity("mute")
+    wrapped = TLSMemoryBIOFactory(ServerLinkServerTLS(identity), False, Factory.forProtocol(Protocol))
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(wrapped)
+    clock = Clock()
+    asked: list[defer.Deferred[bool]] = []
+
+    def confirm(where: str, fingerprint: str) -> defer.Deferred[bool]:
+        answer: defer.Deferred[bool] = defer.Deferred()
+        asked.append(answer)
+        return answer
+
+    try:
+        known = KnownServers(tmp_path / "known_servers")
+        conn = connection(port.getHost().port, known, confirm=confirm, clock=clock, hello_timeout=5)
+        logged_in = conn.login("alice", PASSWORD)
+        for _ in range(TIMEOUT * 100):
+            if asked:
+                break
+            await deferLater(reactor, 0.01)
+        clock.advance(600)
+        asked[0].callback(True)
+        clock.advance(4.9)
+        assert not logged_in.called
+        clock.advance(0.1)
+        with pytest.raises(Exception, match="did not greet us"):
+            await logged_in.addTimeout(TIMEOUT, reactor)
+        await conn.close()
+    finally:
+        await port.stopListening()

@@ -44,7 +44,7 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -189,6 +189,25 @@ class _Session:
         self.published: tuple[str, int] | None = None  # what the server said to the re-sent LISTEN
         self._work: defer.Deferred[ServerClientProtocol] | None = None
         self._dialing = False  # inside connect(): ClientService's state machine is mid-move
+        self._greeting: defer.Deferred[Any] | None = None  # the try's wait for the greeting
+        self._greeting_late: IDelayedCall | None = None  # ends that wait after hello_timeout
+        self.greeting_timed_out = False
+
+    def person_deciding(self, deciding: bool) -> None:
+        """A person is asked whether to trust the server (``True``), or answered: the time to greet us
+        does not run meanwhile, and starts again in full after the answer."""
+        late = self._greeting_late
+        if late is not None and late.active():
+            late.cancel()
+        self._greeting_late = None
+        if not deciding and self._greeting is not None and not self._greeting.called:
+            self._greeting_late = self.link.clock.callLater(self.link.hello_timeout, self._greeting_timeout)
+
+    def _greeting_timeout(self) -> None:
+        self._greeting_late = None
+        if self._greeting is not None and not self._greeting.called:
+            self.greeting_timed_out = True
+            self._greeting.cancel()
 
     def _delay(self, attempt: int) -> float:
         self.attempt = attempt
@@ -222,15 +241,21 @@ class _Session:
         assert isinstance(protocol, ServerClientProtocol)
         self.candidate = protocol
         try:
-            ready = protocol.when_ready()
-            ready.addTimeout(link.hello_timeout, link.clock)
+            ready = self._greeting = protocol.when_ready()
+            self.greeting_timed_out = False
+            self.person_deciding(False)  # starts the time to greet us
             try:
                 await ready
-            except defer.TimeoutError:
+            except defer.CancelledError:
+                if not self.greeting_timed_out:
+                    raise
                 where = escape_for_terminal(link.address)
                 # a TLS server waits for our TLS hello as we wait for its greeting: say what may be wrong
                 hint = " (it may speak TLS: leave out --no-tls)" if link.tls is None else ""
                 raise ConnectFailed(f"the chat server at {where} did not greet us{hint}") from None
+            finally:
+                self.person_deciding(True)  # stops that time: greeted, or gone
+                self._greeting = None
             if self.credentials is not None:
                 await protocol.login(*self.credentials)
                 await link._publish_key(protocol)
@@ -381,7 +406,7 @@ class ServerConnection:
                     self.port,
                     server_fingerprint=server_fingerprint,
                     trust_on_first_use=trust_on_first_use,
-                    confirm=confirm,
+                    confirm=self._timed_apart(confirm) if confirm is not None else None,
                     known_servers=known_servers,
                     trust_roots=trust_roots,
                 )
@@ -409,6 +434,23 @@ class ServerConnection:
         self._next_try: float | None = None
         self._waiters: list[defer.Deferred[ServerClientProtocol]] = []  # callers of open() while CONNECTING
         self._closing: defer.Deferred[None] | None = None
+
+    def _timed_apart(self, confirm: Confirm) -> Confirm:
+        """``confirm``, with the time a person takes to answer kept out of ``hello_timeout``."""
+
+        def asked(where: str, fingerprint: str) -> defer.Deferred[bool]:
+            session = self._session
+            if session is not None:
+                session.person_deciding(True)
+
+            def answered(result: Any) -> Any:
+                if session is not None:
+                    session.person_deciding(False)
+                return result
+
+            return confirm(where, fingerprint).addBoth(answered)
+
+        return asked
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds before reconnection try ``attempt`` (1, 2, ...): the backoff, spread, never above the cap."""
