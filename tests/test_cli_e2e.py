@@ -220,3 +220,40 @@ def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, procs: list[Ch
     procs.append(p)
     code, _out, err = p.finish()
     assert code == 2 and "unknown key 'sever'" in err and err.count("\n") == 1
+
+
+def test_listen_stops_with_11_when_the_server_comes_back_with_another_key(
+    tmp_path: Path, procs: list[Chatapp]
+) -> None:
+    """Given up on the server for good, a listening one-shot can no longer be reached: it says why and
+    exits with that reason's code, instead of running on logged out."""
+    import socket
+
+    from processes import FINGERPRINT, pin_server, twistd, wait_for_output
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listen = f"tcp:{port}:interface=127.0.0.1"
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = twistd("-n", "--pidfile=", "chatserver", "--listen", listen, "--bcrypt-rounds", "4", cwd=first_dir)
+    try:
+        pin_server(port, wait_for_output(first, FINGERPRINT).group(1))
+        signup = chatapp(procs, tmp_path, port, "--user", "kim", "--signup", "--no-listen", stdin=subprocess.DEVNULL)
+        assert signup.finish()[0] == 0
+        listener = chatapp(procs, tmp_path, port, "listen", "--user", "kim")
+        listener.expect(r"^READY kim listening")
+    finally:
+        stop(first)
+    # the same address, a new database and so a new certificate
+    second = twistd("-n", "--pidfile=", "chatserver", "--listen", listen, "--bcrypt-rounds", "4", cwd=second_dir)
+    try:
+        wait_for_output(second, FINGERPRINT)
+        code, out, err = listener.finish(timeout=30)
+        assert code == 11, (out, err)
+        assert re.search(r"^NOTICE gave up reconnecting to the server: REFUSED: ", out, re.MULTILINE), out
+        assert "presented a different key than the one pinned" in err and err.count("\n") == 1, err
+    finally:
+        stop(second)

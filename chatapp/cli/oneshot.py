@@ -17,7 +17,7 @@ from twisted.internet import defer
 
 from chatapp.app import ChatClient
 from chatapp.client import NoSuchUser, NotOnline
-from chatapp.events import ChatEvent, EventSink
+from chatapp.events import ChatEvent, EventSink, GaveUp
 from chatapp.peer import Transfer, TransferState
 
 from .commands import TIMED_OUT, Conversations, OfferTimers, console_sink, replaced
@@ -93,10 +93,15 @@ async def run_send(run: Run) -> int:
 
 
 async def run_listen(run: Run) -> int:
-    """Stay logged in and print events until SIGINT or SIGTERM; then close cleanly and exit 0."""
+    """Stay logged in and print events until SIGINT or SIGTERM; then close cleanly and exit 0.
+
+    If the client gives up on the server for good (a login elsewhere, a changed server key, a password
+    that no longer works...), nobody can reach us any more: stop with that reason's exit code.
+    """
     bounded, output, throttle = _stdout(run)
     gone: defer.Deferred[None] = defer.Deferred()
-    client = await run.start(throttle.sink(_one_shot_sink(output, gone)))
+    given_up: list[Exception] = []
+    client = await run.start(throttle.sink(_one_shot_sink(output, gone, given_up)))
     _logged_in(run, bounded, throttle, client)
     run.stop_on_shutdown()
     output.emit(ready_event(client))
@@ -109,11 +114,16 @@ async def run_listen(run: Run) -> int:
         raise
     output.stop()
     await run.stop()
+    if given_up:
+        raise explain(given_up[0], run.settings, run.user)
     raise Fatal(EXIT_REPLACED, REPLACED_EXIT_TEXT)
 
 
-def _one_shot_sink(output: ScriptOutput, gone: defer.Deferred[None]) -> EventSink:
-    """Script lines with recent rates and summaries; ``gone`` fires when a login elsewhere ended our session."""
+def _one_shot_sink(
+    output: ScriptOutput, gone: defer.Deferred[None], given_up: list[Exception] | None = None
+) -> EventSink:
+    """Script lines with recent rates and summaries; ``gone`` fires when a login elsewhere ended our session,
+    and, given ``given_up``, when the client gave up on the server for any other reason (put in it)."""
     show = console_sink(Conversations(), output.emit, output.rates)
 
     def hear(event: ChatEvent) -> None:
@@ -123,6 +133,9 @@ def _one_shot_sink(output: ScriptOutput, gone: defer.Deferred[None]) -> EventSin
                 gone.callback(None)
             return
         show(event)
+        if given_up is not None and isinstance(event, GaveUp) and not gone.called:
+            given_up.append(event.error)
+            gone.callback(None)
 
     return hear
 
