@@ -306,3 +306,20 @@ def data_chunks(content: bytes, start: int, end: int) -> bytes:
         b"DATA f %d\r\n" % len(content[at : min(at + MiB, end)]) + content[at : min(at + MiB, end)]
         for at in range(start, end, MiB)
     )
+
+
+def test_a_cancelled_receive_keeps_every_byte_received_even_those_still_queued(tmp_path: Path, clock: Clock) -> None:
+    """What a cancel reports as kept (bytes received) is what the partial holds once its writer closed it."""
+    disk = ManualRunner()
+    fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=disk)
+    session, _ = open_listener(fb)
+    content = os.urandom(2 * MIN_WRITE)
+    received = MIN_WRITE + MIN_WRITE // 2  # one write in flight, half a write queued behind it
+    session.dataReceived(b"OFFER f %d kept.bin\r\n" % len(content) + data_chunks(content, 0, received))
+    transfer = eb.offers[0]
+    session.cancel(transfer)
+    assert transfer.state is TransferState.REJECTED and transfer.reason == "cancelled"  # REJECT f cancelled
+    assert transfer.bytes_done == received
+    disk.run_all()
+    (partial,) = partials_in(fb)
+    assert Path(fb.downloads.partial_root, partial).read_bytes() == content[:received]

@@ -432,18 +432,9 @@ class Dispatcher:
         transfer = self.client.transfer(handle)
         if transfer.finished:
             raise CommandError(f"transfer {handle} has ended already ({transfer.state.value})")
+        # every byte received is kept: what still waited for the disk is written before the file is closed
         kept = self.client.cancel(handle, discard=discard is not None)
-        if kept is not None:
-            kept = self._on_disk(transfer, kept)
         self.emit(TransferCancelled(handle, kept, discard is not None and transfer.direction is Direction.RECEIVE))
-
-    def _on_disk(self, transfer: Transfer, received: int) -> int:
-        """What the kept partial holds (bytes received may still have been queued for the disk, now dropped)."""
-        path = getattr(transfer, "partial", None)
-        for partial in self.client.partials():
-            if partial.path == path:
-                return partial.kept
-        return received
 
     async def do_partials(self, clean: str | None = None) -> None:
         if clean is not None:
