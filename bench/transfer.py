@@ -646,7 +646,10 @@ def coordinate(args: argparse.Namespace) -> None:
                 if kind in args.cases:
                     cases.append(Case(kind, where, main_source, args.chunk, args.read_size))
             for label, folder in args.compare:
-                cases.append(Case("chatapp", where, main_source, args.chunk, args.read_size, tree=(label, folder)))
+                for kind in ("chatapp", "chatapp-plain"):  # each compared tree as the main one, interleaved
+                    if kind in args.cases:
+                        tree = (label, folder)
+                        cases.append(Case(kind, where, main_source, args.chunk, args.read_size, tree=tree))
         if args.sweep:
             sweep_source = main_source
             if args.sweep_size != args.size:
