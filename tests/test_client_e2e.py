@@ -117,7 +117,7 @@ async def test_50_mib_each_way_with_chat_during_the_transfer(world: World, tmp_p
 async def test_a_transfer_cut_at_40_percent_resumes_from_the_partial(world: World, tmp_path: Path) -> None:
     alice, _a = await world.client("alice")
     bob, b = await world.client("bob", auto_accept=True)
-    size = 32 * MiB  # several 4 MiB writes (writer.MIN_WRITE) before the cut, more still to come after it
+    size = 32 * MiB  # several writes (writer.MIN_WRITE) before the cut, more still to come after it
     source = random_file(tmp_path / "big.bin", size)
 
     def cut() -> None:  # the link dies mid-file
