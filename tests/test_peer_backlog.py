@@ -18,7 +18,7 @@ from chatapp.peer.downloads import DownloadDir
 from chatapp.peer.writer import MIN_WRITE, FileWriter, Stage
 
 MiB = 1024 * 1024
-CHUNK = 256 * 1024
+CHUNK = 64 * 1024
 
 
 class Waiter:
@@ -74,12 +74,12 @@ def test_a_limit_must_be_positive() -> None:
 
 def test_sessions_stop_reading_once_all_files_together_pass_the_limit(tmp_path: Path, clock: Clock) -> None:
     """Three peers send at once to a disk that does not answer; each file stays far under its own
-    8 MiB mark. Past the factory's 3 MiB the sessions that take more stop reading; a session that
+    8 MiB mark. Past the factory's 2 MiB the sessions that take more stop reading; a session that
     sends no file goes on chatting; when the disk catches up every file is written whole."""
     disk = ManualRunner()
     tokens = TOKENS | {"tok-carol": ("carol", "proof-carol"), "tok-dave": ("dave", "proof-dave")}
     fb, eb = make_peer(
-        tmp_path, "bob", clock, dict_verify(tokens), auto_accept=True, runner=disk, disk_backlog_limit=3 * MiB
+        tmp_path, "bob", clock, dict_verify(tokens), auto_accept=True, runner=disk, disk_backlog_limit=2 * MiB
     )
     senders = {name: open_listener(fb, peer=name, ticket=f"tok-{name}") for name in ("alice", "carol", "dave")}
     chatter, chatter_transport = open_listener(fb, peer="bob", ticket="tok-bob")
@@ -95,15 +95,15 @@ def test_sessions_stop_reading_once_all_files_together_pass_the_limit(tmp_path: 
             session.dataReceived(f"DATA {name} {CHUNK}\r\n".encode() + contents[name][start : start + CHUNK])
             sent[name] += CHUNK
 
-    assert 6 * CHUNK < MIN_WRITE  # so no write starts below on a writer's own count
-    send("alice", 5)  # 1.25 MiB, gathered for a write
-    send("carol", 5)  # 2.5 MiB in all
+    assert 13 * CHUNK < MIN_WRITE  # so no write starts below on a writer's own count
+    send("alice", 12)  # 768 KiB, gathered for a write
+    send("carol", 12)  # 1.5 MiB in all
     assert all(t.producerState == "producing" for _, t in senders.values())
-    send("dave", 3)  # 3.25 MiB: past the total; dave's session, the one taking, stops
+    send("dave", 9)  # 2.06 MiB: past the total; dave's session, the one taking, stops
     assert fb.limits_hit.get("peer-disk-backlog") == 1  # logged once, counted
     states = {name: t.producerState for name, (_, t) in senders.items()}
     assert states == {"alice": "producing", "carol": "producing", "dave": "paused"}
-    assert fb.disk_backlog.total == 13 * CHUNK and fb.disk_backlog.over
+    assert fb.disk_backlog.total == 33 * CHUNK and fb.disk_backlog.over
     send("alice", 1)  # alice takes one more chunk while the total is over: she stops too
     assert senders["alice"][1].producerState == "paused"
     chatter.dataReceived(b"MSG the chat without a file goes on\r\n")

@@ -42,7 +42,7 @@ MiB = 1024 * 1024
 MAX_WRITE = 4 * MiB
 # Bytes gathered before a write is started (the last piece of a file is written whatever its size).
 # Held in memory per transfer until then: bounded, like the queue, by the high-water mark.
-MIN_WRITE = 2 * MiB
+MIN_WRITE = MiB
 # Pieces under this size are copied into one buffer as they come: a flood of 1-byte DATA chunks makes
 # a few buffers, not millions of objects (each ~35 bytes of overhead) nor millions of iovecs.
 SMALL_PIECE = 16 * 1024
