@@ -249,7 +249,7 @@ def test_no_offer_timeout_means_no_timer() -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_a_cancel_right_after_accept_keeps_no_empty_partial_and_a_real_one_is_reported_as_on_disk(
+def test_a_cancel_right_after_accept_keeps_no_empty_partial_and_a_real_one_reports_every_byte_received(
     tmp_path: Path,
 ) -> None:
     from test_peer_harness import make_peer, open_listener
@@ -262,18 +262,20 @@ def test_a_cancel_right_after_accept_keeps_no_empty_partial_and_a_real_one_is_re
     assert fb.partials() == []  # nothing received: nothing to resume, no 0-byte file left
     session.dataReceived(b"OFFER k1 10 kept.bin\r\nDATA k1 4\r\nabcd")
     incoming = session.incoming["k1"]
-    incoming.bytes_done = 6  # as if two more bytes had been counted but not written yet
     events: list[Any] = []
+
     def cancel(handle: int, discard: bool = False) -> int:
         session.cancel(incoming)
-        return 6  # bytes received, as ChatClient.cancel reports them
+        return incoming.bytes_done  # bytes received, as ChatClient.cancel reports them
 
     client: Any = SimpleNamespace(transfer=lambda h: incoming, partials=fb.partials, cancel=cancel)
     dispatcher = Dispatcher(client, Conversations(), events.append)
     import asyncio
 
     assert asyncio.run(dispatcher.run_line(f"/cancel {incoming.handle}"))
-    assert events[-1] == TransferCancelled(incoming.handle, 4, False)  # what the partial holds, not 6
+    assert events[-1] == TransferCancelled(incoming.handle, 4, False)
+    (partial,) = fb.partials()
+    assert partial.kept == 4  # the writer wrote what it held before closing: what was said is what is kept
 
 
 def test_no_rate_is_claimed_from_a_few_milliseconds_of_samples() -> None:
