@@ -74,7 +74,7 @@ def test_a_limit_must_be_positive() -> None:
 
 def test_sessions_stop_reading_once_all_files_together_pass_the_limit(tmp_path: Path, clock: Clock) -> None:
     """Three peers send at once to a disk that does not answer; each file stays far under its own
-    8 MiB mark. Past the factory's 2 MiB the sessions that take more stop reading; a session that
+    16 MiB mark. Past the factory's 2 MiB the sessions that take more stop reading; a session that
     sends no file goes on chatting; when the disk catches up every file is written whole."""
     disk = ManualRunner()
     tokens = TOKENS | {"tok-carol": ("carol", "proof-carol"), "tok-dave": ("dave", "proof-dave")}

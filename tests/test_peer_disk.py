@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from chatapp.peer import TransferState
-from chatapp.peer.writer import MAX_WRITE, MIN_WRITE
+from chatapp.peer.writer import HIGH_WATER, MAX_WRITE, MIN_WRITE
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -134,7 +134,7 @@ def test_a_slow_disk_pauses_only_that_session_and_writes_are_coalesced(tmp_path:
     fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=disk)
     session, transport = open_listener(fb)
     other, other_transport = open_listener(fb, peer="bob", ticket="tok-bob")
-    content = os.urandom(12 * MiB)
+    content = os.urandom(HIGH_WATER + 4 * MiB)
     session.dataReceived(f"OFFER f {len(content)} big.bin\r\n".encode())
     chunk = 256 * 1024
     for start in range(0, len(content), chunk):
@@ -142,7 +142,7 @@ def test_a_slow_disk_pauses_only_that_session_and_writes_are_coalesced(tmp_path:
         if transport.producerState == "paused":
             break
     received = start + chunk
-    assert transport.producerState == "paused" and 8 * MiB < received <= 9 * MiB
+    assert transport.producerState == "paused" and HIGH_WATER < received <= HIGH_WATER + MiB
     assert len(disk.jobs) == 1  # one write in flight; the rest waits, to be joined
     other.dataReceived(b"MSG the other chat goes on\r\n")
     assert eb.messages == ["the other chat goes on"] and other_transport.producerState == "producing"

@@ -48,7 +48,7 @@ MIN_WRITE = MiB
 SMALL_PIECE = 16 * 1024
 # Bytes under MIN_WRITE are written anyway once they waited this long: a trickle cannot keep them in memory.
 FLUSH_AFTER = 1.0
-HIGH_WATER = 8 * MiB
+HIGH_WATER = 16 * MiB
 LOW_WATER = 2 * MiB
 
 
