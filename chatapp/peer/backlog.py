@@ -3,7 +3,7 @@
 Each :class:`~chatapp.peer.writer.FileWriter` stops its session reading when
 its own file has more than its high-water mark waiting. That alone lets
 ``MAX_OPEN_FILES`` transfers, from as many peers, hold their marks at once
-(64 x 8 MiB) on a disk slower than the network. A :class:`DiskBacklog` counts
+(64 x 16 MiB) on a disk slower than the network. A :class:`DiskBacklog` counts
 what all of them hold; past ``limit`` every writer that takes another byte
 stops its session reading, and all of them may read again once the total fell
 to ``resume_at``. Writes already handed to the disk go on, so the total always
