@@ -63,12 +63,17 @@ class Child:
                 "--",
                 *argv,
             ]
+        # --pin: every sender on CPU 0, every receiver on CPU 1 (threads included), the same for each case
+        cpus = None
+        if os.environ.get("CHATAPP_BENCH_PIN"):
+            cpus = {0} if role.endswith("-send") else {1} if role.endswith("-recv") else None
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
             env=os.environ | {"CHATAPP_SOURCE": tree} if tree else None,  # import chatapp from that tree
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self._buffer = b""
 

@@ -703,6 +703,11 @@ def main() -> None:
         default="",
         help="more chatapp cases with chatapp imported from other trees: label=folder,label=folder",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run every sender on CPU 0 and every receiver on CPU 1 (the scheduler cannot move them)",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--server-fp", help=argparse.SUPPRESS)
@@ -723,6 +728,8 @@ def main() -> None:
     args.where = [w.strip() for w in args.where.split(",") if w.strip()]
     role = args.role
     if role is None:
+        if args.pin:
+            os.environ["CHATAPP_BENCH_PIN"] = "1"  # read by each Child as it starts
         coordinate(args)
     elif role == "server":
         run_server(args.db)
