@@ -260,6 +260,10 @@ def test_a_changed_key_says_whose_key_changed_and_who_can_accept_it() -> None:
     assert ours.code == errors.EXIT_KEY_CHANGED
     assert "the contact refused the chat" in str(ours) and "/fingerprint" in str(ours)
     assert "(if the contact confirms the new key" not in str(ours)  # our own flag changes nothing
+    sending = parse_args(["send", "--user", "bob", "carol", __file__])
+    named = explain(HandshakeFailed("key-changed", "sha256:" + "a" * 64, "sha256:" + "b" * 64), sending)
+    assert str(named).startswith("refused: the key of carol changed (remembered sha256:aaaa")
+    assert "carol refused the chat" in str(explain(HandshakeFailed("key-changed"), sending))
 
 
 def test_ready_says_where_the_login_published_us_without_asking_again() -> None:

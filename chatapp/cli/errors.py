@@ -134,7 +134,11 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
     if isinstance(error, HandshakeFailed) and error.reason in ("key-changed", "bad-key"):
         we_refused = error.reason == "key-changed" and error.expected is not None  # their key changed, not ours
         hint = " (if the contact confirms the new key: --accept-changed-keys)" if we_refused else ""
-        return Fatal(EXIT_KEY_CHANGED, f"refused: {error}{hint}")
+        text = str(error)
+        if settings.send_to:  # say whose key: the one-line message may be all a script's log keeps
+            text = text.replace("the contact's key", f"the key of {settings.send_to}", 1)
+            text = text.replace("the contact refused", f"{settings.send_to} refused", 1)
+        return Fatal(EXIT_KEY_CHANGED, f"refused: {text}{hint}")
     if isinstance(error, Blocked):
         return Fatal(EXIT_BLOCKED, blocked_text(error.seconds, name))
     if isinstance(error, Locked):
