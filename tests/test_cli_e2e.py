@@ -257,3 +257,18 @@ def test_listen_stops_with_11_when_the_server_comes_back_with_another_key(
         assert "presented a different key than the one pinned" in err and err.count("\n") == 1, err
     finally:
         stop(second)
+
+
+def test_no_tls_warns_the_person_first(tmp_path: Path, procs: list[Chatapp]) -> None:
+    """--no-tls is said on stderr before anything is sent; the server's log is not where a user looks."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    run = chatapp(procs, tmp_path, port, "--no-tls", "--user", "lee", stdin=subprocess.DEVNULL)
+    code, _, err = run.finish(timeout=30)
+    assert code == 3, err
+    lines = err.splitlines()
+    assert lines[0].startswith("chatapp: warning: --no-tls: your password") and "clear text" in lines[0]
+    assert lines[1].startswith("chatapp: cannot reach the chat server")

@@ -47,6 +47,12 @@ async def _main(reactor: Any, run: Run) -> None:
         run.outcome.code, run.outcome.message = fatal.code, str(fatal)
 
 
+NO_TLS_WARNING = (
+    "warning: --no-tls: your password and everything you send the server cross the network in clear text"
+    " (meant for a server behind a TLS-terminating proxy on the same host)"
+)
+
+
 def _say(message: str) -> None:
     print(f"chatapp: {format_error(message)}", file=sys.stderr)
 
@@ -75,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print("", file=sys.stderr)
         return EXIT_USAGE
     settings.interactive = interactive
+    if settings.no_tls:  # the server logs this too, but the person typing the password must see it
+        _say(NO_TLS_WARNING)
     start_logging(settings, interactive)
     outcome = Outcome()
     saved = _terminal_state()
