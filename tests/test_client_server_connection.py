@@ -234,6 +234,21 @@ def test_a_server_that_never_greets_times_out() -> None:
     assert "did not greet" in str(failure_of(d))
 
 
+def test_a_plain_link_to_a_server_that_does_not_greet_says_so_within_ten_seconds() -> None:
+    """--no-tls against a TLS server: both wait for the other's first bytes; the hint comes soon."""
+    from chatapp.client.connection import PLAIN_HELLO_TIMEOUT
+
+    rig = Rig()  # a plain link (no_tls), hello_timeout left at its 30 s default
+    d = rig.conn.open()
+    server = rig.endpoint.accept(greet=b"")
+    rig.clock.advance(PLAIN_HELLO_TIMEOUT - 0.1)
+    assert not server.transport.disconnecting
+    rig.clock.advance(0.1)
+    assert server.transport.disconnecting
+    server.close()
+    assert "did not greet us (it may speak TLS: leave out --no-tls)" in str(failure_of(d))
+
+
 def test_blocked_at_connect_fails_the_login_with_blocked() -> None:
     rig = Rig()
     d = rig.conn.login("alice", PASSWORD)

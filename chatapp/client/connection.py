@@ -169,6 +169,10 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, ConnectFailed | Busy | InternalError)
 
 
+# The greeting timeout of a --no-tls link (a TLS link's covers the handshake too: hello_timeout).
+PLAIN_HELLO_TIMEOUT = 10.0
+
+
 @implementer(IStreamClientEndpoint)
 class _Session:
     """One login session: the endpoint its ClientService dials, and what a reconnection sends again.
@@ -421,7 +425,9 @@ class ServerConnection:
         self.max_delay = max_delay
         self.jitter = jitter
         self.max_attempts = max_attempts
-        self.hello_timeout = hello_timeout
+        # A plain server greets as soon as it accepts; one that does not in a few seconds is most likely a
+        # TLS server waiting for our TLS hello, and the user should hear that soon, not after 30 s.
+        self.hello_timeout = min(hello_timeout, PLAIN_HELLO_TIMEOUT) if no_tls else hello_timeout
         self.close_timeout = close_timeout
         self._random = random
         # Twisted's policy gives initial * factor**n; ours starts at the initial delay for try 1
