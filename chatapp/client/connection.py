@@ -200,12 +200,18 @@ class _Session:
     def person_deciding(self, deciding: bool) -> None:
         """A person is asked whether to trust the server (``True``), or answered: the time to greet us
         does not run meanwhile, and starts again in full after the answer."""
-        late = self._greeting_late
+        self._stop_greeting_clock()
+        if not deciding:
+            self._start_greeting_clock()
+
+    def _start_greeting_clock(self) -> None:
+        if self._greeting is not None and not self._greeting.called:
+            self._greeting_late = self.link.clock.callLater(self.link.hello_timeout, self._greeting_timeout)
+
+    def _stop_greeting_clock(self) -> None:
+        late, self._greeting_late = self._greeting_late, None
         if late is not None and late.active():
             late.cancel()
-        self._greeting_late = None
-        if not deciding and self._greeting is not None and not self._greeting.called:
-            self._greeting_late = self.link.clock.callLater(self.link.hello_timeout, self._greeting_timeout)
 
     def _greeting_timeout(self) -> None:
         self._greeting_late = None
@@ -247,7 +253,7 @@ class _Session:
         try:
             ready = self._greeting = protocol.when_ready()
             self.greeting_timed_out = False
-            self.person_deciding(False)  # starts the time to greet us
+            self._start_greeting_clock()
             try:
                 await ready
             except defer.CancelledError:
@@ -258,7 +264,7 @@ class _Session:
                 hint = " (it may speak TLS: leave out --no-tls)" if link.tls is None else ""
                 raise ConnectFailed(f"the chat server at {where} did not greet us{hint}") from None
             finally:
-                self.person_deciding(True)  # stops that time: greeted, or gone
+                self._stop_greeting_clock()  # greeted, or gone
                 self._greeting = None
             if self.credentials is not None:
                 await protocol.login(*self.credentials)
