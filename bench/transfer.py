@@ -395,6 +395,7 @@ class Case:
             "all_io": [[r[side].get("io") for side in ("sent", "received")] for r in self.runs],
             "tls": self.kind in TLS_KINDS,
             "all_recv_cpu": [r["received"]["user"] + r["received"]["system"] for r in self.runs],
+            "all_recv_faults": [r["received"].get("minor_faults") for r in self.runs],
             "all_cpu": [
                 [round(r[side]["user"] + r[side]["system"], 3) for side in ("sent", "received")] for r in self.runs
             ],
@@ -535,6 +536,11 @@ def per_gib(side: dict[str, Any], size: int) -> str:
     return f"{(side['user'] + side['system']) * GiB / size:.2f}"
 
 
+def faults_per_gib(side: dict[str, Any], size: int) -> str:
+    faults = side.get("minor_faults")
+    return "-" if faults is None else f"{faults * GiB / size:,.0f}"
+
+
 def peak(side: dict[str, Any]) -> str:
     grown = side["hwm_kib"] - side.get("rss_ready_kib", side["hwm_kib"])
     text = f"{side['hwm_kib'] / 1024:.0f}"
@@ -570,6 +576,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
         "CPU s/GiB recv",
         "peak RSS MiB send",
         "peak RSS MiB recv",
+        "recv page faults/GiB",
         "send KiB/call",
         "recv KiB/call",
     ]
@@ -592,6 +599,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
                     per_gib(r["received"], r["size"]),
                     peak(r["sent"]),
                     peak(r["received"]),
+                    faults_per_gib(r["received"], r["size"]),
                     io_text(r["sent"], "sent", "sends"),
                     io_text(r["received"], None, "reads", r["size"]),
                 ]
