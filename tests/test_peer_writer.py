@@ -16,8 +16,7 @@ from test_peer_disk import ManualRunner
 
 from chatapp.peer import downloads as downloads_module
 from chatapp.peer.downloads import DownloadDir
-from chatapp.peer.slabs import SLAB, SlabPool
-from chatapp.peer.writer import MAX_WRITE, MIN_WRITE, FileWriter
+from chatapp.peer.writer import MAX_WRITE, MIN_WRITE, SMALL_PIECE, FileWriter
 
 MiB = 1024 * 1024
 
@@ -74,58 +73,25 @@ def test_a_flood_of_one_byte_pieces_is_held_in_a_few_buffers(tmp_path: Path) -> 
     assert downloads.writes == [1, 1]
 
 
-def test_nothing_it_is_given_is_kept_alive(tmp_path: Path) -> None:
-    # a socket read's buffer, or a view of it, is free again once write() returns: the queue holds slabs
+def test_a_small_view_of_a_big_buffer_is_copied_a_large_one_is_not(tmp_path: Path) -> None:
     runner = ManualRunner()
     writer, _, path = new_writer(tmp_path, runner)
-    source, viewed = os.urandom(MiB // 4), os.urandom(MiB)
-    before = sys.getrefcount(source), sys.getrefcount(viewed)
-    writer.write(source)
-    writer.write(memoryview(viewed)[: 3 * MiB // 4])
-    assert (sys.getrefcount(source), sys.getrefcount(viewed)) == before
-    assert writer.buffered == MiB
+    small_source, large_source = os.urandom(MiB), os.urandom(MiB)
+    small_before, large_before = sys.getrefcount(small_source), sys.getrefcount(large_source)
+    writer.write(memoryview(small_source)[: MiB // 4])  # a quarter: copied, the megabyte is not kept alive
+    writer.write(memoryview(large_source)[: 3 * MiB // 4])  # three quarters: queued as it is
+    assert sys.getrefcount(small_source) == small_before
+    assert sys.getrefcount(large_source) == large_before + 1
     finish(writer, runner)
-    assert path.read_bytes() == source + viewed[: 3 * MiB // 4]
-
-
-def test_slabs_are_used_again_once_written_not_while_a_write_holds_them(tmp_path: Path) -> None:
-    runner = ManualRunner()
-    pool = SlabPool(size=64 * 1024, keep=8)
-    writer, _, path = new_writer(tmp_path, runner, slabs=pool, low_water=64 * 1024, high_water=MiB)
-    writer.write(b"a" * (64 * 1024))  # one full slab: its write starts
-    in_flight = set(map(id, writer._in_flight))
-    writer.write(b"b" * 1000)  # while that write waits for the disk
-    assert not in_flight & set(map(id, writer._queue)), "bytes went into a slab a write still reads"
-    runner.run_all()  # the first write; "b" waits for more, or for the end
-    assert pool.free == 1
-    writer.write(b"c" * (64 * 1024))
-    assert pool.free == 0  # the slab just written holds c's tail
-    digest = finish(writer, runner)
-    content = b"a" * (64 * 1024) + b"b" * 1000 + b"c" * (64 * 1024)
-    assert path.read_bytes() == content and digest == hashlib.sha256(content).hexdigest()
-    assert pool.free == 0  # the writer closed, the last using the pool: nothing is kept idle
-
-
-def test_a_pool_keeps_at_most_its_share_and_only_while_a_writer_is_open() -> None:
-    pool = SlabPool(size=16, keep=2)
-    pool.attach()
-    slabs = [pool.take() for _ in range(4)]
-    assert all(len(slab) == 16 for slab in slabs) and len(set(map(id, slabs))) == 4
-    for slab in slabs:
-        pool.give(slab)
-    assert pool.free == 2
-    assert id(pool.take()) in set(map(id, slabs))  # used again, not made anew
-    pool.detach()
-    assert pool.free == 0
-    pool.give(bytearray(16))  # a write that ends after its writer closed
-    assert pool.free == 0
+    assert path.read_bytes() == small_source[: MiB // 4] + large_source[: 3 * MiB // 4]
+    assert sys.getrefcount(large_source) == large_before  # written: let go
 
 
 def test_pieces_are_hashed_as_they_come_and_written_together(tmp_path: Path) -> None:
     runner = ManualRunner()
     writer, downloads, path = new_writer(tmp_path, runner)
     rng = random.Random(7)
-    pieces = [rng.randbytes(rng.choice((1, 100, 16383, 16384, 200_000, SLAB + 1))) for _ in range(200)]
+    pieces = [rng.randbytes(rng.choice((1, 100, SMALL_PIECE - 1, SMALL_PIECE, 200_000))) for _ in range(200)]
     for piece in pieces:
         writer.write(piece)
         if rng.random() < 0.1:
@@ -134,7 +100,7 @@ def test_pieces_are_hashed_as_they_come_and_written_together(tmp_path: Path) -> 
     content = b"".join(pieces)
     assert path.read_bytes() == content and digest == hashlib.sha256(content).hexdigest()
     assert len(downloads.writes) <= len(content) // MIN_WRITE + 25  # few writes, each of many pieces
-    assert max(downloads.writes) <= MAX_WRITE // SLAB  # a write is whole slabs but its last: few iovecs
+    assert max(downloads.writes) <= 2 * MAX_WRITE // SMALL_PIECE  # never more iovecs than writev takes
 
 
 def test_a_short_write_goes_on_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,6 @@ from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
 from chatapp.tls.identity import new_identity
 from chatapp.tls.records import (
     CLOSE_WAIT,
-    GATHER,
     MAX_POST_HANDSHAKE_STEPS,
     SMALL_READ,
     TINY_RECORDS,
@@ -70,22 +69,11 @@ def tls_pair(server_factory: type[TLSMemoryBIOFactory]) -> tuple[Any, App, Strin
     return server, server_app, server_wire, client, client_app, client_wire
 
 
-def test_the_records_of_one_read_arrive_joined_up_to_the_gathering_size() -> None:
+def test_the_records_of_one_read_arrive_as_one_piece() -> None:
     server, app, _, client, _, client_wire = tls_pair(GatheringTLSFactory)
     content = os.urandom(256 * KiB)
     client.write(content)
     assert len(client_wire.value()) > 16 * 16 * KiB  # 16 records or more on the wire
-    pump(client_wire, server)
-    assert b"".join(app.pieces) == content
-    sizes = [len(piece) for piece in app.pieces]
-    assert len(sizes) == 3  # not 16
-    assert all(GATHER <= size <= GATHER + 16 * KiB for size in sizes[:-1]), sizes
-
-
-def test_a_read_under_the_gathering_size_arrives_as_one_piece() -> None:
-    server, app, _, client, _, client_wire = tls_pair(GatheringTLSFactory)
-    content = os.urandom(GATHER)
-    client.write(content)
     pump(client_wire, server)
     assert app.pieces == [content]
 

@@ -24,7 +24,6 @@ from chatapp.peer.partials import Partial
 from chatapp.peer.receiver import MIN_PROGRESS, PROGRESS_WINDOW
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
 from chatapp.peer.session import WORK_BUDGET, PeerSession
-from chatapp.peer.slabs import SlabPool
 from chatapp.peer.states import Role, SessionState
 from chatapp.peer.transfer import Transfer
 from chatapp.runner import Runner, ThreadRunner
@@ -176,7 +175,6 @@ class PeerFactory(ServerFactory):
         self.stop_timeout = STOP_TIMEOUT
         # received bytes waiting for the disk, all transfers together (each also has its own mark)
         self.disk_backlog = DiskBacklog(disk_backlog_limit, on_over=self._disk_backlog_over)
-        self.slabs = SlabPool()  # what those bytes are kept in, shared by all transfers
         self._runner = runner
         self._own_runner: ThreadRunner | None = None  # made on first use when no runner was given
         # transfers of every session by handle: all unfinished ones and the last max_finished finished

@@ -389,7 +389,6 @@ class Receiver:
             on_bug=lambda failure: self.session.fail_inside(failure, "writing a received file"),
             clock=self.factory.clock,
             backlog=self.factory.disk_backlog,
-            slabs=self.factory.slabs,
         )
         transfer.offset = transfer.bytes_done = offset
         transfer.resumed = offset > 0

@@ -2,10 +2,9 @@
 
 A :class:`FileWriter` keeps at most one write of its file in flight on a
 :class:`~chatapp.runner.Runner` (a small thread pool; inline in tests).
-Pieces that arrive meanwhile are copied into slabs (:mod:`chatapp.peer.slabs`,
-used again once written) and handed over together (up to :data:`MAX_WRITE`,
-one ``writev``), so a fast stream makes few, large writes and a slow disk
-makes the queue grow instead of blocking the reactor. A
+Pieces that arrive meanwhile are queued and handed over together (up to
+:data:`MAX_WRITE`, one ``writev``), so a fast stream makes few, large writes
+and a slow disk makes the queue grow instead of blocking the reactor. A
 write starts once :data:`MIN_WRITE` bytes wait (or at the end, or when bytes
 waited :data:`FLUSH_AFTER` seconds, so a trickle holds nothing long): each
 hand-over to the thread costs two thread switches, a wake-up of the reactor
@@ -34,8 +33,6 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from chatapp.peer.slabs import SLAB, SlabPool
-
 if TYPE_CHECKING:
     from chatapp.peer.backlog import DiskBacklog
     from chatapp.peer.downloads import DownloadDir
@@ -46,6 +43,9 @@ MAX_WRITE = 4 * MiB
 # Bytes gathered before a write is started (the last piece of a file is written whatever its size).
 # Held in memory per transfer until then: bounded, like the queue, by the high-water mark.
 MIN_WRITE = MiB
+# Pieces under this size are copied into one buffer as they come: a flood of 1-byte DATA chunks makes
+# a few buffers, not millions of objects (each ~35 bytes of overhead) nor millions of iovecs.
+SMALL_PIECE = 16 * 1024
 # Bytes under MIN_WRITE are written anyway once they waited this long: a trickle cannot keep them in memory.
 FLUSH_AFTER = 1.0
 HIGH_WATER = 16 * MiB
@@ -90,7 +90,6 @@ class FileWriter:
         min_write: int = MIN_WRITE,
         clock: IReactorTime | None = None,
         backlog: DiskBacklog | None = None,
-        slabs: SlabPool | None = None,
     ) -> None:
         self._runner = runner
         self._downloads = downloads
@@ -104,14 +103,9 @@ class FileWriter:
         # never above the low-water mark: a backlog must always be able to start the write that eases it
         self._min_write = max(1, min(min_write, low_water))
         self.stage = Stage.WRITING
-        # None: slabs of its own, no larger than a write's start (a test's tiny marks keep tiny slabs)
-        self._slabs = slabs if slabs is not None else SlabPool(min(SLAB, self._min_write), keep=2)
-        self._slabs.attach()
-        self._queue: deque[bytearray] = deque()  # slabs in order: all full but the last, which holds _tail
-        self._tail = 0  # bytes in the last slab of _queue
+        self._queue: deque[bytes | bytearray | memoryview] = deque()
         self._queued = 0  # bytes in _queue
         self._writing = 0  # bytes of the write in flight (0: none)
-        self._in_flight: list[bytearray] = []  # its slabs, given back once it is done
         self.backlogged = False  # on_backlog(True) was the last call
         self.error: OSError | None = None
         self._finished: defer.Deferred[str] = defer.Deferred()
@@ -126,14 +120,29 @@ class FileWriter:
         return self._queued + self._writing
 
     def write(self, data: bytes | memoryview) -> None:
-        """Hash ``data`` and copy it into the queue (nothing of ``data`` is kept)."""
+        """Hash and queue ``data``.
+
+        ``data`` must not change afterwards: bytes, or a view of bytes (the framer's pieces are). A view
+        is kept as it is only while it is at least half of what it holds alive; a smaller one is copied,
+        so the memory a queue pins stays within twice what it counts.
+        """
         if self.stage is not Stage.WRITING:
             return
         size = len(data)
         if not size:
             return
         self.hasher.update(data)
-        self._copy_in(data if isinstance(data, memoryview) else memoryview(data))
+        queue = self._queue
+        if size < SMALL_PIECE:
+            tail = queue[-1] if queue else None
+            if type(tail) is not bytearray or len(tail) >= self._min_write:
+                tail = bytearray()
+                queue.append(tail)
+            tail += data  # still queued, so no thread holds it yet
+        elif isinstance(data, memoryview) and 2 * size < len(data.obj):  # type: ignore[arg-type]
+            queue.append(bytes(data))
+        else:
+            queue.append(data)
         self._queued += size
         total = self._total
         if total is not None:
@@ -198,36 +207,21 @@ class FileWriter:
                 self._flush_call.cancel()
             self._flush_call = None
 
-    def _copy_in(self, view: memoryview) -> None:
-        queue, slab_size = self._queue, self._slabs.size
-        done, size = 0, len(view)
-        while done < size:
-            if not queue or self._tail == slab_size:
-                queue.append(self._slabs.take())
-                self._tail = 0
-            count = min(size - done, slab_size - self._tail)
-            queue[-1][self._tail : self._tail + count] = view[done : done + count]
-            self._tail += count
-            done += count
-
     def _write_next(self) -> None:
         self._cancel_flush()
-        batch: list[memoryview] = []
+        batch: list[bytes | bytearray | memoryview] = []
         size = 0
-        queue, slab_size = self._queue, self._slabs.size
-        while queue and (not batch or size + slab_size <= MAX_WRITE):
-            slab = queue.popleft()
-            length = slab_size if queue else self._tail  # the last slab holds _tail bytes
-            batch.append(memoryview(slab)[:length])
-            self._in_flight.append(slab)
-            size += length
+        while self._queue and (not batch or size + len(self._queue[0]) <= MAX_WRITE):
+            piece = self._queue.popleft()
+            batch.append(piece)
+            size += len(piece)
         self._queued -= size
         self._writing = size
         d = self._runner.run(self._write_blocking, self._fd, batch)
         d.addCallback(self._written)
         d.addErrback(self._on_bug)
 
-    def _write_blocking(self, fd: int, batch: list[memoryview]) -> OSError | None:
+    def _write_blocking(self, fd: int, batch: list[bytes | bytearray | memoryview]) -> OSError | None:
         """On the runner's thread: write ``batch``; an OSError is returned, not raised."""
         try:
             self._downloads.write(fd, batch)
@@ -237,9 +231,6 @@ class FileWriter:
 
     def _written(self, error: OSError | None) -> None:
         written, self._writing = self._writing, 0
-        for slab in self._in_flight:
-            self._slabs.give(slab)
-        self._in_flight.clear()
         try:
             self._next_after(error)
         finally:
@@ -290,8 +281,7 @@ class FileWriter:
 
     def _drop_queue(self) -> None:
         dropped, self._queued = self._queued, 0
-        while self._queue:
-            self._slabs.give(self._queue.pop())
+        self._queue.clear()
         self._count_out(dropped)
 
     def _count_out(self, count: int) -> None:
@@ -344,5 +334,4 @@ class FileWriter:
 
     def _tell_closed(self) -> None:
         if not self.closed.called:
-            self._slabs.detach()
             self.closed.callback(None)

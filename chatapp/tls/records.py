@@ -1,13 +1,13 @@
-"""chatapp's TLS layer: Twisted's, handing up many records at once, and bounded.
+"""chatapp's TLS layer: Twisted's, handing up what one socket read decrypted to at once, and bounded.
 
 ``TLSMemoryBIOProtocol`` calls the wrapped protocol's ``dataReceived`` once
 per TLS record (OpenSSL's ``SSL_read`` never returns more than one record),
 so a file arriving in 16 KiB records costs the peer session a framer step,
 a bookkeeping call and a queue entry every 16 KiB: 65,536 times a GiB, about
 a quarter of the receiver's CPU. :class:`GatheringTLSProtocol` joins the
-records decrypted from one read of the socket, up to :data:`GATHER` bytes
-at a time, and delivers them together, before any end of the connection that
-came after them.
+records decrypted from one read of the socket (at most its read size plus
+one partial record) and delivers them at once, before any end of the
+connection that came after them.
 
 It also bounds what the other side can make the TLS layer itself do:
 
@@ -70,11 +70,6 @@ SEND_READ = WRITE_SLICE + 2**13
 # After TLS ended (the peer's close_notify, or an error) the TCP connection is closed once our last bytes
 # are sent; a peer that never reads them gets this long, then the connection is aborted.
 CLOSE_WAIT = 5.0
-# Decrypted bytes handed up in one piece, at most (plus one record). Not a whole socket read: a joined
-# buffer that large, alive beside the read's own, made the C allocator give memory back to the system after
-# every read and fault it in again, a zeroed page per 4 KiB (bench/transfer.py counts them: about 100,000 a
-# GiB at 256 KiB, 4,500 at this size, 600 for Twisted's layer, which hands up one record at a time).
-GATHER = 112 * 1024
 # Records in one read past which the peer is taken to send tiny records, and the read size used then.
 TINY_RECORDS = 512
 SMALL_READ = 16 * 1024
@@ -92,7 +87,7 @@ def note_tls_step(connection: SSL.Connection, where: int, ret: int) -> None:
 
 
 class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
-    """A TLS layer delivering the records one socket read decrypted to in few ``dataReceived`` calls."""
+    """A TLS layer delivering everything one socket read decrypted to in one ``dataReceived``."""
 
     _post_handshake_steps = 0
     _small_reads = False
@@ -106,17 +101,9 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
 
     def _flushReceiveBIO(self) -> None:
         pieces: list[bytes] = []
-        gathered = records = 0
         while not self._lostTLSConnection and self._post_handshake_steps <= MAX_POST_HANDSHAKE_STEPS:
             try:
-                record = self._tlsConnection.recv(RECORD_READ)
-                pieces.append(record)
-                gathered += len(record)
-                records += 1
-                if gathered >= GATHER:
-                    self._deliver(pieces)
-                    pieces = []
-                    gathered = 0
+                pieces.append(self._tlsConnection.recv(RECORD_READ))
             except WantReadError:
                 break  # everything the BIO held is decrypted
             except ZeroReturnError:
@@ -133,8 +120,8 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
         if self._post_handshake_steps > MAX_POST_HANDSHAKE_STEPS:
             self._too_many_post_handshake_messages()
             return
-        if records > TINY_RECORDS and not self._small_reads:
-            self._read_in_small_bites(records)
+        if len(pieces) > TINY_RECORDS and not self._small_reads:
+            self._read_in_small_bites(len(pieces))
         self._deliver(pieces)
         self._flushSendBIO()
 
