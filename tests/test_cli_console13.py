@@ -89,6 +89,21 @@ def test_rates_per_transfer_eta_stall_text_and_summary_on_a_clock() -> None:
     assert rates.stalled() == [] and rates.speed(t).rate == 0.0  # forgotten at the end
 
 
+def test_a_transfer_s_first_half_second_says_starting_not_a_rate_of_nothing() -> None:
+    clock = Clock()
+    rates = Rates(clock)
+    t: Any = T(size=100 * MiB, offset=0, bytes_done=0, started=0.0)
+    assert speed_text(t, rates.speed) == "starting"  # no progress yet: not "0 B/s ETA --:--"
+    clock.advance(0.25)
+    t.bytes_done = 4 * MiB
+    rates.progress(t)
+    assert speed_text(t, rates.speed) == "starting"  # a quarter of a second is no measure ("16 MiB/s")
+    clock.advance(0.25)
+    t.bytes_done = 8 * MiB
+    rates.progress(t)
+    assert speed_text(t, rates.speed) == "16.0 MiB/s ETA 00:06"
+
+
 # -- the config file ------------------------------------------------------------------------
 
 

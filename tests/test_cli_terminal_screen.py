@@ -104,7 +104,7 @@ def test_a_wide_file_name_in_a_narrow_window_keeps_the_status_row_one_row(server
                 assert rows[status_rows[0] + 1].rstrip() in ("[bob] >", ">")
                 # the name gave way, not the numbers: percent, rate and ETA (or a stall) are on the row
                 # ("ETA" itself goes first when the row is short of room)
-                assert re.search(r"<-bob \d+% (\S+ \S+/s (ETA )?\S+]|stalled)", rows[status_rows[0]]), screen
+                assert re.search(r"<-bob \d+% (\S+ \S+/s (ETA )?\S+]|stalled|starting])", rows[status_rows[0]]), screen
         final = term.wait_for(lambda s: "#1 received" in s and "[#1" not in s)
         assert "[#1" not in final  # no stale copy of the status row anywhere
         assert (tmp_path / "alice" / big.name).stat().st_size == big.stat().st_size

@@ -27,6 +27,7 @@ class Speed:
     rate: float
     eta: float | None
     stalled: float | None  # seconds since the last byte, once that is STALL_AFTER or more
+    measured: bool = True  # False in a transfer's first MIN_SPAN: the rate (0) means nothing yet
 
 
 MIN_SPAN = 0.5  # seconds of samples before a rate means anything
@@ -61,16 +62,19 @@ class RateWindow:
         quiet = now - self.last_change
         return quiet if quiet >= self.stall_after else None
 
-    def rate(self, now: float) -> float:
-        """Bytes per second over the window up to ``now`` (falls while nothing moves; 0 when stalled)."""
+    def measured(self, now: float) -> bool:
+        """Whether bytes were watched long enough for :meth:`rate` to mean something: a few milliseconds
+        after the first byte any rate is noise (a 1 MiB file "at 8 GB/s"), so MIN_SPAN at least."""
         self._prune(now)
-        if len(self._samples) < 2 or self.stalled(now) is not None:
+        return len(self._samples) >= 2 and now - self._samples[0][0] >= MIN_SPAN
+
+    def rate(self, now: float) -> float:
+        """Bytes per second over the window up to ``now`` (falls while nothing moves; 0 when stalled,
+        and before it is :meth:`measured`)."""
+        if not self.measured(now) or self.stalled(now) is not None:
             return 0.0
         (t0, b0), (_, b1) = self._samples[0], self._samples[-1]
-        span = now - t0
-        # a few milliseconds after the first byte any rate is noise (a 1 MiB file "at 8 GB/s"):
-        # no rate until MIN_SPAN has been watched
-        return (b1 - b0) / span if span >= MIN_SPAN else 0.0
+        return (b1 - b0) / (now - t0)
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,11 @@ class Rates:
         now = self.clock.seconds()
         window = self._windows.get(transfer.handle)
         if window is None:
-            return Speed(0.0, None, None)
+            return Speed(0.0, None, None, measured=False)
         rate = window.rate(now)
         left = transfer.size - transfer.bytes_done
         eta = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
-        return Speed(rate, eta, window.stalled(now))
+        return Speed(rate, eta, window.stalled(now), window.measured(now))
 
     def stalled(self) -> list[tuple[Transfer, float]]:
         """(transfer, seconds) of every transfer stalled now."""

@@ -390,12 +390,15 @@ def busy_again_line(t: Transfer, now: float) -> str:
 
 
 def speed_text(t: Transfer, speeds: Callable[[Transfer], Speed] | None) -> str:
-    """``11.3 MiB/s ETA 00:07`` over the recent window, ``stalled 12 s``, or the average without ``speeds``."""
+    """``11.3 MiB/s ETA 00:07`` over the recent window, ``stalled 12 s``, ``starting`` in a transfer's first
+    half-second, or the average without ``speeds``."""
     if speeds is None:
         return f"{human_rate(t.rate)} ETA {human_eta(eta(t))}"
     speed = speeds(t)
     if speed.stalled is not None:
         return f"stalled {speed.stalled:.0f} s"
+    if not speed.measured:
+        return "starting"  # not "0 B/s": nothing is wrong, there is no rate yet
     return f"{human_rate(speed.rate)} ETA {human_eta(speed.eta)}"
 
 
