@@ -11,6 +11,7 @@ every event arrives there as a :mod:`chatapp.events` object; the console
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -246,6 +247,14 @@ class ChatClient:
     def identity(self) -> Identity | None:
         """This account's identity on this server (made at the first login), for the peer link's TLS."""
         return self.server.identity
+
+    @property
+    def identity_made(self) -> Path | None:
+        """The file of the identity key a login of this run made (the account's first on this server), else None.
+
+        Contacts who chatted with this account before, from another installation, will see a changed key.
+        """
+        return self.server.identity_made
 
     def fingerprint(self, user: str | None = None) -> str | None:
         """Our own fingerprint (``user`` None), or the key remembered for contact ``user`` (None if none)."""

@@ -91,8 +91,19 @@ def test_two_clients_sign_up_chat_both_ways_and_send_a_file(server: int, tmp_pat
 
 
 def test_log_in_again_and_failures_are_reported_in_order(server: int, tmp_path: Path, procs: list[Chatapp]) -> None:
-    first = chatapp(procs, tmp_path, server, "--user", "carol", "--signup", stdin=subprocess.DEVNULL)
-    assert first.finish()[0] == 0
+    first = chatapp(procs, tmp_path, server, "--user", "carol", "--signup", "--no-listen", stdin=subprocess.DEVNULL)
+    code, out, _err = first.finish()
+    assert code == 0
+    # the first login made carol's identity key on this server: the person is told, once, right after READY
+    ready, made = out.splitlines()[:2]
+    assert ready == "READY carol online"
+    made_line = re.fullmatch(
+        r"NOTICE made a new identity key for carol on this server: (sha256:[0-9a-f]{64}) \(kept in (.+)\);"
+        r" contacts compare it with /fingerprint, and those who chatted with you before see a changed key",
+        made,
+    )
+    assert made_line is not None, made
+    assert Path(made_line.group(2)).is_file()
     carol = chatapp(procs, tmp_path, server, "--user", "carol", "--no-listen")
     carol.send("/msg nobody hello")
     carol.send("/frobnicate")

@@ -20,6 +20,7 @@ from chatapp.cli.events import (
     FingerprintShown,
     HelpLine,
     HelpShown,
+    IdentityMade,
     KeyTrusted,
     ListenState,
     LoggedInAgain,
@@ -171,6 +172,12 @@ SCRIPT_LINES: list[tuple[Shown, str]] = [
     (TransferSummary(DONE_IN, 10, 2.0, 5.0), "SUMMARY 4 receive bob 10 2.0 5"),
     (OfferTimedOut(OFFERED, 300.0), "TIMEOUT 3 bob 300 x.pdf"),
     (SessionReplaced("you logged in elsewhere"), "NOTICE you logged in elsewhere"),
+    (
+        IdentityMade("alice", "sha256:" + "ab" * 32, "/home/a/.local/share/chatapp/identity/h_1/alice.pem"),
+        "NOTICE made a new identity key for alice on this server: sha256:" + "ab" * 32
+        + " (kept in /home/a/.local/share/chatapp/identity/h_1/alice.pem); contacts compare it with /fingerprint,"
+        " and those who chatted with you before see a changed key",
+    ),
     (
         KeyChanged("bob", "sha256:" + "a" * 64, "sha256:" + "b" * 64),
         f"KEYCHANGED bob sha256:{'a' * 64} sha256:{'b' * 64}",

@@ -212,6 +212,15 @@ class SessionReplaced:
 
 
 @dataclass(frozen=True)
+class IdentityMade:
+    """This login made the account's identity key on this server (its first login from this installation)."""
+
+    user: str
+    fingerprint: str
+    path: str
+
+
+@dataclass(frozen=True)
 class FingerprintShown:
     """``/fingerprint [USER]``: our own key (``user`` None), or the key remembered for USER (None: none yet)."""
 
@@ -248,6 +257,8 @@ CommandSucceeded = (
     | FingerprintShown
     | KeyTrusted
 )
-ConsoleNews = TransferResuming | Progress | TransferStalled | TransferSummary | OfferTimedOut | SessionReplaced
+ConsoleNews = (
+    TransferResuming | Progress | TransferStalled | TransferSummary | OfferTimedOut | SessionReplaced | IdentityMade
+)
 ConsoleEvent = Ready | CommandFailed | HelpLine | WhoRow | TransferRow | PartialRow | CommandSucceeded | ConsoleNews
 Shown = ChatEvent | ConsoleEvent  # everything a console front end renders

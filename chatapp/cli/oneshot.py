@@ -24,7 +24,7 @@ from .commands import TIMED_OUT, Conversations, OfferTimers, console_sink, repla
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACED, EXIT_USAGE, Fatal, explain
 from .events import FileOfferSent, SessionReplaced
 from .output import BoundedOutput, OutputOverflow, PeerThrottle, StdoutWriter
-from .run import Run, ready_event
+from .run import Run, login_news
 from .script import ScriptOutput
 
 REPLACED_EXIT_TEXT = "you logged in elsewhere: the server closed this session, so this one stops"
@@ -52,7 +52,8 @@ async def run_send(run: Run) -> int:
     client = await run.start(throttle.sink(_one_shot_sink(output, gone)))
     _logged_in(run, bounded, throttle, client)
     run.stop_on_shutdown(EXIT_FAILED, "interrupted before every file was delivered")
-    output.emit(ready_event(client))
+    for news in login_news(client):
+        output.emit(news)
     to = run.settings.send_to
     if to is None:  # parse_args sets it for `send`
         raise Fatal(EXIT_USAGE, "send: no user to send to")
@@ -104,7 +105,8 @@ async def run_listen(run: Run) -> int:
     client = await run.start(throttle.sink(_one_shot_sink(output, gone, given_up)))
     _logged_in(run, bounded, throttle, client)
     run.stop_on_shutdown()
-    output.emit(ready_event(client))
+    for news in login_news(client):
+        output.emit(news)
     output.watch_stalls()
     try:
         await bounded.guard(gone)  # else runs until SIGINT or SIGTERM stop the reactor

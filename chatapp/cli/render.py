@@ -38,6 +38,7 @@ from .events import (
     FingerprintShown,
     HelpLine,
     HelpShown,
+    IdentityMade,
     KeyTrusted,
     ListenState,
     LoggedInAgain,
@@ -446,6 +447,8 @@ def console_script_parts(event: Shown) -> tuple[str, tuple[str, ...], str] | Non
             return "TIMEOUT", (str(t.handle), t.peer, str(int(seconds))), t.name
         case SessionReplaced(text):
             return "NOTICE", (), text
+        case IdentityMade():
+            return "NOTICE", (), identity_made_text(event)
         case KeyChanged(user, remembered, offered, accepted):
             return "KEYCHANGED", (user, remembered, offered, *(("accepted",) if accepted else ())), ""
         case FingerprintShown(None, fingerprint):
@@ -455,6 +458,13 @@ def console_script_parts(event: Shown) -> tuple[str, tuple[str, ...], str] | Non
         case KeyTrusted(user, _, offered):
             return "OK", ("trust", user, offered), ""
     return None
+
+
+def identity_made_text(event: IdentityMade) -> str:
+    return (
+        f"made a new identity key for {event.user} on this server: {event.fingerprint} (kept in {event.path});"
+        " contacts compare it with /fingerprint, and those who chatted with you before see a changed key"
+    )
 
 
 def console_human_body(event: Shown) -> str | None:
@@ -495,6 +505,9 @@ def console_human_body(event: Shown) -> str | None:
             return f"* #{t.handle} nobody answered {what} in {seconds:.0f} s: cancelled"
         case SessionReplaced(text):
             return f"* {e(text)}"
+        case IdentityMade(user):
+            # short: it shows at a first login, in whatever window size; /fingerprint has the key
+            return f"* made a new identity key for {e(user)} on this server: /fingerprint shows it"
         case KeyChanged(user, remembered, offered, True):
             return f"! the key of {e(user)} changed from {remembered} to {offered}: accepted, as told"
         case KeyChanged(user, remembered, offered):

@@ -12,7 +12,7 @@ from chatapp.app import ChatClient
 from chatapp.events import EventSink
 
 from .errors import Outcome
-from .events import Ready
+from .events import IdentityMade, Ready
 from .login import PasswordSource, login, make_client
 from .options import Settings
 from .trust import TerminalTrust
@@ -87,3 +87,16 @@ class Run:
 def ready_event(client: ChatClient) -> Ready:
     """``READY <user> listening <host> <port>`` or ``READY <user> online``: what the login published."""
     return Ready(client.user or "?", client.published if client.listening else None)
+
+
+def login_news(client: ChatClient) -> list[Ready | IdentityMade]:
+    """What a mode says once logged in: READY, then whether this login made a new identity key.
+
+    A person should know their key is new: contacts who chatted with them before, from another
+    installation, will be told it changed.
+    """
+    news: list[Ready | IdentityMade] = [ready_event(client)]
+    made, identity = client.identity_made, client.identity
+    if made is not None and identity is not None:
+        news.append(IdentityMade(client.user or "?", identity.fingerprint, str(made)))
+    return news

@@ -30,7 +30,7 @@ from .events import Progress, Shown, TransferStalled
 from .output import BoundedOutput, OutputOverflow, PeerThrottle
 from .rates import Rates
 from .render import script_line
-from .run import Run, ready_event
+from .run import Run, login_news
 
 log = Logger()
 
@@ -226,7 +226,8 @@ async def run_script(run: Run) -> int:
     # our own commands' replies count too: no more of them while stdout is backed up
     bounded.listeners.append(lambda backed_up: stdio.pauseProducing() if backed_up else stdio.resumeProducing())
     try:
-        output.emit(ready_event(client))
+        for news in login_news(client):
+            output.emit(news)
         failures = await bounded.guard(defer.ensureDeferred(runner.run()))
     except OutputOverflow:
         dispatcher.offer_timers.stop()

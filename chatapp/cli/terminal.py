@@ -69,7 +69,7 @@ from .events import (
 from .output import PeerThrottle
 from .rates import Rates
 from .render import busy_again_line, human_line, status_line
-from .run import Run, ready_event
+from .run import Run, login_news
 from .screen import ScreenOutput
 from .width import fit_ellipsis, width
 from .width import width as width_of
@@ -879,7 +879,8 @@ async def run_interactive(run: Run) -> int:
             ui.show(event)
         if chatlog_error is not None:
             ui.show(CommandFailed(chatlog_error))
-        ui.show(ready_event(client))
+        for news in login_news(client):
+            ui.show(news)
         await ui.done
         status_ticks.stop()
         console.close()

@@ -426,6 +426,7 @@ class ServerConnection:
         self.endpoint = endpoint
         self.identity: Identity | None = None  # this account's identity on this server, once logged in
         self._identity_of: str | None = None  # the (case-folded) account self.identity belongs to
+        self.identity_made: Path | None = None  # the file of an identity a login of this run made (not loaded)
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.emit = emit
         self.max_delay = max_delay
@@ -642,6 +643,7 @@ class ServerConnection:
             identity, made = await self.load_identity(path)
             if made:
                 log.info("made a new identity key for {user}: {path}", user=user, path=str(path))
+                self.identity_made = path
             self.identity, self._identity_of = identity, user.casefold()
         await protocol.key(self.identity.fingerprint)
 
