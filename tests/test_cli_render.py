@@ -267,6 +267,10 @@ def test_human_lines() -> None:
         (TransferRow(transfer(2048, 1024, 0.0, handle=2)), "  #2 big.iso from bob: receiving 50% of 2.0 KiB"),
         (Ready("al", None), "* logged in as al, not listening (/listen on to accept chats); /help lists the commands"),
         (ListenState(("h", 1)), "* listening on h:1"),
+        (ListenState(("2001:db8::7", 7000)), "* listening on [2001:db8::7]:7000"),  # the port is not part of it
+        (Ready("al", ("::1", 40123)), "* logged in as al, listening on [::1]:40123; /help lists the commands"),
+        (LoggedInAgain("al", ("fe80::1", 9)), "* logged in again as al, listening on [fe80::1]:9"),
+        (Reconnected("al", ("::1", 2)), "* reconnected to the server as al, listening on [::1]:2"),
         (TransferAnswered("cancel", 2), "* #2 cancelled"),
         (WhoListed(3), "* 3 online"),
         (PasswordChanged(), "* password changed"),

@@ -27,6 +27,7 @@ from chatapp.events import (
     TransferProgress,
 )
 from chatapp.peer import Direction, PeerSession, Transfer, TransferState
+from chatapp.tls.known_hosts import format_address
 from chatapp.wire import escape_for_terminal
 
 from .events import (
@@ -163,7 +164,7 @@ def notice_text(event: PeerNotice | ServerLost | Reconnecting | Reconnected | Ga
             shown = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"  # the real delay, jitter included
             return f"reconnecting to the server in {shown} s (attempt {attempt})"
         case Reconnected(user, listening):
-            where = f", listening on {listening[0]}:{listening[1]}" if listening else ""
+            where = f", listening on {format_address(*listening)}" if listening else ""
             return f"reconnected to the server as {user}{where}"
         case GaveUp(error):
             return f"gave up reconnecting to the server: {error}"
@@ -328,7 +329,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
         case Ready(user, listening):
             where = "not listening (/listen on to accept chats)"
             if listening:
-                where = f"listening on {e(listening[0])}:{listening[1]}"
+                where = f"listening on {e(format_address(*listening))}"
             return f"* logged in as {e(user)}, {where}; /help lists the commands"
         case WhoListed(count):
             return f"* {count} online"
@@ -340,7 +341,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
             return f"* plain lines now go to {e(user)}" if user else "* no active chat"
         case ListenState(listening):
             if listening:
-                return f"* listening on {e(listening[0])}:{listening[1]}"
+                return f"* listening on {e(format_address(*listening))}"
             return "* not listening: others cannot open chats with you"
         case TransferAnswered(verb, handle):
             return f"* #{handle} {_PAST[verb]}"
@@ -491,7 +492,7 @@ def console_human_body(event: Shown) -> str | None:
         case PartialsCleaned(count):
             return f"* deleted {count} partial file(s)"
         case LoggedInAgain(user, listening):
-            where = f", listening on {e(listening[0])}:{listening[1]}" if listening else ""
+            where = f", listening on {e(format_address(*listening))}" if listening else ""
             return f"* logged in again as {e(user)}{where}"
         case TransferResuming(t):
             return f"* #{t.handle} {e(t.name)} {resume_text(t)}"
