@@ -108,9 +108,10 @@ class ChatRequested:
 
 @dataclass(frozen=True)
 class ServerLost:
-    """The server connection dropped without our asking; open chats go on.
+    """The logged-in server connection dropped without our asking; open chats go on.
 
-    A reconnection follows unless :class:`GaveUp` does.
+    A reconnection follows unless :class:`GaveUp` does. (A connection that drops before it logged in
+    is not a loss to tell of: the login under way fails with the reason.)
     """
 
     error: Exception

@@ -237,3 +237,56 @@ async def test_a_server_silent_after_the_answer_still_times_out(tmp_path: Path) 
         await conn.close()
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_stopped_waiting_while_the_person_decided_is_connected_to_again(tmp_path: Path) -> None:
+    """The server's login timeout (a minute) ran out at the trust question: after "yes" the client connects
+    again, once, is not asked again (the key is pinned by then) and logs in; the password crosses only
+    on the second connection."""
+    identity = new_identity("slow-reader")
+    received: list[bytes] = []
+    connections: list[Protocol] = []
+
+    first_gone: defer.Deferred[None] = defer.Deferred()
+
+    class Watched(Recording):
+        def connectionLost(self, reason: object = None) -> None:
+            if self is connections[0]:
+                first_gone.callback(None)
+
+    def build() -> Protocol:
+        protocol = Watched(received)
+        connections.append(protocol)
+        return protocol
+
+    wrapped = TLSMemoryBIOFactory(ServerLinkServerTLS(identity), False, Factory.forProtocol(build))
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(wrapped)
+    asked: list[defer.Deferred[bool]] = []
+
+    def confirm(where: str, fingerprint: str) -> defer.Deferred[bool]:
+        answer: defer.Deferred[bool] = defer.Deferred()
+        asked.append(answer)
+        return answer
+
+    try:
+        known = KnownServers(tmp_path / "known_servers")
+        conn = connection(port.getHost().port, known, confirm=confirm)
+        logged_in = conn.login("alice", PASSWORD)
+        for _ in range(TIMEOUT * 100):
+            if asked:
+                break
+            await deferLater(reactor, 0.01)
+        first = connections[0].transport
+        assert first is not None
+        first.write(b"* BYE login-timeout\r\n")  # the server's minute is up
+        first.loseConnection()
+        await first_gone.addTimeout(TIMEOUT, reactor)
+        await deferLater(reactor, 0.05)  # the BYE and the close reached the client, held behind the question
+        asked[0].callback(True)
+        assert await logged_in.addTimeout(TIMEOUT, reactor) == "alice"
+        assert len(asked) == 1 and len(connections) == 2
+        assert b"".join(received).startswith(b"LOGIN alice ")  # nothing crossed on the first connection
+        await conn.close()
+    finally:
+        await port.stopListening()

@@ -338,7 +338,8 @@ class _Session:
             self.stop()  # before ClientService hears of the end, so that it does not retry
         stand_in.connectionLost(Failure(closed))  # ClientService: stopped, or waiting for the next try
         if current:
-            link._lost(self, closed, retry, deliberate=protocol.quitting)
+            # a connection that never logged in is no loss to tell of: whoever was logging in hears the failure
+            link._lost(self, closed, retry, deliberate=protocol.quitting or protocol.user is None)
 
     def _bug(self, failure: Failure, what: str) -> None:
         log.failure("a bug while handling {what} to the chat server", failure, what=what)
@@ -455,6 +456,8 @@ class ServerConnection:
             session = self._session
             if session is not None:
                 session.person_deciding(True)
+                if session.candidate is not None:
+                    session.candidate.person_asked = True
 
             def answered(result: Any) -> Any:
                 if session is not None:
@@ -622,7 +625,17 @@ class ServerConnection:
 
     def _on_open(self, call: Callable[[ServerClientProtocol], defer.Deferred[str]]) -> defer.Deferred[str]:
         async def logged_in(protocol: ServerClientProtocol) -> str:
-            name = await call(protocol)
+            try:
+                name = await call(protocol)
+            except ConnectionClosed as e:
+                # The server gives a connection a minute to log in; a person comparing fingerprints may take
+                # longer. Their answer is remembered by now (or they said no, and we never got here), so
+                # the next connection is not asked about: connect again, once, rather than fail the login.
+                if not (protocol.person_asked and e.bye == "login-timeout"):
+                    raise
+                log.info("the chat server stopped waiting while the person decided whether to trust it: again")
+                protocol = await self.open()
+                name = await call(protocol)
             await self._publish_key(protocol)
             return name
 

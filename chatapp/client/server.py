@@ -293,6 +293,7 @@ class ServerClientProtocol(TwistedProtocol):
         self._held: bytes | None = None if gate is None else b""  # bytes read before the server was trusted
         self.server_fingerprint: str | None = None  # the server's key, once trusted
         self._deciding = False  # the gate is deciding about the server's certificate
+        self.person_asked = False  # a person was asked whether to trust the server on this connection
         self._lost_while_deciding: Failure | None = None  # the end, told once the decision is made
         self.emit = emit
         self.ping_interval = ping_interval
@@ -406,14 +407,16 @@ class ServerClientProtocol(TwistedProtocol):
         calls, self._calls = self._calls, deque()
         self._unsent.clear()
         error: ChatClientError = self._refusal if self._refusal is not None else closed
+        # Those who watch the connection hear of its end before the calls on it fail: a caller that answers
+        # its failure by connecting again finds the link already done with this connection.
+        lost, self._lost = self._lost, []
+        for waiter in lost:
+            waiter.callback(closed)
         for call in calls:
             call.deferred.errback(error)
         ready, self._ready = self._ready, []
         for d in ready:
             d.errback(error)
-        lost, self._lost = self._lost, []
-        for waiter in lost:
-            waiter.callback(closed)
 
     def drop(self) -> None:
         """Close the connection now, without ``QUIT`` (queued calls fail)."""
