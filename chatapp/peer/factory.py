@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import os
 from collections import deque
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
@@ -73,6 +74,19 @@ DISK_BACKLOG_LIMIT = 32 * 1024 * 1024
 MAX_PREFIX_HASHES = 2
 GiB = 1024**3
 
+
+
+def peer_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """Where a peer listens, as ``OK CONNECT`` said: an IP address (the usual case) is dialled at once;
+    only a name is resolved (``HostnameEndpoint`` asks getaddrinfo in a thread even for an address, a
+    thread hop on every chat opened)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if address.version == 6:
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
 
 class PeerFactory(ServerFactory):
     """Builds :class:`PeerSession` for both roles and keeps the open ones in ``sessions``.
@@ -234,7 +248,7 @@ class PeerFactory(ServerFactory):
         than ``fingerprint``: ``bad-key``, or than the one remembered:
         ``key-changed``) or a connection error.
         """
-        endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
+        endpoint = peer_endpoint(self.reactor, host, port, timeout)
         return self.connect_endpoint(endpoint, target, token, proof, fingerprint)
 
     def connect_endpoint(
