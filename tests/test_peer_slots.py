@@ -18,11 +18,16 @@ from twisted.internet import reactor as _reactor
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
 from chatapp.peer import PeerFactory, SessionState
+from chatapp.tls.contexts import PeerConnectorTLS
+from chatapp.tls.records import GatheringTLSFactory
+from chatapp.tls.transports import inner_transport
 
 reactor: Any = _reactor
 TIMEOUT = 20
@@ -74,6 +79,82 @@ async def test_loopback_idle_sockets_from_four_addresses_do_not_keep_a_real_peer
                 protocol.transport.abortConnection()
         await alice.stop()
         await bob.stop()
+
+
+@implementer(IHandshakeListener)
+class Lingerer(Protocol):
+    """A stranger with a certificate: after TLS it sends a line before HELLO, then never reads again, so it
+    never sees our refusal nor answers our close_notify."""
+
+    def handshakeCompleted(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"MSG hi\r\n")
+        inner_transport(self.transport).stopReading()
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopback_refused_strangers_that_keep_their_end_open_hold_no_handshake_slot(tmp_path: Path) -> None:
+    """Found by the raw-socket attacker: eight such connections from four addresses held every slot for
+    as long as they stayed open, and every real peer was reset. A refused connection now gives its slot
+    back at once (its TCP connection goes after records.CLOSE_WAIT)."""
+    alice = PeerFactory(
+        "alice", dict_verify(TOKENS), str(tmp_path / "a"), Recorder(), reactor, identity=identity_of("alice")
+    )
+    bob = PeerFactory("bob", dict_verify(TOKENS), str(tmp_path / "b"), Recorder(), reactor, identity=identity_of("bob"))
+    port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
+    number = port_of(port)
+    strangers = []
+    try:
+        tls = GatheringTLSFactory(PeerConnectorTLS(identity_of("mallory")), True, Factory.forProtocol(Lingerer))
+        for host in ("127.0.5.1", "127.0.5.2", "127.0.5.3", "127.0.5.4"):
+            for _ in range(2):
+                endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", number, bindAddress=(host, 0))
+                strangers.append(await endpoint.connect(tls))
+        for _ in range(500):  # bob took all eight, refused each (not-authenticated), and is closing them
+            closing = [c for c in bob.connections if c.state is SessionState.CLOSING]
+            if len(closing) == 8:
+                break
+            await task.deferLater(reactor, 0.01)
+        assert len(closing) == 8 and all(c.close_reason == "not-authenticated" for c in closing)
+        assert len(bob._handshaking) == 0  # closing: no slot held, though the connections are still there
+        friend = TCP4ClientEndpoint(reactor, "127.0.0.1", number, bindAddress=("127.0.0.2", 0))
+        session = await alice.connect_endpoint(friend, "bob", "tok-alice", "proof-alice", key_of("bob")).addTimeout(
+            TIMEOUT, reactor
+        )
+        assert session.state is SessionState.OPEN  # at its first try
+        assert "peer-handshakes-displaced" not in bob.limits_hit
+    finally:
+        for stranger_tls in strangers:
+            if stranger_tls.transport is not None:
+                stranger_tls.transport.abortConnection()
+        await alice.stop()
+        await bob.stop()
+
+
+def test_a_stranger_still_in_its_tls_handshake_is_displaced_before_one_past_it(tmp_path: Path, clock: Clock) -> None:
+    """A flood of half handshakes from many addresses must not push out a real peer in the moments
+    between its TLS handshake and its HELLO."""
+    fb, _ = make_peer(tmp_path, "bob", clock, max_handshakes=3, max_handshakes_per_address=3)
+    real, real_t = stranger(fb, "192.0.2.1")
+    real.handshakeCompleted()  # TLS done: its HELLO is on its way
+    clock.advance(1)
+    _half, half_t = stranger(fb, "192.0.2.2")
+    _half2, half2_t = stranger(fb, "192.0.2.3")
+    _new, new_t = stranger(fb, "192.0.2.4")  # full: the oldest of those still in TLS goes, not the oldest
+    assert half_t.disconnecting and not real_t.disconnecting and not half2_t.disconnecting
+    assert not new_t.disconnecting
+    real.dataReceived(b"HELLO chatapp/2 alice tok-alice\r\n")
+    assert real.state is SessionState.OPEN
+
+
+def test_a_refused_stranger_gives_its_handshake_slot_back_at_once(tmp_path: Path, clock: Clock) -> None:
+    fb, _ = make_peer(tmp_path, "bob", clock)
+    session, transport = stranger(fb, "192.0.2.7")
+    assert len(fb._handshaking) == 1
+    session.dataReceived(b"HELLO chatapp/2 alice no-such-token\r\n")
+    assert transport.value().startswith(b"ERR 403 bad-token")
+    assert transport.disconnecting and session.state is SessionState.CLOSING  # the connection is still there
+    assert len(fb._handshaking) == 0 and fb._handshakes_from == {}
 
 
 def test_a_full_table_displaces_the_oldest_silent_handshake_never_one_being_verified(

@@ -224,6 +224,31 @@ def test_after_the_peers_close_notify_our_producer_stops_and_an_unread_connectio
     assert not CLOCK.getDelayedCalls()
 
 
+def test_a_peer_that_never_answers_our_close_notify_is_dropped() -> None:
+    """We close (a refusal, BYE); Twisted's layer sends close_notify and would wait for the peer's for ever,
+    with the TCP connection, its descriptor and the session's slot held: aborted after CLOSE_WAIT."""
+    server, app, server_wire, _, _, client_wire = tls_pair(GatheringTLSFactory)
+    server.write(b"ERR 403 bad-token\r\n")
+    server.loseConnection()
+    assert client_wire.value() == b"" and server_wire.value()  # our reply and close_notify are on the wire
+    CLOCK.advance(CLOSE_WAIT - 0.1)
+    assert not server_wire.disconnected  # the peer still has time to answer
+    CLOCK.advance(0.1)
+    assert server_wire.disconnected  # it never did: aborted
+    server.connectionLost(Failure(protocol.connectionDone.value))
+    assert app.lost is not None and not CLOCK.getDelayedCalls()
+
+
+def test_a_peer_that_answers_our_close_notify_closes_without_a_timer_left() -> None:
+    server, _, server_wire, client, _, client_wire = tls_pair(GatheringTLSFactory)
+    server.loseConnection()
+    pump(server_wire, client)  # the peer reads our close_notify and answers with its own
+    pump(client_wire, server)
+    assert server_wire.disconnecting  # both sides said close_notify: TCP is being closed
+    server.connectionLost(Failure(protocol.connectionDone.value))
+    assert not CLOCK.getDelayedCalls() and not server_wire.disconnected
+
+
 def test_a_connection_that_closes_in_time_leaves_no_timer() -> None:
     server, _, server_wire, client, _, client_wire = tls_pair(GatheringTLSFactory)
     client.loseConnection()

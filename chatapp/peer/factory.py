@@ -401,14 +401,28 @@ class PeerFactory(ServerFactory):
         return True
 
     def _displace_handshake(self, address: str | None) -> bool:
-        """Close the oldest listener handshake before HELLO (from ``address``, or any); False if none."""
-        for old in self._handshaking:
-            if old.state is SessionState.HANDSHAKING and (address is None or old.handshake_address == address):
-                self.limit_hit("peer-handshakes-displaced", "handshake slots full: the oldest silent one is displaced")
-                old.lose("displaced", abort=True)
-                self._handshake_ended(old)  # its slot is free now, whenever its connectionLost comes
-                return True
-        return False
+        """Close the oldest listener handshake before HELLO (from ``address``, or any); False if none.
+
+        One still in its TLS handshake goes first: a real peer says HELLO moments after its TLS handshake,
+        while a flood of half handshakes from many addresses never gets that far, and would otherwise
+        push out a real peer in the few milliseconds between its TLS handshake and its HELLO.
+        """
+        silent = [
+            old
+            for old in self._handshaking
+            if old.state is SessionState.HANDSHAKING and (address is None or old.handshake_address == address)
+        ]
+        if not silent:
+            return False
+        old = next((session for session in silent if not session.tls_done), silent[0])
+        self.limit_hit("peer-handshakes-displaced", "handshake slots full: the oldest silent one is displaced")
+        old.lose("displaced", abort=True)
+        return True
+
+    def session_closing(self, session: PeerSession) -> None:
+        """We close ``session`` (a refusal, BYE, displaced): it holds no handshake slot from now on, however
+        long its connection takes to go (the TLS layer aborts it after ``records.CLOSE_WAIT`` at most)."""
+        self._handshake_ended(session)
 
     def _handshake_ended(self, session: PeerSession) -> None:
         if session not in self._handshaking:

@@ -101,6 +101,7 @@ class PeerSession(FileCommands, Protocol):
         self._draining = False
         self._next_slice: IDelayedCall | None = None  # the reactor turn where reading goes on past the budget
         self.handshake_address = ""  # the source address whose handshake slot this listener holds
+        self.tls_done = False  # the TLS handshake finished (handshakeCompleted)
         self.source_address = ""  # the peer's address (host part)
         now = factory.clock.seconds()
         self.last_heard = now  # when a byte last came in
@@ -215,6 +216,7 @@ class PeerSession(FileCommands, Protocol):
 
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done (``IHandshakeListener``): the connector may check the key and say HELLO."""
+        self.tls_done = True
         self.handshake.secured()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -247,6 +249,7 @@ class PeerSession(FileCommands, Protocol):
             return
         self.move(SessionState.CLOSING)
         self.close_reason = reason
+        self.factory.session_closing(self)
         transport: Any = self.transport
         if transport is not None:
             if abort and hasattr(transport, "abortConnection"):

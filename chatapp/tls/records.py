@@ -25,7 +25,11 @@ It also bounds what the other side can make the TLS layer itself do:
   application's producer is stopped at once: what it would write is dropped,
   so a file being sent must not go on being read. The TCP connection is closed
   once our last bytes are out, or aborted after :data:`CLOSE_WAIT` seconds
-  (Twisted's layer waits for ever on a peer that never reads).
+  (Twisted's layer waits for ever on a peer that never reads). When we end it
+  (``loseConnection``), Twisted's layer sends our ``close_notify`` and waits
+  for the peer's before it closes TCP, for ever if none comes: the connection
+  is aborted after :data:`CLOSE_WAIT` seconds then too, so a peer that keeps
+  its end open cannot keep a connection we closed (and what it holds).
 - **Tiny records.** A read that decrypted to more than
   :data:`TINY_RECORDS` records is a peer sending very small records (a
   record costs far more to open than its byte): the socket is then read
@@ -67,8 +71,9 @@ MAX_POST_HANDSHAKE_STEPS = 128
 WRITE_SLICE = 2**18
 # What one bio_read may take: the records of a WRITE_SLICE with their headers and tags, in one piece.
 SEND_READ = WRITE_SLICE + 2**13
-# After TLS ended (the peer's close_notify, or an error) the TCP connection is closed once our last bytes
-# are sent; a peer that never reads them gets this long, then the connection is aborted.
+# After TLS ended (the peer's close_notify, or an error), or we closed, the TCP connection is closed once
+# the last bytes are through both ways; a peer that never reads them, or never answers our close_notify,
+# gets this long, then the connection is aborted.
 CLOSE_WAIT = 5.0
 # Records in one read past which the peer is taken to send tiny records, and the read size used then.
 TINY_RECORDS = 512
@@ -162,12 +167,19 @@ class GatheringTLSProtocol(_BaseTLS):  # type: ignore[valid-type,misc]
         producer = self._producer
         if producer is not None:
             producer.stopProducing()  # from now on its writes are dropped: it must not go on making them
-        if self._close_wait is None and not self._tcp_gone:
-            self._close_wait = self.factory.clock.callLater(CLOSE_WAIT, self._close_waited)
+        self._wait_for_the_close("ended TLS and does not read what is left")
 
-    def _close_waited(self) -> None:
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        self._wait_for_the_close("does not close after we did")
+
+    def _wait_for_the_close(self, what: str) -> None:
+        if self._close_wait is None and not self._tcp_gone:
+            self._close_wait = self.factory.clock.callLater(CLOSE_WAIT, self._close_waited, what)
+
+    def _close_waited(self, what: str) -> None:
         self._close_wait = None
-        log.info("TLS: {peer} ended TLS and does not read what is left: dropping the connection", peer=self._who())
+        log.info("TLS: {peer} {what}: dropping the connection", peer=self._who(), what=what)
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
