@@ -283,3 +283,38 @@ def test_no_tls_warns_the_person_first(tmp_path: Path, procs: list[Chatapp]) -> 
     lines = err.splitlines()
     assert lines[0].startswith("chatapp: warning: --no-tls: your password") and "clear text" in lines[0]
     assert lines[1].startswith("chatapp: cannot reach the chat server")
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_stopped_while_connecting_is_130_interrupted(tmp_path: Path, procs: list[Chatapp], signal_number: int) -> None:
+    """A server that accepted and stays silent: the client waits for the TLS handshake. Ctrl-C (or
+    SIGTERM) then is "interrupted" and 130, as the docs say; the connection the shutdown cut is not
+    reported as a lost connection with exit 3."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)  # the kernel completes the TCP handshake; nobody ever answers
+        port = silent.getsockname()[1]
+        run = chatapp(
+            procs, tmp_path, port, "--user", "lee", "--no-listen", "--server-fingerprint", "sha256:" + "ab" * 32
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # wait until it is connected, waiting for the server's TLS answer
+            if _connections_to(port):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        run.process.send_signal(signal_number)
+        code, out, err = run.finish(timeout=30)
+    assert code == 130, (out, err)
+    assert [line for line in err.splitlines() if line] == ["chatapp: interrupted"], err
+    assert "Traceback" not in err
+
+
+def _connections_to(port: int) -> list[str]:
+    """Established TCP connections to 127.0.0.1:port, from /proc/net/tcp."""
+    target = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return [line for line in table.read().splitlines()[1:] if line.split()[2] == target and line.split()[3] == "01"]

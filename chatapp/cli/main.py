@@ -41,6 +41,11 @@ async def _main(reactor: Any, run: Run) -> None:
     try:
         run.outcome.code = await runner_for(run.settings)(run)
     except Exception as e:
+        if run.outcome.code == EXIT_INTERRUPTED:
+            # Ctrl-C or SIGTERM before the login ended: the shutdown cut the connection, and what failed
+            # then (a lost connection) is its consequence, not news
+            log.info("stopped while logging in: {error}", error=str(e))
+            return
         if not isinstance(e, Fatal):
             log.failure("chatapp failed")
         fatal = explain(e, run.settings, run.user)
