@@ -103,7 +103,7 @@ async def test_loopback_refused_strangers_that_keep_their_end_open_hold_no_hands
     bob = PeerFactory("bob", dict_verify(TOKENS), str(tmp_path / "b"), Recorder(), reactor, identity=identity_of("bob"))
     port = await bob.listen("tcp:0:interface=127.0.0.1").addTimeout(TIMEOUT, reactor)
     number = port_of(port)
-    strangers = []
+    strangers: list[Any] = []
     try:
         tls = GatheringTLSFactory(PeerConnectorTLS(identity_of("mallory")), True, Factory.forProtocol(Lingerer))
         for host in ("127.0.5.1", "127.0.5.2", "127.0.5.3", "127.0.5.4"):
