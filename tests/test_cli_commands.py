@@ -181,6 +181,9 @@ async def test_dispatch_chat_files_and_errors(world: World, tmp_path: Path) -> N
     assert await alice.run_line("/close bob")
     await until(b, lambda e: isinstance(e, PeerLeft))
     assert not await alice.run_line("/close bob")
+    # a plain line after /close goes to bob, opening the chat again (as on bob's side), not refused and lost
+    assert await alice.run_line("still there?")
+    await until(b, lambda e: isinstance(e, MessageReceived) and e.text == "still there?")
     assert await alice.run_line("/quit") and alice.quitting
 
 

@@ -267,6 +267,9 @@ def test_human_lines() -> None:
         (TransferRow(transfer(2048, 1024, 0.0, handle=2)), "  #2 big.iso from bob: receiving 50% of 2.0 KiB"),
         (Ready("al", None), "* logged in as al, not listening (/listen on to accept chats); /help lists the commands"),
         (ListenState(("h", 1)), "* listening on h:1"),
+        (ChatClosed("bob"), "* closed the chat with bob; a plain line to bob opens it again"),
+        (PeerLeft(BOB, "closed"), None),  # we closed it: the line above said so
+        (PeerLeft(BOB, "bye"), "* chat with bob closed (bye)"),
         (ListenState(("2001:db8::7", 7000)), "* listening on [2001:db8::7]:7000"),  # the port is not part of it
         (Ready("al", ("::1", 40123)), "* logged in as al, listening on [::1]:40123; /help lists the commands"),
         (LoggedInAgain("al", ("fe80::1", 9)), "* logged in again as al, listening on [fe80::1]:9"),

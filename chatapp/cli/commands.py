@@ -484,8 +484,8 @@ class Dispatcher:
         session = self.client.session(user)
         name = session.peer_name if session is not None and session.peer_name else user
         self.client.close_chat(user)
-        if self.chats.active is not None and self.chats.active.lower() == user.lower():
-            self.chats.active = None
+        # The active chat stays: a plain line to this person opens the chat again, as it does on the
+        # other side (whose chat we closed), rather than being refused and lost.
         self.emit(ChatClosed(name))
 
     async def do_listen(self, switch: str | None = None) -> None:

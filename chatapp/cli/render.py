@@ -296,6 +296,8 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
             return f"<{e(me)} -> {e(to)}> {e(text)}"
         case PeerJoined(session):
             return f"* chat with {e(_name(session))} is open"
+        case PeerLeft(_, "closed"):
+            return None  # we closed it (/close, or quitting): "closed the chat with ..." said so
         case PeerLeft(session, reason):
             return f"* chat with {e(_name(session))} closed ({e(reason or 'closed')})"
         case ChatRequested(user):
@@ -346,7 +348,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
         case TransferAnswered(verb, handle):
             return f"* #{handle} {_PAST[verb]}"
         case ChatClosed(user):
-            return f"* closed the chat with {e(user)}"
+            return f"* closed the chat with {e(user)}; a plain line to {e(user)} opens it again"
         case PasswordChanged():
             return "* password changed"
         case TransfersListed(0):
