@@ -270,6 +270,11 @@ def test_human_lines() -> None:
         (ChatClosed("bob"), "* closed the chat with bob; a plain line to bob opens it again"),
         (PeerLeft(BOB, "closed"), None),  # we closed it: the line above said so
         (PeerLeft(BOB, "bye"), "* chat with bob closed (bye)"),
+        (
+            IdentityMade("al", "sha256:" + "cd" * 32, "/h/al.pem"),
+            "* made a new identity key for al on this server (/fingerprint shows it);"
+            " contacts you chatted with before will see it as a changed key",
+        ),
         (ListenState(("2001:db8::7", 7000)), "* listening on [2001:db8::7]:7000"),  # the port is not part of it
         (Ready("al", ("::1", 40123)), "* logged in as al, listening on [::1]:40123; /help lists the commands"),
         (LoggedInAgain("al", ("fe80::1", 9)), "* logged in again as al, listening on [fe80::1]:9"),

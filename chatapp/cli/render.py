@@ -510,7 +510,10 @@ def console_human_body(event: Shown) -> str | None:
             return f"* {e(text)}"
         case IdentityMade(user):
             # short: it shows at a first login, in whatever window size; /fingerprint has the key
-            return f"* made a new identity key for {e(user)} on this server: /fingerprint shows it"
+            return (
+                f"* made a new identity key for {e(user)} on this server (/fingerprint shows it);"
+                " contacts you chatted with before will see it as a changed key"
+            )
         case KeyChanged(user, remembered, offered, True):
             return f"! the key of {e(user)} changed from {remembered} to {offered}: accepted, as told"
         case KeyChanged(user, remembered, offered):
