@@ -108,6 +108,23 @@ async def test_a_server_with_another_key_than_the_pinned_one_is_refused_loudly(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pin_wins_over_a_given_fingerprint_that_names_the_new_key_and_the_message_says_so(
+    server: Impostor, tmp_path: Path
+) -> None:
+    known = KnownServers(tmp_path / "known_servers")
+    pinned = new_identity().fingerprint
+    known.pin("127.0.0.1", server.number, pinned)
+    error = await refused(connection(server.number, known, server_fingerprint=server.fingerprint))
+    assert isinstance(error, ServerKeyChanged)
+    assert str(error).endswith(
+        f"remove line 1 of {tmp_path / 'known_servers'} and connect again. The key you gave"
+        " (--server-fingerprint) is the offered one, but a pinned key is only replaced by removing its line."
+    )
+    assert server.received == []
+    assert known.lookup("127.0.0.1", server.number).fingerprint == pinned  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_wrong_server_fingerprint_is_refused(server: Impostor, tmp_path: Path) -> None:
     known = KnownServers(tmp_path / "known_servers")
     given = new_identity().fingerprint

@@ -32,10 +32,17 @@ log = Logger()
 Confirm = Callable[[str, str], "defer.Deferred[bool]"]
 
 
-def changed_key_message(where: str, expected: str, offered: str, file: Path | None, line: int | None) -> str:
+def changed_key_message(
+    where: str, expected: str, offered: str, file: Path | None, line: int | None, given_matches: bool = False
+) -> str:
     """The loud refusal of a changed server key: both fingerprints and what to do if the change is expected."""
     if file is not None:
         remedy = f"If the server's key was changed on purpose, remove line {line} of {file} and connect again."
+        if given_matches:
+            remedy += (
+                " The key you gave (--server-fingerprint) is the offered one, but a pinned key is only"
+                " replaced by removing its line."
+            )
         known = "pinned"
     else:
         remedy = "Check the fingerprint you were given (--server-fingerprint)."
@@ -97,7 +104,7 @@ class ServerLinkTLS:
                 expected=verdict.expected,
             )
             message = changed_key_message(
-                self.where, verdict.expected, verdict.offered, verdict.file, verdict.line_number
+                self.where, verdict.expected, verdict.offered, verdict.file, verdict.line_number, verdict.given_matches
             )
             raise ServerKeyChanged(message, verdict.expected, verdict.offered)
         assert isinstance(verdict, Unknown)

@@ -54,6 +54,9 @@ class Mismatch:
     offered: str
     file: Path | None
     line_number: int | None
+    # --server-fingerprint names the offered key, but a pin says otherwise: the pin still wins (an option
+    # typed in, or left in a script, must not replace a pinned key silently); the message says so
+    given_matches: bool = False
 
 
 Verdict = Trusted | Unknown | Mismatch
@@ -78,7 +81,8 @@ class ServerTrust:
         if pinned is not None:
             if same_fingerprint(pinned.fingerprint, offered):
                 return Trusted("pin", offered)
-            return Mismatch(pinned.fingerprint, offered, self.known_servers.path, pinned.line_number)
+            given_matches = self.given is not None and same_fingerprint(self.given, offered)
+            return Mismatch(pinned.fingerprint, offered, self.known_servers.path, pinned.line_number, given_matches)
         if self.given is not None:
             if same_fingerprint(self.given, offered):
                 return Trusted("given", offered)
