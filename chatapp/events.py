@@ -96,6 +96,18 @@ class KeyChanged:
     accepted: bool = False
 
 
+@dataclass(frozen=True)
+class KeyRefused:
+    """``user``'s client (proven by the key we remember for them) connected to us and closed before it
+    said HELLO: most likely it refuses our key, which is not the one it remembers for us (we made a new
+    identity key). The user shows ``user`` their fingerprint; ``user`` can accept it (``/trust``).
+
+    Said at most once a minute per contact.
+    """
+
+    user: str
+
+
 # -- the server link --------------------------------------------------------------------
 
 
@@ -141,7 +153,15 @@ class GaveUp:
 
 
 PeerEvent = (
-    PeerJoined | PeerLeft | MessageReceived | FileOffered | TransferProgress | TransferEnded | PeerNotice | KeyChanged
+    PeerJoined
+    | PeerLeft
+    | MessageReceived
+    | FileOffered
+    | TransferProgress
+    | TransferEnded
+    | PeerNotice
+    | KeyChanged
+    | KeyRefused
 )
 ServerEvent = ChatRequested | ServerLost | Reconnecting | Reconnected | GaveUp
 ChatEvent = PeerEvent | ServerEvent

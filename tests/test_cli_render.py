@@ -54,6 +54,7 @@ from chatapp.events import (
     FileOffered,
     GaveUp,
     KeyChanged,
+    KeyRefused,
     MessageReceived,
     PeerJoined,
     PeerLeft,
@@ -172,6 +173,7 @@ SCRIPT_LINES: list[tuple[Shown, str]] = [
     (TransferSummary(DONE_IN, 10, 2.0, 5.0), "SUMMARY 4 receive bob 10 2.0 5"),
     (OfferTimedOut(OFFERED, 300.0), "TIMEOUT 3 bob 300 x.pdf"),
     (SessionReplaced("you logged in elsewhere"), "NOTICE you logged in elsewhere"),
+    (KeyRefused("alice"), "KEYREFUSED alice"),
     (
         IdentityMade("alice", "sha256:" + "ab" * 32, "/home/a/.local/share/chatapp/identity/h_1/alice.pem"),
         "NOTICE made a new identity key for alice on this server: sha256:" + "ab" * 32
@@ -270,6 +272,12 @@ def test_human_lines() -> None:
         (ChatClosed("bob"), "* closed the chat with bob; a plain line to bob opens it again"),
         (PeerLeft(BOB, "closed"), None),  # we closed it: the line above said so
         (PeerLeft(BOB, "bye"), "* chat with bob closed (bye)"),
+        (
+            KeyRefused("al"),
+            "! al connected and left without a word: most likely al's client refuses your key, which is not"
+            " the one it remembers for you (a new identity key?). Show al your /fingerprint; al can /trust you"
+            " once it matches",
+        ),
         (
             IdentityMade("al", "sha256:" + "cd" * 32, "/h/al.pem"),
             "* made a new identity key for al on this server (/fingerprint shows it);"

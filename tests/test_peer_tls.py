@@ -18,7 +18,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from chatapp.events import KeyChanged
+from chatapp.events import KeyChanged, KeyRefused
 from chatapp.peer import HandshakeFailed, PeerFactory, SessionState
 from chatapp.peer.contacts import Contacts, NothingToTrust
 from chatapp.peer.socket_options import UNSENT_LIMIT
@@ -170,21 +170,30 @@ async def test_changed_key_of_a_remembered_contact_stops_the_chat_until_trusted(
 async def test_connector_closes_before_hello_when_a_remembered_contact_key_changed(tmp_path: Path) -> None:
     old = key_of("bob-old-laptop")
     calls = Calls()
-    bob = peer(tmp_path, "bob", verify=calls)
+    bob = peer(tmp_path, "bob", verify=calls, contacts=contacts_of(tmp_path, "bob", {"alice": key_of("alice")}))
+    bob_events: list[Any] = []
+    bob.emit = bob_events.append
     alice_contacts = contacts_of(tmp_path, "alice", {"bob": old})
     alice = peer(tmp_path, "alice", contacts=alice_contacts)
     events: list[Any] = []
     alice.emit = events.append
     port = await listening(bob)
     try:
-        with pytest.raises(HandshakeFailed) as info:
-            await alice.connect("bob", "127.0.0.1", port, "tok-alice", "proof-alice", key_of("bob")).addTimeout(
-                TIMEOUT, reactor
-            )
-        assert info.value.reason == "key-changed"
-        assert str(info.value) == f"the contact's key changed (remembered {old}, now {key_of('bob')})"
-        assert events == [KeyChanged("bob", old, key_of("bob"))]
+        for _ in range(2):
+            with pytest.raises(HandshakeFailed) as info:
+                await alice.connect("bob", "127.0.0.1", port, "tok-alice", "proof-alice", key_of("bob")).addTimeout(
+                    TIMEOUT, reactor
+                )
+            assert info.value.reason == "key-changed"
+            assert str(info.value) == f"the contact's key changed (remembered {old}, now {key_of('bob')})"
+            for _ in range(TIMEOUT * 100):  # bob sees alice's connection go
+                if not bob.connections:
+                    break
+                await deferLater(reactor, 0.01)
+        assert events == [KeyChanged("bob", old, key_of("bob"))] * 2
         assert calls.tokens == []  # bob never saw a HELLO
+        # ... but bob is told: alice's client (her key, proven by TLS) left without a word, once a minute
+        assert bob_events == [KeyRefused("alice")]
         await alice_contacts.trust("bob")
         session = await alice.connect(
             "bob", "127.0.0.1", port, "tok-alice", "proof-alice", key_of("bob")

@@ -16,6 +16,7 @@ from chatapp.events import (
     FileOffered,
     GaveUp,
     KeyChanged,
+    KeyRefused,
     MessageReceived,
     PeerJoined,
     PeerLeft,
@@ -452,6 +453,8 @@ def console_script_parts(event: Shown) -> tuple[str, tuple[str, ...], str] | Non
             return "NOTICE", (), text
         case IdentityMade():
             return "NOTICE", (), identity_made_text(event)
+        case KeyRefused(user):
+            return "KEYREFUSED", (user,), ""
         case KeyChanged(user, remembered, offered, accepted):
             return "KEYCHANGED", (user, remembered, offered, *(("accepted",) if accepted else ())), ""
         case FingerprintShown(None, fingerprint):
@@ -513,6 +516,12 @@ def console_human_body(event: Shown) -> str | None:
             return (
                 f"* made a new identity key for {e(user)} on this server (/fingerprint shows it);"
                 " contacts you chatted with before will see it as a changed key"
+            )
+        case KeyRefused(user):
+            return (
+                f"! {e(user)} connected and left without a word: most likely {e(user)}'s client refuses your key,"
+                f" which is not the one it remembers for you (a new identity key?). Show {e(user)} your"
+                f" /fingerprint; {e(user)} can /trust you once it matches"
             )
         case KeyChanged(user, remembered, offered, True):
             return f"! the key of {e(user)} changed from {remembered} to {offered}: accepted, as told"

@@ -61,6 +61,7 @@ class Contacts:
         self.max_contacts = max_contacts
         self._runner = runner
         self._keys: dict[str, str] = {}  # case-folded user -> remembered fingerprint
+        self._holders: dict[str, str] = {}  # the other way round (fingerprint in lower case -> user)
         self._refused: OrderedDict[str, tuple[str, str]] = OrderedDict()  # user -> (remembered, offered)
         self._full_logged = False
 
@@ -68,7 +69,10 @@ class Contacts:
         """Read this server's entries from the file (off the reactor thread); bad lines are logged."""
 
         def loaded(keys: dict[str, str]) -> None:
-            self._keys = keys
+            self._keys = {}
+            self._holders = {}
+            for user, fingerprint in keys.items():
+                self._set(user, fingerprint)
 
         return self._runner.run(self._read).addCallback(loaded)
 
@@ -92,6 +96,18 @@ class Contacts:
         """The key remembered for ``user``, if any."""
         return self._keys.get(fold_name(user))
 
+    def holder(self, fingerprint: str) -> str | None:
+        """The contact whose remembered key is ``fingerprint``, if any (for a notice: no trust is decided
+        on it, so a dictionary lookup, not a constant-time comparison)."""
+        return self._holders.get(fingerprint.lower())
+
+    def _set(self, user: str, fingerprint: str) -> None:
+        old = self._keys.get(user)
+        if old is not None and self._holders.get(old.lower()) == user:
+            del self._holders[old.lower()]
+        self._keys[user] = fingerprint
+        self._holders[fingerprint.lower()] = user
+
     def refused(self, user: str) -> tuple[str, str] | None:
         """``(remembered, offered)`` of the last key refused for ``user`` in this run, if any."""
         return self._refused.get(fold_name(user))
@@ -113,7 +129,7 @@ class Contacts:
                 remembered=remembered,
                 offered=vouched,
             )
-            self._keys[key] = vouched
+            self._set(key, vouched)
             d = self._runner.run(self.known.remember, self.host, self.port, key, vouched, True)
             d.addErrback(lambda failure: log.failure("could not remember the key of {user}", failure, user=key))
             return remembered
@@ -133,14 +149,14 @@ class Contacts:
                 self._full_logged = True
                 log.warn("limit contacts reached: {count} contacts remembered; new ones are not", count=len(self._keys))
             return
-        self._keys[key] = fingerprint
+        self._set(key, fingerprint)
         d = self._runner.run(self.known.remember, self.host, self.port, key, fingerprint)
         d.addCallback(self._written, key)
         d.addErrback(lambda failure: log.failure("could not remember the key of {user}", failure, user=key))
 
     def _written(self, entry: KnownKey, key: str) -> None:
         # Another client may have remembered another key a moment earlier: the file decides.
-        self._keys[key] = entry.fingerprint
+        self._set(key, entry.fingerprint)
 
     def trust(self, user: str) -> defer.Deferred[str]:
         """Accept the key last refused for ``user``: it replaces the remembered one; fires with it.
@@ -152,6 +168,6 @@ class Contacts:
         if refused is None:
             return defer.fail(NothingToTrust(f"no changed key of {user} to accept"))
         offered = refused[1]
-        self._keys[key] = offered
+        self._set(key, offered)
         d = self._runner.run(self.known.remember, self.host, self.port, key, offered, True)
         return d.addCallback(lambda entry: entry.fingerprint)

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, 
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
-from chatapp.events import EventSink, PeerJoined, PeerLeft
+from chatapp.events import EventSink, KeyRefused, PeerJoined, PeerLeft
 from chatapp.peer.backlog import DiskBacklog
 from chatapp.peer.contacts import Contacts
 from chatapp.peer.downloads import DownloadDir
@@ -45,6 +45,9 @@ HELLO_TIMEOUT = 10.0
 # A DATA chunk (at most 1 MiB) must arrive whole within this time: about 17 KiB/s at the largest chunk.
 DATA_TIMEOUT = 60.0
 MAX_HANDSHAKES = 8
+# a contact that left before HELLO (most likely refusing our key) is said at most this often, for this many
+UNHEARD_QUIET = 60.0
+MAX_UNHEARD_TOLD = 64
 # handshakes in progress from one source address: one stranger cannot take every slot
 MAX_HANDSHAKES_PER_ADDRESS = 2
 # incoming connections in total (any state); beyond it one idle for IDLE_DISPLACE is displaced, else the new is closed
@@ -207,6 +210,7 @@ class PeerFactory(ServerFactory):
         self.ports: list[IListeningPort] = []
         # listener sessions before WELCOME, oldest first (a dict keeps the order: the oldest is displaced first)
         self._handshaking: dict[PeerSession, None] = {}
+        self._unheard_told: dict[str, float] = {}  # contact -> when we last said it left before HELLO
         self._handshakes_from: dict[str, int] = {}  # source address -> handshakes in progress (<= max_handshakes)
         self._live: set[PeerSession] = set()  # every connected session, any role and state
 
@@ -418,6 +422,29 @@ class PeerFactory(ServerFactory):
         self.limit_hit("peer-handshakes-displaced", "handshake slots full: the oldest silent one is displaced")
         old.lose("displaced", abort=True)
         return True
+
+    def left_unheard(self, session: PeerSession) -> None:
+        """A caller that finished TLS closed before HELLO. If its key is a contact's, that contact's client
+        most likely refuses our key (v2 has it close without a word): tell the user, once a minute at most.
+        Only the contact can cause it: the TLS handshake proved it holds that key."""
+        if self.contacts is None or session.tls_key is None:
+            return
+        user = self.contacts.holder(session.tls_key)
+        if user is None:
+            return
+        now = self.clock.seconds()
+        last = self._unheard_told.get(user)
+        if last is not None and now - last < UNHEARD_QUIET:
+            return
+        self._unheard_told.pop(user, None)
+        self._unheard_told[user] = now
+        while len(self._unheard_told) > MAX_UNHEARD_TOLD:
+            del self._unheard_told[next(iter(self._unheard_told))]
+        log.info("{user} connected and left before HELLO: most likely it refuses our key", user=user)
+        try:
+            self.emit(KeyRefused(user))
+        except Exception:
+            log.failure("the application failed on KeyRefused")
 
     def session_closing(self, session: PeerSession) -> None:
         """We close ``session`` (a refusal, BYE, displaced): it holds no handshake slot from now on, however

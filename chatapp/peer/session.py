@@ -102,6 +102,7 @@ class PeerSession(FileCommands, Protocol):
         self._next_slice: IDelayedCall | None = None  # the reactor turn where reading goes on past the budget
         self.handshake_address = ""  # the source address whose handshake slot this listener holds
         self.tls_done = False  # the TLS handshake finished (handshakeCompleted)
+        self.tls_key: str | None = None  # a listener's: the fingerprint of the caller's certificate
         self.source_address = ""  # the peer's address (host part)
         now = factory.clock.seconds()
         self.last_heard = now  # when a byte last came in
@@ -217,13 +218,18 @@ class PeerSession(FileCommands, Protocol):
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done (``IHandshakeListener``): the connector may check the key and say HELLO."""
         self.tls_done = True
+        if self.role is Role.LISTENER:
+            self.tls_key = self.factory.peer_key(self)  # who it is, should it leave before HELLO
         self.handshake.secured()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.state is SessionState.CLOSED:
             return
+        left_unheard = self.state is SessionState.HANDSHAKING and self.tls_key is not None
         self.close_reason = self.close_reason or "connection-lost"
         self.move(SessionState.CLOSED)
+        if left_unheard:
+            self.factory.left_unheard(self)
         self.handshake.done()
         self.data_deadline.stop()
         self.keepalive.stop()
