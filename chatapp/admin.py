@@ -431,7 +431,10 @@ def cmd_fingerprint(args: argparse.Namespace, out: TextIO) -> int:
         data = open(path, "rb").read()
     except FileNotFoundError:
         if args.tls_cert is None:
-            raise AdminError(f"no certificate at {path}: the server makes it at its first start") from None
+            raise AdminError(
+                f"no certificate at {path}: give the server's --db (its certificate is made next to the database"
+                " at its first start) or --tls-cert"
+            ) from None
         raise AdminError(f"no such file: {path}") from None
     except OSError as e:
         raise AdminError(f"cannot read {path}: {e.strerror}") from None

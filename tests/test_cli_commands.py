@@ -25,7 +25,7 @@ from chatapp.cli.commands import (
 from chatapp.cli.events import CommandFailed, ListenState, PasswordChanged, Shown
 from chatapp.cli.render import script_line
 from chatapp.cli.script import ScriptOutput, ScriptRunner, env_new_password
-from chatapp.events import FileOffered, MessageReceived, PeerJoined, PeerLeft, TransferEnded
+from chatapp.events import FileOffered, KeyRefused, MessageReceived, PeerJoined, PeerLeft, TransferEnded
 
 
 @pytest.mark.parametrize(
@@ -216,3 +216,26 @@ async def test_script_mode_passwd_takes_the_environment(monkeypatch: pytest.Monk
     assert await passwords() == ("the login password", "brand new password")
     monkeypatch.setenv("CHATAPP_CURRENT_PASSWORD", "another current one")
     assert await passwords() == ("another current one", "brand new password")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_contact_with_a_new_key_each_side_is_told_what_to_do(world: World) -> None:
+    """Bob makes a new identity key. Alice, who remembers his old one, is refused a chat with the hint to
+    /trust him; bob, whose chat alice's client refused without a word, hears that it most likely refuses
+    his key; after /trust the chat opens."""
+    alice, a = await world.console("alice")
+    bob_client, _ = await start_client(world.port, "bob", world.tmp_path)
+    world.clients.append(bob_client)
+    assert await alice.run_line("/msg bob hello")  # alice remembers bob's first key
+    assert bob_client.identity is not None and bob_client.server.identity_made is not None
+    await bob_client.stop()
+    bob_client.server.identity_made.unlink()  # a new installation: a new key at the next login
+    _bob, b = await world.console("bob", signup=False)
+    assert not await alice.run_line("/msg bob are you there?")
+    failed = a[-1]
+    assert isinstance(failed, CommandFailed) and failed.text.startswith("/msg bob: the contact's key changed")
+    assert failed.text.endswith("; compare the new key with bob, and if it is theirs: /trust bob")
+    await until(b, lambda e: isinstance(e, KeyRefused) and e.user == "alice")
+    assert await alice.run_line("/trust bob")
+    assert await alice.run_line("/msg bob now?")
+    await until(b, lambda e: isinstance(e, MessageReceived) and e.text == "now?")

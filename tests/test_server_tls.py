@@ -113,7 +113,9 @@ def test_admin_prints_the_fingerprint(tmp_path: Path, capsys: pytest.CaptureFixt
     assert admin.main(["fingerprint", "--tls-cert", str(tmp_path / "other.pem")]) == 0
     assert capsys.readouterr().out == other.fingerprint + "\n"
     assert admin.main(["--db", str(tmp_path / "nowhere" / "db"), "fingerprint"]) == admin.EXIT_ERROR
-    assert "the server makes it at its first start" in capsys.readouterr().err
+    assert "give the server's --db (its certificate is made next to the database at its first start) or --tls-cert" in (
+        capsys.readouterr().err
+    )
 
 
 def _s_client(port: int, *args: str) -> subprocess.CompletedProcess[str]:

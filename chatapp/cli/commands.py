@@ -28,7 +28,7 @@ from chatapp.events import (
     TransferEnded,
     TransferProgress,
 )
-from chatapp.peer import Direction, PeerError, Transfer, TransferState
+from chatapp.peer import Direction, HandshakeFailed, PeerError, Transfer, TransferState
 from chatapp.wire import escape_for_terminal, valid_username
 
 from .events import (
@@ -361,7 +361,10 @@ class Dispatcher:
         try:
             await getattr(self, f"do_{command.name}")(*command.args)
         except (CommandError, ChatClientError, PeerError) as e:
-            self.emit(CommandFailed(f"{what}: {_text_of(e)}"))
+            text = _text_of(e)
+            if isinstance(e, HandshakeFailed) and e.reason == "key-changed" and command.args:
+                text += f"; compare the new key with {command.args[0]}, and if it is theirs: /trust {command.args[0]}"
+            self.emit(CommandFailed(f"{what}: {text}"))
             return False
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
