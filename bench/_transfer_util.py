@@ -363,3 +363,13 @@ def parse_size(text: str) -> int:
         if text.endswith(suffix):
             return int(float(text[:-1]) * scale)
     return int(text)
+
+
+def as_the_program() -> None:
+    """What the ``chatapp`` program does at start and the library does not (``chatapp.memory``), so that a
+    chat role measures what ships; a tree from before it has nothing to do."""
+    try:
+        from chatapp.memory import keep_freed_memory
+    except ImportError:
+        return
+    keep_freed_memory()

@@ -37,6 +37,7 @@ from _transfer_util import (
     PASSWORD,
     Child,
     MiB,
+    as_the_program,
     cpu_now,
     emit,
     machine,
@@ -157,6 +158,8 @@ class Echo:
 async def chat_echo(reactor: Any, args: argparse.Namespace) -> None:
     from twisted.internet import defer
 
+    as_the_program()
+
     from chatapp.app import ChatClient
     from chatapp.events import ChatEvent, FileOffered, MessageReceived, PeerLeft, TransferEnded
 
@@ -202,6 +205,7 @@ async def chat_echo(reactor: Any, args: argparse.Namespace) -> None:
 
 
 async def chat_client(reactor: Any, args: argparse.Namespace) -> None:
+    as_the_program()
     from chatapp.app import ChatClient
     from chatapp.events import ChatEvent, MessageReceived
 

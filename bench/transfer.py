@@ -54,6 +54,7 @@ from _transfer_util import (
     KiB,
     MiB,
     RoleFailed,
+    as_the_program,
     count_io,
     cpu_now,
     emit,
@@ -83,6 +84,8 @@ SWEEP_READS = (64 * KiB, 256 * KiB, MiB)
 
 async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
     from twisted.internet import defer
+
+    as_the_program()
 
     from chatapp.app import ChatClient
     from chatapp.events import ChatEvent, PeerJoined, TransferEnded
@@ -132,6 +135,7 @@ async def chat_receiver(reactor: Any, args: argparse.Namespace) -> None:
 
 
 async def chat_sender(reactor: Any, args: argparse.Namespace) -> None:
+    as_the_program()
     from chatapp.app import ChatClient
     from chatapp.events import ignore
 

@@ -16,6 +16,8 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from chatapp.memory import keep_freed_memory
+
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Fatal, Outcome, explain, format_error
 from .login import Terminal, ask_password, asked_in_a_thread, credentials
 from .logs import start_logging
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.no_tls:  # the server logs this too, but the person typing the password must see it
         _say(NO_TLS_WARNING)
     start_logging(settings, interactive)
+    keep_freed_memory()  # received files: freed buffers used again, not faulted in again (chatapp.memory)
     outcome = Outcome()
     saved = _terminal_state()
 
