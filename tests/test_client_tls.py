@@ -78,6 +78,26 @@ def connection(port: int, known: KnownServers, **options: Any) -> ServerConnecti
     return ServerConnection(reactor, f"127.0.0.1:{port}", known_servers=known, max_attempts=1, **options)
 
 
+class Questions:
+    """A ``confirm`` for the trust question that keeps each question's answer, for the test to give."""
+
+    def __init__(self) -> None:
+        self.answers: list[defer.Deferred[bool]] = []
+
+    def __call__(self, where: str, fingerprint: str) -> defer.Deferred[bool]:
+        answer: defer.Deferred[bool] = defer.Deferred()
+        self.answers.append(answer)
+        return answer
+
+    async def first(self) -> None:
+        """Wait until the first question is asked."""
+        for _ in range(TIMEOUT * 100):
+            if self.answers:
+                return
+            await deferLater(reactor, 0.01)
+        raise AssertionError("the trust question was never asked")
+
+
 async def refused(conn: ServerConnection) -> BaseException:
     try:
         await conn.login("alice", PASSWORD).addTimeout(TIMEOUT, reactor)
@@ -200,21 +220,13 @@ async def test_the_time_a_person_takes_to_compare_the_key_does_not_count_as_the_
 
     clock = Clock()
     known = KnownServers(tmp_path / "known_servers")
-    asked: list[defer.Deferred[bool]] = []
+    asked = Questions()
 
-    def confirm(where: str, fingerprint: str) -> defer.Deferred[bool]:
-        answer: defer.Deferred[bool] = defer.Deferred()
-        asked.append(answer)
-        return answer
-
-    conn = connection(server.number, known, confirm=confirm, clock=clock, hello_timeout=5)
+    conn = connection(server.number, known, confirm=asked, clock=clock, hello_timeout=5)
     logged_in = conn.login("alice", PASSWORD)
-    for _ in range(TIMEOUT * 100):
-        if asked:
-            break
-        await deferLater(reactor, 0.01)
+    await asked.first()
     clock.advance(600)  # ten minutes looking at the fingerprint
-    asked[0].callback(True)
+    asked.answers[0].callback(True)
     assert await logged_in.addTimeout(TIMEOUT, reactor) == "alice"
     await conn.close()
     assert known.lookup("127.0.0.1", server.number).fingerprint == server.fingerprint  # type: ignore[union-attr]
@@ -229,23 +241,15 @@ async def test_a_server_silent_after_the_answer_still_times_out(tmp_path: Path) 
     wrapped = TLSMemoryBIOFactory(ServerLinkServerTLS(identity), False, Factory.forProtocol(Protocol))
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(wrapped)
     clock = Clock()
-    asked: list[defer.Deferred[bool]] = []
-
-    def confirm(where: str, fingerprint: str) -> defer.Deferred[bool]:
-        answer: defer.Deferred[bool] = defer.Deferred()
-        asked.append(answer)
-        return answer
+    asked = Questions()
 
     try:
         known = KnownServers(tmp_path / "known_servers")
-        conn = connection(port.getHost().port, known, confirm=confirm, clock=clock, hello_timeout=5)
+        conn = connection(port.getHost().port, known, confirm=asked, clock=clock, hello_timeout=5)
         logged_in = conn.login("alice", PASSWORD)
-        for _ in range(TIMEOUT * 100):
-            if asked:
-                break
-            await deferLater(reactor, 0.01)
+        await asked.first()
         clock.advance(600)
-        asked[0].callback(True)
+        asked.answers[0].callback(True)
         clock.advance(4.9)
         assert not logged_in.called
         clock.advance(0.1)
@@ -279,30 +283,22 @@ async def test_a_server_that_stopped_waiting_while_the_person_decided_is_connect
 
     wrapped = TLSMemoryBIOFactory(ServerLinkServerTLS(identity), False, Factory.forProtocol(build))
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(wrapped)
-    asked: list[defer.Deferred[bool]] = []
-
-    def confirm(where: str, fingerprint: str) -> defer.Deferred[bool]:
-        answer: defer.Deferred[bool] = defer.Deferred()
-        asked.append(answer)
-        return answer
+    asked = Questions()
 
     try:
         known = KnownServers(tmp_path / "known_servers")
-        conn = connection(port.getHost().port, known, confirm=confirm)
+        conn = connection(port.getHost().port, known, confirm=asked)
         logged_in = conn.login("alice", PASSWORD)
-        for _ in range(TIMEOUT * 100):
-            if asked:
-                break
-            await deferLater(reactor, 0.01)
+        await asked.first()
         first = connections[0].transport
         assert first is not None
         first.write(b"* BYE login-timeout\r\n")  # the server's minute is up
         first.loseConnection()
         await first_gone.addTimeout(TIMEOUT, reactor)
         await deferLater(reactor, 0.05)  # the BYE and the close reached the client, held behind the question
-        asked[0].callback(True)
+        asked.answers[0].callback(True)
         assert await logged_in.addTimeout(TIMEOUT, reactor) == "alice"
-        assert len(asked) == 1 and len(connections) == 2
+        assert len(asked.answers) == 1 and len(connections) == 2
         assert b"".join(received).startswith(b"LOGIN alice ")  # nothing crossed on the first connection
         await conn.close()
     finally:
