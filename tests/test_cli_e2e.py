@@ -302,10 +302,9 @@ def test_stopped_while_connecting_is_130_interrupted(tmp_path: Path, procs: list
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait until it is connected, waiting for the server's TLS answer
-            if _connections_to(port):
+            if _connections_to(port):  # connected: it now waits for the server's TLS answer
                 break
             time.sleep(0.05)
-        time.sleep(0.3)
         run.process.send_signal(signal_number)
         code, out, err = run.finish(timeout=30)
     assert code == 130, (out, err)

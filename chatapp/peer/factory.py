@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
 from chatapp.events import EventSink, KeyRefused, PeerJoined, PeerLeft
-from chatapp.peer.backlog import DiskBacklog
+from chatapp.peer.backlog import LIMIT, DiskBacklog
 from chatapp.peer.contacts import Contacts
 from chatapp.peer.downloads import DownloadDir
 from chatapp.peer.hashing import hash_file_prefix
@@ -72,11 +72,10 @@ MAX_FINISHED = 256
 STOP_TIMEOUT = 5.0
 DISK_THREADS = 2
 # received bytes waiting for the disk across all transfers: past it, sessions taking more stop reading
-DISK_BACKLOG_LIMIT = 32 * 1024 * 1024
+DISK_BACKLOG_LIMIT = LIMIT
 # kept partials' prefixes hashed at once, all peers (each peer: one at a time)
 MAX_PREFIX_HASHES = 2
 GiB = 1024**3
-
 
 
 def peer_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
@@ -90,6 +89,7 @@ def peer_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStream
     if address.version == 6:
         return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+
 
 class PeerFactory(ServerFactory):
     """Builds :class:`PeerSession` for both roles and keeps the open ones in ``sessions``.

@@ -219,7 +219,10 @@ class PeerSession(FileCommands, Protocol):
         """The TLS handshake is done (``IHandshakeListener``): the connector may check the key and say HELLO."""
         self.tls_done = True
         if self.role is Role.LISTENER:
-            self.tls_key = self.factory.peer_key(self)  # who it is, should it leave before HELLO
+            try:
+                self.tls_key = self.factory.peer_key(self)  # who it is, should it leave before HELLO
+            except (ValueError, TypeError):  # no certificate: nobody to tell of (the key check refuses it)
+                self.tls_key = None
         self.handshake.secured()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
