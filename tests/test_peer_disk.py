@@ -323,3 +323,28 @@ def test_a_cancelled_receive_keeps_every_byte_received_even_those_still_queued(t
     disk.run_all()
     (partial,) = partials_in(fb)
     assert Path(fb.downloads.partial_root, partial).read_bytes() == content[:received]
+
+
+def test_queued_views_pin_at_most_twice_what_they_count(tmp_path: Path) -> None:
+    """A small view is copied unless the piece queued before it already holds its buffer alive (the
+    two sides of a DATA line in one socket read): no copy that saves no memory."""
+    import hashlib
+
+    from chatapp.peer.downloads import DownloadDir
+    from chatapp.peer.writer import FileWriter
+
+    runner = ManualRunner()
+    path = tmp_path / "out.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    writer = FileWriter(runner, DownloadDir(str(tmp_path), 2**30, 10), fd, hashlib.sha256(), print, print, print)
+    read_one, read_two = os.urandom(256 * 1024), os.urandom(256 * 1024)
+    first = memoryview(read_one)
+    writer.write(first[: 200 * 1024])  # most of its buffer: kept
+    writer.write(first[200 * 1024 + 20 :])  # small, but its buffer is held by the piece before
+    writer.write(memoryview(read_two)[: 40 * 1024])  # small, and alone in holding its buffer: copied
+    writer.finish()
+    _fd, batch = runner.jobs[0][1]
+    assert [getattr(piece, "obj", None) for piece in batch] == [read_one, read_one, None]
+    assert [len(piece) for piece in batch] == [200 * 1024, 56 * 1024 - 20, 40 * 1024]
+    runner.run_all()
+    assert path.read_bytes() == read_one[: 200 * 1024] + read_one[200 * 1024 + 20 :] + read_two[: 40 * 1024]

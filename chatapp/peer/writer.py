@@ -123,8 +123,9 @@ class FileWriter:
         """Hash and queue ``data``.
 
         ``data`` must not change afterwards: bytes, or a view of bytes (the framer's pieces are). A view
-        is kept as it is only while it is at least half of what it holds alive; a smaller one is copied,
-        so the memory a queue pins stays within twice what it counts.
+        is kept as it is while it is at least half of what it holds alive, or while the piece queued
+        before it holds the same buffer alive already (the two sides of a DATA line in one read); any
+        other is copied, so the memory a queue pins stays within twice what it counts.
         """
         if self.stage is not Stage.WRITING:
             return
@@ -139,7 +140,11 @@ class FileWriter:
                 tail = bytearray()
                 queue.append(tail)
             tail += data  # still queued, so no thread holds it yet
-        elif isinstance(data, memoryview) and 2 * size < len(data.obj):  # type: ignore[arg-type]
+        elif (
+            isinstance(data, memoryview)
+            and 2 * size < len(data.obj)  # type: ignore[arg-type]
+            and not (queue and isinstance(queue[-1], memoryview) and queue[-1].obj is data.obj)
+        ):
             queue.append(bytes(data))
         else:
             queue.append(data)
