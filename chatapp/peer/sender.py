@@ -34,18 +34,7 @@ log = Logger()
 
 MAX_CHUNK = 1024 * 1024
 DEFAULT_CHUNK = 256 * 1024
-# From this chunk size on, a chunk's DATA line is counted in it: line and bytes together are exactly
-# chunk_size (a multiple of Twisted's 128 KiB sends and of TLS's 16 KiB records), not chunk_size plus a
-# line, which cost a third send() of some 20 bytes (and a TLS record of its own) per 256 KiB.
-WHOLE_WRITES = 4096
 CANCEL_REASONS = frozenset({"cancelled", "read-error", "bad-offset", "stale-partial"})
-
-
-def chunk_bytes(transfer_id: str, chunk_size: int) -> int:
-    """How many file bytes one DATA chunk of ``transfer_id`` carries (see :data:`WHOLE_WRITES`)."""
-    if chunk_size < WHOLE_WRITES:
-        return chunk_size
-    return chunk_size - len(b"DATA %s %d\r\n" % (transfer_id.encode("ascii"), chunk_size))
 
 
 class OutgoingTransfer(Transfer):
@@ -219,7 +208,7 @@ class Sender:
         if transfer.state is not TransferState.SENDING or self.session.state is not SessionState.OPEN:
             return False
         try:
-            data = transfer.read_chunk(chunk_bytes(transfer.id, self.factory.chunk_size))
+            data = transfer.read_chunk(self.factory.chunk_size)
         except (OSError, EOFError) as e:
             log.info("cannot read {path}: {error}", path=loggable(transfer.path), error=loggable(e))
             self._cancel(transfer, "read-error")
