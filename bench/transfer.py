@@ -23,6 +23,12 @@ transport's read size (``transport.bufferSize``) into tmpfs.
     python bench/transfer.py --quick         # 256 MiB
     python bench/transfer.py --no-sweep --repeat 3
     CHATAPP_SOURCE=/path/to/other/tree python bench/transfer.py --quick   # A/B a patched copy
+    python bench/transfer.py --no-sweep --where tmpfs --twin --repeat 15   # with the noise floor
+
+``--twin`` runs each minimal Twisted case a second time in every round, as if it
+were another program: its ratio to the first copy is what the machine's noise
+alone makes of two identical programs (an A/A test), the yardstick for a ratio
+of chatapp to the ceiling.
 
 MB/s are 10^6 bytes a second. CPU is user + system seconds of each process
 over the transfer, scaled to one GiB; peak RSS is the process's VmHWM (its
@@ -38,6 +44,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import sys
 import tempfile
@@ -373,8 +380,10 @@ class Case:
         read_size: int = 0,
         sweep: bool = False,
         tree: tuple[str, str] | None = None,
+        twin: bool = False,
     ):
         self.tree = tree  # (label, folder): chatapp imported from another tree (--compare)
+        self.twin = twin  # a second copy of a ceiling case (--twin): the noise floor
         self.kind = kind
         self.where = where
         self.source = source
@@ -389,6 +398,7 @@ class Case:
         return {
             "kind": self.kind,
             "tree": self.tree[0] if self.tree else None,
+            "twin": self.twin,
             "where": self.where,
             "sweep": self.sweep,
             "size": self.source.size,
@@ -403,6 +413,9 @@ class Case:
             "all_cpu": [
                 [round(r[side]["user"] + r[side]["system"], 3) for side in ("sent", "received")] for r in self.runs
             ],
+            # user time alone: the page-cache copy into tmpfs (system time) varies from round to round on
+            # this VM far more than the work of either program does
+            "all_user": [[round(r[side]["user"], 3) for side in ("sent", "received")] for r in self.runs],
             "sent": best["sent"],
             "received": best["received"],
         }
@@ -508,6 +521,8 @@ def describe(r: dict[str, Any]) -> str:
     }[r["kind"]]
     if r.get("tree"):
         label += f" [{r['tree']}]"
+    if r.get("twin"):
+        label += " [run again]"
     if r["kind"] != "raw":
         label += f", chunk {size_text(r['chunk'])}, read {size_text(r['read_size'])}"
     return f"{label} -> {r['where']}"
@@ -519,8 +534,25 @@ TLS_KINDS = ("twisted-tls", "chatapp")
 def ceiling_of(r: dict[str, Any], main: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The minimal Twisted case over the same transport (plain or TLS), same read size if run."""
     kind = "twisted-tls" if r["tls"] else "twisted"
-    same = [b for b in main if b["kind"] == kind]
+    same = [b for b in main if b["kind"] == kind and not b.get("twin")]
     return next((b for b in same if b["read_size"] == r["read_size"]), same[0] if same else None)
+
+
+def paired_ratios(main: list[dict[str, Any]]) -> list[str]:
+    """Each case's rate over its ceiling's in the same round: the median and the range of those ratios."""
+    lines = []
+    for r in main:
+        ceiling = ceiling_of(r, main) if r["kind"].startswith("chatapp") or r.get("twin") else None
+        if ceiling is None or ceiling is r:
+            continue
+        ratios = sorted(a / b for a, b in zip(r["all_mbps"], ceiling["all_mbps"], strict=True))
+        if len(ratios) > 1:
+            middle = statistics.median(ratios)
+            lines.append(
+                f"per-round ratio to the ceiling, {describe(r).split(', chunk')[0]}: median {middle:.2f}x "
+                f"({ratios[0]:.2f}-{ratios[-1]:.2f}), {sum(x >= 0.95 for x in ratios)} of {len(ratios)} rounds >= 0.95x"
+            )
+    return ["\n" + "\n".join(lines)] if lines else []
 
 
 def fmt_rate(r: dict[str, Any]) -> str:
@@ -591,7 +623,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
         raw = next((r for r in main if r["kind"] == "raw"), None)
         rows = []
         for r in main:
-            ceiling = ceiling_of(r, main) if r["kind"].startswith("chatapp") else None
+            ceiling = ceiling_of(r, main) if r["kind"].startswith("chatapp") or r.get("twin") else None
             rows.append(
                 [
                     describe(r).rsplit(" -> ", 1)[0],
@@ -615,6 +647,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, paths: dict[
         plain = next((r for r in main if r["kind"] == "chatapp-plain"), None)
         if tls and plain:
             out.append(f"\nchatapp mutual TLS / chatapp plain TCP: {tls['mbps'] / plain['mbps']:.2f}x (medians)")
+        out.extend(paired_ratios(main))
     sweep = [r for r in results if r["sweep"]]
     if sweep:
         size = size_text(sweep[0]["size"])
@@ -654,6 +687,8 @@ def coordinate(args: argparse.Namespace) -> None:
                 if kind in args.cases:
                     for read in args.b_reads:
                         cases.append(Case(kind, where, main_source, args.chunk or 256 * KiB, read))
+                        if args.twin and read == args.b_reads[0]:
+                            cases.append(Case(kind, where, main_source, args.chunk or 256 * KiB, read, twin=True))
             for kind in ("chatapp", "chatapp-plain"):
                 if kind in args.cases:
                     cases.append(Case(kind, where, main_source, args.chunk, args.read_size))
@@ -719,6 +754,9 @@ def main() -> None:
         "--pin",
         action="store_true",
         help="run every sender on CPU 0 and every receiver on CPU 1 (the scheduler cannot move them)",
+    )
+    parser.add_argument(
+        "--twin", action="store_true", help="run each minimal Twisted case twice a round: the noise floor (A/A)"
     )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--role", help=argparse.SUPPRESS)
