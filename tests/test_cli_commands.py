@@ -22,7 +22,7 @@ from chatapp.cli.commands import (
     help_lines,
     parse_command,
 )
-from chatapp.cli.events import CommandFailed, ListenState, PasswordChanged, Shown
+from chatapp.cli.events import CommandFailed, ListenState, LoggedInAgain, PasswordChanged, SessionReplaced, Shown
 from chatapp.cli.render import script_line
 from chatapp.cli.script import ScriptOutput, ScriptRunner, env_new_password
 from chatapp.events import FileOffered, KeyRefused, MessageReceived, PeerJoined, PeerLeft, TransferEnded
@@ -106,13 +106,13 @@ class World:
         self.clients: list[ChatClient] = []
         self.port = 0
 
-    async def console(self, name: str, **options: object) -> tuple[Dispatcher, list[Shown]]:
+    async def console(self, name: str, signup: bool = True, **options: object) -> tuple[Dispatcher, list[Shown]]:
         events: list[Shown] = []
         chats = Conversations()
         sink = console_sink(chats, events.append)
-        client, _ = await start_client(self.port, name, self.tmp_path, forward=sink, **options)  # type: ignore[arg-type]
+        client, _ = await start_client(self.port, name, self.tmp_path, signup=signup, forward=sink, **options)
         self.clients.append(client)
-        return Dispatcher(client, chats, events.append, _password), events
+        return Dispatcher(client, chats, events.append, _password, login_password=PASSWORD), events
 
 
 async def _password() -> tuple[str, str]:
@@ -239,3 +239,16 @@ async def test_a_contact_with_a_new_key_each_side_is_told_what_to_do(world: Worl
     assert await alice.run_line("/trust bob")
     assert await alice.run_line("/msg bob now?")
     await until(b, lambda e: isinstance(e, MessageReceived) and e.text == "now?")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_after_a_login_elsewhere_says_how_to_log_in_here_again(world: World) -> None:
+    here, shown = await world.console("alice")
+    assert await here.run_line("/who")
+    await world.console("alice", signup=False, listen=None)  # the same account, from another terminal
+    await until(shown, lambda e: isinstance(e, SessionReplaced))
+    assert not await here.run_line("/who")
+    assert shown[-1] == CommandFailed("/who: not connected to the chat server; /reconnect logs in again")
+    assert await here.run_line("/reconnect")
+    assert isinstance(shown[-1], LoggedInAgain)
+    assert await here.run_line("/who")

@@ -82,6 +82,7 @@ class FakeTransfer:
     path: str | None = None
     offset: int = 0
     started: float | None = None
+    kept: bool = False
 
     @property
     def finished(self) -> bool:
@@ -554,6 +555,10 @@ def test_who_stopped_a_transfer_is_said_in_words() -> None:
     assert (human_line(TransferEnded(by_receiver), 0) or "").endswith("#8 to bob ended: cancelled by the receiver")
     late = human_line(TransferEnded(timed_out), 0) or ""
     assert late.endswith("#9 to bob ended: nobody answered the offer in time")
+    by_sender.kept = True
+    assert (human_line(TransferEnded(by_sender), 0) or "").endswith(
+        "#7 from bob ended: cancelled by the sender; the 3 B received are kept: the same offer again resumes"
+    )
 
 
 def test_a_summary_under_a_second_and_the_reason_of_an_ended_transfer_in_transfers() -> None:

@@ -265,7 +265,10 @@ def test_receiver_side_of_sender_cancel_keeps_partial(tmp_path: Path, clock: Clo
     transfer = eb.offers[0]
     assert transfer.state is TransferState.CANCELLED and transfer.reason == "cancelled"
     assert Path(transfer.partial).read_bytes() == b"abcd"  # type: ignore[attr-defined]
+    assert transfer.kept  # the console says so: the same offer again resumes
     assert files_in(fb.downloads.root) == []
+    session.dataReceived(b"OFFER g 10 b.txt\r\nCANCEL g stale-partial\r\n")
+    assert not eb.offers[1].kept  # nothing received, and the sender said the partial is no use
 
 
 def test_receiver_reject_mid_transfer_drops_the_rest(tmp_path: Path, clock: Clock) -> None:

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chatapp.app import ChatClient
-from chatapp.client import ChatClientError, ConnectionClosed
+from chatapp.client import ChatClientError, ConnectionClosed, NotConnected, State
 from chatapp.events import (
     ChatEvent,
     ChatRequested,
@@ -364,6 +364,8 @@ class Dispatcher:
             text = _text_of(e)
             if isinstance(e, HandshakeFailed) and e.reason == "key-changed" and command.args:
                 text += f"; compare the new key with {command.args[0]}, and if it is theirs: /trust {command.args[0]}"
+            elif isinstance(e, NotConnected) and self._can_reconnect():
+                text += "; /reconnect logs in again"
             self.emit(CommandFailed(f"{what}: {text}"))
             return False
         except OSError as e:
@@ -458,6 +460,10 @@ class Dispatcher:
         remembered, offered = changed
         await self.client.trust(user)
         self.emit(KeyTrusted(user, remembered, offered))
+
+    def _can_reconnect(self) -> bool:
+        """The server link is down for good (given up, or replaced by a login elsewhere): only /reconnect helps."""
+        return self.login_password is not None and self.client.server.state is State.IDLE
 
     async def do_reconnect(self) -> None:
         if self.login_password is None:

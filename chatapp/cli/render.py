@@ -315,7 +315,10 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
                 return f"* #{t.handle} sent to {e(t.peer)} ({human_size(t.size)})"
             return f"* #{t.handle} received from {e(t.peer)} ({human_size(t.size)}): {e(t.path or t.name)}"
         case TransferEnded(t):
-            return f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(end_reason(t))}"
+            line = f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(end_reason(t))}"
+            if t.kept:
+                line += f"; the {human_size(t.bytes_done)} received are kept: the same offer again resumes"
+            return line
         case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
             return f"* {e(notice_text(event))}"
         case CommandFailed(text):

@@ -317,6 +317,8 @@ class Receiver:
         transfer.stop_io()
         if reason == "stale-partial":
             self.factory.downloads.remove(transfer.partial)
+        else:
+            transfer.kept = transfer.bytes_done > 0
         self._end(transfer, TransferState.CANCELLED, reason)
 
     def protocol_error(self, transfer_id: str | None) -> None:
@@ -332,6 +334,7 @@ class Receiver:
         for transfer in self.transfers.values():
             if not transfer.finished:
                 transfer.stop_io()
+                transfer.kept = transfer.bytes_done > 0
                 self._end(transfer, TransferState.CANCELLED, reason)
 
     # -- inside -----------------------------------------------------------------------
@@ -493,7 +496,8 @@ class Receiver:
         factory.limit_hit("peer-slow-transfer", "an accepted transfer made too little progress: failing it")
         self.session.send(format_line("FAIL", transfer.id, "data-timeout"))
         transfer.stop_io()
-        self._end(transfer, TransferState.FAILED, "data-timeout")  # the partial stays for a resume
+        transfer.kept = transfer.bytes_done > 0  # the partial stays for a resume
+        self._end(transfer, TransferState.FAILED, "data-timeout")
 
     def _end(self, transfer: IncomingTransfer, state: TransferState, reason: str = "") -> None:
         if transfer.idle is not None:
