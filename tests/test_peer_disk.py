@@ -348,3 +348,25 @@ def test_queued_views_pin_at_most_twice_what_they_count(tmp_path: Path) -> None:
     assert [len(piece) for piece in batch] == [200 * 1024, 56 * 1024 - 20, 40 * 1024]
     runner.run_all()
     assert path.read_bytes() == read_one[: 200 * 1024] + read_one[200 * 1024 + 20 :] + read_two[: 40 * 1024]
+
+
+def test_a_writer_cut_by_a_failed_write_is_not_intact(tmp_path: Path) -> None:
+    """Its hash then covers bytes the partial lacks: a resume must hash the file itself."""
+    import errno
+    import hashlib
+
+    from chatapp.peer.downloads import DownloadDir
+    from chatapp.peer.writer import MIN_WRITE, FileWriter
+
+    class FailingDisk(DownloadDir):
+        def write(self, fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+    runner = ManualRunner()
+    fd = os.open(tmp_path / "out.part", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    writer = FileWriter(runner, FailingDisk(str(tmp_path), 2**30, 10), fd, hashlib.sha256(), print, print, print)
+    writer.write(os.urandom(MIN_WRITE))  # a write starts
+    assert writer.intact and runner.pending == 1
+    writer.abandon()  # the transfer was cut while it was in flight
+    runner.run_all()
+    assert writer.closed.called and not writer.intact

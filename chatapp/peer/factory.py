@@ -568,10 +568,7 @@ class PeerFactory(ServerFactory):
 
         def hashed(hasher: Any) -> Any:
             if info.st_size == length:
-                self._prefixes.pop(path, None)
-                self._prefixes[path] = (stamp, hasher.copy())
-                while len(self._prefixes) > self.downloads.max_partials:
-                    del self._prefixes[next(iter(self._prefixes))]
+                self._remember_prefix(path, stamp, hasher)
             return hasher
 
         def run() -> defer.Deferred[Any]:
@@ -579,6 +576,21 @@ class PeerFactory(ServerFactory):
             return self.disk().run(hash_file_prefix, fd, length)
 
         return self._hashing.run(run).addCallback(hashed)
+
+    def remember_prefix(self, path: str, hasher: Any) -> None:
+        """``hasher`` covers every byte of the closed partial at ``path``: the next :meth:`prefix_hash` of it
+        is free."""
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return  # gone already: nothing to resume
+        self._remember_prefix(path, (info.st_size, info.st_mtime_ns), hasher)
+
+    def _remember_prefix(self, path: str, stamp: tuple[int, int], hasher: Any) -> None:
+        self._prefixes.pop(path, None)
+        self._prefixes[path] = (stamp, hasher.copy())
+        while len(self._prefixes) > self.downloads.max_partials:
+            del self._prefixes[next(iter(self._prefixes))]
 
     def partial_in_use(self, path: str) -> bool:
         return path in self.receiving

@@ -96,11 +96,19 @@ class IncomingTransfer(Transfer):
             preparing, self.preparing = self.preparing, None
             preparing.cancel()
         if self.writer is not None:
-            self.writer.abandon()
-            if not self.writer.closed.called:  # still writing what came: a resume must measure after it
-                self.session.factory.partial_closing(self.partial, self.writer.closed)
+            writer = self.writer
+            writer.abandon()
+            # Once what came is on disk, the writer's hash is the kept partial's: a resume of it hashes
+            # nothing (else a peer could make us re-read a large partial after each byte it appends).
+            writer.closed.addCallback(self._closed_whole, writer)
+            if not writer.closed.called:  # still writing what came: a resume must measure after it
+                self.session.factory.partial_closing(self.partial, writer.closed)
         if self.idle is not None:
             self.idle.stop()
+
+    def _closed_whole(self, _: object, writer: FileWriter) -> None:
+        if writer.intact:
+            self.session.factory.remember_prefix(self.partial, writer.hasher)
 
 
 class Receiver:

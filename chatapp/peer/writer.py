@@ -113,6 +113,7 @@ class FileWriter:
         self._flush_call: IDelayedCall | None = None
         self._total = backlog  # None: only this writer's own marks apply
         self.closed: defer.Deferred[None] = defer.Deferred()  # fires once the file is closed, however it ended
+        self.intact = True  # every byte hashed went to the file (False once bytes were dropped or a write failed)
 
     @property
     def buffered(self) -> int:
@@ -244,6 +245,8 @@ class FileWriter:
 
     def _next_after(self, error: OSError | None) -> None:
         if self.stage is Stage.ABANDONED:
+            if error is not None:
+                self.intact = False  # the file may hold less than was hashed
             if error is None and self._queue:
                 self._write_next()  # the rest of what was received, for a resume
             else:
@@ -285,6 +288,8 @@ class FileWriter:
             self._write_next()
 
     def _drop_queue(self) -> None:
+        if self._queued:
+            self.intact = False
         dropped, self._queued = self._queued, 0
         self._queue.clear()
         self._count_out(dropped)
@@ -296,6 +301,7 @@ class FileWriter:
     def _fail(self, error: OSError) -> None:
         was = self.stage
         self.error = error
+        self.intact = False
         self._move(Stage.FAILED)
         self._drop_queue()
         self._ease()
