@@ -266,6 +266,23 @@ def test_a_changed_key_says_whose_key_changed_and_who_can_accept_it() -> None:
     assert "carol refused the chat" in str(explain(HandshakeFailed("key-changed"), sending))
 
 
+@pytest.mark.parametrize(
+    ("reason", "text"),
+    [
+        ("connection-lost", "could not open the chat with carol: the connection to the peer was lost before"),
+        ("bad-token", "could not open the chat with carol: the peer refused the chat: the server did not confirm"),
+        # a word the peer chose is given as its words, not as an error of ours
+        ("Your-account-is-compromised", "could not open the chat with carol: the peer refused the chat (it said:"),
+    ],
+)
+def test_a_chat_that_did_not_open_says_why_in_words(reason: str, text: str) -> None:
+    from chatapp.peer.errors import HandshakeFailed
+
+    fatal = explain(HandshakeFailed(reason), parse_args(["send", "--user", "bob", "carol", __file__]))
+    assert fatal.code == errors.EXIT_FAILED and str(fatal).startswith(text)
+    assert "unexpected" not in str(fatal) and "HandshakeFailed" not in str(fatal)
+
+
 def test_ready_says_where_the_login_published_us_without_asking_again() -> None:
     from types import SimpleNamespace
 

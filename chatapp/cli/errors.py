@@ -139,6 +139,9 @@ def explain(error: BaseException, settings: Settings, user: str | None = None) -
             text = text.replace("the contact's key", f"the key of {settings.send_to}", 1)
             text = text.replace("the contact refused", f"{settings.send_to} refused", 1)
         return Fatal(EXIT_KEY_CHANGED, f"refused: {text}{hint}")
+    if isinstance(error, HandshakeFailed):  # the chat with the recipient did not open: say why, in words
+        whom = f" with {settings.send_to}" if settings.send_to else ""
+        return Fatal(EXIT_FAILED, f"could not open the chat{whom}: {error}")
     if isinstance(error, Blocked):
         return Fatal(EXIT_BLOCKED, blocked_text(error.seconds, name))
     if isinstance(error, Locked):

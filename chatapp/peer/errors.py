@@ -53,7 +53,31 @@ def _explain(reason: str, expected: str | None, offered: str | None) -> str:
         )
     if reason == "bad-key":  # ERR 403 bad-key: the contact saw a key the server did not vouch for
         return "the contact refused the chat: the key it saw is not the one the server vouched for"
-    return reason
+    known = _REASONS.get(reason)
+    if known is not None:
+        return known
+    # Any other word came from the peer (its ERR): said as its words, never as ours.
+    return f"the peer refused the chat (it said: {reason})"
+
+
+_REASONS = {
+    # the peer's refusals (PROTOCOL.md 3.2)
+    "bad-token": "the peer refused the chat: the server did not confirm our introduction (bad-token); try again",
+    "server-unavailable": "the peer could not reach its chat server to check who we are; try again later",
+    "unsupported-version": "the peer runs another version of the chat protocol",
+    "not-authenticated": "the peer refused the chat before it knew who we are (not-authenticated)",
+    "refused": "the peer refused the chat",
+    # our own reasons for giving up
+    "connection-lost": "the connection to the peer was lost before the chat opened",
+    "handshake-timeout": "the peer did not finish opening the chat in time",
+    "hello-timeout": "the peer did not finish opening the chat in time",
+    "bad-welcome": "the peer did not answer as a chatapp client should (bad-welcome)",
+    "closed": "the chat was closed before it opened",
+    "replaced": "the chat was replaced by a newer one with the same peer",
+    "too-many-sessions": "too many chats are open",
+    "too-many-handshakes": "too many chats are being opened at once",
+    "internal-error": "an internal error closed the chat (see the log)",
+}
 
 
 class IllegalTransition(PeerError):
