@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import ipaddress
 import math
 import os
 import sqlite3
@@ -30,6 +29,7 @@ from urllib.parse import quote
 
 import bcrypt
 
+from chatapp.addresses import limit_key
 from chatapp.server.store import ADDRESS, NAME, SCHEMA_VERSION, StoreError, is_postgres_url
 from chatapp.server.store import postgres as postgres_store
 from chatapp.server.store import sqlite as sqlite_store
@@ -188,14 +188,12 @@ def open_target(where: str) -> Database:
 
 
 def normalize_address(text: str) -> str | None:
-    """The key the server blocks an address under, or None if ``text`` is no IP address."""
+    """The key the server blocks an address under (an IPv6 address: its /64), or None if ``text`` is no
+    IP address."""
     try:
-        address = ipaddress.ip_address(text.split("%", 1)[0] if ":" in text else text)
+        return limit_key(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 # -- formatting --------------------------------------------------------------

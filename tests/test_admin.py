@@ -247,6 +247,12 @@ def test_unblock_an_address_in_any_spelling(capsys, store, db) -> None:
     assert store.block_until(ADDRESS, "192.0.2.7", time.time()).result is None
 
 
+def test_unblock_an_ipv6_address_lifts_the_block_of_its_64(capsys, store, db) -> None:
+    store.set_block(ADDRESS, "2001:db8:1:2::/64", time.time() + 300)  # as the server blocks 2001:db8:1:2::9
+    assert run(capsys, "--db", db, "unblock", "2001:db8:1:2::9") == (0, "unblocked address 2001:db8:1:2::/64\n", "")
+    assert store.block_until(ADDRESS, "2001:db8:1:2::/64", time.time()).result is None
+
+
 def test_unblock_a_user_name_case_insensitively(capsys, store, db) -> None:
     store.set_block(NAME, "alice", time.time() + 300)
     store.set_block(ADDRESS, "192.0.2.7", time.time() + 300)

@@ -134,7 +134,7 @@ async def test_loopback_idle_stranger_cannot_take_every_handshake_slot(tmp_path:
             if bob.limits_hit.get("peer-handshakes-per-address", 0) >= 18:
                 break
             await task.deferLater(reactor, 0.01)
-        strangers = [s for s in bob.connections if s.handshake_address == "127.0.0.3"]
+        strangers = [s for s in bob.connections if s.handshake_key == "127.0.0.3"]
         assert len(strangers) <= bob.max_handshakes_per_address
         friend = TCP4ClientEndpoint(reactor, "127.0.0.1", number, bindAddress=("127.0.0.2", 0))
         session = await alice.connect_endpoint(friend, "bob", "tok-alice", "proof-alice", key_of("bob")).addTimeout(

@@ -16,7 +16,7 @@ import pytest_twisted
 from test_peer_harness import TOKENS, Recorder, dict_verify, identity_of, key_of, make_peer
 from twisted.internet import reactor as _reactor
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
@@ -227,6 +227,21 @@ def test_sessions_are_bounded_per_address_and_our_calls_are_not_counted(tmp_path
     ours.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.50", 1)))
     assert ours.live and ours in fb.connections
     assert not any(t.disconnecting for _, t in held + others)
+
+
+def test_an_ipv6_64_is_one_source_address_to_the_listener(tmp_path: Path, clock: Clock) -> None:
+    """A stranger stepping through the addresses of its /64 is still one address: two handshakes at most."""
+    fb, _ = make_peer(tmp_path, "bob", clock, max_handshakes=8, max_handshakes_per_address=2)
+    strangers = []
+    for n in range(1, 5):
+        session = fb.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv6Address("TCP", f"2001:db8:1:2::{n}", 1))
+        session.makeConnection(transport)
+        strangers.append(transport)
+    assert [t.disconnecting for t in strangers] == [True, True, False, False]  # each new one displaced the oldest
+    assert fb._handshakes_from == {"2001:db8:1:2::/64": 2}
+    _other, other_t = stranger(fb, "192.0.2.9")
+    assert not other_t.disconnecting and fb._handshakes_from["192.0.2.9"] == 1
 
 
 def test_a_full_table_displaces_the_session_idle_the_longest_only_after_the_idle_time(

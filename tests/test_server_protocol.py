@@ -295,6 +295,40 @@ def test_third_failure_blocks_the_address_across_connections(connect: Connect, c
     assert connect().ask(f"LOGIN bob {PASSWORD}") == ["ERR 401 bad-credentials 2 wrong user name or password"]
 
 
+def test_an_ipv6_64_is_one_address_to_the_lockout_and_the_connection_cap(tmp_path, clock: Clock) -> None:
+    """A host holds a whole /64: stepping to its next address must not start the count again."""
+    factory = make_factory(str(tmp_path / "db"), clock, ServerConfig(max_connections_per_address=3))
+    first = Conn(factory, host="2001:db8:1:2::10")
+    first.lines()
+    assert first.ask(f"SIGNUP alice {PASSWORD}", f"KEY {key_of('alice')}", "LISTEN 4000") == [
+        "OK SIGNUP alice",
+        "OK KEY",
+        "OK LISTEN 2001:db8:1:2::10 4000",  # published as the address itself, not its /64
+    ]
+    held = [Conn(factory, host=f"2001:db8:1:2::{n}") for n in (11, 12)]
+    refused = Conn(factory, host="2001:db8:1:2:ffff::1")
+    assert refused.lines() == ["* BYE too-many-connections"] and refused.closing
+    refused.drop()
+    for conn in (first, *held):
+        conn.drop()
+    for n, tries_left in ((21, 2), (22, 1)):
+        conn = Conn(factory, host=f"2001:db8:1:2::{n}")
+        conn.lines()
+        reply = conn.ask("LOGIN bob wrongpassword")
+        assert reply == [f"ERR 401 bad-credentials {tries_left} wrong user name or password"]
+        conn.drop()
+    third = Conn(factory, host="2001:db8:1:2::23")
+    third.lines()
+    assert third.ask("LOGIN carol wrongpassword") == ["ERR 429 blocked 300 too many failed logins from your address"]
+    third.drop()
+    later = Conn(factory, host="2001:db8:1:2:9::9")
+    assert later.lines() == ["* BLOCKED 300"] and later.closing
+    later.drop()
+    neighbour = Conn(factory, host="2001:db8:1:3::21")  # the next /64: someone else
+    assert neighbour.lines() == ["* HELLO chatapp/2"]
+    assert neighbour.ask(f"LOGIN alice {PASSWORD}") == ["OK LOGIN alice"]
+
+
 def test_blocked_address_cannot_sign_up_either(connect: Connect, server_factory: ServerFactory, clock: Clock) -> None:
     conn = connect()
     server_factory.store.set_block(ADDRESS, "127.0.0.1", clock.seconds() + 10)

@@ -364,7 +364,7 @@ class PeerFactory(ServerFactory):
             self._live.add(session)
             return True
         incoming = [s for s in self._live if s.role is Role.LISTENER and s.live]
-        if sum(1 for s in incoming if s.source_address == address) >= self.max_sessions_per_address:
+        if sum(1 for s in incoming if s.source_key == address) >= self.max_sessions_per_address:
             self.limit_hit("peer-sessions-per-address", "too many peer connections from one address: refusing")
             return False
         if len(incoming) >= self.max_sessions and not self._displace_idle(incoming):
@@ -400,7 +400,7 @@ class PeerFactory(ServerFactory):
             self.limit_hit("peer-handshakes", "too many peer handshakes in progress: refusing new ones")
             return False
         self._handshaking[session] = None
-        session.handshake_address = address
+        session.handshake_key = address
         self._handshakes_from[address] = self._handshakes_from.get(address, 0) + 1
         return True
 
@@ -414,7 +414,7 @@ class PeerFactory(ServerFactory):
         silent = [
             old
             for old in self._handshaking
-            if old.state is SessionState.HANDSHAKING and (address is None or old.handshake_address == address)
+            if old.state is SessionState.HANDSHAKING and (address is None or old.handshake_key == address)
         ]
         if not silent:
             return False
@@ -455,7 +455,7 @@ class PeerFactory(ServerFactory):
         if session not in self._handshaking:
             return
         del self._handshaking[session]
-        address = session.handshake_address
+        address = session.handshake_key
         left = self._handshakes_from.get(address, 0) - 1
         if left > 0:
             self._handshakes_from[address] = left

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import chatapp.peer.chat as chat
+from chatapp.addresses import limit_key
 from chatapp.events import ChatEvent
 from chatapp.peer.chat import split_message
 from chatapp.peer.deadline import Deadline
@@ -100,10 +101,10 @@ class PeerSession(FileCommands, Protocol):
         self.watch, self.gate = flow.watch, flow.gate
         self._draining = False
         self._next_slice: IDelayedCall | None = None  # the reactor turn where reading goes on past the budget
-        self.handshake_address = ""  # the source address whose handshake slot this listener holds
+        self.handshake_key = ""  # the source (as counted: source_key) whose handshake slot this listener holds
         self.tls_done = False  # the TLS handshake finished (handshakeCompleted)
         self.tls_key: str | None = None  # a listener's: the fingerprint of the caller's certificate
-        self.source_address = ""  # the peer's address (host part)
+        self.source_key = ""  # the peer's address (an IPv6 one: its /64), as per-address limits count it
         now = factory.clock.seconds()
         self.last_heard = now  # when a byte last came in
         self.last_active = now  # when chat or file traffic (not PING/PONG) last went either way
@@ -206,11 +207,11 @@ class PeerSession(FileCommands, Protocol):
         if isinstance(getattr(socket, "bufferSize", None), int):
             socket.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
         transport.registerProducer(self.watch, True)
-        self.source_address = _host(transport)
-        if not self.factory.session_connected(self, self.source_address):
+        self.source_key = _source_key(_host(transport))
+        if not self.factory.session_connected(self, self.source_key):
             self.lose("too-many-sessions", abort=True)
             return
-        if self.role is Role.LISTENER and not self.factory.handshake_started(self, self.source_address):
+        if self.role is Role.LISTENER and not self.factory.handshake_started(self, self.source_key):
             self.lose("too-many-handshakes")
             return
         self.handshake.start()
@@ -394,6 +395,13 @@ class PeerSession(FileCommands, Protocol):
         "FAIL": lambda self, args: self.sender.on_fail(args),
         "CANCEL": lambda self, args: self.receiver.on_cancel(args),
     }
+
+
+def _source_key(host: str) -> str:
+    try:
+        return limit_key(host)
+    except ValueError:
+        return host  # no IP address (a UNIX socket, a test's transport): counted as itself
 
 
 def _host(transport: Any) -> str:

@@ -9,10 +9,11 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from chatapp.addresses import normalize_host
 from chatapp.server.limits import ConnectionCap, LimitLog, MemorySignups, SignupLimiter, Signups
 from chatapp.server.lockout import Lockout, LoginLockout, MemoryLockout
 from chatapp.server.passwords import PasswordHasher
-from chatapp.server.protocol import ServerProtocol, normalize_host
+from chatapp.server.protocol import ServerProtocol
 from chatapp.server.registry import TOKENS_PER_REQUESTER, MemoryRegistry, Registry
 from chatapp.server.store import Store
 
@@ -34,7 +35,7 @@ class ServerConfig:
 
 
 def address_of(peer: IAddress) -> str:
-    """The key a client is counted and blocked under: its IP address (local sockets count as loopback)."""
+    """The client's IP address, normalized (local sockets count as loopback)."""
     host = getattr(peer, "host", None)
     if isinstance(host, str):
         try:
@@ -85,7 +86,7 @@ class ServerFactory(Factory):
             if self.limit_log.first("max-connections", self.clock.seconds()):
                 log.warn("refusing connections: {count} are open (--max-connections)", count=len(self.connections))
             return False
-        if not self.connection_cap.take(connection.address):
+        if not self.connection_cap.take(connection.address_key):
             if self.limit_log.first("max-connections-per-address", self.clock.seconds()):
                 log.info("refusing connections from {address}: it holds the most it may", address=connection.address)
             return False
@@ -95,7 +96,7 @@ class ServerFactory(Factory):
     def connection_closed(self, connection: ServerProtocol) -> None:
         if connection in self.connections:
             self.connections.discard(connection)
-            self.connection_cap.give_back(connection.address)
+            self.connection_cap.give_back(connection.address_key)
         if connection.user is not None:
             leaving = self.registry.logout(connection.user, connection)
             leaving.addErrback(lambda failure: log.failure("logging out {user} failed", failure, user=connection.user))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import ipaddress
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatapp import PROTOCOL_VERSION
+from chatapp.addresses import limit_key, normalize_host
 from chatapp.server.limits import seconds_left
 from chatapp.server.lockout import Attempt, Refusal, Refused, Settlement, Verdict
 from chatapp.server.passwords import Busy
@@ -89,12 +89,11 @@ def _locked(seconds: int) -> WireError:
     return WireError(429, "locked", f"{seconds} this account is locked after failed logins")
 
 
-def normalize_host(host: str) -> str:
-    """Canonical text of an IP address; an IPv4-mapped IPv6 address becomes its IPv4 form."""
-    address = ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+def _limit_key(address: str) -> str:
+    try:
+        return limit_key(address)
+    except ValueError:
+        return address  # not an IP address (a test's stand-in): counted as itself
 
 
 def parse_passwd(args: str | None) -> tuple[str, str]:
@@ -166,6 +165,7 @@ class ServerProtocol(Protocol):
     def __init__(self, factory: ServerFactory, address: str) -> None:
         self.factory = factory
         self.address = address  # the client's IP address as the server sees it
+        self.address_key = _limit_key(address)  # what it is counted and blocked under (an IPv6 /64)
         self.user: str | None = None  # the account name as signed up, once logged in
         self.key: str | None = None  # the fingerprint published with KEY for this login (never stored)
         self.phase = Phase.GREETING
@@ -231,8 +231,8 @@ class ServerProtocol(Protocol):
             self._greet(self._block_read)  # type: ignore[arg-type]
 
     async def _read_block_list(self) -> Refused | None:
-        until = await self.factory.store.block_until(ADDRESS, self.address, self.factory.clock.seconds())
-        return await self.factory.lockout.address_refusal(self.address, until)
+        until = await self.factory.store.block_until(ADDRESS, self.address_key, self.factory.clock.seconds())
+        return await self.factory.lockout.address_refusal(self.address_key, until)
 
     def _block_list_read(self, refused: Refused | None) -> None:
         self._block_read = refused
@@ -470,8 +470,8 @@ class ServerProtocol(Protocol):
         return _Closed()
 
     async def _refuse_if_address_blocked(self) -> None:
-        until = await self.factory.store.block_until(ADDRESS, self.address, self.factory.clock.seconds())
-        refused = await self.factory.lockout.address_refusal(self.address, until)
+        until = await self.factory.store.block_until(ADDRESS, self.address_key, self.factory.clock.seconds())
+        refused = await self.factory.lockout.address_refusal(self.address_key, until)
         if refused is not None:
             raise self._refuse(refused, "")
 
@@ -483,7 +483,7 @@ class ServerProtocol(Protocol):
         factory = self.factory
         await self._refuse_if_address_blocked()
         now = factory.clock.seconds()
-        slot, wait_for = await factory.signups.reserve(self.address, now)
+        slot, wait_for = await factory.signups.reserve(self.address_key, now)
         if slot is None:
             wait = seconds_left(now + wait_for, now)
             log.info("refused a signup from {address}: too many this hour", address=self.address)
@@ -500,7 +500,7 @@ class ServerProtocol(Protocol):
             created = True
         finally:
             if not created:
-                self._background(factory.signups.release(self.address, slot), "giving back a signup slot")
+                self._background(factory.signups.release(self.address_key, slot), "giving back a signup slot")
         log.info("signup {user} from {address}", user=account.name, address=self.address)
         if self._ended:
             return
@@ -542,7 +542,7 @@ class ServerProtocol(Protocol):
         """Reserve a login attempt, waiting while the limits are taken by checks in flight; None if we left."""
         lockout = self.factory.lockout
         while True:
-            decision = await lockout.admit(self.address, folded)
+            decision = await lockout.admit(self.address_key, folded)
             if isinstance(decision, Refused):
                 raise self._refuse(decision, folded)
             if isinstance(decision, Attempt):
@@ -554,7 +554,7 @@ class ServerProtocol(Protocol):
         # (The store is read for every attempt: an admin may have added a block since.)
         try:
             now = self.factory.clock.seconds()
-            address_until = await self.factory.store.block_until(ADDRESS, self.address, now)
+            address_until = await self.factory.store.block_until(ADDRESS, self.address_key, now)
             name_until = await self.factory.store.block_until(NAME, folded, now)
         except BaseException:
             self._background(lockout.abandon(decision), "abandoning a login attempt")
