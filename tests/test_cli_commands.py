@@ -230,12 +230,17 @@ async def test_a_contact_with_a_new_key_each_side_is_told_what_to_do(world: Worl
     assert bob_client.identity is not None and bob_client.server.identity_made is not None
     await bob_client.stop()
     bob_client.server.identity_made.unlink()  # a new installation: a new key at the next login
-    _bob, b = await world.console("bob", signup=False)
+    bob, b = await world.console("bob", signup=False)
     assert not await alice.run_line("/msg bob are you there?")
     failed = a[-1]
     assert isinstance(failed, CommandFailed) and failed.text.startswith("/msg bob: the contact's key changed")
     assert failed.text.endswith("; compare the new key with bob, and if it is theirs: /trust bob")
     await until(b, lambda e: isinstance(e, KeyRefused) and e.user == "alice")
+    # bob asks himself: alice refuses his key; only alice can accept it, so bob is not told to /trust her
+    assert not await bob.run_line("/chat alice")
+    refused = b[-1]
+    assert isinstance(refused, CommandFailed) and refused.text.startswith("/chat alice: the contact refused the chat")
+    assert "/trust alice" not in refused.text
     assert await alice.run_line("/trust bob")
     assert await alice.run_line("/msg bob now?")
     await until(b, lambda e: isinstance(e, MessageReceived) and e.text == "now?")

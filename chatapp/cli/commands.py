@@ -362,7 +362,9 @@ class Dispatcher:
             await getattr(self, f"do_{command.name}")(*command.args)
         except (CommandError, ChatClientError, PeerError) as e:
             text = _text_of(e)
-            if isinstance(e, HandshakeFailed) and e.reason == "key-changed" and command.args:
+            # only when we refused their changed key (expected: the one we remember); when they refused ours,
+            # the error itself says what they can do
+            if isinstance(e, HandshakeFailed) and e.reason == "key-changed" and e.expected and command.args:
                 text += f"; compare the new key with {command.args[0]}, and if it is theirs: /trust {command.args[0]}"
             elif isinstance(e, NotConnected) and self._can_reconnect():
                 text += "; /reconnect logs in again"
