@@ -111,7 +111,7 @@ class ChatClient:
         runner = ReactorPool(self.reactor)
         known = KnownPeers(known_peers_path())
         self.contacts = Contacts(
-            known, self.server.host, self.server.port, runner, accept_changed=self.accept_changed_keys
+            known, self.server.files_host, self.server.files_port, runner, accept_changed=self.accept_changed_keys
         )
         await self.contacts.load()
         options: dict[str, Any] = {"max_file_size": self.max_file_size, "auto_accept": self.auto_accept}

@@ -428,6 +428,9 @@ class ServerConnection:
         self.identity: Identity | None = None  # this account's identity on this server, once logged in
         self._identity_of: str | None = None  # the (case-folded) account self.identity belongs to
         self.identity_made: Path | None = None  # the file of an identity a login of this run made (not loaded)
+        # the host:port this account's identity and contacts are kept under: ours, or another name of the
+        # same server (same key) under which an identity was made before
+        self.files_host, self.files_port = self.host, self.port
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.emit = emit
         self.max_delay = max_delay
@@ -647,12 +650,29 @@ class ServerConnection:
         """Load or make the identity file ``path`` in a thread (key generation, fsync); True if made."""
         return ReactorPool(self.reactor).run(load_or_create_identity, path)
 
+    def _identity_file(self, user: str) -> tuple[Path, str, int]:
+        """The identity file of ``user``, and the host:port it is kept under (blocking: reads files).
+
+        A server reached under another name with the same key (``localhost`` and ``127.0.0.1``) is the
+        same server: an identity made under the other name is used, not replaced by a new key that every
+        contact would see as a changed one.
+        """
+        path = identity_path(self.host, self.port, user)
+        if path.exists() or self.tls is None:
+            return path, self.host, self.port
+        for host, port in self.tls.other_names():
+            other = identity_path(host, port, user)
+            if other.exists():
+                log.info("the identity of {user} here is kept under {host}:{port}", user=user, host=host, port=port)
+                return other, host, port
+        return path, self.host, self.port
+
     async def _publish_key(self, protocol: ServerClientProtocol) -> None:
         """Right after a login: load (or make, at the first login) this account's identity, then send KEY."""
         user = protocol.user
         assert user is not None
         if self.identity is None or self._identity_of != user.casefold():
-            path = identity_path(self.host, self.port, user)
+            path, self.files_host, self.files_port = await ReactorPool(self.reactor).run(self._identity_file, user)
             identity, made = await self.load_identity(path)
             if made:
                 log.info("made a new identity key for {user}: {path}", user=user, path=str(path))

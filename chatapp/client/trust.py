@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from chatapp.client.errors import ServerKeyChanged, ServerKeyUnknown, ServerNotTrusted
 from chatapp.runner import ReactorPool
 from chatapp.tls.contexts import ServerLinkClientTLS
+from chatapp.tls.fingerprint import same_fingerprint
 from chatapp.tls.known_hosts import KnownServers, format_address
 from chatapp.tls.paths import known_servers_path
 from chatapp.tls.server_trust import Mismatch, ServerTrust, Trusted, Unknown, Verdict
@@ -83,12 +84,29 @@ class ServerLinkTLS:
         self.trust = ServerTrust(known_servers or KnownServers(known_servers_path()), host, port, server_fingerprint)
         self.trust_on_first_use = trust_on_first_use
         self.confirm = confirm
+        self.server_key: str | None = None  # the fingerprint of the server's key, once a connection accepted it
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return ReactorPool(self.reactor).run(f, *args)
 
     async def accept(self, transport: Any) -> str:
         """After the handshake: the server's fingerprint if it is trusted; else raise ``ServerNotTrusted``."""
+        self.server_key = await self._decide(transport)
+        return self.server_key
+
+    def other_names(self) -> list[tuple[str, int]]:
+        """Other ``host:port`` spellings pinned with this server's key (``localhost`` for ``127.0.0.1``...):
+        the same server. Reads the known-servers file: call it off the reactor thread."""
+        if self.server_key is None:
+            return []
+        here = (self.trust.host, self.trust.port)
+        return [
+            (entry.host, entry.port)
+            for entry in self.trust.known_servers.read().entries
+            if same_fingerprint(entry.fingerprint, self.server_key) and (entry.host, entry.port) != here
+        ]
+
+    async def _decide(self, transport: Any) -> str:
         certificate = peer_certificate(transport)
         by_roots = self.creator.trusted_by_roots(transport)
         verdict: Verdict = await self._in_thread(self.trust.decide, certificate, by_roots)
