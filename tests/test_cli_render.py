@@ -82,7 +82,8 @@ class FakeTransfer:
     path: str | None = None
     offset: int = 0
     started: float | None = None
-    kept: bool = False
+    kept: int = 0
+    already: int = 0
 
     @property
     def finished(self) -> bool:
@@ -260,6 +261,11 @@ def test_human_lines() -> None:
     offered = transfer(5 * 1024**2, 0, 0.0, state=TransferState.OFFERED, handle=3, name="x.pdf")
     offer = human_line(FileOffered(BOB, offered), 0.0)
     assert offer is not None and offer.endswith("* bob offers x.pdf (5.0 MiB): /accept 3 or /reject 3")
+    offered.already = 1024**2
+    again = human_line(FileOffered(BOB, offered), 0.0) or ""
+    assert again.endswith(
+        "* bob offers x.pdf (5.0 MiB; 1.0 MiB of it already here, /accept resumes): /accept 3 or /reject 3"
+    )
     assert human_line(TransferProgress(offered), 0.0) is None
     auto = human_line(FileOffered(BOB, OFFERED), 0.0, auto_accept=True)
     assert auto is not None and auto.endswith("* bob sends x.pdf (10 B); accepting it (#3, /cancel 3 stops it)")
@@ -555,7 +561,7 @@ def test_who_stopped_a_transfer_is_said_in_words() -> None:
     assert (human_line(TransferEnded(by_receiver), 0) or "").endswith("#8 to bob ended: cancelled by the receiver")
     late = human_line(TransferEnded(timed_out), 0) or ""
     assert late.endswith("#9 to bob ended: nobody answered the offer in time")
-    by_sender.kept = True
+    by_sender.kept = 3
     assert (human_line(TransferEnded(by_sender), 0) or "").endswith(
         "#7 from bob ended: cancelled by the sender; the 3 B received are kept: the same offer again resumes"
     )

@@ -756,3 +756,23 @@ def test_a_cut_transfer_s_hash_is_kept_so_its_resume_reads_nothing_again(tmp_pat
         assert eb.offers[-1].kept and eb.offers[-1].bytes_done == 3003
     finally:
         factory_module.hash_file_prefix = real
+
+
+def test_an_offer_of_a_file_partly_here_says_so_and_a_reject_keeps_what_is_here(tmp_path: Path, clock: Clock) -> None:
+    """While the offer waits, the kept partial is listed and the offer says an accept resumes; refusing
+    the offer does not delete bytes received by an earlier try (only /partials clean does)."""
+    fb, eb = make_peer(tmp_path, "bob", clock)
+    kept = partial_path(fb, "alice", "big.bin", 10)
+    Path(kept).write_bytes(b"0123")
+    session, transport = open_listener(fb)
+    session.dataReceived(b"OFFER f 10 big.bin\r\n")
+    offer = eb.offers[0]
+    assert offer.state is TransferState.OFFERED and offer.already == 4
+    assert [(p.peer, p.name, p.kept, p.size) for p in fb.partials()] == [("alice", "big.bin", 4, 10)]
+    session.reject("f")
+    assert transport.value() == b"REJECT f declined\r\n"
+    assert offer.kept == 4 and Path(kept).read_bytes() == b"0123"
+    session.dataReceived(b"OFFER g 10 big.bin\r\n")  # again; this time the user cleans up first
+    assert fb.discard_partials() == 1 and not os.path.exists(kept)
+    session.accept("g")
+    assert transport.value().endswith(b"ACCEPT g 0\r\n")  # nothing left to resume from

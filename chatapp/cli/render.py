@@ -307,6 +307,8 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
             h, size = t.handle, human_size(t.size)
             if auto_accept:
                 return f"* {e(t.peer)} sends {e(t.name)} ({size}); accepting it (#{h}, /cancel {h} stops it)"
+            if t.already:
+                size += f"; {human_size(t.already)} of it already here, /accept resumes"
             return f"* {e(t.peer)} offers {e(t.name)} ({size}): /accept {h} or /reject {h}"
         case TransferProgress():
             return None
@@ -317,7 +319,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
         case TransferEnded(t):
             line = f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(end_reason(t))}"
             if t.kept:
-                line += f"; the {human_size(t.bytes_done)} received are kept: the same offer again resumes"
+                line += f"; the {human_size(t.kept)} received are kept: the same offer again resumes"
             return line
         case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
             return f"* {e(notice_text(event))}"

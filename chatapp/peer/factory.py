@@ -25,7 +25,7 @@ from chatapp.peer.partials import Partial
 from chatapp.peer.receiver import MIN_PROGRESS, PROGRESS_WINDOW
 from chatapp.peer.sender import DEFAULT_CHUNK, MAX_CHUNK
 from chatapp.peer.session import WORK_BUDGET, PeerSession
-from chatapp.peer.states import Role, SessionState
+from chatapp.peer.states import Role, SessionState, TransferState
 from chatapp.peer.transfer import Transfer
 from chatapp.runner import Runner, ThreadRunner
 from chatapp.tls.contexts import PeerConnectorTLS, PeerListenerTLS
@@ -595,11 +595,17 @@ class PeerFactory(ServerFactory):
     def partial_in_use(self, path: str) -> bool:
         return path in self.receiving
 
+    def _writing(self, path: str) -> bool:
+        """A transfer is taking (or about to take) bytes into the partial at ``path``; an offer that waits
+        for an answer is not: the partial there was kept from an earlier try."""
+        transfer = self.receiving.get(path)
+        return transfer is not None and transfer.state is not TransferState.OFFERED
+
     def partials(self) -> list[Partial]:
         """The kept partial copies (not those being written now), oldest first."""
         found = []
         for path, kept, modified in self.downloads.listing():
-            if path in self.receiving:
+            if self._writing(path):
                 continue
             peer, name, size = self._partial_offers.get(path, ("", "", 0))
             found.append(Partial(peer, name, size, kept, modified, path))
@@ -610,7 +616,7 @@ class PeerFactory(ServerFactory):
         chosen = self.partials() if which is None else list(which)
         removed = 0
         for partial in chosen:
-            if partial.path in self.receiving or os.path.dirname(partial.path) != self.downloads.partial_root:
+            if self._writing(partial.path) or os.path.dirname(partial.path) != self.downloads.partial_root:
                 continue
             if self.downloads.remove(partial.path):
                 removed += 1

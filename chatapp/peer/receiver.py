@@ -205,9 +205,13 @@ class Receiver:
         if transfer.finished:
             return
         self.session.send(format_line("REJECT", transfer.id, reason))
+        began = transfer.writer is not None  # bytes of this transfer may be in the partial
         transfer.stop_io()
-        if discard:
+        if discard and began:
             self.factory.downloads.remove(transfer.partial)
+        elif not began:
+            # a partial kept from an earlier try of this offer is not this transfer's to delete
+            transfer.kept = transfer.already
         self._end(transfer, TransferState.REJECTED, reason)
 
     # -- lines from the sender ----------------------------------------------------------
@@ -247,6 +251,11 @@ class Receiver:
             self._refuse(transfer_id, "busy")
             return
         transfer = IncomingTransfer(self.session, self.factory.new_handle(), transfer_id, offered, name, size, partial)
+        try:
+            kept = self.factory.downloads.kept_size(partial)
+        except OSError:
+            kept = None  # the accept will say what is wrong with the folder
+        transfer.already = kept if kept is not None and kept <= size else 0
         self.transfers[transfer_id] = transfer
         self.unfinished.add(transfer)
         self.factory.receiving[partial] = transfer
@@ -326,7 +335,7 @@ class Receiver:
         if reason == "stale-partial":
             self.factory.downloads.remove(transfer.partial)
         else:
-            transfer.kept = transfer.bytes_done > 0
+            transfer.kept = transfer.bytes_done
         self._end(transfer, TransferState.CANCELLED, reason)
 
     def protocol_error(self, transfer_id: str | None) -> None:
@@ -342,7 +351,7 @@ class Receiver:
         for transfer in self.transfers.values():
             if not transfer.finished:
                 transfer.stop_io()
-                transfer.kept = transfer.bytes_done > 0
+                transfer.kept = transfer.bytes_done
                 self._end(transfer, TransferState.CANCELLED, reason)
 
     # -- inside -----------------------------------------------------------------------
@@ -504,7 +513,7 @@ class Receiver:
         factory.limit_hit("peer-slow-transfer", "an accepted transfer made too little progress: failing it")
         self.session.send(format_line("FAIL", transfer.id, "data-timeout"))
         transfer.stop_io()
-        transfer.kept = transfer.bytes_done > 0  # the partial stays for a resume
+        transfer.kept = transfer.bytes_done  # the partial stays for a resume
         self._end(transfer, TransferState.FAILED, "data-timeout")
 
     def _end(self, transfer: IncomingTransfer, state: TransferState, reason: str = "") -> None:

@@ -41,7 +41,10 @@ class Transfer:
         self.offset = 0  # where this transfer starts: the length of a kept partial when it resumes
         self.resumed = False  # True when it resumes a kept partial (offset > 0); set before any progress
         self.bytes_done = 0
-        self.kept = False  # a receive cut short whose partial file stays: the same offer again resumes it
+        # a receive: bytes of a partial file kept from an earlier try when the offer came (an accept resumes
+        # from them), and bytes its partial keeps once it ended without the file (the same offer resumes)
+        self.already = 0
+        self.kept = 0
         self.path: str | None = None
         self.sha256: str | None = None
         self.started: float | None = None  # clock time the first byte moved
