@@ -446,3 +446,40 @@ def test_win_alone_lists_the_windows() -> None:
     ui.list_windows()
     rows = rows_drawn(c.output())
     assert "  1:status" in rows and "  2:bob (shown)" in rows and "  3:carol, 1 unread, a message for you" in rows
+
+
+def test_nothing_is_drawn_after_close_not_even_a_status_row_that_changed() -> None:
+    """Quitting with a transfer running: the transfer ends while the client stops, after the rows were
+    wiped; drawing its changed status row then left it and a prompt above the shell's."""
+    c = Console()
+    status = ["[#9 big.bin ->bob 17% stalled 15 s]"]
+    c.console.watch_status(lambda width: status[0])
+    c.console.status_changed()
+    c.clock.advance(5)
+    assert b"big.bin" in c.output()
+    c.console.close()
+    c.output()
+    status[0] = ""
+    c.console.status_changed()
+    c.clock.advance(5)
+    assert c.output() == b""
+
+
+def test_quitting_says_what_becomes_of_each_running_transfer() -> None:
+    from chatapp.cli.render import quit_lines
+
+    sending = SimpleNamespace(
+        handle=9, name="big.bin", peer="bob", direction=Direction.SEND, state=TransferState.SENDING,
+        bytes_done=17, size=100, finished=False, offset=0,
+    )  # fmt: skip
+    receiving = SimpleNamespace(**vars(sending))
+    receiving.handle, receiving.direction, receiving.state = 3, Direction.RECEIVE, TransferState.RECEIVING
+    receiving.bytes_done, receiving.size = 64 * 1024**2, 300 * 1024**2
+    offered = SimpleNamespace(**{**vars(sending), "handle": 4, "state": TransferState.OFFERED, "bytes_done": 0})
+    done = SimpleNamespace(**{**vars(sending), "handle": 5, "finished": True})
+    lines = quit_lines([sending, receiving, offered, done], 0.0)  # type: ignore[list-item]
+    assert [line.split(" * ", 1)[1] for line in lines] == [
+        "#9 big.bin to bob stops at 17%: sending it again resumes if the receiver kept it",
+        "#3 big.bin from bob stops at 21%: the 64.0 MiB received are kept, the same offer again resumes",
+        "#4 big.bin to bob: the offer ends unanswered",
+    ]

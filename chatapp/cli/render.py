@@ -392,6 +392,26 @@ def end_reason(t: Transfer) -> str:
     return t.reason or t.state.value
 
 
+def quit_lines(transfers: list[Transfer], now: float) -> list[str]:
+    """What quitting does to the transfers still running: one line each, said before the screen goes."""
+    e = escape_for_terminal
+    lines = []
+    for t in transfers:
+        if t.finished:
+            continue
+        where = f"{clock(now)} * #{t.handle} {e(t.name)} {_DIRECTION_WORD[t.direction]} {e(t.peer)}"
+        if t.state is TransferState.OFFERED:
+            lines.append(f"{where}: the offer ends unanswered")
+        elif t.direction is Direction.SEND:
+            lines.append(f"{where} stops at {percent(t)}%: sending it again resumes if the receiver kept it")
+        elif t.bytes_done:
+            lines.append(f"{where} stops at {percent(t)}%: the {human_size(t.bytes_done)} received are kept,"
+                         " the same offer again resumes")  # fmt: skip
+        else:
+            lines.append(f"{where} stops before any byte came")
+    return lines
+
+
 def busy_again_line(t: Transfer, now: float) -> str:
     """The refusal of an offer the receiver is already receiving from us (same name and size): why, in words."""
     e = escape_for_terminal

@@ -68,7 +68,7 @@ from .events import (
 )
 from .output import PeerThrottle
 from .rates import Rates
-from .render import busy_again_line, human_line, status_line
+from .render import busy_again_line, human_line, quit_lines, status_line
 from .run import Run, login_news
 from .screen import ScreenOutput
 from .width import fit_ellipsis, width
@@ -361,6 +361,8 @@ class ConsoleProtocol(insults.TerminalProtocol):
 
     def status_changed(self) -> None:
         """Redraw the status row now, or within STATUS_INTERVAL if it was drawn just before."""
+        if self.closed:
+            return  # transfers ending while we quit must not draw the rows close() wiped
         if self._status_timer is not None and self._status_timer.active():
             return
         wait = self._status_drawn_at + STATUS_INTERVAL - self.clock.seconds()
@@ -371,6 +373,8 @@ class ConsoleProtocol(insults.TerminalProtocol):
 
     def _update_status(self) -> None:
         self._status_timer = None
+        if self.closed:
+            return
         self._status_drawn_at = self.clock.seconds()
         try:
             status = self._status_source(self.width - 1)
@@ -883,6 +887,8 @@ async def run_interactive(run: Run) -> int:
             ui.show(news)
         await ui.done
         status_ticks.stop()
+        for line in quit_lines(client.transfers(), run.reactor.seconds()):
+            console.show(line)  # kept above the shell's prompt: what became of each transfer
         console.close()
         await run.stop()
         if ui.chatlog is not None:
