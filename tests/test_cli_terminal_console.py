@@ -419,6 +419,11 @@ def test_notices_go_to_window_1_and_mark_it_unless_about_the_chat_shown() -> Non
     assert b"bob is opening a chat with you" in c.output()
     ui.show(WhoListed(2))  # the answer to a command: where you are
     assert b"2 online" in c.output()
+    from chatapp.cli.events import SessionReplaced
+
+    ui.show(SessionReplaced("you logged in elsewhere: the server closed this session; /reconnect logs in here again"))
+    assert b"you logged in elsewhere" in c.output()  # cut off from the server: said where you are too
+    assert ui.windows.status.lines[-1].endswith("/reconnect logs in here again")
 
 
 def test_a_login_elsewhere_is_one_line_not_three() -> None:

@@ -633,6 +633,8 @@ class Suspender:
 _STATUS_NEWS = (TransferProgress, TransferEnded, FileOffered, *get_args(CommandSucceeded))
 # news from the server link, or someone knocking: window 1's, not the chat shown's
 _NOTICES = (ServerLost, Reconnecting, Reconnected, GaveUp, SessionReplaced, ChatRequested)
+# news that cuts this session from the server: said in window 1 and where you are (commands fail until /reconnect)
+_CUT_OFF = (SessionReplaced, GaveUp)
 # a line of these kinds marks its window in the activity list: something is waiting for you there
 _FOR_YOU = (MessageReceived, FileOffered)
 
@@ -704,8 +706,9 @@ class Interactive:
             if target is not None and target is not windows.current:
                 self._switch(target)
         if line is not None:
-            # how an offer of ours ended answers our own command: it is shown where we are, too
-            if _our_offer(event) and window is not windows.current:
+            # how an offer of ours ended answers our own command, and losing the server for good matters
+            # to whatever you do next: shown where we are, too
+            if (_our_offer(event) or isinstance(event, _CUT_OFF)) and window is not windows.current:
                 windows.add(windows.current, line)
                 self.console.show(line)
             if windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):
