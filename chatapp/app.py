@@ -91,6 +91,7 @@ class ChatClient:
         self.port: IListeningPort | None = None
         self.published: tuple[str, int] | None = None  # where the server tells others we listen
         self.user: str | None = None
+        self.signed_up = False  # start() made the account (a signup)
         self._dialing: dict[str, list[defer.Deferred[PeerSession]]] = {}  # callers waiting on a dial
 
     # -- life -----------------------------------------------------------------
@@ -103,6 +104,7 @@ class ChatClient:
         else:
             name = await self.server.login(user, password)
         self.user = name
+        self.signed_up = signup  # a new account: nobody has chatted with its key yet
         os.makedirs(self.downloads, exist_ok=True)
         identity = self.server.identity
         assert identity is not None  # the server link made or loaded it at login, before KEY

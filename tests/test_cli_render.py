@@ -290,6 +290,10 @@ def test_human_lines() -> None:
             "* made a new identity key for al on this server (/fingerprint shows it);"
             " contacts you chatted with before will see it as a changed key",
         ),
+        (  # at signup nobody knows an older key: nothing changes for anyone
+            IdentityMade("al", "sha256:" + "cd" * 32, "/h/al.pem", new_account=True),
+            "* made your identity key on this server (/fingerprint shows it, for contacts to compare)",
+        ),
         (ListenState(("2001:db8::7", 7000)), "* listening on [2001:db8::7]:7000"),  # the port is not part of it
         (Ready("al", ("::1", 40123)), "* logged in as al, listening on [::1]:40123; /help lists the commands"),
         (LoggedInAgain("al", ("fe80::1", 9)), "* logged in again as al, listening on [fe80::1]:9"),

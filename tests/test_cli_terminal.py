@@ -87,9 +87,9 @@ def test_typing_survives_incoming_lines_and_peers_cannot_drive_the_terminal(serv
     )  # fmt: skip
     term = Tmux(tmp_path, f"{command}; echo EXIT=$?; stty -a | grep -o -- ' -*icanon '; sleep 60")
     try:
-        # alice's first login: she is told her identity key was just made
-        first = term.wait_for(lambda s: "logged in as alice" in s and "made a new identity key for alice" in s)
-        assert "made a new identity key for alice on this server (/fingerprint shows it);" in first
+        # alice's signup: she is told her identity key was just made (and, being new, that nothing changed)
+        first = term.wait_for(lambda s: "logged in as alice" in s and "made your identity key" in s)
+        assert "made your identity key on this server (/fingerprint shows it, for contacts to compare)" in first
         term.keys("hel")
         term.wait_for(lambda s: last_line(s) == "> hel")
         bob.send("/msg alice look \x1b[2J\x1b]0;owned\x07 here")

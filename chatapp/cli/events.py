@@ -218,6 +218,7 @@ class IdentityMade:
     user: str
     fingerprint: str
     path: str
+    new_account: bool = False  # made at signup: no contact knows an older key
 
 
 @dataclass(frozen=True)

@@ -492,10 +492,11 @@ def console_script_parts(event: Shown) -> tuple[str, tuple[str, ...], str] | Non
 
 
 def identity_made_text(event: IdentityMade) -> str:
-    return (
+    text = (
         f"made a new identity key for {event.user} on this server: {event.fingerprint} (kept in {event.path});"
-        " contacts compare it with /fingerprint, and those who chatted with you before see a changed key"
+        " contacts compare it with /fingerprint"
     )
+    return text if event.new_account else text + ", and those who chatted with you before see a changed key"
 
 
 def console_human_body(event: Shown) -> str | None:
@@ -536,6 +537,8 @@ def console_human_body(event: Shown) -> str | None:
             return f"* #{t.handle} nobody answered {what} in {seconds:.0f} s: cancelled"
         case SessionReplaced(text):
             return f"* {e(text)}"
+        case IdentityMade(user, new_account=True):
+            return "* made your identity key on this server (/fingerprint shows it, for contacts to compare)"
         case IdentityMade(user):
             # short: it shows at a first login, in whatever window size; /fingerprint has the key
             return (

@@ -98,5 +98,5 @@ def login_news(client: ChatClient) -> list[Ready | IdentityMade]:
     news: list[Ready | IdentityMade] = [ready_event(client)]
     made, identity = client.identity_made, client.identity
     if made is not None and identity is not None:
-        news.append(IdentityMade(client.user or "?", identity.fingerprint, str(made)))
+        news.append(IdentityMade(client.user or "?", identity.fingerprint, str(made), client.signed_up))
     return news
