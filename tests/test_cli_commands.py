@@ -257,3 +257,17 @@ async def test_a_command_after_a_login_elsewhere_says_how_to_log_in_here_again(w
     assert await here.run_line("/reconnect")
     assert isinstance(shown[-1], LoggedInAgain)
     assert await here.run_line("/who")
+
+
+@pytest_twisted.ensureDeferred
+async def test_passwd_with_a_wrong_current_password_says_so_in_words(world: World) -> None:
+    alice, shown = await world.console("alice")
+
+    async def wrong_current() -> tuple[str, str]:
+        return "not the password", "a new password"
+
+    alice.new_password = wrong_current
+    assert not await alice.run_line("/passwd")
+    assert shown[-1] == CommandFailed(
+        "/passwd: wrong current password; nothing changed (2 more wrong passwords block this address)"
+    )

@@ -566,6 +566,12 @@ def test_who_stopped_a_transfer_is_said_in_words() -> None:
     late = human_line(TransferEnded(timed_out), 0) or ""
     assert late.endswith("#9 to bob ended: nobody answered the offer in time")
     by_sender.kept = 3
+    ours_out = transfer(10, 3, 0.0, Direction.SEND, TransferState.CANCELLED, reason="cancelled", handle=10)
+    ours_in = transfer(10, 3, 0.0, state=TransferState.REJECTED, reason="cancelled", handle=11)
+    assert human_line(TransferEnded(ours_out), 0) is None  # "#10 cancelled" (the command's line) says it
+    assert human_line(TransferEnded(ours_in), 0) is None
+    left = transfer(10, 3, 0.0, state=TransferState.CANCELLED, reason="bye", handle=12)
+    assert (human_line(TransferEnded(left), 0) or "").endswith("#12 from bob ended: bob closed the chat")
     assert (human_line(TransferEnded(by_sender), 0) or "").endswith(
         "#7 from bob ended: cancelled by the sender; the 3 B received are kept: the same offer again resumes"
     )

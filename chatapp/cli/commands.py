@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chatapp.app import ChatClient
-from chatapp.client import ChatClientError, ConnectionClosed, NotConnected, State
+from chatapp.client import BadCredentials, ChatClientError, ConnectionClosed, NotConnected, State
 from chatapp.events import (
     ChatEvent,
     ChatRequested,
@@ -510,7 +510,15 @@ class Dispatcher:
         if self.new_password is None:
             raise CommandError("cannot ask for a new password here")
         current, new = await self.new_password()
-        await self.client.passwd(current, new)
+        try:
+            await self.client.passwd(current, new)
+        except BadCredentials as e:  # only the current password can be wrong here, and it counts like a login
+            left = e.tries_left
+            raise CommandError(
+                "wrong current password; nothing changed"
+                + (f" ({left} more wrong {'password blocks' if left == 1 else 'passwords block'} this address)"
+                   if left is not None else "")
+            ) from None  # fmt: skip
         if self.login_password is not None:
             self.login_password = new
         self.emit(PasswordChanged())

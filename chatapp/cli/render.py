@@ -316,6 +316,8 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
             if t.direction is Direction.SEND:
                 return f"* #{t.handle} sent to {e(t.peer)} ({human_size(t.size)})"
             return f"* #{t.handle} received from {e(t.peer)} ({human_size(t.size)}): {e(t.path or t.name)}"
+        case TransferEnded(t) if _our_cancel(t):
+            return None  # our /cancel: its own line ("#2 cancelled...") says it, and what was kept
         case TransferEnded(t):
             line = f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(end_reason(t))}"
             if t.kept:
@@ -377,6 +379,15 @@ def state_label(t: Transfer) -> str:
     return t.state.value
 
 
+def _our_cancel(t: Transfer) -> bool:
+    """``t`` ended by our own cancel: a CANCEL we sent, or a REJECT cancelled of a file coming in."""
+    if t.reason != "cancelled":
+        return False
+    if t.direction is Direction.SEND:
+        return t.state is TransferState.CANCELLED
+    return t.state is TransferState.REJECTED
+
+
 def end_reason(t: Transfer) -> str:
     """Why ``t`` ended, in words: who cancelled, or that nobody answered, or the wire's reason."""
     if t.reason == "cancelled":
@@ -384,6 +395,8 @@ def end_reason(t: Transfer) -> str:
             return "cancelled by the sender"  # their CANCEL; our own /cancel is a REJECT
         if t.direction is Direction.SEND and t.state is TransferState.REJECTED:
             return "cancelled by the receiver"
+    if t.reason == "bye":  # the peer's BYE: it closed the chat (or quit) while the file was open
+        return f"{t.peer} closed the chat"
     if t.reason == "timed-out":
         return "nobody answered the offer in time"
     if t.reason == "busy" and t.direction is Direction.SEND:
