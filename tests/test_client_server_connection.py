@@ -112,7 +112,9 @@ class Rig:
         self.conn = ServerConnection(
             MemoryReactorClock(), "chat.example:9000", self.events, clock=self.clock, **options
         )
-        self.conn.load_identity = lambda path: defer.succeed((IDENTITY, False))  # type: ignore[method-assign]
+        self.conn.load_identity = lambda user: defer.succeed(  # type: ignore[method-assign]
+            (IDENTITY, None, self.conn.host, self.conn.port)
+        )
         self.endpoint = FakeEndpoint()
         self.conn.endpoint = self.endpoint  # type: ignore[assignment]
 

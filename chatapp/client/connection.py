@@ -646,9 +646,16 @@ class ServerConnection:
         d.addCallback(lambda protocol: defer.ensureDeferred(logged_in(protocol)))
         return d
 
-    def load_identity(self, path: Path) -> defer.Deferred[tuple[Identity, bool]]:
-        """Load or make the identity file ``path`` in a thread (key generation, fsync); True if made."""
-        return ReactorPool(self.reactor).run(load_or_create_identity, path)
+    def load_identity(self, user: str) -> defer.Deferred[tuple[Identity, Path | None, str, int]]:
+        """In a thread (files, key generation, fsync): find or make the identity of ``user``; fires with it,
+        its file if this made it (else None), and the host and port it is kept under."""
+
+        def find_or_make() -> tuple[Identity, Path | None, str, int]:
+            path, host, port = self._identity_file(user)
+            identity, made = load_or_create_identity(path)
+            return identity, path if made else None, host, port
+
+        return ReactorPool(self.reactor).run(find_or_make)
 
     def _identity_file(self, user: str) -> tuple[Path, str, int]:
         """The identity file of ``user``, and the host:port it is kept under (blocking: reads files).
@@ -672,11 +679,10 @@ class ServerConnection:
         user = protocol.user
         assert user is not None
         if self.identity is None or self._identity_of != user.casefold():
-            path, self.files_host, self.files_port = await ReactorPool(self.reactor).run(self._identity_file, user)
-            identity, made = await self.load_identity(path)
-            if made:
-                log.info("made a new identity key for {user}: {path}", user=user, path=str(path))
-                self.identity_made = path
+            identity, made, self.files_host, self.files_port = await self.load_identity(user)
+            if made is not None:
+                log.info("made a new identity key for {user}: {path}", user=user, path=str(made))
+                self.identity_made = made
             self.identity, self._identity_of = identity, user.casefold()
         await protocol.key(self.identity.fingerprint)
 
