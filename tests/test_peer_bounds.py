@@ -178,8 +178,8 @@ def test_silent_offers_hold_bounded_descriptors(tmp_path: Path, clock: Clock) ->
     )
     before = open_fds()
     transports = []
-    for peer in ("alice", "carol"):
-        session, transport = open_listener(fb, peer, f"tok-{peer}")
+    for n, peer in enumerate(("alice", "carol")):
+        session, transport = open_listener(fb, peer, f"tok-{peer}", host=f"192.0.2.{n + 1}")
         for i in range(100):
             session.dataReceived(f"OFFER s{i} 1000000 silent-{i}.bin\r\n".encode())
         transports.append(transport)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connectedServerAndClient
@@ -167,11 +168,12 @@ class Pair:
 
 
 def open_listener(
-    factory: PeerFactory, peer: str = "alice", ticket: str = "tok-alice"
+    factory: PeerFactory, peer: str = "alice", ticket: str = "tok-alice", host: str | None = None
 ) -> tuple[PeerSession, StringTransport]:
-    """bob's side of a connection from ``peer`` on a StringTransport, handshake done, transport cleared."""
+    """bob's side of a connection from ``peer`` (from ``host``, else StringTransport's address) on a
+    StringTransport, handshake done, transport cleared."""
     session = factory.buildProtocol(None)
-    transport = StringTransport()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 1)) if host else StringTransport()
     session.makeConnection(transport)
     session.dataReceived(f"HELLO chatapp/2 {peer} {ticket}\r\n".encode())
     assert session.state is SessionState.OPEN, transport.value()

@@ -318,6 +318,24 @@ def test_a_peer_holds_at_most_its_share_of_the_open_files(tmp_path: Path, clock:
     assert len(fb.receiving) == 8
 
 
+def test_accounts_from_one_address_hold_at_most_one_share_of_the_open_files_together(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Found by the raw-socket attacker: four accounts from one address held all 64 slots (16 each)."""
+    fb, _ = make_peer(tmp_path, "bob", clock, dict_verify(accounts(5)), auto_accept=True, max_open_files=8)
+    transports = []
+    for i in range(4):
+        session, transport = open_from(fb, f"u{i}", "192.0.2.1")
+        for n in range(2):
+            session.dataReceived(f"OFFER f{n} 1000000 f{n}.bin\r\n".encode())
+        transports.append(transport)
+    assert [t.value().count(b"ACCEPT") for t in transports] == [2, 0, 0, 0]
+    assert all(t.value().count(b"REJECT") == 2 for t in transports[1:])
+    friend, friend_t = open_from(fb, "u4", "192.0.2.9")
+    friend.dataReceived(b"OFFER g 10 g.bin\r\n")
+    assert b"ACCEPT g 0" in friend_t.value()
+
+
 # -- many tiny DATA chunks (item 5) ------------------------------------------------------------
 
 

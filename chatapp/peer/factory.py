@@ -526,6 +526,11 @@ class PeerFactory(ServerFactory):
         folded = fold_name(peer or "")
         return sum(1 for t in self.receiving.values() if fold_name(t.session.peer_name or "") == folded)
 
+    def files_from(self, source_key: str) -> int:
+        """Transfers over connections from ``source_key`` (an address, or an IPv6 /64; any account) that
+        hold or may hold an open file."""
+        return sum(1 for t in self.receiving.values() if t.session.source_key == source_key)
+
     def hash_source(self, source: IO[bytes], length: int) -> defer.Deferred[Any]:
         """The SHA-256 object of the first ``length`` bytes of ``source``, a file we send (a resume).
 

@@ -246,6 +246,13 @@ class Receiver:
             self.factory.limit_hit("peer-open-files-share", "a peer holds its share of the open files: refusing (busy)")
             self._refuse(transfer_id, "busy")
             return
+        # the same share per address: a few accounts made from one place cannot hold every file slot either
+        if self.factory.files_from(self.session.source_key) >= self.factory.max_open_files_per_peer:
+            self.factory.limit_hit(
+                "peer-open-files-address-share", "an address holds its share of the open files: refusing (busy)"
+            )
+            self._refuse(transfer_id, "busy")
+            return
         if len(self.factory.receiving) >= self.factory.max_open_files:
             self.factory.limit_hit("peer-open-files", "too many files being received: refusing offers (busy)")
             self._refuse(transfer_id, "busy")
