@@ -20,6 +20,7 @@ them: that is the point (the before of a before/after).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
@@ -76,11 +77,12 @@ def attacker_tls() -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         context.minimum_version = ssl.TLSVersion.TLSv1_3
-        pem = Path(tempfile.mkdtemp(prefix="abuse-key-")) / "attacker.pem"
         identity = new_identity("attacker")
-        pem.write_bytes(identity_to_pem(identity))
+        with tempfile.TemporaryDirectory(prefix="abuse-key-") as folder:  # loaded, then gone
+            pem = Path(folder) / "attacker.pem"
+            pem.write_bytes(identity_to_pem(identity))
+            context.load_cert_chain(pem)
         _FINGERPRINT.append(identity.fingerprint)
-        context.load_cert_chain(pem)
         _TLS.append(context)
     return _TLS[0]
 
@@ -1008,9 +1010,12 @@ def main() -> None:
     exit_on_sigterm()
     raise_fd_limit()
     settings = Settings(quick=args.quick, cap_mib=args.cap)
+    # the victims' known servers, keys and contacts: not the user's, and gone at the end
+    private = tempfile.TemporaryDirectory(prefix="abuse-xdg-")
+    atexit.register(private.cleanup)
+    for variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        os.environ[variable] = os.path.join(private.name, variable.lower())
     attacker_tls()
-    for variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):  # the victims' known servers, keys: not the user's
-        os.environ[variable] = tempfile.mkdtemp(prefix="abuse-xdg-")
     print(machine())
     rows: list[Row] = []
     started = time.monotonic()
