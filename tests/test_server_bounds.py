@@ -205,16 +205,31 @@ def test_non_ascii_verbs_are_unknown(server_factory: ServerFactory) -> None:
 # -- connections and outsider-keyed tables ---------------------------------------------------------------
 
 
-def test_connections_in_all_are_bounded(tmp_path, clock: Clock) -> None:
-    factory = make_factory(str(tmp_path / "db"), clock, ServerConfig(max_connections=5))
-    conns = [Conn(factory, f"10.7.0.{i + 1}") for i in range(8)]
-    refused = [c for c in conns if c.lines() == ["* BYE too-many-connections"]]
-    assert len(refused) == 3 and all(c.closing for c in refused)
-    assert len(factory.connections) == 5
-    for c in refused:
+def test_a_full_server_closes_the_connection_waiting_longest_to_log_in_never_a_logged_in_one(
+    tmp_path, clock: Clock
+) -> None:
+    """Found by the raw-socket attacker: silent connections held every slot for the login timeout."""
+    factory = make_factory(str(tmp_path / "db"), clock, ServerConfig(max_connections=4))
+    users = [signed_up(factory, f"u{i}", f"10.7.0.{i + 1}") for i in range(2)]
+    clock.advance(1)
+    silent = [greeted(factory, f"10.7.0.{i + 3}") for i in range(2)]
+    clock.advance(1)
+    newcomer = greeted(factory, "10.7.1.1")  # full: the silent connection that waited longest goes
+    assert silent[0].lines() == ["* BYE too-many-connections"] and silent[0].closing
+    assert not silent[1].closing and len(factory.connections) == 4
+    clock.advance(1)
+    second = greeted(factory, "10.7.1.2")
+    assert silent[1].lines() == ["* BYE too-many-connections"]
+    assert newcomer.ask(f"SIGNUP n1 {PASSWORD}") == ["OK SIGNUP n1"]
+    assert second.ask(f"SIGNUP n2 {PASSWORD}") == ["OK SIGNUP n2"]
+    # everyone left has logged in: a newcomer is refused, nobody is pushed out
+    refused = Conn(factory, "10.7.1.3")
+    assert refused.lines() == ["* BYE too-many-connections"] and refused.closing
+    assert not any(c.closing for c in (*users, newcomer, second)) and len(factory.connections) == 4
+    for c in (*silent, refused):
         c.drop()
-    conns[0].drop()
-    assert greeted(factory, "10.7.1.1").lines() == []
+    users[0].drop()
+    assert greeted(factory, "10.7.1.4").lines() == []
 
 
 def test_signup_windows_are_bounded_in_addresses() -> None:

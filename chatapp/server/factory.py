@@ -81,16 +81,34 @@ class ServerFactory(Factory):
         return ServerProtocol(self, address_of(addr) if addr is not None else "127.0.0.1")
 
     def connection_opened(self, connection: ServerProtocol) -> bool:
-        """Count a new connection; False if the server, or its address, already holds the most it may."""
-        if len(self.connections) >= self.config.max_connections:
-            if self.limit_log.first("max-connections", self.clock.seconds()):
-                log.warn("refusing connections: {count} are open (--max-connections)", count=len(self.connections))
-            return False
+        """Count a new connection; False if the server, or its address, already holds the most it may.
+
+        When the server is full, the connection that has waited longest without logging in (and is not
+        in the middle of a command) is closed for the newcomer: strangers that connect and say nothing
+        cannot keep everyone out for the login timeout; logged-in users are never pushed out.
+        """
         if not self.connection_cap.take(connection.address_key):
             if self.limit_log.first("max-connections-per-address", self.clock.seconds()):
                 log.info("refusing connections from {address}: it holds the most it may", address=connection.address)
             return False
+        if len(self.connections) >= self.config.max_connections and not self._displace_one():
+            self.connection_cap.give_back(connection.address_key)
+            if self.limit_log.first("max-connections", self.clock.seconds()):
+                log.warn("refusing connections: {count} are open (--max-connections)", count=len(self.connections))
+            return False
         self.connections.add(connection)
+        return True
+
+    def _displace_one(self) -> bool:
+        waiting = [c for c in self.connections if c.waiting_to_log_in]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.opened_at)
+        if self.limit_log.first("max-connections-displaced", self.clock.seconds()):
+            log.warn("the server is full (--max-connections): closing connections that have not logged in")
+        self.connections.discard(oldest)  # its slot is the newcomer's now, while it closes
+        self.connection_cap.give_back(oldest.address_key)
+        oldest.kick("too-many-connections")
         return True
 
     def connection_closed(self, connection: ServerProtocol) -> None:

@@ -169,6 +169,7 @@ class ServerProtocol(Protocol):
         self.user: str | None = None  # the account name as signed up, once logged in
         self.key: str | None = None  # the fingerprint published with KEY for this login (never stored)
         self.phase = Phase.GREETING
+        self.opened_at = factory.clock.seconds()
         # Bytes received and not yet run as commands: bounded by pausing the transport (_bound_input).
         self._lines = LineBuffer(SERVER_MAX_LINE)
         self._pauses = _NO_PAUSES  # why the transport is not read; read again when empty
@@ -193,6 +194,11 @@ class ServerProtocol(Protocol):
     @property
     def gone(self) -> bool:
         return self.phase is Phase.GONE
+
+    @property
+    def waiting_to_log_in(self) -> bool:
+        """Not logged in, and no command of it is running (a LOGIN in the password check is running)."""
+        return self.user is None and self._running is None and not self._ended
 
     @property
     def _ended(self) -> bool:
