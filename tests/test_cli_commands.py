@@ -271,3 +271,15 @@ async def test_passwd_with_a_wrong_current_password_says_so_in_words(world: Worl
     assert shown[-1] == CommandFailed(
         "/passwd: wrong current password; nothing changed (2 more wrong passwords block this address)"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_person_at_the_screen_gets_the_server_s_words_a_script_gets_its_code_too(world: World) -> None:
+    from types import SimpleNamespace
+
+    alice, shown = await world.console("alice")
+    assert not await alice.run_line("/msg nobody hello")
+    assert shown[-1] == CommandFailed("/msg nobody: there is no such user (404 no-such-user)")  # script mode
+    alice.views = SimpleNamespace()  # the interactive console's windows
+    assert not await alice.run_line("/msg nobody hello")
+    assert shown[-1] == CommandFailed("/msg nobody: there is no such user")

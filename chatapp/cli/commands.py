@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chatapp.app import ChatClient
-from chatapp.client import BadCredentials, ChatClientError, ConnectionClosed, NotConnected, State
+from chatapp.client import BadCredentials, ChatClientError, ConnectionClosed, NotConnected, ServerError, State
 from chatapp.events import (
     ChatEvent,
     ChatRequested,
@@ -361,7 +361,7 @@ class Dispatcher:
         try:
             await getattr(self, f"do_{command.name}")(*command.args)
         except (CommandError, ChatClientError, PeerError) as e:
-            text = _text_of(e)
+            text = _text_of(e, codes=self.views is None)
             # only when we refused their changed key (expected: the one we remember); when they refused ours,
             # the error itself says what they can do
             if isinstance(e, HandshakeFailed) and e.reason == "key-changed" and e.expected and command.args:
@@ -547,7 +547,11 @@ class Dispatcher:
         self.views.lastlog(text)
 
 
-def _text_of(error: Exception) -> str:
+def _text_of(error: Exception, codes: bool = True) -> str:
+    """The error in words; ``codes=False`` (a person at the screen) leaves out a server's code and reason
+    (``(409 not-online)``), which script mode keeps for programs."""
+    if not codes and isinstance(error, ServerError) and error.text and type(error).__str__ is ServerError.__str__:
+        return escape_for_terminal(error.text)
     text = str(error)
     if not text:
         text = (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
