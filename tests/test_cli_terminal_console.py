@@ -488,3 +488,16 @@ def test_quitting_says_what_becomes_of_each_running_transfer() -> None:
         "#3 big.bin from bob stops at 21%: the 64.0 MiB received are kept, the same offer again resumes",
         "#4 big.bin to bob: the offer ends unanswered",
     ]
+
+
+def test_a_line_sent_from_another_window_is_echoed_where_it_was_typed() -> None:
+    ui, c = interactive()
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    ui.show(MessageReceived(FakeSession("carol"), "hey"))  # type: ignore[arg-type]
+    ui.switch_window("1")  # the status window; plain lines still go to the active chat
+    c.output()
+    ui.show(MessageSent("bob", "alice", "after trust: hello again"))
+    assert b"<alice -> bob> after trust: hello again" in c.output()
+    assert ui.windows.find("bob").lines[-1].endswith("<alice -> bob> after trust: hello again")  # type: ignore[union-attr]
+    with pytest.raises(LookupError, match="no window for dave: /chat dave opens one"):
+        ui.windows.switch("dave")

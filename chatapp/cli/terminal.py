@@ -706,9 +706,10 @@ class Interactive:
             if target is not None and target is not windows.current:
                 self._switch(target)
         if line is not None:
-            # how an offer of ours ended answers our own command, and losing the server for good matters
-            # to whatever you do next: shown where we are, too
-            if (_our_offer(event) or isinstance(event, _CUT_OFF)) and window is not windows.current:
+            # what we just sent (typed in another window), how an offer of ours ended, and losing the
+            # server for good answer what we typed or matter to what we type next: shown where we are, too
+            shown_here = _our_offer(event) or isinstance(event, (MessageSent, *_CUT_OFF))
+            if shown_here and window is not windows.current:
                 windows.add(windows.current, line)
                 self.console.show(line)
             if windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
-from chatapp.wire import fold_name
+from chatapp.wire import escape_for_terminal, fold_name
 
 from .width import fit_ellipsis
 
@@ -110,7 +110,8 @@ class Windows:
         else:
             window = self.find(target)
             if window is None:
-                raise LookupError("no window for that user (a window opens with the chat)")
+                name = escape_for_terminal(target)
+                raise LookupError(f"no window for {name}: /chat {name} opens one")
         self.show(window)
         return window
 
