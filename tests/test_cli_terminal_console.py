@@ -501,3 +501,14 @@ def test_a_line_sent_from_another_window_is_echoed_where_it_was_typed() -> None:
     assert ui.windows.find("bob").lines[-1].endswith("<alice -> bob> after trust: hello again")  # type: ignore[union-attr]
     with pytest.raises(LookupError, match="no window for dave: /chat dave opens one"):
         ui.windows.switch("dave")
+
+
+def test_a_typed_command_stays_on_the_screen_after_a_redraw() -> None:
+    ui, c = interactive()
+    c.console.on_echo = lambda line: ui.windows.current.lines.append(line)
+    ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
+    c.type(b"/who\r")
+    c.output()
+    ui.repaint()  # what a resize, fg, or Alt-1 and back do
+    out = c.output()
+    assert b"<bob> hi" in out and b"/who" in out

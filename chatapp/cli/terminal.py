@@ -235,6 +235,7 @@ class ConsoleProtocol(insults.TerminalProtocol):
     ) -> None:
         self.editor = LineEditor()
         self.on_suspend = on_suspend
+        self.on_echo: Callable[[str], None] = lambda line: None  # a typed command, shown: keep it with the window
         self.suspended = False
         self.on_line = on_line
         self.on_quit = on_quit
@@ -562,7 +563,9 @@ class ConsoleProtocol(insults.TerminalProtocol):
             return
         line = self.editor.submit()
         if line.strip().startswith("/"):
-            self.show(f"{self.prompt}{escape_for_terminal(line)}")
+            echo = f"{self.prompt}{escape_for_terminal(line)}"
+            self.show(echo)
+            self.on_echo(echo)  # so a redraw (a resize, fg, another window and back) shows it again
         self.on_line(line)
 
     def unhandledControlSequence(self, seq: bytes) -> None:
@@ -861,6 +864,7 @@ async def run_interactive(run: Run) -> int:
                               lambda before: ui.candidates(before, dispatcher), run.reactor,
                               run.reactor.seconds, on_window=ui.alt_window)  # fmt: skip
     console.watch_status(ui.status)
+    console.on_echo = lambda line: ui.windows.current.lines.append(line)
     if run.trust_question is not None:  # the screen owns the terminal now: a trust question goes to it
         run.trust_question.console = console
     # a stall shows even when no event comes: the status row is recomputed every second
