@@ -540,6 +540,8 @@ def test_a_long_name_gives_way_so_the_numbers_always_show_at_40_columns() -> Non
     wide = transfer(100, 50, 10.0, name="日本語のファイル名😀😀😀😀😀.bin", handle=2)
     line = status_line([wide], width=39)
     assert cells(line) <= 39 and line.endswith("日本語… <-bob 50% 10 B/s ETA 00:05]")
+    # no room left for any of the name: an ellipsis stands for it, never a gap
+    assert status_line([long], width=32) == "[#1 … <-bob 25% 5.0 MiB/s 00:15]"
 
 
 def test_two_transfers_at_110_both_keep_their_numbers_and_too_many_say_how_many_more() -> None:

@@ -251,7 +251,8 @@ def status_line(
             shown = [(head, name, tail.replace(" ETA ", " "))]
             room += 4
         if room >= sum(min(cells(name), MIN_NAME) for _, name, _ in shown) or count == 1:
-            names = _share([name for _, name, _ in shown], max(room, 0))
+            # at least an ellipsis for a name: an empty gap ("[#9  ->bob") looks like a file without one
+            names = _share([name for _, name, _ in shown], max(room, len(shown)))
             line = " ".join(head + name + tail for (head, _, tail), name in zip(shown, names, strict=True))
             # a window too narrow for even one entry's numbers: cut by cells, never wrap (a stale copy each redraw)
             return fit_ellipsis(line + more, width)
