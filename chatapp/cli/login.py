@@ -12,12 +12,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from chatapp.app import ChatClient
-from chatapp.client import InvalidArgument
+from chatapp.client import BadCredentials, InvalidArgument
 from chatapp.events import EventSink
 from chatapp.wire import valid_password, valid_username
 
 from .asking import ask_in_thread
-from .errors import EXIT_BAD_INPUT, EXIT_USAGE, Fatal, explain
+from .errors import EXIT_BAD_INPUT, EXIT_USAGE, Fatal, credentials_text, explain
 from .options import Settings, UsageError
 from .trust import TerminalTrust, server_options
 
@@ -152,20 +152,34 @@ def asked_in_a_thread(reactor: Any, ask: Callable[[], str]) -> PasswordSource:
 
 
 async def login(
-    client: ChatClient, settings: Settings, user: str, password: str | PasswordSource, signup: bool
+    client: ChatClient,
+    settings: Settings,
+    user: str,
+    password: str | PasswordSource,
+    signup: bool,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
     """Start the client; (name as signed up, password); every failure becomes a :class:`Fatal` (client stopped).
 
-    ``password`` is the password, or where to ask it once the server greeted us.
+    ``password`` is the password, or where to ask it once the server greeted us; then, given ``say``, a
+    wrong one is said and asked again, as long as the server allows (it blocks the address at its limit).
     """
     try:
-        if not isinstance(password, str):
-            await client.server.open()  # unreachable, busy or `* BLOCKED`: said before any prompt
+        if isinstance(password, str):
+            return await client.start(user, password, signup=signup), password
+        source = password
+        await client.server.open()  # unreachable, busy or `* BLOCKED`: said before any prompt
+        while True:
             try:
-                password = await password()
+                typed = await source()
             except (EOFError, KeyboardInterrupt):
                 raise Fatal(EXIT_USAGE, "no password given") from None
-        return await client.start(user, password, signup=signup), password
+            try:
+                return await client.start(user, typed, signup=signup), typed
+            except BadCredentials as e:
+                if say is None or signup or not e.tries_left:
+                    raise
+                say(credentials_text(e))
     except Exception as e:
         log.failure("start failed")
         try:

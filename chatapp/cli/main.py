@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(reactor, settings, user, password or "", signup, outcome)
         if password is None:
             run.ask_password = asked_in_a_thread(reactor, lambda: ask_password(term, confirm=signup))
+            run.say = term.say
 
         def interrupted_while_starting() -> None:
             if not run.started and outcome.code == EXIT_OK and outcome.message is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class Run:
     outcome: Outcome = field(default_factory=Outcome)  # a signal may set its exit code
     client: ChatClient | None = None
     ask_password: PasswordSource | None = None  # asks the password once the server greeted us
+    say: Callable[[str], None] | None = None  # with ask_password: a wrong password is said, then asked again
     trust_question: TerminalTrust | None = None  # asks whether to trust an unknown server (on a terminal)
     started: bool = False  # logged in: from now on the runner says what a signal means
     _stopping: defer.Deferred[None] | None = None
@@ -46,7 +48,7 @@ class Run:
         password: str | PasswordSource = self.password
         if not self.password and self.ask_password is not None:
             password = self.ask_password
-        _, self.password = await login(client, self.settings, self.user, password, self.signup)
+        _, self.password = await login(client, self.settings, self.user, password, self.signup, self.say)
         self.started = True
         return client
 
