@@ -27,21 +27,41 @@ class Runner(Protocol):
 
 
 class ThreadRunner:
-    """A named Twisted thread pool of ``threads`` threads, started and stopped with its service."""
+    """A named Twisted thread pool of ``threads`` threads, started and stopped with its service.
 
-    def __init__(self, reactor: IReactorThreads, threads: int, name: str) -> None:
-        self._reactor = reactor
+    It also stops when the reactor shuts down, as the reactor's own pool does: its threads are not
+    daemon threads, and one left waiting for work keeps the process from exiting. An owner whose own
+    stop was given up (a timeout) must not leave a program that cannot end.
+    """
+
+    def __init__(self, reactor: Any, threads: int, name: str) -> None:
+        """``reactor``: an IReactorThreads that is also an IReactorCore (the real reactor)."""
+        self._reactor: IReactorThreads = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
+        self._at_shutdown: Any = None  # the reactor's trigger that stops us, while started
+        self._stopped = False
 
     def run(self, func: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         return deferToThreadPool(self._reactor, self._pool, func, *args)
 
     def start(self) -> None:
         self._pool.start()
+        self._at_shutdown = self._reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            "during", "shutdown", self._shutting_down
+        )
+
+    def _shutting_down(self) -> None:
+        self._at_shutdown = None  # fired: nothing to remove
+        self.stop()
 
     def stop(self) -> None:
         # Waits for the work in flight (a commit, a hash) to finish: nothing is cut in half.
-        self._pool.stop()
+        if self._at_shutdown is not None:
+            trigger, self._at_shutdown = self._at_shutdown, None
+            self._reactor.removeSystemEventTrigger(trigger)  # type: ignore[attr-defined]
+        if not self._stopped:
+            self._stopped = True
+            self._pool.stop()
 
 
 class InlineRunner:

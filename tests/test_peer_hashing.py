@@ -62,7 +62,7 @@ async def test_a_send_resumes_from_a_hash_made_off_the_reactor_thread(tmp_path: 
         threads.append(threading.current_thread().name)
         return real(fd, length)
 
-    runner = ThreadRunner(reactor, 1, "test-disk")  # type: ignore[arg-type]
+    runner = ThreadRunner(reactor, 1, "test-disk")
     runner.start()
     fb, _ = make_peer(tmp_path, "alice", Clock(), runner=runner)
     factory_module.hash_file_prefix = recorded  # type: ignore[assignment]

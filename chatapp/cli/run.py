@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from chatapp.app import ChatClient
 from chatapp.events import EventSink
+from chatapp.peer.factory import STOP_TIMEOUT as PEER_STOP_TIMEOUT
 
 from .errors import Outcome
 from .events import IdentityMade, Ready
@@ -20,7 +21,10 @@ from .trust import TerminalTrust
 
 log = Logger()
 
-STOP_TIMEOUT = 5.0  # seconds for BYE to the peers and QUIT to the server before the program goes anyway
+# Seconds for BYE to the peers and QUIT to the server before the program goes anyway: longer than the
+# peer factory's own wait for peers that do not answer (it then cuts them and stops its disk threads),
+# so that its stop ends before this one gives up.
+STOP_TIMEOUT = PEER_STOP_TIMEOUT + 3.0
 
 
 @dataclass
