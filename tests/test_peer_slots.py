@@ -9,6 +9,7 @@ sends the hostile input through a transport and asserts a bound.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -397,3 +398,41 @@ def test_a_repeated_offer_of_a_kept_partial_is_hashed_once(tmp_path: Path, clock
     finally:
         factory_module.hash_file_prefix = original
     assert calls == [300_000]
+
+
+def test_an_offer_cancelled_while_its_partial_is_hashed_starts_no_second_hash_and_frees_no_slot_early(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Found by the raw-socket attacker: OFFER then CANCEL at once, 40 times, made the victim read a
+    256 MiB partial 40 times over (the cancel dropped the result and freed the hash slot while the read
+    went on in its thread), and 600 times left 582 files open."""
+    from test_peer_disk import ManualRunner
+    from test_peer_harness import partial_path
+
+    disk = ManualRunner()
+    fb, _ = make_peer(tmp_path, "bob", clock, auto_accept=True, runner=disk)
+    kept = partial_path(fb, "alice", "h.bin", 10_000_000)
+    Path(kept).write_bytes(b"k" * 300_000)
+    session, transport = open_from(fb, "alice", "192.0.2.1")
+    for n in range(40):
+        session.dataReceived(f"OFFER r{n} 10000000 h.bin\r\nCANCEL r{n} cancelled\r\n".encode())
+    assert disk.pending == 1  # one read of the partial, however many offers asked and gave up
+    disk.run_all()
+    transport.clear()
+    session.dataReceived(b"OFFER s 10000000 h.bin\r\n")  # that read was kept: nothing to read now
+    assert disk.pending == 0 and transport.value().startswith(b"ACCEPT s 300000 ")
+
+
+def test_partials_made_and_deleted_do_not_push_a_kept_one_s_hash_out(tmp_path: Path, clock: Clock) -> None:
+    from test_peer_harness import partial_path
+
+    fb, _ = make_peer(tmp_path, "bob", clock, auto_accept=True, max_partials=4)
+    big = partial_path(fb, "alice", "big.bin", 10_000_000)
+    Path(big).write_bytes(b"b" * 100_000)
+    session, _ = open_from(fb, "alice", "192.0.2.1")
+    session.dataReceived(b"OFFER a 10000000 big.bin\r\nCANCEL a cancelled\r\n")  # hashed and remembered
+    for n in range(20):  # one-byte partials, each deleted by the sender's stale-partial
+        session.dataReceived(f"OFFER t{n} 10 t{n}.bin\r\nDATA t{n} 1\r\nxCANCEL t{n} cancelled\r\n".encode())
+        session.dataReceived(f"OFFER u{n} 10 t{n}.bin\r\nCANCEL u{n} stale-partial\r\n".encode())
+    assert os.path.exists(big) and big in fb._prefixes
+    assert len(fb._prefixes) <= fb.downloads.max_partials + fb.max_open_files

@@ -15,6 +15,7 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chatapp.events import EventSink, KeyRefused, PeerJoined, PeerLeft
 from chatapp.peer.backlog import LIMIT, DiskBacklog
@@ -205,6 +206,8 @@ class PeerFactory(ServerFactory):
         self._handles = itertools.count(1)
         # partial path -> ((size, mtime_ns), SHA-256 of its bytes): a repeated offer costs no hashing; bounded
         self._prefixes: dict[str, tuple[tuple[int, int], Any]] = {}
+        # hashes of kept partials under way, by (path, (size, mtime), length): who waits for each
+        self._prefix_jobs: dict[tuple[str, tuple[int, int], int], list[defer.Deferred[Any]]] = {}
         self._hashing = defer.DeferredSemaphore(MAX_PREFIX_HASHES)
         self.sessions: dict[str, PeerSession] = {}  # open sessions, by case-folded peer name
         self.ports: list[IListeningPort] = []
@@ -561,6 +564,11 @@ class PeerFactory(ServerFactory):
         remembered by (size, mtime_ns): any append changes both, so a stale entry is never used; a kept
         partial is not written, so the same offer again costs nothing.
         Fails with the OSError of opening or reading it.
+
+        One hash of a partial (as it is now) runs at a time, whoever asks; cancelling the Deferred
+        returned here only stops waiting for it. The hash itself runs to its end, holds its slot until
+        then, and is remembered: an offer cancelled at once, again and again, cannot start hash after
+        hash, nor free the slot while the read goes on in its thread.
         """
         try:
             info = os.stat(path, follow_symlinks=False)
@@ -570,17 +578,33 @@ class PeerFactory(ServerFactory):
         cached = self._prefixes.get(path)
         if cached is not None and cached[0] == stamp and info.st_size == length:
             return defer.succeed(cached[1].copy())
+        key = (path, stamp, length)
+        mine: defer.Deferred[Any] = defer.Deferred()
+        waiters = self._prefix_jobs.get(key)
+        if waiters is not None:
+            waiters[:] = [w for w in waiters if not w.called]  # those who stopped waiting are dropped
+            waiters.append(mine)
+        else:
+            waiters = self._prefix_jobs[key] = [mine]  # before the job starts: an inline runner ends it at once
 
-        def hashed(hasher: Any) -> Any:
-            if info.st_size == length:
-                self._remember_prefix(path, stamp, hasher)
-            return hasher
+            def run() -> defer.Deferred[Any]:
+                fd = self.downloads.open_read(path)
+                return self.disk().run(hash_file_prefix, fd, length)
 
-        def run() -> defer.Deferred[Any]:
-            fd = self.downloads.open_read(path)
-            return self.disk().run(hash_file_prefix, fd, length)
+            def finished(result: Any) -> None:
+                done = self._prefix_jobs.pop(key, [])
+                if not isinstance(result, Failure) and info.st_size == length:
+                    self._remember_prefix(path, stamp, result)
+                for waiter in done:
+                    if waiter.called:
+                        continue
+                    if isinstance(result, Failure):
+                        waiter.errback(result)
+                    else:
+                        waiter.callback(result.copy())
 
-        return self._hashing.run(run).addCallback(hashed)
+            self._hashing.run(run).addBoth(finished)
+        return mine
 
     def remember_prefix(self, path: str, hasher: Any) -> None:
         """``hasher`` covers every byte of the closed partial at ``path``: the next :meth:`prefix_hash` of it
@@ -594,7 +618,12 @@ class PeerFactory(ServerFactory):
     def _remember_prefix(self, path: str, stamp: tuple[int, int], hasher: Any) -> None:
         self._prefixes.pop(path, None)
         self._prefixes[path] = (stamp, hasher.copy())
-        while len(self._prefixes) > self.downloads.max_partials:
+        if len(self._prefixes) > self.downloads.max_partials:
+            # entries of partials deleted since go first: else partials made and deleted on purpose
+            # would push out a large one's entry, and the next offer of it would read it all again
+            for gone in [p for p in self._prefixes if not os.path.lexists(p)]:
+                del self._prefixes[gone]
+        while len(self._prefixes) > self.downloads.max_partials + self.max_open_files:
             del self._prefixes[next(iter(self._prefixes))]
 
     def partial_in_use(self, path: str) -> bool:
