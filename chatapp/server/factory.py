@@ -74,6 +74,9 @@ class ServerFactory(Factory):
         self.connection_cap = ConnectionCap(config.max_connections_per_address)
         self.limit_log = LimitLog()
         self.connections: set[ServerProtocol] = set()
+        # the connections not logged in yet, oldest first (a dict keeps the order): whom a full server
+        # closes for a newcomer, found without a scan of every connection
+        self._not_logged_in: dict[ServerProtocol, None] = {}
         self._all_closed: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # type: ignore[override]
@@ -97,21 +100,28 @@ class ServerFactory(Factory):
                 log.warn("refusing connections: {count} are open (--max-connections)", count=len(self.connections))
             return False
         self.connections.add(connection)
+        self._not_logged_in[connection] = None
         return True
 
+    def logged_in(self, connection: ServerProtocol) -> None:
+        self._not_logged_in.pop(connection, None)
+
     def _displace_one(self) -> bool:
-        waiting = [c for c in self.connections if c.waiting_to_log_in]
-        if not waiting:
+        # the oldest first; those running a command (a LOGIN in its password check, at most the
+        # hasher's queue of them) are passed over
+        oldest = next((c for c in self._not_logged_in if c.waiting_to_log_in), None)
+        if oldest is None:
             return False
-        oldest = min(waiting, key=lambda c: c.opened_at)
         if self.limit_log.first("max-connections-displaced", self.clock.seconds()):
             log.warn("the server is full (--max-connections): closing connections that have not logged in")
         self.connections.discard(oldest)  # its slot is the newcomer's now, while it closes
+        self._not_logged_in.pop(oldest, None)
         self.connection_cap.give_back(oldest.address_key)
         oldest.kick("too-many-connections")
         return True
 
     def connection_closed(self, connection: ServerProtocol) -> None:
+        self._not_logged_in.pop(connection, None)
         if connection in self.connections:
             self.connections.discard(connection)
             self.connection_cap.give_back(connection.address_key)

@@ -169,7 +169,6 @@ class ServerProtocol(Protocol):
         self.user: str | None = None  # the account name as signed up, once logged in
         self.key: str | None = None  # the fingerprint published with KEY for this login (never stored)
         self.phase = Phase.GREETING
-        self.opened_at = factory.clock.seconds()
         # Bytes received and not yet run as commands: bounded by pausing the transport (_bound_input).
         self._lines = LineBuffer(SERVER_MAX_LINE)
         self._pauses = _NO_PAUSES  # why the transport is not read; read again when empty
@@ -605,6 +604,7 @@ class ServerProtocol(Protocol):
 
     async def _logged_in(self, name: str) -> None:
         self.user = name  # set first: a connection lost from here on logs out (factory.connection_closed)
+        self.factory.logged_in(self)
         self._move(Phase.LOGGED_IN)
         idle_timeout = self.factory.config.idle_timeout
         if self._deadline is not None and self._deadline.active():
