@@ -77,6 +77,11 @@ _REASONS = {
     "too-many-sessions": "too many chats are open",
     "too-many-handshakes": "too many chats are being opened at once",
     "internal-error": "an internal error closed the chat (see the log)",
+    "line-too-long": "the peer sent a line longer than the protocol allows: closed",
+    "protocol-error": "the peer broke the chat protocol: closed",
+    "data-timeout": "the peer stopped in the middle of a file: closed",
+    "idle-timeout": "the peer was silent for too long: closed",
+    "bye": "the peer closed the chat",
 }
 
 
