@@ -213,8 +213,8 @@ def test_the_first_chat_is_shown_as_before_and_a_second_one_gets_a_window_with_a
     assert b"\x1b[2J" in out and b"<carol> psst" in out and b"<bob>" not in out
     assert ui.chats.active == "carol" and ui.status(80) == ""
     ui.show(MessageSent("bob", "me", "back"))
-    assert ui.status(80) == "act: 2:bob(1)"  # own lines count, but are no message for you
-    c.output()
+    assert b"<me -> bob> back" in c.output()  # echoed where it was typed
+    assert ui.status(80) == ""  # and no news waiting in bob's window: we wrote it
     ui.switch_window("bob")
     out = c.output()
     assert b"<bob> hi" in out and b"back" in out
@@ -498,17 +498,20 @@ def test_a_line_sent_from_another_window_is_echoed_where_it_was_typed() -> None:
     c.output()
     ui.show(MessageSent("bob", "alice", "after trust: hello again"))
     assert b"<alice -> bob> after trust: hello again" in c.output()
-    assert ui.windows.find("bob").lines[-1].endswith("<alice -> bob> after trust: hello again")  # type: ignore[union-attr]
+    bob = ui.windows.find("bob")
+    assert bob is not None and bob.lines[-1].endswith("<alice -> bob> after trust: hello again")
+    assert bob.unread == 0  # our own line is not news waiting in bob's window
     with pytest.raises(LookupError, match="no window for dave: /chat dave opens one"):
         ui.windows.switch("dave")
 
 
 def test_a_typed_command_stays_on_the_screen_after_a_redraw() -> None:
     ui, c = interactive()
-    c.console.on_echo = lambda line: ui.windows.current.lines.append(line)
+    c.console.on_echo = ui.windows.keep_echo
     ui.show(MessageReceived(FakeSession("bob"), "hi"))  # type: ignore[arg-type]
     c.type(b"/who\r")
     c.output()
     ui.repaint()  # what a resize, fg, or Alt-1 and back do
     out = c.output()
     assert b"<bob> hi" in out and b"/who" in out
+    assert ui.windows.lastlog("who") == []  # the command typed is not a line /lastlog finds

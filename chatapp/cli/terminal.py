@@ -715,7 +715,9 @@ class Interactive:
             if shown_here and window is not windows.current:
                 windows.add(windows.current, line)
                 self.console.show(line)
-            if windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):
+            if isinstance(event, MessageSent) and window is not windows.current:
+                window.lines.append(line)  # our own line waits for nobody: not marked unread there
+            elif windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):
                 self.console.show(line)
             else:
                 self.console.status_changed()  # the activity list
@@ -864,7 +866,7 @@ async def run_interactive(run: Run) -> int:
                               lambda before: ui.candidates(before, dispatcher), run.reactor,
                               run.reactor.seconds, on_window=ui.alt_window)  # fmt: skip
     console.watch_status(ui.status)
-    console.on_echo = lambda line: ui.windows.current.lines.append(line)
+    console.on_echo = ui.windows.keep_echo
     if run.trust_question is not None:  # the screen owns the terminal now: a trust question goes to it
         run.trust_question.console = console
     # a stall shows even when no event comes: the status row is recomputed every second

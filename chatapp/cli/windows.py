@@ -29,6 +29,12 @@ MAX_LASTLOG = 200  # lines /lastlog shows at most (the last matches)
 MAX_REMEMBERED = 500  # names of people who contacted us, kept for Tab completion
 
 
+class Echo(str):
+    """A window line that is a command as the user typed it."""
+
+    __slots__ = ()
+
+
 @dataclass
 class Window:
     number: int
@@ -132,12 +138,17 @@ class Windows:
         parts = [f"{w.number}:{w.name or 'status'}({w.unread}){'*' if w.for_you else ''}" for w in active]
         return fit_ellipsis("act: " + " ".join(parts), columns)
 
+    def keep_echo(self, line: str) -> None:
+        """A command as typed, shown above the input: kept in the window shown, for redraws."""
+        self.current.lines.append(Echo(line))
+
     def lastlog(self, text: str, limit: int = MAX_LASTLOG) -> list[str]:
-        """The lines shown in any window that contain ``text`` (any case), labelled, at most the last ``limit``."""
+        """The lines shown in any window that contain ``text`` (any case), labelled, at most the last ``limit``;
+        the commands typed are not searched (``/lastlog x`` would find itself)."""
         needle = text.casefold()
         found: deque[str] = deque(maxlen=limit)
         for window in self.windows:
             for line in window.lines:
-                if needle in line.casefold():
+                if needle in line.casefold() and not isinstance(line, Echo):
                     found.append(f"{window.label}: {line}")
         return list(found)
