@@ -282,4 +282,4 @@ async def test_a_person_at_the_screen_gets_the_server_s_words_a_script_gets_its_
     assert shown[-1] == CommandFailed("/msg nobody: there is no such user (404 no-such-user)")  # script mode
     alice.views = SimpleNamespace()  # the interactive console's windows
     assert not await alice.run_line("/msg nobody hello")
-    assert shown[-1] == CommandFailed("/msg nobody: there is no such user")
+    assert shown[-1] == CommandFailed("/msg nobody: there is no such user; not sent (Up brings the line back)")

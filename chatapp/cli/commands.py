@@ -368,6 +368,8 @@ class Dispatcher:
                 text += f"; compare the new key with {command.args[0]}, and if it is theirs: /trust {command.args[0]}"
             elif isinstance(e, NotConnected) and self._can_reconnect():
                 text += "; /reconnect logs in again"
+            if command.name == "msg" and self.views is not None:
+                text += "; not sent (Up brings the line back)"  # a plain line lands here too: say it is not lost
             self.emit(CommandFailed(f"{what}: {text}"))
             return False
         except OSError as e:
