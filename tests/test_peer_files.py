@@ -731,20 +731,12 @@ def test_pump_survives_a_transport_that_resumes_it_from_inside_write(tmp_path: P
 def test_a_cut_transfer_s_hash_is_kept_so_its_resume_reads_nothing_again(tmp_path: Path, clock: Clock) -> None:
     """A peer that appends a byte and cancels, over and over, must not make us re-read a large partial
     each time: the writer's hash of what it wrote is the partial's, remembered when the file closes."""
-    import chatapp.peer.factory as factory_module
+    from test_peer_harness import prefix_hashes_counted
 
     fb, eb = make_peer(tmp_path, "bob", clock, auto_accept=True)
     session, transport = open_listener(fb)
     content = os.urandom(5000)
-    hashed: list[int] = []
-    real = factory_module.hash_file_prefix
-
-    def counted(fd: int, length: int) -> Any:
-        hashed.append(length)
-        return real(fd, length)
-
-    factory_module.hash_file_prefix = counted  # type: ignore[assignment]
-    try:
+    with prefix_hashes_counted() as hashed:
         session.dataReceived(b"OFFER a 5000 big.bin\r\nDATA a 3000\r\n" + content[:3000] + b"CANCEL a cancelled\r\n")
         for step, offset in enumerate((3000, 3001, 3002)):
             transport.clear()
@@ -752,10 +744,8 @@ def test_a_cut_transfer_s_hash_is_kept_so_its_resume_reads_nothing_again(tmp_pat
             assert transport.value() == f"ACCEPT r{step} {offset} {sha(content[:offset])}\r\n".encode()
             more = content[offset : offset + 1]
             session.dataReceived(f"DATA r{step} 1\r\n".encode() + more + f"CANCEL r{step} cancelled\r\n".encode())
-        assert hashed == []  # every resume was answered from the writers' own hashes
-        assert eb.offers[-1].kept and eb.offers[-1].bytes_done == 3003
-    finally:
-        factory_module.hash_file_prefix = real
+    assert hashed == []  # every resume was answered from the writers' own hashes
+    assert eb.offers[-1].kept and eb.offers[-1].bytes_done == 3003
 
 
 def test_an_offer_of_a_file_partly_here_says_so_and_a_reject_keeps_what_is_here(tmp_path: Path, clock: Clock) -> None:

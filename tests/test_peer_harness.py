@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,22 @@ def tls(endpoint: Any, name: str = "alice") -> Any:
     from chatapp.tls.contexts import PeerConnectorTLS
 
     return wrapClientTLS(PeerConnectorTLS(identity_of(name)), endpoint)
+
+
+@contextlib.contextmanager
+def prefix_hashes_counted() -> Iterator[list[int]]:
+    """The lengths of every kept-partial (or sent-file) prefix the factory hashes while inside."""
+    import chatapp.peer.factory as factory_module
+
+    lengths: list[int] = []
+    real = factory_module.hash_file_prefix
+
+    def counted(fd: int, length: int) -> Any:
+        lengths.append(length)
+        return real(fd, length)
+
+    factory_module.hash_file_prefix = counted  # type: ignore[assignment]
+    try:
+        yield lengths
+    finally:
+        factory_module.hash_file_prefix = real

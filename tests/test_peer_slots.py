@@ -371,32 +371,18 @@ def test_a_bystander_is_answered_within_one_slice_of_a_one_byte_data_flood(tmp_p
 
 
 def test_a_repeated_offer_of_a_kept_partial_is_hashed_once(tmp_path: Path, clock: Clock) -> None:
-    from test_peer_harness import partial_path
-
-    from chatapp.peer import hashing
+    from test_peer_harness import partial_path, prefix_hashes_counted
 
     fb, _ = make_peer(tmp_path, "bob", clock, auto_accept=True)
     kept = partial_path(fb, "alice", "h.bin", 10_000_000)
     Path(kept).write_bytes(b"k" * 300_000)
-    calls: list[int] = []
-    original = hashing.hash_file_prefix
-
-    def counted(fd: int, length: int) -> Any:
-        calls.append(length)
-        return original(fd, length)
-
-    import chatapp.peer.factory as factory_module
-
-    factory_module.hash_file_prefix = counted  # type: ignore[assignment]
-    try:
+    with prefix_hashes_counted() as calls:
         session, transport = open_from(fb, "alice", "192.0.2.1")
         for n in range(20):
             transport.clear()
             session.dataReceived(f"OFFER r{n} 10000000 h.bin\r\n".encode())
             assert transport.value().startswith(f"ACCEPT r{n} 300000 ".encode())
             session.dataReceived(f"CANCEL r{n} cancelled\r\n".encode())  # the partial stays, unchanged
-    finally:
-        factory_module.hash_file_prefix = original
     assert calls == [300_000]
 
 
