@@ -39,3 +39,14 @@ def limit_key(host: str) -> str:
     if ":" not in text:
         return text
     return str(ipaddress.ip_network(f"{text}/{IPV6_GROUP}", strict=False))
+
+
+def counted_as(host: str) -> str:
+    """What a connection from ``host`` is counted under: :func:`limit_key`, or ``host`` itself when it is no
+    IP address (a UNIX socket, a test's stand-in). An IPv4 address gives back the very string it was
+    given: no second copy of it is held per connection."""
+    try:
+        key = limit_key(host)
+    except ValueError:
+        return host
+    return host if key == host else key

@@ -485,7 +485,7 @@ def test_quitting_says_what_becomes_of_each_running_transfer() -> None:
     lines = quit_lines([sending, receiving, offered, done], 0.0)  # type: ignore[list-item]
     assert [line.split(" * ", 1)[1] for line in lines] == [
         "#9 big.bin to bob stops at 17%: sending it again resumes if the receiver kept it",
-        "#3 big.bin from bob stops at 21%: the 64.0 MiB received are kept, the same offer again resumes",
+        "#3 big.bin from bob stops at 21%; the 64.0 MiB received are kept: the same offer again resumes",
         "#4 big.bin to bob: the offer ends unanswered",
     ]
 

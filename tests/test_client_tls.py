@@ -108,13 +108,19 @@ async def refused(conn: ServerConnection) -> BaseException:
     raise AssertionError("the login went through")
 
 
+def pinned_another_key(server: Impostor, tmp_path: Path) -> tuple[KnownServers, str]:
+    """A known-servers file in which ``server``'s address is pinned with some other key."""
+    known = KnownServers(tmp_path / "known_servers")
+    pinned = new_identity().fingerprint
+    known.pin("127.0.0.1", server.number, pinned)
+    return known, pinned
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_server_with_another_key_than_the_pinned_one_is_refused_loudly(
     server: Impostor, tmp_path: Path
 ) -> None:
-    known = KnownServers(tmp_path / "known_servers")
-    pinned = new_identity().fingerprint
-    known.pin("127.0.0.1", server.number, pinned)
+    known, pinned = pinned_another_key(server, tmp_path)
     error = await refused(connection(server.number, known, trust_on_first_use=True))  # not asked, not even so
     assert isinstance(error, ServerKeyChanged)
     assert str(error) == (
@@ -131,9 +137,7 @@ async def test_a_server_with_another_key_than_the_pinned_one_is_refused_loudly(
 async def test_a_pin_wins_over_a_given_fingerprint_that_names_the_new_key_and_the_message_says_so(
     server: Impostor, tmp_path: Path
 ) -> None:
-    known = KnownServers(tmp_path / "known_servers")
-    pinned = new_identity().fingerprint
-    known.pin("127.0.0.1", server.number, pinned)
+    known, pinned = pinned_another_key(server, tmp_path)
     error = await refused(connection(server.number, known, server_fingerprint=server.fingerprint))
     assert isinstance(error, ServerKeyChanged)
     assert str(error).endswith(

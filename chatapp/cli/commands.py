@@ -515,12 +515,11 @@ class Dispatcher:
         try:
             await self.client.passwd(current, new)
         except BadCredentials as e:  # only the current password can be wrong here, and it counts like a login
-            left = e.tries_left
-            raise CommandError(
-                "wrong current password; nothing changed"
-                + (f" ({left} more wrong {'password blocks' if left == 1 else 'passwords block'} this address)"
-                   if left is not None else "")
-            ) from None  # fmt: skip
+            text = "wrong current password; nothing changed"
+            if e.tries_left is not None:
+                more = "password blocks" if e.tries_left == 1 else "passwords block"
+                text += f" ({e.tries_left} more wrong {more} this address)"
+            raise CommandError(text) from None
         if self.login_password is not None:
             self.login_password = new
         self.emit(PasswordChanged())

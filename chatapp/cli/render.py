@@ -322,7 +322,7 @@ def human_body(event: Shown, auto_accept: bool = False) -> str | None:
         case TransferEnded(t):
             line = f"* #{t.handle} {_DIRECTION_WORD[t.direction]} {e(t.peer)} ended: {e(end_reason(t))}"
             if t.kept:
-                line += f"; the {human_size(t.kept)} received are kept: the same offer again resumes"
+                line += f"; {kept_text(t.kept)}"
             return line
         case PeerNotice() | ServerLost() | Reconnecting() | Reconnected() | GaveUp():
             return f"* {e(notice_text(event))}"
@@ -406,6 +406,11 @@ def end_reason(t: Transfer) -> str:
     return t.reason or t.state.value
 
 
+def kept_text(received: int) -> str:
+    """What stays of a receive cut short, and how to go on with it."""
+    return f"the {human_size(received)} received are kept: the same offer again resumes"
+
+
 def quit_lines(transfers: list[Transfer], now: float) -> list[str]:
     """What quitting does to the transfers still running: one line each, said before the screen goes."""
     e = escape_for_terminal
@@ -419,8 +424,7 @@ def quit_lines(transfers: list[Transfer], now: float) -> list[str]:
         elif t.direction is Direction.SEND:
             lines.append(f"{where} stops at {percent(t)}%: sending it again resumes if the receiver kept it")
         elif t.bytes_done:
-            lines.append(f"{where} stops at {percent(t)}%: the {human_size(t.bytes_done)} received are kept,"
-                         " the same offer again resumes")  # fmt: skip
+            lines.append(f"{where} stops at {percent(t)}%; {kept_text(t.bytes_done)}")
         else:
             lines.append(f"{where} stops before any byte came")
     return lines

@@ -715,10 +715,10 @@ class Interactive:
             if shown_here and window is not windows.current:
                 windows.add(windows.current, line)
                 self.console.show(line)
-            if isinstance(event, MessageSent) and window is not windows.current:
-                window.lines.append(line)  # our own line waits for nobody: not marked unread there
-            elif windows.add(window, line, for_you=isinstance(event, _FOR_YOU)):
+            if windows.add(window, line, for_you=isinstance(event, _FOR_YOU), news=not isinstance(event, MessageSent)):
                 self.console.show(line)
+            elif isinstance(event, MessageSent):
+                pass  # our own line, echoed where we are: nothing new in its window
             else:
                 self.console.status_changed()  # the activity list
                 if isinstance(event, MessageReceived):

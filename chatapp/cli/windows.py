@@ -96,11 +96,15 @@ class Windows:
     def names(self) -> list[str]:
         return list(self.contacted.values())
 
-    def add(self, window: Window, line: str, for_you: bool = False) -> bool:
-        """Keep ``line`` in ``window``; True when it is the window shown (so the line is to be drawn)."""
+    def add(self, window: Window, line: str, for_you: bool = False, news: bool = True) -> bool:
+        """Keep ``line`` in ``window``; True when it is the window shown (so the line is to be drawn).
+
+        A line that is no ``news`` (one we sent ourselves) is not counted as unread there."""
         window.lines.append(line)
         if window is self.current:
             return True
+        if not news:
+            return False
         window.unread += 1
         window.for_you = window.for_you or for_you
         return False

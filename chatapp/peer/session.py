@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import chatapp.peer.chat as chat
-from chatapp.addresses import limit_key
+from chatapp.addresses import counted_as
 from chatapp.events import ChatEvent
 from chatapp.peer.chat import split_message
 from chatapp.peer.deadline import Deadline
@@ -207,7 +207,7 @@ class PeerSession(FileCommands, Protocol):
         if isinstance(getattr(socket, "bufferSize", None), int):
             socket.bufferSize = HANDSHAKE_RECEIVE_SIZE  # this connection only; RECEIVE_SIZE once open
         transport.registerProducer(self.watch, True)
-        self.source_key = _source_key(_host(transport))
+        self.source_key = counted_as(_host(transport))
         if not self.factory.session_connected(self, self.source_key):
             self.lose("too-many-sessions", abort=True)
             return
@@ -395,13 +395,6 @@ class PeerSession(FileCommands, Protocol):
         "FAIL": lambda self, args: self.sender.on_fail(args),
         "CANCEL": lambda self, args: self.receiver.on_cancel(args),
     }
-
-
-def _source_key(host: str) -> str:
-    try:
-        return limit_key(host)
-    except ValueError:
-        return host  # no IP address (a UNIX socket, a test's transport): counted as itself
 
 
 def _host(transport: Any) -> str:

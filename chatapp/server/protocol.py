@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatapp import PROTOCOL_VERSION
-from chatapp.addresses import limit_key, normalize_host
+from chatapp.addresses import counted_as, normalize_host
 from chatapp.server.limits import seconds_left
 from chatapp.server.lockout import Attempt, Refusal, Refused, Settlement, Verdict
 from chatapp.server.passwords import Busy
@@ -87,14 +87,6 @@ def _blocked_line(seconds: int) -> bytes:
 
 def _locked(seconds: int) -> WireError:
     return WireError(429, "locked", f"{seconds} this account is locked after failed logins")
-
-
-def _limit_key(address: str) -> str:
-    try:
-        key = limit_key(address)
-    except ValueError:
-        return address  # not an IP address (a test's stand-in): counted as itself
-    return address if key == address else key  # an IPv4 one: no second copy of the text per connection
 
 
 def parse_passwd(args: str | None) -> tuple[str, str]:
@@ -166,7 +158,7 @@ class ServerProtocol(Protocol):
     def __init__(self, factory: ServerFactory, address: str) -> None:
         self.factory = factory
         self.address = address  # the client's IP address as the server sees it
-        self.address_key = _limit_key(address)  # what it is counted and blocked under (an IPv6 /64)
+        self.address_key = counted_as(address)  # what it is counted and blocked under (an IPv6 /64)
         self.user: str | None = None  # the account name as signed up, once logged in
         self.key: str | None = None  # the fingerprint published with KEY for this login (never stored)
         self.phase = Phase.GREETING
